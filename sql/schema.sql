@@ -1,0 +1,61 @@
+-- spyctl schema, version 1. `spyctl db init` runs this whole file: it drops
+-- and recreates every table (the assignment's DDL script), so it is only run
+-- on an empty database or with --force.
+DROP TABLE IF EXISTS Files;
+DROP TABLE IF EXISTS Messages;
+DROP TABLE IF EXISTS LoginLockouts;
+DROP TABLE IF EXISTS LoginFailures;
+DROP TABLE IF EXISTS Agents;
+
+-- One row per agent. Name and alias are Fernet tokens under the at-rest key;
+-- the password is an Argon2id PHC string; AgentNameIndex is the blind index
+-- (HMAC-SHA256 of the case-folded name) that makes names unique and findable
+-- without storing them. AUTOINCREMENT so an AgentId is never reused: wire keys
+-- are derived from the id, and a new agent must not inherit an old one's key.
+CREATE TABLE Agents (
+    AgentId            INTEGER PRIMARY KEY AUTOINCREMENT,
+    AgentName          TEXT    NOT NULL,
+    AgentAlias         TEXT    NOT NULL,
+    AgentSecurityLevel INTEGER NOT NULL CHECK (AgentSecurityLevel BETWEEN 1 AND 5),
+    LoginPassword      TEXT    NOT NULL,
+    AgentNameIndex     TEXT    NOT NULL UNIQUE
+);
+
+-- Failed logins per blind-indexed name (known or not, so lockouts do not
+-- reveal which names exist), and the lock they trigger.
+CREATE TABLE LoginFailures (
+    NameIndex TEXT    NOT NULL,
+    FailedAt  INTEGER NOT NULL
+);
+CREATE INDEX LoginFailuresByName ON LoginFailures (NameIndex, FailedAt);
+
+CREATE TABLE LoginLockouts (
+    NameIndex   TEXT    PRIMARY KEY,
+    LockedUntil INTEGER NOT NULL
+);
+
+-- Messages received by the Boss, stored as the Fernet token that arrived
+-- (encrypted under the sender's wire key). (AgentId, MessageId) is unique: a
+-- retried or replayed message is stored once.
+CREATE TABLE Messages (
+    RowId      INTEGER PRIMARY KEY,
+    AgentId    INTEGER NOT NULL,
+    MessageId  TEXT    NOT NULL,
+    ReceivedAt INTEGER NOT NULL,
+    Token      TEXT    NOT NULL,
+    UNIQUE (AgentId, MessageId)
+);
+
+-- Files received completely (hash checked, moved into place). FileName is a
+-- Fernet token under the at-rest key; StoredAs is the path under files/.
+CREATE TABLE Files (
+    RowId      INTEGER PRIMARY KEY,
+    AgentId    INTEGER NOT NULL,
+    FileId     TEXT    NOT NULL,
+    FileName   TEXT    NOT NULL,
+    Size       INTEGER NOT NULL,
+    Sha256     TEXT    NOT NULL,
+    StoredAs   TEXT    NOT NULL,
+    ReceivedAt INTEGER NOT NULL,
+    UNIQUE (AgentId, FileId)
+);

@@ -1,0 +1,249 @@
+//! Fernet tokens: the one authenticated-encryption format spyctl uses everywhere
+//! (names at rest, sessions, every message on the wire).
+//!
+//! Spec: <https://github.com/fernet/spec/blob/master/Spec.md> (vectors in
+//! `../shared/vectors/fernet`). A token is
+//! `base64url(0x80 | timestamp u64 BE | IV 16 | AES-128-CBC(PKCS#7(plaintext)) | HMAC-SHA256 32)`,
+//! the HMAC keyed with the first 16 key bytes and covering everything before it,
+//! AES keyed with the last 16 (encrypt-then-MAC).
+//!
+//! Opening checks the MAC in constant time *before* touching the ciphertext, and
+//! every failure (bad base64, bad length, bad MAC, bad padding) is the same
+//! [`TokenError::Invalid`], so nothing distinguishes one forgery from another.
+//! Only a token whose MAC is good can be reported as [`TokenError::Expired`].
+
+use aes::Aes128;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
+use block_padding::Pkcs7;
+use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+type HmacSha256 = Hmac<Sha256>;
+type Aes128CbcEnc = cbc::Encryptor<Aes128>;
+type Aes128CbcDec = cbc::Decryptor<Aes128>;
+
+const VERSION: u8 = 0x80;
+const HEADER_LEN: usize = 1 + 8 + 16;
+const MAC_LEN: usize = 32;
+const BLOCK: usize = 16;
+/// Smallest possible token: header, one padded block, MAC.
+const MIN_RAW_LEN: usize = HEADER_LEN + BLOCK + MAC_LEN;
+
+/// How far in the future a token's timestamp may be, in seconds. The spec calls
+/// this the clock-skew allowance; Python's `cryptography.fernet` uses 60.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
+
+/// A 32-byte Fernet key: 16 bytes for HMAC-SHA256, 16 for AES-128.
+/// No `Debug`, no `Clone`: key bytes are wiped when the value drops.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct FernetKey {
+    signing: [u8; 16],
+    encryption: [u8; 16],
+}
+
+/// Why a token was refused. `Invalid` covers every forgery or corruption alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a token made with this key (or damaged): one opaque answer for all cases.
+    Invalid,
+    /// Authentic, but older than the TTL or too far in the future.
+    Expired,
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Invalid => f.write_str("invalid token"),
+            TokenError::Expired => f.write_str("token expired"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// A key string that is not 32 bytes of URL-safe base64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadKeyEncoding;
+
+impl std::fmt::Display for BadKeyEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Fernet key is 32 bytes in URL-safe base64 (44 characters)")
+    }
+}
+
+impl std::error::Error for BadKeyEncoding {}
+
+/// A successfully opened token.
+pub struct Opened {
+    /// Seconds since the Unix epoch, as written by the sender.
+    pub timestamp: u64,
+    pub plaintext: Vec<u8>,
+}
+
+impl FernetKey {
+    /// Builds a key from raw bytes (signing half first, as the spec lays it out).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        let mut signing = [0u8; 16];
+        let mut encryption = [0u8; 16];
+        signing.copy_from_slice(&bytes[..16]);
+        encryption.copy_from_slice(&bytes[16..]);
+        FernetKey { signing, encryption }
+    }
+
+    /// A fresh random key from the OS.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut())?;
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    /// Parses the usual text form (what Python's `Fernet.generate_key()` prints).
+    pub fn from_base64(text: &str) -> Result<Self, BadKeyEncoding> {
+        let raw = Zeroizing::new(URL_SAFE.decode(text.trim()).map_err(|_| BadKeyEncoding)?);
+        let bytes: &[u8; 32] = raw.as_slice().try_into().map_err(|_| BadKeyEncoding)?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    /// The text form, for key files. Wiped when dropped.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        raw[..16].copy_from_slice(&self.signing);
+        raw[16..].copy_from_slice(&self.encryption);
+        Zeroizing::new(URL_SAFE.encode(raw.as_ref()))
+    }
+
+    /// Encrypts `plaintext` now, with a random IV.
+    pub fn seal(&self, plaintext: &[u8]) -> String {
+        let mut iv = [0u8; 16];
+        // The OS RNG failing is not something a caller can recover from; a token
+        // with a predictable IV would be worse than stopping.
+        getrandom::fill(&mut iv).expect("the operating system's random number generator failed");
+        self.seal_with(plaintext, unix_now(), iv)
+    }
+
+    /// Encrypts with a given timestamp and IV. Only for test vectors and
+    /// benchmarks: real callers use [`FernetKey::seal`].
+    pub fn seal_with(&self, plaintext: &[u8], timestamp: u64, iv: [u8; 16]) -> String {
+        let padded_len = (plaintext.len() / BLOCK + 1) * BLOCK;
+        let mut raw = Vec::with_capacity(HEADER_LEN + padded_len + MAC_LEN);
+        raw.push(VERSION);
+        raw.extend_from_slice(&timestamp.to_be_bytes());
+        raw.extend_from_slice(&iv);
+        raw.extend_from_slice(plaintext);
+        raw.resize(HEADER_LEN + padded_len, 0);
+        let ciphertext_len = Aes128CbcEnc::new(&self.encryption.into(), &iv.into())
+            .encrypt_padded::<Pkcs7>(&mut raw[HEADER_LEN..], plaintext.len())
+            .map(|ct| ct.len())
+            // The buffer was sized for exactly one padded message above.
+            .expect("buffer sized for PKCS#7 padding");
+        debug_assert_eq!(ciphertext_len, padded_len);
+        let tag = self.mac(&raw);
+        raw.extend_from_slice(&tag);
+        URL_SAFE.encode(&raw)
+    }
+
+    /// Opens a token at the current time. `ttl` is the maximum age in seconds.
+    pub fn open(&self, token: &[u8], ttl: Option<u64>) -> Result<Opened, TokenError> {
+        self.open_at(token, ttl, unix_now())
+    }
+
+    /// Opens a token as if the time were `now`.
+    ///
+    /// Order matters: decode, check the MAC (constant time), and only then look
+    /// at the timestamp and decrypt.
+    pub fn open_at(&self, token: &[u8], ttl: Option<u64>, now: u64) -> Result<Opened, TokenError> {
+        let raw = URL_SAFE.decode(token).map_err(|_| TokenError::Invalid)?;
+        if raw.len() < MIN_RAW_LEN || raw[0] != VERSION {
+            return Err(TokenError::Invalid);
+        }
+        let (signed, tag) = raw.split_at(raw.len() - MAC_LEN);
+        let mut mac = self.mac_state();
+        mac.update(signed);
+        mac.verify_slice(tag).map_err(|_| TokenError::Invalid)?;
+
+        let timestamp = u64::from_be_bytes(signed[1..9].try_into().map_err(|_| TokenError::Invalid)?);
+        if timestamp > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(TokenError::Expired);
+        }
+        if let Some(ttl) = ttl
+            && timestamp.saturating_add(ttl) < now
+        {
+            return Err(TokenError::Expired);
+        }
+
+        let iv: [u8; 16] = signed[9..HEADER_LEN].try_into().map_err(|_| TokenError::Invalid)?;
+        let ciphertext = &signed[HEADER_LEN..];
+        if ciphertext.len() % BLOCK != 0 {
+            return Err(TokenError::Invalid);
+        }
+        let plaintext = Aes128CbcDec::new(&self.encryption.into(), &iv.into())
+            .decrypt_padded_vec::<Pkcs7>(ciphertext)
+            .map_err(|_| TokenError::Invalid)?;
+        Ok(Opened { timestamp, plaintext })
+    }
+
+    fn mac_state(&self) -> HmacSha256 {
+        // HMAC accepts keys of any length, so this cannot fail.
+        <HmacSha256 as KeyInit>::new_from_slice(&self.signing).expect("HMAC takes any key length")
+    }
+
+    fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
+        let mut mac = self.mac_state();
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Seconds since the Unix epoch; a clock before 1970 counts as 0.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FernetKey {
+        FernetKey::from_bytes(&[7u8; 32])
+    }
+
+    #[test]
+    fn round_trip_empty_and_block_sized() {
+        for len in [0usize, 1, 15, 16, 17, 32, 1000] {
+            let plaintext = vec![0xabu8; len];
+            let token = key().seal(&plaintext);
+            let opened = key().open(token.as_bytes(), Some(60)).expect("opens");
+            assert_eq!(opened.plaintext, plaintext);
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_invalid() {
+        let token = key().seal(b"secret");
+        let other = FernetKey::from_bytes(&[8u8; 32]);
+        assert_eq!(other.open(token.as_bytes(), None).err(), Some(TokenError::Invalid));
+    }
+
+    #[test]
+    fn expiry_only_for_authentic_tokens() {
+        let token = key().seal_with(b"x", 1000, [0u8; 16]);
+        assert_eq!(key().open_at(token.as_bytes(), Some(10), 1011).err(), Some(TokenError::Expired));
+        assert!(key().open_at(token.as_bytes(), Some(10), 1010).is_ok());
+        // Far future beyond the skew allowance.
+        assert_eq!(key().open_at(token.as_bytes(), None, 1000 - 61).err(), Some(TokenError::Expired));
+        assert!(key().open_at(token.as_bytes(), None, 1000 - 60).is_ok());
+        let other = FernetKey::from_bytes(&[9u8; 32]);
+        assert_eq!(other.open_at(token.as_bytes(), Some(10), 5000).err(), Some(TokenError::Invalid));
+    }
+
+    #[test]
+    fn key_text_round_trip() {
+        let text = key().to_base64();
+        let again = FernetKey::from_base64(&text).expect("parses");
+        assert_eq!(again.to_base64().as_str(), text.as_str());
+        assert!(FernetKey::from_base64("short").is_err());
+    }
+}

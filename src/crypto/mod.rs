@@ -1,0 +1,12 @@
+//! Cryptography: Fernet tokens, the master key and its HKDF subkeys, blind
+//! indexes and Argon2id password hashes. Knows nothing of the CLI, the
+//! database or the network; every primitive comes from a RustCrypto crate.
+
+pub mod blind_index;
+pub mod fernet;
+pub mod keys;
+pub mod password;
+
+pub use blind_index::BlindIndexKey;
+pub use fernet::{FernetKey, TokenError};
+pub use keys::MasterKey;

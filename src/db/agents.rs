@@ -1,0 +1,83 @@
+//! The Agents table as stored: encrypted name and alias, Argon2id hash, blind
+//! index. Values go in and out exactly as stored; the registry decrypts.
+
+use rusqlite::{Connection, OptionalExtension, Row, named_params};
+
+use super::{DbError, DbResult};
+
+const INSERT_SQL: &str = include_str!("../../sql/insert_agent.sql");
+
+/// One Agents row, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredAgent {
+    pub id: i64,
+    /// Fernet token under the at-rest key.
+    pub name: String,
+    /// Fernet token under the at-rest key.
+    pub alias: String,
+    pub level: u8,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub name_index: String,
+}
+
+/// A row to insert (no id yet).
+pub struct NewStoredAgent<'a> {
+    pub name: &'a str,
+    pub alias: &'a str,
+    pub level: u8,
+    pub password_hash: &'a str,
+    pub name_index: &'a str,
+}
+
+const COLUMNS: &str = "AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredAgent> {
+    Ok(StoredAgent {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        alias: row.get(2)?,
+        level: row.get(3)?,
+        password_hash: row.get(4)?,
+        name_index: row.get(5)?,
+    })
+}
+
+/// Inserts one agent and returns its new AgentId. A name already present (same
+/// blind index) is [`DbError::Duplicate`].
+pub fn insert(conn: &Connection, agent: &NewStoredAgent<'_>) -> DbResult<i64> {
+    conn.execute(
+        INSERT_SQL,
+        named_params! {
+            ":name": agent.name,
+            ":alias": agent.alias,
+            ":level": agent.level,
+            ":password": agent.password_hash,
+            ":name_index": agent.name_index,
+        },
+    )
+    .map_err(DbError::from)?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn by_id(conn: &Connection, id: i64) -> DbResult<Option<StoredAgent>> {
+    Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM Agents WHERE AgentId = ?1"), [id], from_row).optional()?)
+}
+
+pub fn by_name_index(conn: &Connection, name_index: &str) -> DbResult<Option<StoredAgent>> {
+    Ok(conn
+        .query_row(&format!("SELECT {COLUMNS} FROM Agents WHERE AgentNameIndex = ?1"), [name_index], from_row)
+        .optional()?)
+}
+
+/// Agents at or below `max_level`, by id.
+pub fn at_or_below(conn: &Connection, max_level: u8) -> DbResult<Vec<StoredAgent>> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {COLUMNS} FROM Agents WHERE AgentSecurityLevel <= ?1 ORDER BY AgentId"))?;
+    let rows = stmt.query_map([max_level], from_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+pub fn count(conn: &Connection) -> DbResult<i64> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM Agents", [], |row| row.get(0))?)
+}

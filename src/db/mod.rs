@@ -1,0 +1,182 @@
+//! Storage: opening the SQLite database, its pragmas and schema version, and
+//! the tables' queries (one module per table group). rusqlite only; no
+//! cryptography happens here: callers hand in values already encrypted.
+
+pub mod agents;
+pub mod logins;
+pub mod messages;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// The schema this build writes; `PRAGMA user_version` holds it.
+pub const SCHEMA_VERSION: i32 = 1;
+/// The DDL script (`db init`): drop and create every table.
+pub const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
+/// How long a writer waits for another writer's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What can go wrong opening or using the store.
+#[derive(Debug)]
+pub enum DbError {
+    /// No database file at this path.
+    Missing(PathBuf),
+    /// The file exists but holds no spyctl tables.
+    NotInitialised(PathBuf),
+    /// Written by a newer spyctl.
+    TooNew {
+        found: i32,
+    },
+    /// Not an SQLite database, or damaged.
+    Corrupt(PathBuf, String),
+    /// A UNIQUE constraint refused a row.
+    Duplicate,
+    Sqlite(rusqlite::Error),
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbError::Missing(p) => write!(f, "no database at {}", p.display()),
+            DbError::NotInitialised(p) => write!(f, "the database at {} has no spyctl tables", p.display()),
+            DbError::TooNew { found } => write!(
+                f,
+                "the database has schema version {found}, newer than this spyctl understands ({SCHEMA_VERSION})"
+            ),
+            DbError::Corrupt(p, why) => write!(f, "{} is not a usable spyctl database: {why}", p.display()),
+            DbError::Duplicate => f.write_str("a row with the same key already exists"),
+            DbError::Sqlite(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(err: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(code, _) = &err
+            && code.code == rusqlite::ErrorCode::ConstraintViolation
+            && code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+        {
+            return DbError::Duplicate;
+        }
+        DbError::Sqlite(err)
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// Opens the database for `db init`, creating an empty 0600 file if needed.
+/// The schema is not applied here: see [`apply_schema`].
+pub fn create(path: &Path) -> DbResult<Connection> {
+    if !path.exists() {
+        // Create it ourselves so it is 0600 from the first byte; SQLite would
+        // use the umask. Its -wal and -shm files copy these permissions.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| DbError::Corrupt(path.to_path_buf(), e.to_string()))?;
+    }
+    let conn = Connection::open(path)?;
+    configure(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing, initialised database for reading and writing, applying
+/// forward migrations if it is older than this build.
+pub fn open(path: &Path) -> DbResult<Connection> {
+    if !path.is_file() {
+        return Err(DbError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    configure(&conn, path)?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only (ad-hoc queries, the inbox reader).
+pub fn open_read_only(path: &Path) -> DbResult<Connection> {
+    if !path.is_file() {
+        return Err(DbError::Missing(path.to_path_buf()));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    check_version(&conn, path)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// WAL for concurrent readers with one writer; synchronous=FULL so a commit is
+/// on disk when it returns (an ACK promises durability); foreign keys on.
+fn configure(conn: &Connection, path: &Path) -> DbResult<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(|e| corrupt_or(e, path))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "could not switch the database to WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+fn corrupt_or(err: rusqlite::Error, path: &Path) -> DbError {
+    if let rusqlite::Error::SqliteFailure(code, _) = &err
+        && matches!(code.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    {
+        return DbError::Corrupt(path.to_path_buf(), err.to_string());
+    }
+    DbError::Sqlite(err)
+}
+
+fn user_version(conn: &Connection, path: &Path) -> DbResult<i32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| corrupt_or(e, path))
+}
+
+fn check_version(conn: &Connection, path: &Path) -> DbResult<i32> {
+    let version = user_version(conn, path)?;
+    if version > SCHEMA_VERSION {
+        return Err(DbError::TooNew { found: version });
+    }
+    if version == 0 {
+        return Err(DbError::NotInitialised(path.to_path_buf()));
+    }
+    Ok(version)
+}
+
+/// Brings an older schema up to [`SCHEMA_VERSION`], one step per version, each
+/// in its own transaction. Version 1 is the first, so there is nothing to do
+/// yet beyond refusing what this build cannot read.
+fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
+    let version = check_version(conn, path)?;
+    // Future steps go here: `if version < 2 { tx: ALTER ...; user_version = 2 }`.
+    debug_assert!(version <= SCHEMA_VERSION);
+    Ok(())
+}
+
+/// Runs the DDL (drop + create every table) and stamps the schema version,
+/// inside the caller's transaction so a failure leaves the old tables.
+pub fn apply_schema(tx: &rusqlite::Transaction<'_>) -> DbResult<()> {
+    tx.execute_batch(SCHEMA_SQL)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// True when the database has an Agents table with at least one row.
+pub fn has_agents(conn: &Connection) -> DbResult<bool> {
+    let has_table: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Agents')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_table {
+        return Ok(false);
+    }
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM Agents)", [], |row| row.get(0))?)
+}

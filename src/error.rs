@@ -1,0 +1,73 @@
+//! The error every command returns: what happened, what to do next, and the
+//! exit code. Printed once, at the top, as one line (plus an optional hint).
+
+use std::fmt;
+
+/// Exit code for a runtime failure (bad input, refused action, I/O).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for a command line that does not parse (clap uses the same).
+pub const EXIT_USAGE: u8 = 2;
+
+/// A user-facing failure.
+#[derive(Debug)]
+pub struct Error {
+    /// What happened, one line, no trailing period.
+    pub message: String,
+    /// What to do about it, if there is something to do.
+    pub hint: Option<String>,
+    pub exit_code: u8,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(message: impl Into<String>) -> Self {
+        Error { message: message.into(), hint: None, exit_code: EXIT_FAILURE }
+    }
+
+    /// Adds the "what to do" part.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Error { exit_code: EXIT_USAGE, ..Error::new(message) }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        Error::new(format!("database error: {err}"))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::new(format!("I/O error: {err}"))
+    }
+}
+
+impl From<crate::crypto::password::HashError> for Error {
+    fn from(err: crate::crypto::password::HashError) -> Self {
+        Error::new(err.to_string())
+    }
+}
+
+impl From<getrandom::Error> for Error {
+    fn from(err: getrandom::Error) -> Self {
+        Error::new(format!("the OS random number generator failed: {err}"))
+    }
+}

@@ -1,0 +1,4 @@
+//! Networking: the wire protocol (pure parsing), the threaded Boss server and
+//! the sending client.
+
+pub mod protocol;

@@ -1,0 +1,477 @@
+//! The wire protocol (PROTOCOL.md) on byte buffers: request and reply lines,
+//! error codes, and the JSON header inside each token's plaintext. No sockets,
+//! no keys: parsing here is pure so it can be property-tested and fuzzed.
+//!
+//! ```text
+//! request:  MSG <agent-id> <fernet-token>\n
+//! reply:    ACK <fernet-token>\n   |   ERR <code> <text>\n
+//! plaintext of a token: <one-line JSON header>\n<body bytes>
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Longest line either side accepts, newline included. A 512 KiB chunk makes a
+/// token of about 700 KB, so 1 MiB leaves room and bounds memory per connection.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// File bytes per chunk message.
+pub const CHUNK_BYTES: usize = 512 * 1024;
+/// Protocol version written in every header.
+pub const VERSION: u32 = 1;
+/// Longest message id a sender may choose.
+pub const MAX_ID_CHARS: usize = 64;
+/// Longest file name, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// The fixed set of error codes in `ERR <code> <text>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The line or header does not follow the protocol.
+    BadRequest,
+    /// The line is longer than [`MAX_LINE_BYTES`] (or a file is too large).
+    TooLong,
+    /// Unknown agent or bad MAC: the same answer for both.
+    Auth,
+    /// Authentic but outside the freshness window.
+    Expired,
+    /// The server is at its connection limit.
+    Busy,
+    /// Authentic, but the Boss does not accept this (e.g. files are disabled).
+    Forbidden,
+    /// The Boss failed to store the message; retry later.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 7] = [
+        ErrorCode::BadRequest,
+        ErrorCode::TooLong,
+        ErrorCode::Auth,
+        ErrorCode::Expired,
+        ErrorCode::Busy,
+        ErrorCode::Forbidden,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLong => "too_long",
+            ErrorCode::Auth => "auth",
+            ErrorCode::Expired => "expired",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+
+    /// Whether a client should try the same message again later.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Busy | ErrorCode::Internal)
+    }
+}
+
+/// A line that does not follow the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+fn bad(why: impl Into<String>) -> ProtocolError {
+    ProtocolError(why.into())
+}
+
+/// A parsed request line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgRequest<'a> {
+    pub agent_id: i64,
+    pub token: &'a [u8],
+}
+
+/// Strips the line ending (`\n`, and a `\r` before it for telnet users).
+fn trim_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn is_printable_ascii(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| (0x20..0x7f).contains(b))
+}
+
+/// Parses a positive decimal agent id without sign or leading zeros.
+pub fn parse_agent_id(text: &[u8]) -> Option<i64> {
+    if text.is_empty() || text.len() > 19 || text[0] == b'0' || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+/// Parses `MSG <agent-id> <token>` (line ending optional).
+pub fn parse_request(line: &[u8]) -> Result<MsgRequest<'_>, ProtocolError> {
+    let line = trim_eol(line);
+    if line.is_empty() {
+        return Err(bad("empty line"));
+    }
+    if !is_printable_ascii(line) {
+        return Err(bad("lines are printable ASCII only"));
+    }
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let verb = parts.next().unwrap_or_default();
+    if verb != b"MSG" {
+        return Err(bad("unknown command; expected MSG <agent-id> <token>"));
+    }
+    let id = parts.next().ok_or_else(|| bad("missing agent id"))?;
+    let agent_id = parse_agent_id(id).ok_or_else(|| bad("the agent id must be a positive decimal integer"))?;
+    let token = parts.next().filter(|t| !t.is_empty()).ok_or_else(|| bad("missing token"))?;
+    if token.contains(&b' ') {
+        return Err(bad("the token must not contain spaces"));
+    }
+    Ok(MsgRequest { agent_id, token })
+}
+
+/// Formats a request line, newline included.
+pub fn format_request(agent_id: i64, token: &str) -> String {
+    format!("MSG {agent_id} {token}\n")
+}
+
+/// A parsed reply line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'a> {
+    Ack { token: &'a [u8] },
+    Err { code: ErrorCode, text: String },
+}
+
+/// Parses `ACK <token>` or `ERR <code> <text>`.
+pub fn parse_reply(line: &[u8]) -> Result<Reply<'_>, ProtocolError> {
+    let line = trim_eol(line);
+    if !is_printable_ascii(line) {
+        return Err(bad("reply is not printable ASCII"));
+    }
+    if let Some(token) = line.strip_prefix(b"ACK ") {
+        if token.is_empty() || token.contains(&b' ') {
+            return Err(bad("malformed ACK"));
+        }
+        return Ok(Reply::Ack { token });
+    }
+    if let Some(rest) = line.strip_prefix(b"ERR ") {
+        let mut parts = rest.splitn(2, |b| *b == b' ');
+        let code = parts.next().unwrap_or_default();
+        let code =
+            std::str::from_utf8(code).ok().and_then(ErrorCode::parse).ok_or_else(|| bad("unknown error code"))?;
+        let text = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        return Ok(Reply::Err { code, text });
+    }
+    Err(bad("expected ACK or ERR"))
+}
+
+/// Formats `ERR <code> <text>\n`; the text is forced to printable ASCII.
+pub fn format_err(code: ErrorCode, text: &str) -> String {
+    let clean: String = text.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).take(200).collect();
+    format!("ERR {} {clean}\n", code.as_str())
+}
+
+pub fn format_ack(token: &str) -> String {
+    format!("ACK {token}\n")
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A UTF-8 text message; the body is the text.
+    Text,
+    /// One chunk of a file; the body is the chunk's bytes.
+    FileChunk(FileChunk),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChunk {
+    /// Same for every chunk of one file.
+    pub file_id: String,
+    pub name: String,
+    /// Where this chunk's bytes start in the file.
+    pub offset: u64,
+    /// The whole file's size.
+    pub size: u64,
+    /// Hex SHA-256 of the whole file; on the last chunk only.
+    pub sha256: Option<String>,
+}
+
+/// A message header: who it is (id) and what it carries (kind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub id: String,
+    pub kind: Kind,
+}
+
+/// The header's JSON form, flat so any JSON library can write it.
+#[derive(Serialize, Deserialize)]
+struct WireHeader {
+    v: u32,
+    id: String,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+}
+
+/// Ids are 1..=64 characters of `[A-Za-z0-9_-]`: hex, UUIDs and ULIDs all fit.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_CHARS
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME_BYTES
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
+}
+
+fn valid_sha256(hex: &str) -> bool {
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// Builds a token plaintext: the header as one JSON line, `\n`, the body.
+pub fn encode_message(header: &Header, body: &[u8]) -> Vec<u8> {
+    let wire = match &header.kind {
+        Kind::Text => WireHeader {
+            v: VERSION,
+            id: header.id.clone(),
+            kind: "text".into(),
+            file_id: None,
+            name: None,
+            offset: None,
+            size: None,
+            sha256: None,
+        },
+        Kind::FileChunk(c) => WireHeader {
+            v: VERSION,
+            id: header.id.clone(),
+            kind: "file".into(),
+            file_id: Some(c.file_id.clone()),
+            name: Some(c.name.clone()),
+            offset: Some(c.offset),
+            size: Some(c.size),
+            sha256: c.sha256.clone(),
+        },
+    };
+    // A struct of strings and integers always serialises.
+    let mut out = serde_json::to_vec(&wire).expect("header serialises");
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits and checks a token plaintext. The body is what follows the first `\n`.
+pub fn decode_message(plaintext: &[u8]) -> Result<(Header, &[u8]), ProtocolError> {
+    let newline = plaintext.iter().position(|b| *b == b'\n').ok_or_else(|| bad("the plaintext has no header line"))?;
+    let (json, body) = (&plaintext[..newline], &plaintext[newline + 1..]);
+    let wire: WireHeader = serde_json::from_slice(json).map_err(|e| bad(format!("bad header: {e}")))?;
+    if wire.v != VERSION {
+        return Err(bad(format!("unsupported header version {}", wire.v)));
+    }
+    if !valid_id(&wire.id) {
+        return Err(bad("bad message id"));
+    }
+    let kind = match wire.kind.as_str() {
+        "text" => {
+            if std::str::from_utf8(body).is_err() {
+                return Err(bad("a text message must be UTF-8"));
+            }
+            Kind::Text
+        }
+        "file" => {
+            let (Some(file_id), Some(name), Some(offset), Some(size)) =
+                (wire.file_id, wire.name, wire.offset, wire.size)
+            else {
+                return Err(bad("a file chunk needs file_id, name, offset and size"));
+            };
+            if !valid_id(&file_id) {
+                return Err(bad("bad file id"));
+            }
+            if !valid_file_name(&name) {
+                return Err(bad("bad file name"));
+            }
+            let end = offset
+                .checked_add(body.len() as u64)
+                .filter(|end| *end <= size)
+                .ok_or_else(|| bad("the chunk runs past the file's size"))?;
+            let last = end == size;
+            match (&wire.sha256, last) {
+                (Some(h), true) if valid_sha256(h) => {}
+                (None, false) => {}
+                (Some(_), true) => return Err(bad("sha256 must be 64 lowercase hex digits")),
+                (None, true) => return Err(bad("the last chunk must carry the file's sha256")),
+                (Some(_), false) => return Err(bad("only the last chunk carries sha256")),
+            }
+            if body.is_empty() && size != 0 {
+                return Err(bad("an empty chunk is only allowed for an empty file"));
+            }
+            Kind::FileChunk(FileChunk { file_id, name, offset, size, sha256: wire.sha256 })
+        }
+        other => return Err(bad(format!("unknown kind {other:?}"))),
+    };
+    Ok((Header { id: wire.id, kind }, body))
+}
+
+/// How the Boss filed a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckStatus {
+    /// Newly committed.
+    Stored,
+    /// Already committed earlier (a retry or replay); nothing changed.
+    Duplicate,
+}
+
+/// The ACK token's header: which message, and how it was filed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckHeader {
+    pub v: u32,
+    pub id: String,
+    pub status: AckStatus,
+}
+
+/// ACK plaintext: the header line, `\n`, the Boss's reply text.
+pub fn encode_ack(id: &str, status: AckStatus, reply: &str) -> Vec<u8> {
+    let header = AckHeader { v: VERSION, id: id.to_string(), status };
+    let mut out = serde_json::to_vec(&header).expect("ack header serialises");
+    out.push(b'\n');
+    out.extend_from_slice(reply.as_bytes());
+    out
+}
+
+pub fn decode_ack(plaintext: &[u8]) -> Result<(AckHeader, String), ProtocolError> {
+    let newline = plaintext.iter().position(|b| *b == b'\n').ok_or_else(|| bad("the ACK has no header line"))?;
+    let header: AckHeader =
+        serde_json::from_slice(&plaintext[..newline]).map_err(|e| bad(format!("bad ACK header: {e}")))?;
+    let reply = String::from_utf8_lossy(&plaintext[newline + 1..]).into_owned();
+    Ok((header, reply))
+}
+
+/// A fresh random id (128 bits, hex) for messages and files.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let line = format_request(42, "gAAAA_tok-en==");
+        let req = parse_request(line.as_bytes()).expect("parses");
+        assert_eq!(req.agent_id, 42);
+        assert_eq!(req.token, b"gAAAA_tok-en==");
+    }
+
+    #[test]
+    fn request_rejections() {
+        for line in [
+            &b""[..],
+            b"\n",
+            b"MSG",
+            b"MSG 1",
+            b"MSG 1 ",
+            b"MSG 0 tok",
+            b"MSG -1 tok",
+            b"MSG 01 tok",
+            b"MSG 99999999999999999999 tok",
+            b"MSG 1 tok tok",
+            b"msg 1 tok",
+            b"MSG 1 t\xffk",
+            b"MSG  1 tok",
+        ] {
+            assert!(parse_request(line).is_err(), "{:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        assert_eq!(parse_reply(format_ack("abc").as_bytes()), Ok(Reply::Ack { token: b"abc" }));
+        for code in ErrorCode::ALL {
+            let line = format_err(code, "some text\u{7}");
+            match parse_reply(line.as_bytes()).expect("parses") {
+                Reply::Err { code: c, text } => {
+                    assert_eq!(c, code);
+                    assert_eq!(text, "some text?");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse_reply(b"ERR nope x").is_err());
+        assert!(parse_reply(b"HELLO").is_err());
+    }
+
+    #[test]
+    fn header_round_trip_text_and_file() {
+        let text = Header { id: random_id(), kind: Kind::Text };
+        let encoded = encode_message(&text, "hello\nworld".as_bytes());
+        let (h, body) = decode_message(&encoded).expect("decodes");
+        assert_eq!(h, text);
+        assert_eq!(body, b"hello\nworld");
+
+        let chunk = Header {
+            id: random_id(),
+            kind: Kind::FileChunk(FileChunk {
+                file_id: random_id(),
+                name: "report.pdf".into(),
+                offset: 10,
+                size: 13,
+                sha256: Some("ab".repeat(32)),
+            }),
+        };
+        let encoded = encode_message(&chunk, b"xyz");
+        assert_eq!(decode_message(&encoded).expect("decodes").0, chunk);
+    }
+
+    #[test]
+    fn header_rejections() {
+        let cases: &[&[u8]] = &[
+            b"no newline",
+            b"{}\n",
+            b"{\"v\":2,\"id\":\"a\",\"kind\":\"text\"}\n",
+            b"{\"v\":1,\"id\":\"a b\",\"kind\":\"text\"}\n",
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"poem\"}\n",
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"text\"}\n\xff",
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"file\",\"file_id\":\"f\",\"name\":\"../x\",\"offset\":0,\"size\":1}\nx",
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"file\",\"file_id\":\"f\",\"name\":\"x\",\"offset\":0,\"size\":1}\nx",
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"file\",\"file_id\":\"f\",\"name\":\"x\",\"offset\":0,\"size\":1}\nxy",
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"file\",\"file_id\":\"f\",\"name\":\"x\",\"offset\":18446744073709551615,\"size\":1}\nx",
+        ];
+        for case in cases {
+            assert!(decode_message(case).is_err(), "{:?}", String::from_utf8_lossy(case));
+        }
+    }
+
+    #[test]
+    fn ack_round_trip() {
+        let plain = encode_ack("m1", AckStatus::Duplicate, "seen it");
+        let (h, reply) = decode_ack(&plain).expect("decodes");
+        assert_eq!(h.id, "m1");
+        assert_eq!(h.status, AckStatus::Duplicate);
+        assert_eq!(reply, "seen it");
+    }
+}

@@ -1,0 +1,307 @@
+//! The agent registry: the rules for agents (validation, encryption of
+//! identifying fields, blind indexes, password hashes, login with lockout) on
+//! top of the Agents table. Everything here works on a `Connection` and the
+//! home's keys; nothing here prints or parses flags.
+
+use rusqlite::{Connection, TransactionBehavior};
+use zeroize::Zeroizing;
+
+use crate::crypto::{BlindIndexKey, FernetKey, MasterKey, password};
+use crate::db::{self, DbError, agents, logins};
+
+/// Longest name or alias, in characters.
+pub const MAX_FIELD_CHARS: usize = 100;
+/// Password length bounds, in bytes.
+pub const MIN_PASSWORD_BYTES: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// Failed logins within [`LOCKOUT_WINDOW_SECS`] that lock a name.
+pub const LOCKOUT_THRESHOLD: i64 = 5;
+pub const LOCKOUT_WINDOW_SECS: i64 = 15 * 60;
+pub const LOCKOUT_SECS: i64 = 15 * 60;
+
+/// The keys the registry needs, derived once from the master key.
+pub struct RegistryKeys {
+    pub at_rest: FernetKey,
+    pub blind_index: BlindIndexKey,
+}
+
+impl RegistryKeys {
+    pub fn derive(master: &MasterKey) -> Self {
+        RegistryKeys { at_rest: master.at_rest_key(), blind_index: master.blind_index_key() }
+    }
+
+    /// Decrypts an at-rest column value.
+    pub fn reveal(&self, token: &str) -> Result<String, RegistryError> {
+        let opened = self.at_rest.open(token.as_bytes(), None).map_err(|_| RegistryError::Undecryptable)?;
+        String::from_utf8(opened.plaintext).map_err(|_| RegistryError::Undecryptable)
+    }
+
+    pub fn conceal(&self, value: &str) -> String {
+        self.at_rest.seal(value.as_bytes())
+    }
+}
+
+/// An agent as users see it: decrypted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Agent {
+    pub id: i64,
+    pub name: String,
+    pub alias: String,
+    pub level: u8,
+}
+
+/// An agent to add. The password is wiped on drop.
+pub struct NewAgent {
+    pub name: String,
+    pub alias: String,
+    pub level: u8,
+    pub password: Zeroizing<String>,
+}
+
+#[derive(Debug)]
+pub enum RegistryError {
+    /// Input that breaks a rule; the text says which.
+    Invalid(String),
+    DuplicateName,
+    /// A stored value does not open with this home's key (wrong master.key?).
+    Undecryptable,
+    Db(DbError),
+    Hash(password::HashError),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::Invalid(why) => f.write_str(why),
+            RegistryError::DuplicateName => f.write_str("an agent with that name already exists"),
+            RegistryError::Undecryptable => f.write_str("a stored value does not decrypt with this home's master key"),
+            RegistryError::Db(e) => e.fmt(f),
+            RegistryError::Hash(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+impl From<DbError> for RegistryError {
+    fn from(err: DbError) -> Self {
+        match err {
+            DbError::Duplicate => RegistryError::DuplicateName,
+            other => RegistryError::Db(other),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for RegistryError {
+    fn from(err: rusqlite::Error) -> Self {
+        RegistryError::from(DbError::from(err))
+    }
+}
+
+fn check_field(what: &str, value: &str) -> Result<(), RegistryError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(RegistryError::Invalid(format!("{what} must not be empty")));
+    }
+    let chars = trimmed.chars().count();
+    if chars > MAX_FIELD_CHARS {
+        return Err(RegistryError::Invalid(format!(
+            "{what} is {chars} characters long; the limit is {MAX_FIELD_CHARS}"
+        )));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(RegistryError::Invalid(format!("{what} must not contain control characters")));
+    }
+    Ok(())
+}
+
+/// Checks a level is 1..=5.
+pub fn check_level(level: i64) -> Result<u8, RegistryError> {
+    u8::try_from(level)
+        .ok()
+        .filter(|l| (1..=5).contains(l))
+        .ok_or_else(|| RegistryError::Invalid(format!("security level {level} is out of range; use 1 to 5")))
+}
+
+fn check_password(password: &str) -> Result<(), RegistryError> {
+    let len = password.len();
+    if len < MIN_PASSWORD_BYTES {
+        return Err(RegistryError::Invalid(format!(
+            "the password is too short; use at least {MIN_PASSWORD_BYTES} characters"
+        )));
+    }
+    if len > MAX_PASSWORD_BYTES {
+        return Err(RegistryError::Invalid(format!(
+            "the password is too long; the limit is {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates every field of a new agent, before any work is done.
+pub fn validate(agent: &NewAgent) -> Result<(), RegistryError> {
+    check_field("the name", &agent.name)?;
+    check_field("the alias", &agent.alias)?;
+    check_level(i64::from(agent.level))?;
+    check_password(&agent.password)
+}
+
+/// Adds one agent in its own transaction; returns the new AgentId.
+pub fn add(conn: &mut Connection, keys: &RegistryKeys, agent: &NewAgent) -> Result<i64, RegistryError> {
+    validate(agent)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let id = insert(&tx, keys, agent)?;
+    tx.commit()?;
+    Ok(id)
+}
+
+/// Inserts one validated agent inside the caller's transaction.
+pub fn insert(conn: &Connection, keys: &RegistryKeys, agent: &NewAgent) -> Result<i64, RegistryError> {
+    let name = agent.name.trim();
+    let name_index = keys.blind_index.index(name);
+    // Check first so a duplicate costs no Argon2 work; the UNIQUE constraint
+    // still decides if two writers race.
+    if agents::by_name_index(conn, &name_index)?.is_some() {
+        return Err(RegistryError::DuplicateName);
+    }
+    let password_hash = password::hash(agent.password.as_bytes()).map_err(RegistryError::Hash)?;
+    let id = agents::insert(
+        conn,
+        &agents::NewStoredAgent {
+            name: &keys.conceal(name),
+            alias: &keys.conceal(agent.alias.trim()),
+            level: agent.level,
+            password_hash: &password_hash,
+            name_index: &name_index,
+        },
+    )?;
+    Ok(id)
+}
+
+/// Decrypts one stored row.
+pub fn reveal(keys: &RegistryKeys, stored: &agents::StoredAgent) -> Result<Agent, RegistryError> {
+    Ok(Agent {
+        id: stored.id,
+        name: keys.reveal(&stored.name)?,
+        alias: keys.reveal(&stored.alias)?,
+        level: stored.level,
+    })
+}
+
+pub fn get(conn: &Connection, keys: &RegistryKeys, id: i64) -> Result<Option<Agent>, RegistryError> {
+    agents::by_id(conn, id)?.map(|s| reveal(keys, &s)).transpose()
+}
+
+/// Agents a viewer at `viewer_level` may see: those at or below it.
+pub fn visible_to(conn: &Connection, keys: &RegistryKeys, viewer_level: u8) -> Result<Vec<Agent>, RegistryError> {
+    agents::at_or_below(conn, viewer_level)?.iter().map(|s| reveal(keys, s)).collect()
+}
+
+/// Why a login was refused.
+#[derive(Debug)]
+pub enum LoginError {
+    /// Unknown name or wrong password: one answer for both.
+    BadCredentials,
+    /// Too many failures; try again after this Unix time.
+    Locked {
+        until: i64,
+    },
+    Other(RegistryError),
+}
+
+impl From<RegistryError> for LoginError {
+    fn from(err: RegistryError) -> Self {
+        LoginError::Other(err)
+    }
+}
+
+impl From<DbError> for LoginError {
+    fn from(err: DbError) -> Self {
+        LoginError::Other(err.into())
+    }
+}
+
+impl From<rusqlite::Error> for LoginError {
+    fn from(err: rusqlite::Error) -> Self {
+        LoginError::Other(err.into())
+    }
+}
+
+/// Checks a name and password. The typed name becomes its blind index before
+/// it reaches a query; the password never enters one. An unknown name costs
+/// one Argon2 verification like a known one. Failures are counted per blind
+/// index, known or not, and lock the name after [`LOCKOUT_THRESHOLD`].
+pub fn login(
+    conn: &mut Connection,
+    keys: &RegistryKeys,
+    name: &str,
+    password: &str,
+    now: i64,
+) -> Result<Agent, LoginError> {
+    let name_index = keys.blind_index.index(name);
+    if let Some(until) = logins::locked_until(conn, &name_index, now)? {
+        return Err(LoginError::Locked { until });
+    }
+    let stored = agents::by_name_index(conn, &name_index)?;
+    let ok = match &stored {
+        Some(agent) => password::verify(password.as_bytes(), &agent.password_hash),
+        None => password::verify_unknown(password.as_bytes()),
+    };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    match stored {
+        Some(agent) if ok => {
+            logins::clear(&tx, &name_index)?;
+            tx.commit()?;
+            Ok(reveal(keys, &agent)?)
+        }
+        _ => {
+            let failures = logins::record_failure(&tx, &name_index, now, now - LOCKOUT_WINDOW_SECS)?;
+            let locked = failures >= LOCKOUT_THRESHOLD;
+            if locked {
+                logins::lock(&tx, &name_index, now + LOCKOUT_SECS)?;
+            }
+            tx.commit()?;
+            if locked { Err(LoginError::Locked { until: now + LOCKOUT_SECS }) } else { Err(LoginError::BadCredentials) }
+        }
+    }
+}
+
+/// A sample agent for `db init`. The passwords are public on purpose (README):
+/// they let a newcomer log in to a fresh demo database.
+pub struct SampleAgent {
+    pub name: &'static str,
+    pub alias: &'static str,
+    pub level: u8,
+    pub password: &'static str,
+}
+
+pub const SAMPLE_AGENTS: &[SampleAgent] = &[
+    SampleAgent { name: "Ethan Hunt", alias: "Impossible", level: 5, password: "mission-accepted-96" },
+    SampleAgent { name: "Natasha Romanoff", alias: "Black Widow", level: 4, password: "red-ledger-1984" },
+    SampleAgent { name: "George Smiley", alias: "Beggarman", level: 3, password: "karla-circus-74" },
+    SampleAgent { name: "Emma Peel", alias: "Mrs Peel", level: 3, password: "bowler-and-umbrella" },
+    SampleAgent { name: "Harry Palmer", alias: "Ipcress", level: 2, password: "funeral-in-berlin" },
+    SampleAgent { name: "Jason Bourne", alias: "Treadstone", level: 2, password: "who-am-i-2002" },
+    SampleAgent { name: "Maxwell Smart", alias: "Agent 86", level: 1, password: "missed-it-by-that-much" },
+    SampleAgent { name: "Boris Grishenko", alias: "Invincible", level: 1, password: "i-am-invincible" },
+];
+
+/// Drops and recreates every table, then adds the sample agents, all in one
+/// transaction: on any failure the old database is untouched.
+pub fn init_with_samples(conn: &mut Connection, keys: &RegistryKeys) -> Result<Vec<Agent>, RegistryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    db::apply_schema(&tx)?;
+    let mut added = Vec::with_capacity(SAMPLE_AGENTS.len());
+    for sample in SAMPLE_AGENTS {
+        let agent = NewAgent {
+            name: sample.name.to_string(),
+            alias: sample.alias.to_string(),
+            level: sample.level,
+            password: Zeroizing::new(sample.password.to_string()),
+        };
+        let id = insert(&tx, keys, &agent)?;
+        added.push(Agent { id, name: agent.name, alias: agent.alias, level: agent.level });
+    }
+    tx.commit()?;
+    Ok(added)
+}

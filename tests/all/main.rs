@@ -1,0 +1,4 @@
+//! The one integration test binary: Fernet vectors and properties, the real
+//! `spyctl` binary end to end in temporary homes, and the Boss over loopback.
+
+mod fernet_vectors;
