@@ -71,3 +71,39 @@ impl From<getrandom::Error> for Error {
         Error::new(format!("the OS random number generator failed: {err}"))
     }
 }
+
+impl From<crate::db::DbError> for Error {
+    fn from(err: crate::db::DbError) -> Self {
+        use crate::db::DbError;
+        let hint = match &err {
+            DbError::Missing(_) | DbError::NotInitialised(_) => Some("run `spyctl db init` first"),
+            DbError::Corrupt(..) => Some("restore it from a backup, or start over with `spyctl db init --force`"),
+            DbError::TooNew { .. } => Some("use a newer spyctl"),
+            DbError::Duplicate | DbError::Sqlite(_) => None,
+        };
+        let error = Error::new(err.to_string());
+        match hint {
+            Some(h) => error.hint(h),
+            None => error,
+        }
+    }
+}
+
+impl From<crate::registry::RegistryError> for Error {
+    fn from(err: crate::registry::RegistryError) -> Self {
+        use crate::registry::RegistryError;
+        match err {
+            RegistryError::Db(db) => db.into(),
+            RegistryError::Undecryptable => {
+                Error::new(err.to_string()).hint("the database and master.key must come from the same home")
+            }
+            other => Error::new(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::auth::session::SessionError> for Error {
+    fn from(err: crate::auth::session::SessionError) -> Self {
+        Error::new(err.to_string()).hint("run `spyctl login`")
+    }
+}

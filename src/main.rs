@@ -1,1 +1,19 @@
-fn main() {}
+//! The `spyctl` binary: parse, run, print the error once, exit with its code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = spyctl::cli::Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match spyctl::run(cli, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.message.contains("Broken pipe") => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("spyctl: error: {err}");
+            ExitCode::from(err.exit_code)
+        }
+    }
+}

@@ -138,11 +138,17 @@ fn check_password(password: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// Validates name, alias and level (everything but the password), so a
+/// command can refuse bad input before prompting for a password.
+pub fn validate_identity(name: &str, alias: &str, level: i64) -> Result<u8, RegistryError> {
+    check_field("the name", name)?;
+    check_field("the alias", alias)?;
+    check_level(level)
+}
+
 /// Validates every field of a new agent, before any work is done.
 pub fn validate(agent: &NewAgent) -> Result<(), RegistryError> {
-    check_field("the name", &agent.name)?;
-    check_field("the alias", &agent.alias)?;
-    check_level(i64::from(agent.level))?;
+    validate_identity(&agent.name, &agent.alias, i64::from(agent.level))?;
     check_password(&agent.password)
 }
 

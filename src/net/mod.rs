@@ -1,4 +1,6 @@
 //! Networking: the wire protocol (pure parsing), the threaded Boss server and
 //! the sending client.
 
+pub mod client;
 pub mod protocol;
+pub mod server;

@@ -2,3 +2,4 @@
 //! `spyctl` binary end to end in temporary homes, and the Boss over loopback.
 
 mod fernet_vectors;
+mod python_interop;

@@ -1,0 +1,176 @@
+//! Assembling uploaded files from chunks, crash-safely.
+//!
+//! Chunks of one file arrive in order (each is its own message) and are written
+//! into `files/<agent>/<file-id>.part` at their offset, then `fdatasync`ed
+//! before the chunk is acknowledged. Writing at an offset is idempotent, so a
+//! retried chunk is harmless. When the last chunk lands, the SHA-256 of the
+//! whole part file is checked and the file is renamed to its final name
+//! (`<file-id>-<name>`) and the directory synced: a file is either complete
+//! under its final name or not there at all. The inbox lists only files whose
+//! row the writer committed after the rename.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::net::protocol::FileChunk;
+
+/// Where one chunk left its file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// More chunks are expected; this many bytes are on disk.
+    Partial { received: u64 },
+    /// The file is complete, hash-checked and in place.
+    Complete { stored_as: String, sha256: String },
+}
+
+/// Why a chunk was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The sender broke the rules (order, hash); the text says how.
+    Rejected(String),
+    /// The Boss could not write; try again.
+    Io(String),
+}
+
+pub struct FileAssembler {
+    root: PathBuf,
+    /// One upload is written at a time. Chunks are large and each is synced,
+    /// so the lock costs little and keeps the part-file logic single-threaded.
+    lock: Mutex<()>,
+}
+
+impl FileAssembler {
+    pub fn new(root: PathBuf) -> Self {
+        FileAssembler { root, lock: Mutex::new(()) }
+    }
+
+    /// The final path (relative to the files root) a completed file gets.
+    pub fn final_relative(agent_id: i64, chunk: &FileChunk) -> String {
+        format!("{agent_id}/{}-{}", chunk.file_id, chunk.name)
+    }
+
+    /// Writes one chunk; see the module docs for the rules.
+    pub fn write_chunk(&self, agent_id: i64, chunk: &FileChunk, body: &[u8]) -> Result<ChunkOutcome, ChunkError> {
+        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = self.root.join(agent_id.to_string());
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err)?;
+        let relative = Self::final_relative(agent_id, chunk);
+        let final_path = self.root.join(&relative);
+        let part_path = dir.join(format!("{}.part", chunk.file_id));
+        let end = chunk.offset + body.len() as u64;
+
+        if final_path.exists() && !part_path.exists() {
+            // Completed earlier (a retried last chunk after a crash or lost ACK).
+            let sha256 = hash_file(&final_path).map_err(io_err)?;
+            if Some(&sha256) == chunk.sha256.as_ref() || chunk.sha256.is_none() {
+                return Ok(ChunkOutcome::Complete { stored_as: relative, sha256 });
+            }
+            return Err(ChunkError::Rejected("that file id is already complete with other contents".into()));
+        }
+
+        let part = if chunk.offset == 0 {
+            OpenOptions::new().write(true).read(true).create(true).truncate(false).mode(0o600).open(&part_path)
+        } else {
+            OpenOptions::new().write(true).read(true).open(&part_path)
+        };
+        let part = match part {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ChunkError::Rejected(
+                    "no upload in progress for this file; start again at offset 0".into(),
+                ));
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let have = part.metadata().map_err(io_err)?.len();
+        if chunk.offset > have {
+            return Err(ChunkError::Rejected(format!("chunk out of order: expected offset {have}")));
+        }
+        part.write_all_at(body, chunk.offset).map_err(io_err)?;
+        part.set_len(end).map_err(io_err)?;
+        part.sync_data().map_err(io_err)?;
+
+        if end < chunk.size {
+            return Ok(ChunkOutcome::Partial { received: end });
+        }
+        let expected = chunk.sha256.as_deref().unwrap_or_default();
+        let sha256 = hash_file(&part_path).map_err(io_err)?;
+        if sha256 != expected {
+            let _ = fs::remove_file(&part_path);
+            return Err(ChunkError::Rejected("the file's SHA-256 does not match; send the whole file again".into()));
+        }
+        fs::rename(&part_path, &final_path).map_err(io_err)?;
+        sync_dir(&dir).map_err(io_err)?;
+        Ok(ChunkOutcome::Complete { stored_as: relative, sha256 })
+    }
+}
+
+fn io_err(e: std::io::Error) -> ChunkError {
+    ChunkError::Io(e.to_string())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Hex SHA-256 of a file's contents.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u64, size: u64, sha256: Option<String>) -> FileChunk {
+        FileChunk { file_id: "f1".into(), name: "a.txt".into(), offset, size, sha256 }
+    }
+
+    #[test]
+    fn in_order_chunks_complete_and_retries_are_harmless() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().to_path_buf());
+        let data = b"hello, boss!";
+        let sha = hex::encode(Sha256::digest(data));
+        assert_eq!(files.write_chunk(7, &chunk(0, 12, None), &data[..5]), Ok(ChunkOutcome::Partial { received: 5 }));
+        // Retry of the first chunk.
+        assert_eq!(files.write_chunk(7, &chunk(0, 12, None), &data[..5]), Ok(ChunkOutcome::Partial { received: 5 }));
+        // Out of order.
+        assert!(matches!(
+            files.write_chunk(7, &chunk(8, 12, Some(sha.clone())), &data[8..]),
+            Err(ChunkError::Rejected(_))
+        ));
+        let done = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("completes");
+        let ChunkOutcome::Complete { stored_as, sha256 } = done else { panic!("not complete") };
+        assert_eq!(sha256, sha);
+        assert_eq!(fs::read(tmp.path().join(&stored_as)).expect("final file"), data);
+        assert!(!tmp.path().join("7/f1.part").exists());
+        // The last chunk again (lost ACK): still complete, same file.
+        let again = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("idempotent");
+        assert!(matches!(again, ChunkOutcome::Complete { .. }));
+    }
+
+    #[test]
+    fn bad_hash_leaves_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().to_path_buf());
+        let err = files.write_chunk(1, &chunk(0, 3, Some("00".repeat(32))), b"abc");
+        assert!(matches!(err, Err(ChunkError::Rejected(_))));
+        assert_eq!(fs::read_dir(tmp.path().join("1")).expect("dir").count(), 0);
+    }
+}

@@ -1,0 +1,198 @@
+//! The Boss's answer to each `MSG` line: authenticate the agent's token,
+//! check freshness, file the message durably, and reply with an ACK sealed
+//! under the same agent key.
+//!
+//! An unknown agent and a bad MAC get the same `ERR auth`, so a prober learns
+//! nothing about which agent ids exist. A resent message id (a retry, or a
+//! replay within the TTL) is stored once and acknowledged as `duplicate`.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::Connection;
+
+use crate::crypto::{FernetKey, MasterKey, TokenError};
+use crate::db::{self, DbError, messages};
+use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
+use crate::net::server::{LineHandler, Peer};
+use crate::registry::RegistryKeys;
+
+use super::files::{ChunkError, ChunkOutcome, FileAssembler};
+use super::store::{Store, WriteOp};
+
+/// Settings the operator chooses.
+#[derive(Debug, Clone)]
+pub struct BossConfig {
+    /// Oldest token accepted, in seconds.
+    pub ttl_secs: u64,
+    /// Largest file accepted; 0 refuses files.
+    pub max_file_bytes: u64,
+}
+
+impl Default for BossConfig {
+    fn default() -> Self {
+        BossConfig { ttl_secs: 300, max_file_bytes: 1 << 30 }
+    }
+}
+
+/// The Boss's line handler.
+pub struct BossService {
+    master: MasterKey,
+    keys: RegistryKeys,
+    /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
+    reader: Mutex<Connection>,
+    store: Store,
+    files: FileAssembler,
+    config: BossConfig,
+}
+
+impl BossService {
+    pub fn new(
+        master: MasterKey,
+        db_path: &Path,
+        files_root: &Path,
+        store: Store,
+        config: BossConfig,
+    ) -> Result<Self, DbError> {
+        let reader = db::open_read_only(db_path)?;
+        Ok(BossService {
+            keys: RegistryKeys::derive(&master),
+            master,
+            reader: Mutex::new(reader),
+            store,
+            files: FileAssembler::new(files_root.to_path_buf()),
+            config,
+        })
+    }
+
+    /// The agent's alias, or None if no such agent (now).
+    fn agent_alias(&self, agent_id: i64) -> Result<Option<String>, DbError> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(agent) = db::agents::by_id(&reader, agent_id)? else { return Ok(None) };
+        Ok(Some(self.keys.reveal(&agent.alias).unwrap_or_else(|_| format!("agent {agent_id}"))))
+    }
+
+    fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
+        protocol::format_ack(&key.seal(&protocol::encode_ack(id, status, reply)))
+    }
+
+    fn answer(&self, line: &[u8], peer: &Peer) -> Result<String, (ErrorCode, String)> {
+        let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let agent_id = request.agent_id;
+        let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
+        let alias = self.agent_alias(agent_id).map_err(|e| {
+            tracing::error!(error = %e, "agent lookup failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        })?;
+        let key = self.master.agent_wire_key(agent_id);
+        // Derive and check even for unknown agents, so both paths cost the same.
+        let opened = key.open(request.token, Some(self.config.ttl_secs));
+        let Some(alias) = alias else {
+            tracing::info!(conn = peer.id, agent = agent_id, "refused: auth");
+            return Err(auth_failed());
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(TokenError::Invalid) => {
+                tracing::info!(conn = peer.id, agent = agent_id, "refused: auth");
+                return Err(auth_failed());
+            }
+            Err(TokenError::Expired) => {
+                tracing::info!(conn = peer.id, agent = agent_id, "refused: expired");
+                return Err((
+                    ErrorCode::Expired,
+                    format!("the token is outside the {} s freshness window", self.config.ttl_secs),
+                ));
+            }
+        };
+        let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let now = crate::crypto::fernet::unix_now() as i64;
+        match &header.kind {
+            Kind::Text => {
+                let added = self
+                    .store
+                    .write(WriteOp::Message(messages::StoredMessage {
+                        agent_id,
+                        message_id: header.id.clone(),
+                        received_at: now,
+                        token: String::from_utf8_lossy(request.token).into_owned(),
+                    }))
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "store failed");
+                        (ErrorCode::Internal, "could not store the message; try again".to_string())
+                    })?;
+                let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
+                tracing::info!(conn = peer.id, agent = agent_id, msg = %header.id, ?status, "text message");
+                Ok(Self::ack(&key, &header.id, status, &format!("Message received. Good work, {alias}.")))
+            }
+            Kind::FileChunk(chunk) => {
+                if self.config.max_file_bytes == 0 {
+                    return Err((ErrorCode::Forbidden, "this Boss does not accept files".into()));
+                }
+                if chunk.size > self.config.max_file_bytes {
+                    return Err((
+                        ErrorCode::TooLong,
+                        format!("files are limited to {} bytes", self.config.max_file_bytes),
+                    ));
+                }
+                let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
+                    ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
+                    ChunkError::Io(why) => {
+                        tracing::error!(error = %why, "file write failed");
+                        (ErrorCode::Internal, "could not store the chunk; try again".to_string())
+                    }
+                })?;
+                match outcome {
+                    ChunkOutcome::Partial { received } => {
+                        tracing::debug!(conn = peer.id, agent = agent_id, file = %chunk.file_id, received, "file chunk");
+                        Ok(Self::ack(
+                            &key,
+                            &header.id,
+                            AckStatus::Stored,
+                            &format!("{received} of {} bytes", chunk.size),
+                        ))
+                    }
+                    ChunkOutcome::Complete { stored_as, sha256 } => {
+                        let added = self
+                            .store
+                            .write(WriteOp::File(messages::StoredFile {
+                                agent_id,
+                                file_id: chunk.file_id.clone(),
+                                name: self.keys.conceal(&chunk.name),
+                                size: chunk.size as i64,
+                                sha256,
+                                stored_as,
+                                received_at: now,
+                            }))
+                            .map_err(|e| {
+                                tracing::error!(error = %e, "store failed");
+                                (ErrorCode::Internal, "could not store the file; try again".to_string())
+                            })?;
+                        let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
+                        tracing::info!(conn = peer.id, agent = agent_id, file = %chunk.file_id, size = chunk.size, ?status, "file received");
+                        Ok(Self::ack(
+                            &key,
+                            &header.id,
+                            status,
+                            &format!("File received: {} bytes, SHA-256 verified. Good work, {alias}.", chunk.size),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl LineHandler for BossService {
+    fn handle(&self, line: &[u8], peer: &Peer) -> String {
+        match self.answer(line, peer) {
+            Ok(reply) => reply,
+            Err((code, text)) => {
+                if code == ErrorCode::BadRequest {
+                    tracing::info!(conn = peer.id, error = %text, "refused: bad request");
+                }
+                protocol::format_err(code, &text)
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The command line, declared with clap. Only declarations live here: each
+//! command's module turns these raw flags into a checked request.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spyctl",
+    version,
+    about = "A secret-agent registry and an encrypted, authenticated channel to the Boss",
+    long_about = "A secret-agent registry with encrypted fields and role-based login, and an encrypted, \
+                  HMAC-authenticated message channel to \"the Boss\".\n\n\
+                  Start with `spyctl demo` for a guided tour in a throw-away home.",
+    after_help = "Homes hold spyctl.db, master.key and session. Secrets never go on the command line: \
+                  passwords are prompted without echo, or read with --password-stdin."
+)]
+pub struct Cli {
+    /// Directory holding the database, master key and session [default: the platform data directory]
+    #[arg(long, global = true, env = "SPYCTL_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables and messages
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log more to stderr (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database and run the SQL demos
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Add and list agents, export wire keys
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Log in as an agent (password prompted without echo)
+    Login(LoginArgs),
+    /// End the current session
+    Logout,
+    /// Show who is logged in
+    Whoami,
+    /// Run the Boss's server or read its inbox
+    #[command(subcommand)]
+    Boss(BossCommand),
+    /// Send an encrypted, authenticated message or file to the Boss
+    Send(SendArgs),
+    /// Run the whole tour in a throw-away home, narrating each step
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create the tables (drop + create) and add the sample agents, then print them
+    Init {
+        /// Replace a database that already holds agents (everything in it is lost)
+        #[arg(long)]
+        force: bool,
+        /// Show the rows as stored (ciphertext), not decrypted
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Run the demo script: delete one row, update one row, four SELECTs
+    Query {
+        /// Run one read-only ad-hoc SELECT instead of the demo script
+        #[arg(long, value_name = "SELECT")]
+        sql: Option<String>,
+        /// Show values as stored (ciphertext), not decrypted
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Add an agent (directors only); the password is prompted without echo
+    Add(AgentAddArgs),
+    /// List the agents you may see (your level and below)
+    List,
+    /// Manage agents' wire keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write an agent's wire key to a file (0600), for sending from another machine (directors only)
+    Export {
+        /// The agent whose key to export
+        #[arg(value_name = "AGENT_ID")]
+        agent_id: i64,
+        /// Where to write the key
+        #[arg(long, short, value_name = "FILE")]
+        out: PathBuf,
+        /// Overwrite FILE if it exists
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentAddArgs {
+    /// The agent's real name (stored encrypted)
+    #[arg(long)]
+    pub name: String,
+    /// The agent's code name (stored encrypted)
+    #[arg(long)]
+    pub alias: String,
+    /// Security level: 1-2 field agent, 3 handler, 4-5 director
+    #[arg(long, value_parser = clap::value_parser!(i64))]
+    pub level: i64,
+    /// Read the new agent's password from the first line of stdin instead of prompting
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Agent name (prompted if omitted)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Read the password from the first line of stdin instead of prompting
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Session lifetime in seconds
+    #[arg(long, default_value_t = crate::auth::session::DEFAULT_TTL_SECS, value_name = "SECONDS")]
+    pub ttl: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BossCommand {
+    /// Run the Boss's threaded TCP server until Ctrl-C or SIGTERM
+    Serve(ServeArgs),
+    /// Show received messages and files, decrypted (directors only)
+    Inbox,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_BIND", value_name = "ADDR")]
+    pub bind: String,
+    /// Most connections served at once; more get `ERR busy`
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a connection may sit idle between lines
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub idle_timeout: u64,
+    /// Seconds a client has to finish a line once it has started it
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub line_deadline: u64,
+    /// Oldest message token accepted, in seconds
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub ttl: u64,
+    /// Largest file accepted, in bytes (0 refuses files)
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The message; without TEXT or --file, each line of stdin is sent as a message
+    #[arg(conflicts_with = "file")]
+    pub text: Option<String>,
+    /// Send a file instead of text
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// The Boss's address
+    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Send as this agent with --key-file, without a login (e.g. from another machine)
+    #[arg(long, requires = "key_file", value_name = "AGENT_ID")]
+    pub agent_id: Option<i64>,
+    /// The agent's wire key, as written by `spyctl agent key export`
+    #[arg(long, requires = "agent_id", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Seconds to wait for each answer before retrying
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Attempts per message before giving up
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's home directory instead of deleting it
+    #[arg(long)]
+    pub keep: bool,
+}

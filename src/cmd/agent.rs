@@ -1,0 +1,87 @@
+//! `agent add`, `agent list`, `agent key export`.
+
+use std::path::Path;
+
+use crate::auth::roles::{Action, Role};
+use crate::cli::AgentAddArgs;
+use crate::error::{Error, Result};
+use crate::home;
+use crate::output::Rows;
+use crate::registry::{self, NewAgent};
+
+use super::session::require;
+use super::{Ctx, prompt};
+
+pub fn add(ctx: &mut Ctx<'_>, args: AgentAddArgs) -> Result<()> {
+    // Refuse a non-director before asking for anything.
+    require(ctx, Action::AddAgent)?;
+    // Check the fields before asking for a password that would be thrown away.
+    let level = registry::validate_identity(&args.name, &args.alias, args.level)?;
+    let password = prompt::password(args.password_stdin, "New agent's password: ")?;
+    let agent = NewAgent { name: args.name, alias: args.alias, level, password };
+    add_agent(ctx, &agent)
+}
+
+/// Adds a checked agent as the logged-in director and prints the result.
+pub fn add_agent(ctx: &mut Ctx<'_>, agent: &NewAgent) -> Result<()> {
+    let mut gate = require(ctx, Action::AddAgent)?;
+    let id = registry::add(&mut gate.conn, &gate.keys, agent)?;
+    let added = registry::get(&gate.conn, &gate.keys, id)?.ok_or_else(|| Error::new("the new agent vanished"))?;
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "added": added }));
+    }
+    ctx.say(&format!("Agent added: AgentId {id}."))?;
+    let mut rows = Rows::new(&["AgentId", "Name", "Alias", "Level", "Role"]);
+    rows.push(vec![
+        added.id.to_string(),
+        added.name,
+        added.alias,
+        added.level.to_string(),
+        Role::of_level(added.level).name().into(),
+    ]);
+    ctx.show(&rows.to_table())
+}
+
+pub fn list(ctx: &mut Ctx<'_>) -> Result<()> {
+    let gate = require(ctx, Action::ListAgents)?;
+    let agents = registry::visible_to(&gate.conn, &gate.keys, gate.agent.level)?;
+    if ctx.json {
+        return ctx.json(serde_json::json!(agents));
+    }
+    let mut rows = Rows::new(&["AgentId", "Name", "Alias", "Level", "Role"]);
+    for a in &agents {
+        rows.push(vec![
+            a.id.to_string(),
+            a.name.clone(),
+            a.alias.clone(),
+            a.level.to_string(),
+            Role::of_level(a.level).name().into(),
+        ]);
+    }
+    ctx.show(&rows.to_table())?;
+    ctx.say(&format!("{} agent(s) at or below level {}.", agents.len(), gate.agent.level))
+}
+
+pub fn export_key(ctx: &mut Ctx<'_>, agent_id: i64, out: &Path, force: bool) -> Result<()> {
+    let gate = require(ctx, Action::ExportKey)?;
+    let agent = registry::get(&gate.conn, &gate.keys, agent_id)?
+        .ok_or_else(|| Error::new(format!("no agent with AgentId {agent_id}")).hint("see `spyctl agent list`"))?;
+    if out.exists() && !force {
+        return Err(
+            Error::new(format!("{} exists; nothing was written", out.display())).hint("pass --force to overwrite it")
+        );
+    }
+    let key = gate.master.agent_wire_key(agent_id);
+    let mut text = key.to_base64();
+    text.push('\n');
+    home::write_secret_file(out, text.as_bytes())?;
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "agent_id": agent_id, "key_file": out }));
+    }
+    ctx.say(&format!(
+        "Wrote {}'s wire key to {} (0600). Send with: spyctl send --agent-id {agent_id} --key-file {} --addr HOST:PORT \"...\"",
+        agent.name,
+        out.display(),
+        out.display()
+    ))
+}

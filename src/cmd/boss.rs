@@ -1,0 +1,89 @@
+//! `boss serve` and `boss inbox`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::auth::roles::Action;
+use crate::boss::{Boss, BossConfig, inbox};
+use crate::cli::ServeArgs;
+use crate::error::{Error, Result};
+use crate::net::server::Limits;
+use crate::output::{Rows, utc_time};
+
+use super::Ctx;
+use super::session::require;
+
+pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
+    if args.max_connections == 0 || args.idle_timeout == 0 || args.line_deadline == 0 || args.ttl == 0 {
+        return Err(Error::usage("--max-connections, --idle-timeout, --line-deadline and --ttl must be at least 1"));
+    }
+    let limits = Limits {
+        max_connections: args.max_connections,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        line_deadline: Duration::from_secs(args.line_deadline),
+        ..Limits::default()
+    };
+    let config = BossConfig { ttl_secs: args.ttl, max_file_bytes: args.max_file_bytes };
+    let boss = Boss::bind(&ctx.home, &args.bind, limits, config)?;
+    let addr = boss.local_addr();
+
+    // Ctrl-C / SIGTERM: stop accepting, finish in-flight lines, commit, exit 0.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::new(format!("cannot install signal handlers: {e}")))?;
+    let signal_handle = signals.handle();
+    let shutdown = boss.shutdown_handle();
+    let watcher = std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "shutting down");
+            shutdown.shutdown();
+        }
+    });
+
+    if ctx.json {
+        ctx.json(serde_json::json!({ "listening": addr.to_string() }))?;
+    } else {
+        // Always printed (even with -q): scripts read the port from it.
+        crate::output::line(ctx.out, &format!("Boss listening on {addr} (Ctrl-C to stop)"))?;
+    }
+    ctx.out.flush().ok();
+    let stats = boss.run();
+    signal_handle.close();
+    let _ = watcher.join();
+    ctx.say(&format!(
+        "Boss stopped: {} connection(s), {} line(s), {} refused as busy.",
+        stats.connections.load(Ordering::Relaxed),
+        stats.lines.load(Ordering::Relaxed),
+        stats.refused_busy.load(Ordering::Relaxed)
+    ))
+}
+
+pub fn inbox(ctx: &mut Ctx<'_>) -> Result<()> {
+    let gate = require(ctx, Action::ReadInbox)?;
+    let entries = inbox::read(&gate.conn, &gate.master)?;
+    if ctx.json {
+        return ctx.json(serde_json::json!(entries));
+    }
+    let mut rows = Rows::new(&["Received (UTC)", "Agent", "Kind", "Message / file", "Size"]);
+    for e in &entries {
+        let who = match &e.agent_name {
+            Some(name) => format!("{} ({name})", e.agent_id),
+            None => format!("{} (removed)", e.agent_id),
+        };
+        let content = match &e.stored_as {
+            Some(path) => format!("{} -> files/{path}", e.content),
+            None => e.content.clone(),
+        };
+        rows.push(vec![
+            utc_time(e.received_at),
+            who,
+            e.kind.into(),
+            content,
+            e.size.map(|s| s.to_string()).unwrap_or_default(),
+        ]);
+    }
+    ctx.show(&rows.to_table())?;
+    ctx.say(&format!("{} item(s).", entries.len()))
+}

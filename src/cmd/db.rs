@@ -1,0 +1,227 @@
+//! `db init` and `db query`: the assignment's two SQL scripts, each statement
+//! printed with its rows affected and its cursor's rows as a table.
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ToSql, TransactionBehavior};
+
+use crate::db;
+use crate::error::{Error, Result};
+use crate::output::Rows;
+use crate::registry::{self, RegistryKeys};
+
+use super::Ctx;
+
+const SELECT_ALL: &str = include_str!("../../sql/demo_select_all.sql");
+const SELECT_COLUMNS: &str = include_str!("../../sql/demo_select_columns.sql");
+const SELECT_ROWS: &str = include_str!("../../sql/demo_select_rows.sql");
+const SELECT_BOTH: &str = include_str!("../../sql/demo_select_both.sql");
+const DELETE_ONE: &str = include_str!("../../sql/demo_delete.sql");
+const UPDATE_ONE: &str = include_str!("../../sql/demo_update.sql");
+
+/// The agent the demo deletes and the one it promotes (sample names).
+pub const DEMO_DELETED: &str = "Boris Grishenko";
+pub const DEMO_PROMOTED: &str = "Harry Palmer";
+const DEMO_NEW_ALIAS: &str = "Harry the Handler";
+const DEMO_NEW_LEVEL: u8 = 3;
+
+/// Named parameters for one statement.
+type NamedParams<'a> = &'a [(&'a str, &'a dyn ToSql)];
+
+/// Columns that hold Fernet tokens under the at-rest key.
+const ENCRYPTED_COLUMNS: [&str; 2] = ["AgentName", "AgentAlias"];
+
+/// The statement text without its leading comment lines.
+fn statement(sql: &str) -> String {
+    sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n").trim().to_string()
+}
+
+/// The comment at the top of a SQL file: the step's title.
+fn title(sql: &str) -> String {
+    sql.lines().next().map(|l| l.trim_start_matches("--").trim().to_string()).unwrap_or_default()
+}
+
+/// Runs a query and collects its cursor's rows, decrypting encrypted columns
+/// unless `raw`.
+pub fn select(
+    conn: &Connection,
+    sql: &str,
+    params: &[(&str, &dyn ToSql)],
+    keys: &RegistryKeys,
+    raw: bool,
+) -> Result<Rows> {
+    let mut stmt = conn.prepare(sql)?;
+    let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let decrypt: Vec<bool> = columns.iter().map(|c| !raw && ENCRYPTED_COLUMNS.contains(&c.as_str())).collect();
+    let mut rows = stmt.query(params)?;
+    let mut out = Rows { columns, rows: Vec::new() };
+    while let Some(row) = rows.next()? {
+        let mut cells = Vec::with_capacity(decrypt.len());
+        for (i, decrypt) in decrypt.iter().enumerate() {
+            let text = match row.get_ref(i)? {
+                ValueRef::Null => "NULL".to_string(),
+                ValueRef::Integer(v) => v.to_string(),
+                ValueRef::Real(v) => v.to_string(),
+                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                ValueRef::Blob(b) => format!("x'{}'", hex::encode(b)),
+            };
+            cells.push(if *decrypt { keys.reveal(&text).unwrap_or(text) } else { text });
+        }
+        out.push(cells);
+    }
+    Ok(out)
+}
+
+/// One printed step of a script.
+#[derive(serde::Serialize)]
+struct Step {
+    title: String,
+    sql: String,
+    rows_affected: Option<usize>,
+    #[serde(flatten)]
+    result: Option<Rows>,
+}
+
+fn print_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<()> {
+    ctx.show(&format!("\n== {}\n{}", step.title, step.sql))?;
+    if let Some(n) = step.rows_affected {
+        ctx.show(&format!("rows affected: {n}"))?;
+    }
+    if let Some(rows) = &step.result {
+        ctx.show(&rows.to_table())?;
+        ctx.show(&format!("({} row{})", rows.rows.len(), if rows.rows.len() == 1 { "" } else { "s" }))?;
+    }
+    Ok(())
+}
+
+pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
+    ctx.home.ensure()?;
+    let master = ctx.home.load_or_create_master_key()?;
+    let keys = RegistryKeys::derive(&master);
+    let mut conn = db::create(&ctx.home.db_path())?;
+    if db::has_agents(&conn)? && !force {
+        return Err(Error::new(format!("{} already holds agents; nothing was changed", ctx.home.db_path().display()))
+            .hint("pass --force to drop every table and start over"));
+    }
+    let added = registry::init_with_samples(&mut conn, &keys)?;
+    let all = select(&conn, &statement(SELECT_ALL), &[], &keys, raw)?;
+    let steps = vec![
+        Step {
+            title: "DDL: drop and create every table (sql/schema.sql)".into(),
+            sql: statement(db::SCHEMA_SQL),
+            rows_affected: None,
+            result: None,
+        },
+        Step {
+            title: format!("Insert {} sample agents (sql/insert_agent.sql, values as parameters)", added.len()),
+            sql: statement(include_str!("../../sql/insert_agent.sql")),
+            rows_affected: Some(added.len()),
+            result: None,
+        },
+        Step { title: title(SELECT_ALL), sql: statement(SELECT_ALL), rows_affected: None, result: Some(all) },
+    ];
+    if ctx.json {
+        let passwords: Vec<_> = registry::SAMPLE_AGENTS
+            .iter()
+            .map(|s| serde_json::json!({ "name": s.name, "level": s.level, "password": s.password }))
+            .collect();
+        return ctx.json(serde_json::json!({ "steps": steps, "sample_logins": passwords }));
+    }
+    for step in &steps {
+        if step.result.is_some() || !ctx.quiet {
+            print_step(ctx, step)?;
+        }
+    }
+    ctx.say(&format!(
+        "\nDatabase ready at {}. Sample logins (public demo passwords, also in README.md):",
+        ctx.home.db_path().display()
+    ))?;
+    let mut logins = Rows::new(&["Name", "Level", "Password"]);
+    for s in registry::SAMPLE_AGENTS {
+        logins.push(vec![s.name.into(), s.level.to_string(), s.password.into()]);
+    }
+    if !ctx.quiet {
+        ctx.show(&logins.to_table())?;
+    }
+    ctx.say("Next: spyctl login --name \"Ethan Hunt\"")
+}
+
+/// The second script: delete one row, update one row, four SELECTs.
+pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
+    let master = ctx.home.load_master_key()?;
+    let keys = RegistryKeys::derive(&master);
+    let mut conn = db::open(&ctx.home.db_path())?;
+    let before = db::agents::count(&conn)?;
+
+    let deleted_index = keys.blind_index.index(DEMO_DELETED);
+    let promoted_index = keys.blind_index.index(DEMO_PROMOTED);
+    let new_alias = keys.conceal(DEMO_NEW_ALIAS);
+    // Both changes in one transaction: the script applies whole or not at all.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let deleted = tx.execute(&statement(DELETE_ONE), rusqlite::named_params! { ":name_index": deleted_index })?;
+    let updated = tx.execute(
+        &statement(UPDATE_ONE),
+        rusqlite::named_params! { ":level": DEMO_NEW_LEVEL, ":alias": new_alias, ":name_index": promoted_index },
+    )?;
+    tx.commit()?;
+    let after = db::agents::count(&conn)?;
+
+    let mut steps = vec![
+        Step {
+            title: format!("{} ({DEMO_DELETED}, found by the blind index of the name)", title(DELETE_ONE)),
+            sql: statement(DELETE_ONE),
+            rows_affected: Some(deleted),
+            result: None,
+        },
+        Step {
+            title: format!(
+                "{} ({DEMO_PROMOTED} -> level {DEMO_NEW_LEVEL}, alias {DEMO_NEW_ALIAS:?})",
+                title(UPDATE_ONE)
+            ),
+            sql: statement(UPDATE_ONE),
+            rows_affected: Some(updated),
+            result: None,
+        },
+    ];
+    let selects: [(&str, NamedParams<'_>); 4] = [
+        (SELECT_ALL, &[]),
+        (SELECT_COLUMNS, &[]),
+        (SELECT_ROWS, &[(":min_level", &3)]),
+        (SELECT_BOTH, &[(":max_level", &2)]),
+    ];
+    for (sql, params) in selects {
+        steps.push(Step {
+            title: title(sql),
+            sql: statement(sql),
+            rows_affected: None,
+            result: Some(select(&conn, &statement(sql), params, &keys, raw)?),
+        });
+    }
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "agents_before": before, "agents_after": after, "steps": steps }));
+    }
+    for step in &steps {
+        print_step(ctx, step)?;
+    }
+    ctx.say(&format!("\nAgents before the script: {before}; after: {after}."))
+}
+
+/// `db query --sql`: one read-only statement on a read-only connection.
+pub fn ad_hoc(ctx: &mut Ctx<'_>, sql: &str, raw: bool) -> Result<()> {
+    let master = ctx.home.load_master_key()?;
+    let keys = RegistryKeys::derive(&master);
+    let conn = db::open_read_only(&ctx.home.db_path())?;
+    let stmt = conn.prepare(sql).map_err(|e| match e {
+        rusqlite::Error::MultipleStatement => Error::new("--sql takes one statement"),
+        other => Error::new(format!("the query does not compile: {other}")),
+    })?;
+    if !stmt.readonly() || stmt.column_count() == 0 {
+        return Err(Error::new("only read-only queries (SELECT ...) may be run with --sql; nothing was changed"));
+    }
+    drop(stmt);
+    let rows = select(&conn, sql, &[], &keys, raw)?;
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "sql": sql, "rows": rows.to_json_objects() }));
+    }
+    ctx.show(&rows.to_table())?;
+    ctx.say(&format!("({} row{})", rows.rows.len(), if rows.rows.len() == 1 { "" } else { "s" }))
+}

@@ -1,0 +1,181 @@
+//! `demo`: the whole tour in a throw-away home, through the same functions the
+//! commands use (real SQLite file, real TCP on 127.0.0.1, real crypto),
+//! narrating each step. Any step that does not behave exits non-zero.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::boss::{Boss, BossConfig};
+use crate::cli::SendArgs;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::net::protocol::{self, Header, Kind};
+use crate::net::server::Limits;
+use crate::registry::{NewAgent, SAMPLE_AGENTS};
+
+use super::{Ctx, agent, boss, db, send, session};
+
+const DIRECTOR: usize = 0; // Ethan Hunt, level 5
+const FIELD_AGENT: usize = 5; // Jason Bourne, level 2
+
+/// A home directory removed on drop unless kept.
+struct DemoHome {
+    home: Home,
+    keep: bool,
+}
+
+impl Drop for DemoHome {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(self.home.dir());
+        }
+    }
+}
+
+fn fresh_home(keep: bool) -> Result<DemoHome> {
+    let nonce = protocol::random_id();
+    let dir = std::env::temp_dir().join(format!("spyctl-demo-{}", &nonce[..12]));
+    let home = Home::at(dir);
+    home.ensure()?;
+    Ok(DemoHome { home, keep })
+}
+
+fn step(ctx: &mut Ctx<'_>, n: u32, text: &str) -> Result<()> {
+    ctx.show(&format!("\n━━━ Step {n}: {text}"))
+}
+
+pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
+    let demo_home = fresh_home(args.keep)?;
+    let mut ctx = Ctx { home: demo_home.home.clone(), json: false, quiet: outer.quiet, out: &mut *outer.out };
+    let ctx = &mut ctx;
+    ctx.show(&format!("spyctl demo: a throw-away home at {}", ctx.home.dir().display()))?;
+
+    step(ctx, 1, "db init: the DDL script creates the tables and adds sample agents (names encrypted)")?;
+    db::init(ctx, false, false)?;
+
+    step(ctx, 2, "db query: delete one row, update one row, then four SELECTs")?;
+    db::demo_script(ctx, false)?;
+
+    let director = &SAMPLE_AGENTS[DIRECTOR];
+    step(ctx, 3, &format!("login as a director: {} (level {})", director.name, director.level))?;
+    session::login_as(ctx, director.name, director.password, 600)?;
+
+    step(ctx, 4, "agent add: directors may add agents (password hashed with Argon2id)")?;
+    agent::add_agent(
+        ctx,
+        &NewAgent {
+            name: "Q".into(),
+            alias: "Quartermaster".into(),
+            level: 3,
+            password: Zeroizing::new("exploding-pen-007".into()),
+        },
+    )?;
+
+    step(ctx, 5, "agent list: a director sees every agent at or below level 5")?;
+    agent::list(ctx)?;
+
+    let field = &SAMPLE_AGENTS[FIELD_AGENT];
+    step(
+        ctx,
+        6,
+        &format!("login as a field agent: {} (level {}); they see less and may not add", field.name, field.level),
+    )?;
+    session::login_as(ctx, field.name, field.password, 600)?;
+    agent::list(ctx)?;
+    let refused = agent::add_agent(
+        ctx,
+        &NewAgent {
+            name: "Mole".into(),
+            alias: "Mole".into(),
+            level: 5,
+            password: Zeroizing::new("let-me-in-please".into()),
+        },
+    );
+    match refused {
+        Err(e) => ctx.show(&format!("spyctl agent add -> error: {e}   (refused, as it should be)"))?,
+        Ok(()) => return Err(Error::new("demo step 6 failed: a field agent was allowed to add an agent")),
+    }
+
+    step(ctx, 7, "boss serve: the threaded TCP server on 127.0.0.1, a free port")?;
+    let boss = Boss::bind(&ctx.home, "127.0.0.1:0", Limits::default(), BossConfig::default())?;
+    let addr = boss.local_addr();
+    let shutdown = boss.shutdown_handle();
+    let server = std::thread::spawn(move || boss.run());
+    ctx.show(&format!("Boss listening on {addr}"))?;
+
+    let result = (|| -> Result<()> {
+        step(ctx, 8, "send: an encrypted, HMAC-authenticated message; the Boss's ACK is verified")?;
+        let args = |text: Option<&str>, file: Option<std::path::PathBuf>| SendArgs {
+            text: text.map(str::to_string),
+            file,
+            addr: addr.to_string(),
+            agent_id: None,
+            key_file: None,
+            timeout: 10,
+            attempts: 3,
+        };
+        send::send(ctx, args(Some("The package is in the locker at Victoria station."), None))?;
+
+        step(ctx, 9, "send --file: a file in chunks, SHA-256 checked by the Boss, moved into place atomically")?;
+        let file = ctx.home.dir().join("dossier.txt");
+        std::fs::write(&file, "Dossier: Operation Treadstone.\n".repeat(2000))?;
+        send::send(ctx, args(None, Some(file)))?;
+
+        step(ctx, 10, "a tampered message: one character of the token changed in transit")?;
+        let reply = send_tampered(ctx, addr)?;
+        ctx.show(&format!("Boss -> {}", reply.trim_end()))?;
+        if !reply.starts_with("ERR auth") {
+            return Err(Error::new(format!("demo step 10 failed: the tampered message got {reply:?}")));
+        }
+
+        step(ctx, 11, "boss inbox: a director reads what arrived, decrypted")?;
+        session::login_as(ctx, director.name, director.password, 600)?;
+        boss::inbox(ctx)?;
+        Ok(())
+    })();
+
+    step(ctx, 12, "Ctrl-C for the Boss: stop accepting, finish in-flight messages, commit")?;
+    shutdown.shutdown();
+    let stats = server.join().map_err(|_| Error::new("the demo's Boss thread panicked"))?;
+    ctx.show(&format!(
+        "Boss stopped after {} connection(s) and {} line(s).",
+        stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+        stats.lines.load(std::sync::atomic::Ordering::Relaxed)
+    ))?;
+    result?;
+
+    ctx.show("\nThe tour is over. What to try next (two terminals):")?;
+    ctx.show("  spyctl db init")?;
+    ctx.show("  spyctl boss serve                      # terminal 1")?;
+    ctx.show("  spyctl login --name \"Ethan Hunt\"       # terminal 2 (password: mission-accepted-96)")?;
+    ctx.show("  spyctl send \"Hello, Boss\"")?;
+    ctx.show("  spyctl boss inbox")?;
+    if args.keep {
+        ctx.show(&format!("The demo home was kept: spyctl --home {} agent list", ctx.home.dir().display()))?;
+    }
+    Ok(())
+}
+
+/// Seals a real message as the logged-in agent, flips one character of the
+/// token, sends it over a raw socket and returns the Boss's answer line.
+fn send_tampered(ctx: &Ctx<'_>, addr: std::net::SocketAddr) -> Result<String> {
+    let gate = session::require_login(ctx)?;
+    let key = gate.master.agent_wire_key(gate.agent.id);
+    let plaintext = protocol::encode_message(
+        &Header { id: protocol::random_id(), kind: Kind::Text },
+        b"Transfer 1M to account 666",
+    );
+    let mut token = key.seal(&plaintext).into_bytes();
+    let i = token.len() / 2;
+    token[i] = if token[i] == b'A' { b'B' } else { b'A' };
+    let token = String::from_utf8(token).map_err(|_| Error::new("token is ASCII"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(protocol::format_request(gate.agent.id, &token).as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    Ok(reply)
+}

@@ -1,0 +1,68 @@
+//! One module per command group. Each checks its arguments, calls the domain
+//! modules and renders the result; none of them holds business rules.
+
+pub mod agent;
+pub mod boss;
+pub mod db;
+pub mod demo;
+pub mod prompt;
+pub mod send;
+pub mod session;
+
+use std::io::Write;
+
+use crate::cli::{AgentCommand, BossCommand, Command, DbCommand, KeyCommand};
+use crate::error::Result;
+use crate::home::Home;
+
+/// What every command gets: where the home is, how to print, where to.
+pub struct Ctx<'a> {
+    pub home: Home,
+    pub json: bool,
+    pub quiet: bool,
+    pub out: &'a mut dyn Write,
+}
+
+impl Ctx<'_> {
+    /// A status line for people; silent with --quiet or --json.
+    pub fn say(&mut self, text: &str) -> Result<()> {
+        if self.quiet || self.json {
+            return Ok(());
+        }
+        crate::output::line(self.out, text)
+    }
+
+    /// Output that is the command's result (tables); silent only with --json.
+    pub fn show(&mut self, text: &str) -> Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        crate::output::line(self.out, text)
+    }
+
+    pub fn json(&mut self, value: serde_json::Value) -> Result<()> {
+        crate::output::json(self.out, &value)
+    }
+}
+
+pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
+    match command {
+        Command::Db(DbCommand::Init { force, raw }) => db::init(ctx, force, raw),
+        Command::Db(DbCommand::Query { sql, raw }) => match sql {
+            Some(sql) => db::ad_hoc(ctx, &sql, raw),
+            None => db::demo_script(ctx, raw),
+        },
+        Command::Agent(AgentCommand::Add(args)) => agent::add(ctx, args),
+        Command::Agent(AgentCommand::List) => agent::list(ctx),
+        Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {
+            agent::export_key(ctx, agent_id, &out, force)
+        }
+        Command::Login(args) => session::login(ctx, args),
+        Command::Logout => session::logout(ctx),
+        Command::Whoami => session::whoami(ctx),
+        Command::Boss(BossCommand::Serve(args)) => boss::serve(ctx, args),
+        Command::Boss(BossCommand::Inbox) => boss::inbox(ctx),
+        Command::Send(args) => send::send(ctx, args),
+        Command::Demo(args) => demo::run(ctx, args),
+    }
+}

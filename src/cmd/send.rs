@@ -1,0 +1,125 @@
+//! `send`: a text, each line of stdin, or a file, to the Boss; waits for and
+//! verifies each acknowledgement.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use crate::auth::roles::Action;
+use crate::cli::SendArgs;
+use crate::crypto::FernetKey;
+use crate::error::{Error, Result};
+use crate::home;
+use crate::net::client::{self, ClientConfig, Delivered, SendError, Sender};
+use crate::net::protocol::{self, AckStatus, Header, Kind};
+
+use super::Ctx;
+use super::session::require;
+
+/// Who is sending: from a key file, or from the login session.
+fn identity(ctx: &Ctx<'_>, args: &SendArgs) -> Result<(i64, FernetKey)> {
+    if let (Some(agent_id), Some(path)) = (args.agent_id, &args.key_file) {
+        if agent_id < 1 {
+            return Err(Error::usage("--agent-id must be a positive AgentId"));
+        }
+        let text = home::read_secret_file(path)?;
+        let key = FernetKey::from_base64(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+        return Ok((agent_id, key));
+    }
+    let gate = require(ctx, Action::Send)?;
+    Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
+}
+
+fn send_error(err: SendError) -> Error {
+    let hint = match &err {
+        SendError::Unreachable { .. } => Some("is the Boss running? start it with `spyctl boss serve`, or pass --addr"),
+        SendError::Refused { code: protocol::ErrorCode::Auth, .. } => {
+            Some("the Boss does not know this agent or key: check --agent-id/--key-file, or log in again")
+        }
+        SendError::Refused { code: protocol::ErrorCode::Expired, .. } => Some("check this machine's clock"),
+        _ => None,
+    };
+    let error = Error::new(err.to_string());
+    match hint {
+        Some(h) => error.hint(h),
+        None => error,
+    }
+}
+
+fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered) -> Result<()> {
+    if ctx.json {
+        return ctx.json(serde_json::json!({
+            "sent": what,
+            "status": delivered.status,
+            "reply": delivered.reply,
+            "attempts": delivered.attempts,
+        }));
+    }
+    let status = match delivered.status {
+        AckStatus::Stored => "stored",
+        AckStatus::Duplicate => "already stored (duplicate)",
+    };
+    ctx.show(&format!("Boss: {} [{status}]", delivered.reply))
+}
+
+pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
+    if args.timeout == 0 || args.attempts == 0 {
+        return Err(Error::usage("--timeout and --attempts must be at least 1"));
+    }
+    let (agent_id, key) = identity(ctx, &args)?;
+    let config = ClientConfig {
+        addr: args.addr.clone(),
+        timeout: Duration::from_secs(args.timeout),
+        attempts: args.attempts,
+        ..ClientConfig::default()
+    };
+    let mut sender = Sender::new(config, agent_id, &key);
+
+    if let Some(path) = &args.file {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::new(format!("{} has no usable file name", path.display())))?
+            .to_string();
+        let meta = std::fs::metadata(path).map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(Error::new(format!("{} is not a regular file", path.display())));
+        }
+        let quiet = ctx.quiet || ctx.json;
+        let bar = crate::progress::bar(meta.len(), quiet);
+        let delivered =
+            client::send_file(&mut sender, path, &name, |done, _| bar.set_position(done)).map_err(|e| match e {
+                client::FileSendError::Send(s) => send_error(s),
+                other => Error::new(other.to_string()),
+            })?;
+        bar.finish_and_clear();
+        return report(ctx, &name, &delivered);
+    }
+
+    if let Some(text) = &args.text {
+        let header = Header { id: protocol::random_id(), kind: Kind::Text };
+        let delivered = sender.send(&header, text.as_bytes()).map_err(send_error)?;
+        return report(ctx, "text", &delivered);
+    }
+
+    // No TEXT and no --file: every stdin line is a message, over one connection.
+    let stdin = std::io::stdin();
+    let mut sent = 0usize;
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| Error::new(format!("cannot read stdin: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let header = Header { id: protocol::random_id(), kind: Kind::Text };
+        let delivered = sender.send(&header, line.as_bytes()).map_err(|e| {
+            let err = send_error(e);
+            Error { message: format!("after {sent} message(s): {}", err.message), ..err }
+        })?;
+        report(ctx, "text", &delivered)?;
+        sent += 1;
+    }
+    if sent == 0 {
+        return Err(Error::new("nothing to send: no TEXT, no --file, and no lines on stdin")
+            .hint("try `spyctl send \"Package delivered\"`"));
+    }
+    Ok(())
+}

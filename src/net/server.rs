@@ -1,0 +1,328 @@
+//! A threaded line server on std threads: the Rust mirror of Python's
+//! `socketserver.ThreadingTCPServer`, with the limits that one lacks.
+//!
+//! An accept loop hands each connection to its own thread, up to
+//! `max_connections` live at once (past that the newcomer gets `ERR busy` and is
+//! closed). Each thread reads `\n`-terminated lines under three limits: an idle
+//! timeout while waiting for a line to start, a deadline for a whole line once
+//! it has started (a slow sender cannot pin a thread), and a length cap checked
+//! before the buffer grows. Each line goes to a [`LineHandler`]; its answer is
+//! written back. Shutdown stops the accept loop, lets every connection finish
+//! the line it is on, and waits for the threads.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::protocol::{self, ErrorCode};
+
+/// The server's limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_line_bytes: usize,
+    /// Longest wait for the first byte of a line.
+    pub idle_timeout: Duration,
+    /// Longest time from a line's first byte to its newline.
+    pub line_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            max_line_bytes: protocol::MAX_LINE_BYTES,
+            idle_timeout: Duration::from_secs(60),
+            line_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a connection thread knows about its peer, for logs.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+/// Answers one line. Implementations must not panic on any input; a panic
+/// is caught, logged, answered with `ERR internal` and the connection closed.
+pub trait LineHandler: Send + Sync + 'static {
+    /// `line` excludes the `\n`. Returns the full reply line, `\n` included.
+    fn handle(&self, line: &[u8], peer: &Peer) -> String;
+}
+
+/// How often blocked reads wake to check for shutdown.
+const POLL: Duration = Duration::from_millis(200);
+/// Stack for connection threads: they hold little on the stack, and hundreds
+/// of idle connections should cost little memory.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    local_addr: SocketAddr,
+}
+
+/// Stops a running server from another thread (signal handler, test, demo).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<AtomicBool>,
+    wake_addr: SocketAddr,
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop; returns at once. `run` returns when done.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_secs(1));
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Counters for the end-of-run log line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub refused_busy: AtomicU64,
+    pub lines: AtomicU64,
+}
+
+impl Server {
+    pub fn bind(addr: impl ToSocketAddrs, limits: Limits) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        Ok(Server { listener, limits, stop: Arc::new(AtomicBool::new(false)), local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        let mut wake_addr = self.local_addr;
+        if wake_addr.ip().is_unspecified() {
+            wake_addr.set_ip(if wake_addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        ShutdownHandle { stop: self.stop.clone(), wake_addr }
+    }
+
+    /// Serves until shut down, then waits for every connection to finish.
+    pub fn run<H: LineHandler>(self, handler: Arc<H>) -> Stats {
+        let stats = Arc::new(Stats::default());
+        let live = Arc::new(AtomicUsize::new(0));
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut next_id = 0u64;
+        for incoming in self.listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = match incoming {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            threads.retain(|t| !t.is_finished());
+            next_id += 1;
+            let addr = stream.peer_addr().unwrap_or(self.local_addr);
+            let peer = Peer { id: next_id, addr };
+            if live.load(Ordering::SeqCst) >= self.limits.max_connections {
+                stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = peer.id, %addr, "refused: too many connections");
+                refuse_busy(stream);
+                continue;
+            }
+            live.fetch_add(1, Ordering::SeqCst);
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            let ctx = Connection {
+                stream,
+                peer,
+                limits: self.limits.clone(),
+                stop: self.stop.clone(),
+                live: live.clone(),
+                stats: stats.clone(),
+            };
+            let handler = handler.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("conn-{next_id}"))
+                .stack_size(CONNECTION_STACK)
+                .spawn(move || ctx.serve(&*handler));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The closure (and its live-count guard) was dropped with the error.
+                    tracing::error!(error = %e, "cannot start a connection thread");
+                }
+            }
+        }
+        tracing::info!(connections = threads.len(), "stopped accepting; finishing open connections");
+        for t in threads {
+            let _ = t.join();
+        }
+        Arc::try_unwrap(stats).unwrap_or_default()
+    }
+}
+
+fn refuse_busy(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ =
+        stream.write_all(protocol::format_err(ErrorCode::Busy, "too many connections; try again shortly").as_bytes());
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: Peer,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    live: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a connection's reading ended.
+enum ReadEnd {
+    Closed,
+    Idle,
+    Deadline,
+    TooLong,
+    Stopping,
+    Failed(io::Error),
+}
+
+impl Connection {
+    fn serve<H: LineHandler + ?Sized>(mut self, handler: &H) {
+        tracing::debug!(conn = self.peer.id, addr = %self.peer.addr, "connected");
+        let _ = self.stream.set_nodelay(true);
+        let _ = self.stream.set_write_timeout(Some(self.limits.line_deadline));
+        let mut buf: Vec<u8> = Vec::new();
+        let end = loop {
+            let line_len = match self.read_line(&mut buf) {
+                Ok(n) => n,
+                Err(end) => break end,
+            };
+            self.stats.lines.fetch_add(1, Ordering::Relaxed);
+            let line = &buf[..line_len - 1];
+            let reply = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.handle(line, &self.peer)
+            })) {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tracing::error!(conn = self.peer.id, "handler panicked; closing the connection");
+                    let _ =
+                        self.stream.write_all(protocol::format_err(ErrorCode::Internal, "internal error").as_bytes());
+                    break ReadEnd::Closed;
+                }
+            };
+            buf.drain(..line_len);
+            // Give back the memory of a large line once it has been handled.
+            if buf.is_empty() && buf.capacity() > 64 * 1024 {
+                buf.shrink_to(8 * 1024);
+            }
+            if let Err(e) = self.stream.write_all(reply.as_bytes()) {
+                break ReadEnd::Failed(e);
+            }
+        };
+        let goodbye = match &end {
+            ReadEnd::TooLong => Some(protocol::format_err(
+                ErrorCode::TooLong,
+                &format!("lines are limited to {} bytes", self.limits.max_line_bytes),
+            )),
+            ReadEnd::Deadline => Some(protocol::format_err(ErrorCode::BadRequest, "line not completed in time")),
+            ReadEnd::Idle => Some(protocol::format_err(ErrorCode::BadRequest, "idle timeout")),
+            _ => None,
+        };
+        if let Some(goodbye) = goodbye {
+            let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = self.stream.write_all(goodbye.as_bytes());
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        match end {
+            ReadEnd::Failed(e) => tracing::debug!(conn = self.peer.id, error = %e, "connection failed"),
+            ReadEnd::TooLong => tracing::warn!(conn = self.peer.id, "closed: line too long"),
+            ReadEnd::Deadline => tracing::warn!(conn = self.peer.id, "closed: line deadline passed"),
+            ReadEnd::Idle => tracing::debug!(conn = self.peer.id, "closed: idle"),
+            ReadEnd::Stopping => tracing::debug!(conn = self.peer.id, "closed: server stopping"),
+            ReadEnd::Closed => tracing::debug!(conn = self.peer.id, "closed by peer"),
+        }
+    }
+
+    /// Reads until `buf` holds a whole line; returns its length including `\n`.
+    /// Bytes after the newline stay in `buf` for the next call (pipelining).
+    fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadEnd> {
+        let max = self.limits.max_line_bytes;
+        let mut scanned = 0;
+        let mut line_started = if buf.is_empty() { None } else { Some(Instant::now()) };
+        let idle_since = Instant::now();
+        loop {
+            if let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+                return Ok(scanned + pos + 1);
+            }
+            scanned = buf.len();
+            if buf.len() >= max {
+                return Err(ReadEnd::TooLong);
+            }
+            // Timeouts: idle until the line starts, then the line deadline.
+            let remaining = match line_started {
+                None => {
+                    if self.stop.load(Ordering::SeqCst) {
+                        return Err(ReadEnd::Stopping);
+                    }
+                    self.limits.idle_timeout.checked_sub(idle_since.elapsed()).ok_or(ReadEnd::Idle)?
+                }
+                Some(start) => self.limits.line_deadline.checked_sub(start.elapsed()).ok_or(ReadEnd::Deadline)?,
+            };
+            let wait = remaining.min(POLL).max(Duration::from_millis(1));
+            let _ = self.stream.set_read_timeout(Some(wait));
+            // Never read past the cap: the buffer grows at most to max bytes.
+            let want = (max - buf.len()).min(64 * 1024);
+            let old = buf.len();
+            buf.resize(old + want, 0);
+            let n = match self.stream.read(&mut buf[old..]) {
+                Ok(0) => {
+                    buf.truncate(old);
+                    return Err(ReadEnd::Closed);
+                }
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    0
+                }
+                Err(e) => {
+                    buf.truncate(old);
+                    return Err(ReadEnd::Failed(e));
+                }
+            };
+            buf.truncate(old + n);
+            if n > 0 && line_started.is_none() {
+                line_started = Some(Instant::now());
+            }
+        }
+    }
+}

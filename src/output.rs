@@ -1,0 +1,119 @@
+//! Rendering: comfy-table tables for people, JSON for scripts, and the short
+//! status lines (like Flask's `flash` categories) every command prints.
+
+use std::io::Write;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+
+use crate::error::{Error, Result};
+
+/// Longest cell shown in a table; JSON output is never shortened.
+const MAX_CELL_CHARS: usize = 44;
+
+/// A table's worth of data, printable as a table or as JSON.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Rows {
+    pub fn new(columns: &[&str]) -> Rows {
+        Rows { columns: columns.iter().map(|c| c.to_string()).collect(), rows: Vec::new() }
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    /// A boxed table; long cells are shortened with an ellipsis.
+    pub fn to_table(&self) -> String {
+        let mut table = Table::new();
+        table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
+        table.set_header(self.columns.clone());
+        for row in &self.rows {
+            table.add_row(row.iter().map(|c| shorten(c)).collect::<Vec<_>>());
+        }
+        table.to_string()
+    }
+
+    /// JSON objects keyed by column name.
+    pub fn to_json_objects(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.rows
+                .iter()
+                .map(|row| {
+                    serde_json::Value::Object(
+                        self.columns
+                            .iter()
+                            .cloned()
+                            .zip(row.iter().map(|v| serde_json::Value::String(v.clone())))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+fn shorten(cell: &str) -> String {
+    let one_line = cell.replace(['\n', '\r'], " ");
+    if one_line.chars().count() <= MAX_CELL_CHARS {
+        return one_line;
+    }
+    let mut short: String = one_line.chars().take(MAX_CELL_CHARS - 1).collect();
+    short.push('…');
+    short
+}
+
+/// Writes a line to stdout; a closed pipe (`spyctl ... | head`) is not an error.
+pub fn line(out: &mut dyn Write, text: &str) -> Result<()> {
+    writeln!(out, "{text}").map_err(write_err)
+}
+
+pub fn json(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::new(format!("cannot encode JSON: {e}")))?;
+    writeln!(out, "{text}").map_err(write_err)
+}
+
+fn write_err(e: std::io::Error) -> Error {
+    Error::new(format!("cannot write output: {e}"))
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn utc_time(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_time_known_instants() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_time(499_162_800), "1985-10-26 08:20:00");
+        assert_eq!(utc_time(1_709_210_096), "2024-02-29 12:34:56");
+    }
+
+    #[test]
+    fn long_cells_are_shortened_in_tables_only() {
+        let mut rows = Rows::new(&["a"]);
+        rows.push(vec!["x".repeat(100)]);
+        assert!(rows.to_table().contains('…'));
+        assert_eq!(rows.to_json_objects()[0]["a"].as_str().map(str::len), Some(100));
+    }
+}
