@@ -2,4 +2,6 @@
 //! `spyctl` binary end to end in temporary homes, and the Boss over loopback.
 
 mod fernet_vectors;
+mod protocol_doc;
 mod python_interop;
+mod support;
