@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
     long_about = "A secret-agent registry with encrypted fields and role-based login, and an encrypted, \
                   HMAC-authenticated message channel to \"the Boss\".\n\n\
                   Start with `spyctl demo` for a guided tour in a throw-away home.",
+    term_width = 100,
     after_help = "Homes hold spyctl.db, master.key and session. Secrets never go on the command line: \
                   passwords are prompted without echo, or read with --password-stdin."
 )]
@@ -54,6 +55,15 @@ pub enum Command {
     Send(SendArgs),
     /// Run the whole tour in a throw-away home, narrating each step
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +150,8 @@ pub enum BossCommand {
     Serve(ServeArgs),
     /// Show received messages and files, decrypted (directors only)
     Inbox,
+    /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -194,4 +206,43 @@ pub struct DemoArgs {
     /// Keep the demo's home directory instead of deleting it
     #[arg(long)]
     pub keep: bool,
+}
+
+/// How `boss bench` senders use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    /// One connection per sender, reused for every message
+    Persistent,
+    /// A new connection for every message
+    PerMessage,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Sends as the logged-in agent, or as --agent-id with --key-file. Every message is a real \
+                  sealed token and every ACK is verified; messages are stored in the Boss's inbox.")]
+pub struct BenchArgs {
+    /// The Boss's address
+    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Concurrent senders (one thread each)
+    #[arg(long, short = 'c', default_value_t = 1, value_name = "N")]
+    pub connections: usize,
+    /// Messages in total, split evenly over the senders
+    #[arg(long, short = 'n', default_value_t = 1000, value_name = "M")]
+    pub messages: u64,
+    /// Body bytes per message
+    #[arg(long, short = 's', default_value_t = 64, value_name = "BYTES")]
+    pub size: usize,
+    /// Keep one connection per sender, or open one per message
+    #[arg(long, value_enum, default_value_t = BenchMode::Persistent)]
+    pub mode: BenchMode,
+    /// Send as this agent with --key-file, without a login
+    #[arg(long, requires = "key_file", value_name = "AGENT_ID")]
+    pub agent_id: Option<i64>,
+    /// The agent's wire key, as written by `spyctl agent key export`
+    #[arg(long, requires = "agent_id", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Seconds to wait for each answer
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub timeout: u64,
 }

@@ -94,8 +94,11 @@ impl Home {
     pub fn load_master_key(&self) -> Result<MasterKey> {
         let path = self.master_key_path();
         let text = read_secret_file(&path).map_err(|e| {
-            if !path.exists() {
-                Error::new(format!("no master key in {}", self.dir.display())).hint("run `spyctl db init` first")
+            if !path.exists() && !self.has_db() {
+                Error::new(format!("no spyctl database in {}", self.dir.display())).hint("run `spyctl db init` first")
+            } else if !path.exists() {
+                Error::new(format!("{} is missing; the database cannot be read without it", path.display()))
+                    .hint("restore master.key from your backup")
             } else {
                 e
             }

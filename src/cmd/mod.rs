@@ -2,9 +2,11 @@
 //! modules and renders the result; none of them holds business rules.
 
 pub mod agent;
+pub mod bench;
 pub mod boss;
 pub mod db;
 pub mod demo;
+pub mod docs;
 pub mod prompt;
 pub mod send;
 pub mod session;
@@ -62,7 +64,10 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Whoami => session::whoami(ctx),
         Command::Boss(BossCommand::Serve(args)) => boss::serve(ctx, args),
         Command::Boss(BossCommand::Inbox) => boss::inbox(ctx),
+        Command::Boss(BossCommand::Bench(args)) => bench::bench(ctx, args),
         Command::Send(args) => send::send(ctx, args),
         Command::Demo(args) => demo::run(ctx, args),
+        Command::Completions { shell } => docs::completions(ctx, shell),
+        Command::Man => docs::man(ctx),
     }
 }

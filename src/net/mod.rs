@@ -2,5 +2,6 @@
 //! the sending client.
 
 pub mod client;
+pub mod loadgen;
 pub mod protocol;
 pub mod server;

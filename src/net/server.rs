@@ -172,7 +172,7 @@ impl Server {
                 }
             }
         }
-        tracing::info!(connections = threads.len(), "stopped accepting; finishing open connections");
+        tracing::info!(open = live.load(Ordering::SeqCst), "stopped accepting; finishing open connections");
         for t in threads {
             let _ = t.join();
         }

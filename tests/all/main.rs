@@ -5,3 +5,6 @@ mod fernet_vectors;
 mod protocol_doc;
 mod python_interop;
 mod support;
+mod cli_docs;
+mod boss_e2e;
+mod cli_registry;

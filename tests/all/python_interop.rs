@@ -129,7 +129,7 @@ fn venv_python(system_error: &str) -> Result<PathBuf, String> {
 
 /// The Python to use, found once per test process; every test fails with the same message
 /// if there is none.
-fn python() -> &'static Path {
+pub(crate) fn python() -> &'static Path {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let found = PYTHON.get_or_init(|| {
         let system = Path::new("python3");

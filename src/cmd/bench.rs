@@ -1,0 +1,119 @@
+//! `boss bench`: checks the flags, picks the sending identity (login session
+//! or --agent-id/--key-file, as `send` does), runs [`crate::net::loadgen`]
+//! with a progress bar on stderr, and prints msgs/s and latency percentiles
+//! (or `--json`).
+
+use std::time::Duration;
+
+use indicatif::ProgressStyle;
+
+use crate::auth::roles::Action;
+use crate::cli::{BenchArgs, BenchMode};
+use crate::crypto::FernetKey;
+use crate::error::{Error, Result};
+use crate::home;
+use crate::net::loadgen::{self, LoadConfig, Mode};
+use crate::net::protocol;
+
+use super::Ctx;
+use super::session::require;
+
+/// Largest body: its token (base64, about 4/3 of it) must fit a protocol line.
+const MAX_SIZE: usize = protocol::CHUNK_BYTES;
+
+fn identity(ctx: &Ctx<'_>, args: &BenchArgs) -> Result<(i64, FernetKey)> {
+    if let (Some(agent_id), Some(path)) = (args.agent_id, &args.key_file) {
+        if agent_id < 1 {
+            return Err(Error::usage("--agent-id must be a positive AgentId"));
+        }
+        let text = home::read_secret_file(path)?;
+        let key = FernetKey::from_base64(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+        return Ok((agent_id, key));
+    }
+    let gate = require(ctx, Action::Send)?;
+    Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
+}
+
+/// Microseconds as milliseconds with three decimals, for people.
+fn ms(us: u64) -> String {
+    format!("{:.3} ms", us as f64 / 1000.0)
+}
+
+pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
+    if args.connections == 0 || args.messages == 0 || args.timeout == 0 {
+        return Err(Error::usage("--connections, --messages and --timeout must be at least 1"));
+    }
+    if args.size > MAX_SIZE {
+        return Err(Error::usage(format!("--size is limited to {MAX_SIZE} bytes (one protocol line)")));
+    }
+    let (agent_id, key) = identity(ctx, &args)?;
+    let config = LoadConfig {
+        addr: args.addr.clone(),
+        connections: args.connections,
+        messages: args.messages,
+        size: args.size,
+        mode: match args.mode {
+            BenchMode::Persistent => Mode::Persistent,
+            BenchMode::PerMessage => Mode::PerMessage,
+        },
+        timeout: Duration::from_secs(args.timeout),
+    };
+
+    let bar = crate::progress::bar(args.messages, ctx.quiet || ctx.json);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} msgs {per_sec} eta {eta}") {
+        bar.set_style(style);
+    }
+    let report = loadgen::run(&config, agent_id, &key, &|| bar.inc(1));
+    bar.finish_and_clear();
+
+    let acked = report.stored + report.duplicates;
+    let rate = report.msgs_per_sec();
+    let l = report.latency;
+    if ctx.json {
+        ctx.json(serde_json::json!({
+            "addr": config.addr,
+            "agent_id": agent_id,
+            "connections": config.connections,
+            "messages": config.messages,
+            "size": config.size,
+            "mode": config.mode.as_str(),
+            "stored": report.stored,
+            "duplicates": report.duplicates,
+            "failed": report.failed,
+            "elapsed_secs": report.elapsed.as_secs_f64(),
+            "msgs_per_sec": rate,
+            "payload_mib_per_sec": rate * config.size as f64 / (1024.0 * 1024.0),
+            "latency_us": {
+                "min": l.min, "p50": l.p50, "p90": l.p90, "p99": l.p99, "max": l.max, "mean": l.mean,
+            },
+        }))?;
+    } else {
+        ctx.show(&format!(
+            "{acked} of {} message(s) of {} B acknowledged in {:.3} s over {} {} connection(s)",
+            config.messages,
+            config.size,
+            report.elapsed.as_secs_f64(),
+            config.connections,
+            config.mode.as_str(),
+        ))?;
+        ctx.show(&format!("throughput: {rate:.0} msgs/s ({:.2} MiB/s of payload)", rate * config.size as f64 / 1048576.0))?;
+        ctx.show(&format!(
+            "latency: p50 {}  p90 {}  p99 {}  max {}  (min {}, mean {})",
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.max),
+            ms(l.min),
+            ms(l.mean)
+        ))?;
+        if report.duplicates > 0 {
+            ctx.show(&format!("{} acknowledged as duplicate", report.duplicates))?;
+        }
+    }
+    if report.failed > 0 {
+        let first = report.first_error.unwrap_or_default();
+        return Err(Error::new(format!("{} sender(s) stopped on a failure; the first: {first}", report.failed))
+            .hint("is the Boss running with --max-connections at least --connections?"));
+    }
+    Ok(())
+}

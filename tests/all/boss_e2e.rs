@@ -1,0 +1,728 @@
+//! The Boss channel end to end: a real `spyctl boss serve` on 127.0.0.1 port 0,
+//! real `spyctl send` processes, raw protocol clients written here (to send what
+//! `spyctl send` never would: duplicates, stale or forged tokens, garbage, half
+//! files), and a Python client written from PROTOCOL.md alone.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use spyctl::crypto::FernetKey;
+use spyctl::net::protocol::{self, AckStatus, CHUNK_BYTES, FileChunk, Header, Kind, MAX_LINE_BYTES};
+
+use crate::support::{BossProcess, DIRECTOR, FIELD_AGENT, TestHome, fails, ok, stderr, stdout};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// xorshift64 bytes: "random-looking" but reproducible.
+fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn unix_now() -> u64 {
+    spyctl::crypto::fernet::unix_now()
+}
+
+/// Logs in as the field agent and returns their AgentId (from `whoami --json`).
+fn login_field_agent(home: &TestHome) -> i64 {
+    home.login(FIELD_AGENT);
+    let who: Value = serde_json::from_str(&ok(home.run(&["--json", "whoami"]))).expect("whoami --json");
+    who["agent"]["id"].as_i64().expect("agent id")
+}
+
+/// An initialised home with the field agent logged in, and a running Boss.
+fn setup() -> (TestHome, i64, BossProcess) {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let boss = home.boss(&[]);
+    (home, agent, boss)
+}
+
+/// `agent key export` as the director (this replaces the session) into `out`;
+/// returns the key as parsed from the file.
+fn export_key(home: &TestHome, agent_id: i64, out: &Path) -> FernetKey {
+    home.login(DIRECTOR);
+    ok(home.run(&["agent", "key", "export", &agent_id.to_string(), "--out", out.to_str().expect("utf-8 path")]));
+    let mode = std::fs::metadata(out).expect("key file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "exported key file mode");
+    let text = std::fs::read_to_string(out).expect("read key file");
+    FernetKey::from_base64(&text).expect("exported key parses")
+}
+
+/// The agent's wire key, exported into the home (the session is the director's afterwards).
+fn agent_key(home: &TestHome, agent_id: i64) -> FernetKey {
+    export_key(home, agent_id, &home.path().join(format!("agent-{agent_id}.key")))
+}
+
+/// `boss inbox --json` as the director (this replaces the session).
+fn inbox(home: &TestHome) -> Vec<Value> {
+    home.login(DIRECTOR);
+    let out = ok(home.run(&["--json", "boss", "inbox"]));
+    match serde_json::from_str(&out).unwrap_or_else(|e| panic!("inbox --json is not JSON ({e}): {out}")) {
+        Value::Array(entries) => entries,
+        other => panic!("inbox --json is not an array: {other}"),
+    }
+}
+
+fn inbox_texts(entries: &[Value]) -> Vec<String> {
+    entries.iter().filter(|e| e["kind"] == "text").map(|e| e["content"].as_str().expect("content").into()).collect()
+}
+
+fn db(home: &TestHome) -> Connection {
+    Connection::open_with_flags(home.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open spyctl.db")
+}
+
+/// Rows in Messages for (agent, message id).
+fn stored_count(home: &TestHome, agent_id: i64, message_id: &str) -> i64 {
+    db(home)
+        .query_row(
+            "SELECT COUNT(*) FROM Messages WHERE AgentId = ?1 AND MessageId = ?2",
+            params![agent_id, message_id],
+            |row| row.get(0),
+        )
+        .expect("count Messages")
+}
+
+fn table_count(home: &TestHome, table: &str) -> i64 {
+    db(home).query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0)).expect("count")
+}
+
+/// Names in `<home>/files/<agent>/`, sorted.
+fn agent_files(home: &TestHome, agent_id: i64) -> Vec<String> {
+    let dir = home.path().join("files").join(agent_id.to_string());
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// A text message's plaintext, sealed now.
+fn text_token(key: &FernetKey, id: &str, text: &str) -> String {
+    key.seal(&protocol::encode_message(&Header { id: id.into(), kind: Kind::Text }, text.as_bytes()))
+}
+
+/// A raw protocol connection: whole lines out, whole lines back.
+struct Raw {
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        stream.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
+        Raw { reader: BufReader::new(stream) }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write to the Boss");
+    }
+
+    /// One reply line without its `\n`; panics on EOF.
+    fn read_reply(&mut self) -> String {
+        let mut line = Vec::new();
+        let n = self.reader.read_until(b'\n', &mut line).expect("read a reply");
+        assert!(n > 0 && line.ends_with(b"\n"), "connection closed without a full reply: {line:?}");
+        line.pop();
+        String::from_utf8(line).expect("replies are ASCII")
+    }
+
+    /// Writes `line` (newline included) and returns the reply.
+    fn read_reply_to(&mut self, line: &[u8]) -> String {
+        self.write(line);
+        self.read_reply()
+    }
+
+    /// Sends `MSG <agent> <token>` and returns the reply.
+    fn msg(&mut self, agent_id: i64, token: &str) -> String {
+        self.write(protocol::format_request(agent_id, token).as_bytes());
+        self.read_reply()
+    }
+
+    /// True once the Boss has closed the connection (EOF or reset, no more data).
+    fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => rest.is_empty(),
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+/// Opens an `ACK` line with `key`, checks it names `id`, returns status and reply.
+#[track_caller]
+fn open_ack(key: &FernetKey, reply: &str, id: &str) -> (AckStatus, String) {
+    let token = reply.strip_prefix("ACK ").unwrap_or_else(|| panic!("expected an ACK, got {reply:?}"));
+    let opened = key.open(token.as_bytes(), Some(300)).expect("the ACK is sealed under the agent's key");
+    let (header, text) = protocol::decode_ack(&opened.plaintext).expect("ACK plaintext");
+    assert_eq!(header.v, protocol::VERSION);
+    assert_eq!(header.id, id, "the ACK echoes the message id");
+    (header.status, text)
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Text
+// ---------------------------------------------------------------------------
+
+#[test]
+fn text_message_is_acknowledged_and_shows_in_the_inbox() {
+    let (home, agent, boss) = setup();
+    let text = "Package delivered to the safe house \u{2014} caf\u{e9} at 06:00 \u{1f575}";
+
+    let out = ok(home.run(&["send", text, "--addr", &boss.addr]));
+    assert!(out.contains("Message received. Good work, Treadstone."), "reply printed: {out}");
+    assert!(out.contains("stored"), "status printed: {out}");
+
+    let json = ok(home.run(&["--json", "send", "Second report", "--addr", &boss.addr]));
+    let sent: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("send --json ({e}): {json}"));
+    assert_eq!(sent["status"], "stored");
+    assert_eq!(sent["attempts"], 1);
+    assert_eq!(sent["reply"], "Message received. Good work, Treadstone.");
+
+    // A field agent cannot read the inbox.
+    let err = stderr(&home.run(&["boss", "inbox"]));
+    assert!(!err.is_empty() && !err.contains("panicked"), "{err}");
+    assert!(!home.run(&["boss", "inbox"]).status.success());
+
+    let entries = inbox(&home);
+    assert_eq!(inbox_texts(&entries), [text, "Second report"]);
+    for e in &entries {
+        assert_eq!(e["agent_id"], agent);
+        assert_eq!(e["agent_name"], FIELD_AGENT.0);
+        assert_eq!(e["kind"], "text");
+    }
+    let table = ok(home.run(&["boss", "inbox"]));
+    assert!(table.contains("Second report") && table.contains(FIELD_AGENT.0), "{table}");
+    assert!(table.contains("2 item(s)"), "{table}");
+
+    let (status, _, _) = boss.stop();
+    assert!(status.success());
+}
+
+// ---------------------------------------------------------------------------
+// 2. Stdin lines over one connection
+// ---------------------------------------------------------------------------
+
+#[test]
+fn stdin_lines_are_sent_over_one_connection() {
+    let (home, agent, boss) = setup();
+    let out = ok(home.run_stdin(&["send", "--addr", &boss.addr], b"first line\nsecond line\n\nthird line\n"));
+    let acks: Vec<&str> = out.lines().filter(|l| l.contains("Good work")).collect();
+    assert_eq!(acks.len(), 3, "one ACK per non-empty line:\n{out}");
+    assert!(acks.iter().all(|l| l.contains("stored")), "{out}");
+
+    let (status, boss_out, boss_err) = boss.stop();
+    assert!(status.success(), "{boss_err}");
+    assert!(boss_out.contains("1 connection(s), 3 line(s)"), "summary: {boss_out}");
+
+    let entries = inbox(&home);
+    assert_eq!(inbox_texts(&entries), ["first line", "second line", "third line"]);
+    assert!(entries.iter().all(|e| e["agent_id"] == agent));
+}
+
+// ---------------------------------------------------------------------------
+// 3. A multi-MiB file
+// ---------------------------------------------------------------------------
+
+#[test]
+fn multi_mib_file_arrives_intact() {
+    let (home, agent, boss) = setup();
+    let data = pseudo_random(3 * 1024 * 1024 + 123, 0xF11E_5EED_0000_0003);
+    let path = home.path().join("dossier.bin");
+    std::fs::write(&path, &data).expect("write upload");
+
+    let json = ok(home.run(&["--json", "send", "--file", path.to_str().unwrap(), "--addr", &boss.addr]));
+    let sent: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("send --json ({e}): {json}"));
+    assert_eq!(sent["status"], "stored");
+    assert_eq!(sent["sent"], "dossier.bin");
+    let reply = sent["reply"].as_str().expect("reply");
+    assert!(reply.contains(&data.len().to_string()) && reply.contains("SHA-256 verified"), "{reply}");
+
+    let files = agent_files(&home, agent);
+    assert_eq!(files.len(), 1, "one file, no leftovers: {files:?}");
+    assert!(files[0].ends_with("-dossier.bin"), "{files:?}");
+    let received = std::fs::read(home.path().join("files").join(agent.to_string()).join(&files[0])).expect("read");
+    assert_eq!(received.len(), data.len());
+    assert_eq!(sha256_hex(&received), sha256_hex(&data));
+
+    let sha_in_db: String = db(&home).query_row("SELECT Sha256 FROM Files", [], |r| r.get(0)).expect("Files row");
+    assert_eq!(sha_in_db, sha256_hex(&data));
+
+    let entries = inbox(&home);
+    let file = entries.iter().find(|e| e["kind"] == "file").expect("the file is listed");
+    assert_eq!(file["content"], "dossier.bin");
+    assert_eq!(file["size"], data.len() as u64);
+    assert_eq!(file["stored_as"], format!("{agent}/{}", files[0]));
+    assert_eq!(file["agent_id"], agent);
+    let table = ok(home.run(&["boss", "inbox"]));
+    assert!(table.contains("dossier.bin") && table.contains(&data.len().to_string()), "{table}");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Duplicates and replays
+// ---------------------------------------------------------------------------
+
+#[test]
+fn resent_and_replayed_messages_are_stored_once() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let id = protocol::random_id();
+
+    let mut conn = Raw::connect(&boss.addr);
+    let first = text_token(&key, &id, "Rendezvous at midnight");
+    let (status, reply) = open_ack(&key, &conn.msg(agent, &first), &id);
+    assert_eq!(status, AckStatus::Stored);
+    assert_eq!(reply, "Message received. Good work, Treadstone.");
+
+    // A retry: same id, re-sealed (a different token).
+    let retry = text_token(&key, &id, "Rendezvous at midnight");
+    assert_ne!(retry, first);
+    let (status, _) = open_ack(&key, &conn.msg(agent, &retry), &id);
+    assert_eq!(status, AckStatus::Duplicate);
+
+    // A replay of the identical first line, from a new connection.
+    let mut replayer = Raw::connect(&boss.addr);
+    let (status, _) = open_ack(&key, &replayer.msg(agent, &first), &id);
+    assert_eq!(status, AckStatus::Duplicate);
+
+    // The same id with other contents changes nothing either.
+    let (status, _) = open_ack(&key, &conn.msg(agent, &text_token(&key, &id, "Abort")), &id);
+    assert_eq!(status, AckStatus::Duplicate);
+
+    assert_eq!(stored_count(&home, agent, &id), 1);
+    assert_eq!(table_count(&home, "Messages"), 1);
+    let stored: String = db(&home)
+        .query_row("SELECT Token FROM Messages WHERE MessageId = ?1", [&id], |r| r.get(0))
+        .expect("stored token");
+    assert_eq!(stored, first, "the first token is what the Boss keeps");
+    assert_eq!(inbox_texts(&inbox(&home)), ["Rendezvous at midnight"]);
+
+    // A `spyctl send` after all that still stores a new message.
+    home.login(FIELD_AGENT);
+    ok(home.run(&["send", "Still here", "--addr", &boss.addr]));
+    assert_eq!(table_count(&home, "Messages"), 2);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Freshness
+// ---------------------------------------------------------------------------
+
+#[test]
+fn stale_and_future_tokens_are_refused_as_expired() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let mut conn = Raw::connect(&boss.addr);
+    let seal_at = |id: &str, when: u64| {
+        key.seal_with(
+            &protocol::encode_message(&Header { id: id.into(), kind: Kind::Text }, b"time-travel"),
+            when,
+            [7u8; 16],
+        )
+    };
+    let now = unix_now();
+
+    let old = protocol::random_id();
+    let reply = conn.msg(agent, &seal_at(&old, now - 1000));
+    assert!(reply.starts_with("ERR expired "), "1000 s old: {reply}");
+    let future = protocol::random_id();
+    let reply = conn.msg(agent, &seal_at(&future, now + 3600));
+    assert!(reply.starts_with("ERR expired "), "an hour ahead: {reply}");
+
+    // The window itself is open: a little old, or a little ahead (clock skew), is fine.
+    let recent = protocol::random_id();
+    assert_eq!(open_ack(&key, &conn.msg(agent, &seal_at(&recent, now - 200)), &recent).0, AckStatus::Stored);
+    let skewed = protocol::random_id();
+    assert_eq!(open_ack(&key, &conn.msg(agent, &seal_at(&skewed, now + 30)), &skewed).0, AckStatus::Stored);
+
+    assert_eq!(stored_count(&home, agent, &old), 0);
+    assert_eq!(stored_count(&home, agent, &future), 0);
+    assert_eq!(table_count(&home, "Messages"), 2);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Forgeries and unknown agents
+// ---------------------------------------------------------------------------
+
+#[test]
+fn tampered_tokens_and_unknown_agents_get_the_same_auth_error() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let mut conn = Raw::connect(&boss.addr);
+    let id = protocol::random_id();
+    let token = text_token(&key, &id, "Authentic orders");
+    let data_len = token.trim_end_matches('=').len();
+
+    let mut replies = Vec::new();
+    // One character changed: version, timestamp, IV, ciphertext and MAC regions.
+    for position in [0, 5, 15, 40, data_len / 2, data_len - 20, data_len - 2] {
+        let mut forged = token.clone().into_bytes();
+        forged[position] = if forged[position] == b'A' { b'B' } else { b'A' };
+        replies.push((format!("char {position} flipped"), conn.msg(agent, std::str::from_utf8(&forged).unwrap())));
+    }
+    // Unknown agent 9999: with a genuine token of another agent, and with a
+    // valid-looking token under a random key.
+    replies.push(("agent 9999, agent's token".into(), conn.msg(9999, &token)));
+    let stranger = FernetKey::generate().expect("random key");
+    replies.push(("agent 9999, random key".into(), conn.msg(9999, &text_token(&stranger, &id, "hi"))));
+    // A known agent, the wrong key.
+    replies.push(("right agent, wrong key".into(), conn.msg(agent, &text_token(&stranger, &id, "hi"))));
+
+    let reference = &replies[0].1;
+    assert!(reference.starts_with("ERR auth "), "{reference}");
+    for (what, reply) in &replies {
+        assert_eq!(reply, reference, "{what}: must be indistinguishable from a bad MAC");
+    }
+    assert_eq!(table_count(&home, "Messages"), 0);
+
+    // The untouched token still goes through on the same connection.
+    assert_eq!(open_ack(&key, &conn.msg(agent, &token), &id).0, AckStatus::Stored);
+    drop(boss);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Garbage from one client does not disturb another
+// ---------------------------------------------------------------------------
+
+#[test]
+fn garbage_gets_err_while_another_client_is_served() {
+    let (home, agent, boss) = setup();
+    let mut bad = Raw::connect(&boss.addr);
+
+    // Random bytes (no newline inside), then a newline.
+    let mut noise: Vec<u8> = pseudo_random(4096, 0xBAD_F00D).into_iter().filter(|b| *b != b'\n').collect();
+    noise.push(b'\n');
+    bad.write(&noise);
+    assert!(bad.read_reply().starts_with("ERR bad_request "));
+    // Non-UTF-8 inside an otherwise well-formed request.
+    bad.write(b"MSG 6 gAAAA\xff\xfe\xc3\x28\n");
+    assert!(bad.read_reply().starts_with("ERR bad_request "));
+    for line in [&b"HELLO BOSS\n"[..], b"MSG\n", b"MSG 01 abc\n", b"MSG -6 abc\n", b"MSG 6\n", b"\n"] {
+        let reply = bad.read_reply_to(line);
+        assert!(reply.starts_with("ERR bad_request "), "{:?} -> {reply}", String::from_utf8_lossy(line));
+    }
+    // Not a token at all, for a real agent: auth.
+    assert!(bad.read_reply_to(format!("MSG {agent} not-a-token\n").as_bytes()).starts_with("ERR auth "));
+
+    // Start an oversized line and leave it hanging: the connection thread is
+    // mid-line while a real `spyctl send` comes in.
+    let big = vec![b'A'; MAX_LINE_BYTES + 10];
+    bad.write(&big[..256 * 1024]);
+    let out = ok(home.run(&["send", "Still operational", "--addr", &boss.addr]));
+    assert!(out.contains("Good work"), "{out}");
+
+    // Finish the oversized line: ERR too_long, then the Boss hangs up.
+    let mut writer = bad.reader.get_ref().try_clone().expect("clone stream");
+    let rest = big[256 * 1024..].to_vec();
+    let pusher = std::thread::spawn(move || {
+        // The Boss stops reading at the cap, so this write may fail: that is the point.
+        let _ = writer.write_all(&rest);
+        let _ = writer.shutdown(Shutdown::Write);
+    });
+    let reply = bad.read_reply();
+    assert!(reply.starts_with("ERR too_long "), "{reply}");
+    assert!(bad.is_closed(), "the Boss closes the connection after too_long");
+    pusher.join().expect("pusher");
+
+    // And the Boss still serves.
+    ok(home.run(&["send", "After the storm", "--addr", &boss.addr]));
+    let (status, _, err) = boss.stop();
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(inbox_texts(&inbox(&home)), ["Still operational", "After the storm"]);
+}
+
+#[test]
+fn connection_cap_idle_timeout_and_line_deadline() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let boss = home.boss(&["--max-connections", "1", "--idle-timeout", "1", "--line-deadline", "1"]);
+
+    // One connection, known to be live (it has had an answer).
+    let mut first = Raw::connect(&boss.addr);
+    assert!(first.read_reply_to(b"HELLO\n").starts_with("ERR bad_request "));
+    // A second one is turned away.
+    let mut second = Raw::connect(&boss.addr);
+    assert!(second.read_reply().starts_with("ERR busy "));
+    assert!(second.is_closed());
+    // The first goes idle past 1 s and is closed with a reason.
+    assert_eq!(first.read_reply(), "ERR bad_request idle timeout");
+    assert!(first.is_closed());
+
+    // A line started but not finished within 1 s. The slot frees a moment after
+    // the close above, so `busy` here only means "again".
+    let mut tries = 0;
+    let reply = loop {
+        let mut slow = Raw::connect(&boss.addr);
+        slow.write(b"MSG 6 gAAAA");
+        let reply = slow.read_reply();
+        assert!(slow.is_closed());
+        tries += 1;
+        if !reply.starts_with("ERR busy ") || tries == 1000 {
+            break reply;
+        }
+    };
+    assert_eq!(reply, "ERR bad_request line not completed in time");
+
+    // `busy` is retried by `spyctl send`; with the slot free it goes through.
+    let out = ok(home.run(&["send", "One at a time", "--addr", &boss.addr]));
+    assert!(out.contains("Good work"), "{out}");
+    let (status, boss_out, _) = boss.stop();
+    assert!(status.success());
+    assert!(boss_out.contains("refused as busy") && !boss_out.contains(" 0 refused"), "{boss_out}");
+    assert_eq!(agent, inbox(&home)[0]["agent_id"].as_i64().unwrap());
+}
+
+// ---------------------------------------------------------------------------
+// 8. Shutdown, and no server at all
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_stops_cleanly_after_committing() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let id = protocol::random_id();
+    // ACKed over a connection that is still open when SIGTERM arrives.
+    let mut conn = Raw::connect(&boss.addr);
+    assert_eq!(open_ack(&key, &conn.msg(agent, &text_token(&key, &id, "Last words")), &id).0, AckStatus::Stored);
+
+    let (status, out, err) = boss.stop();
+    assert_eq!(status.code(), Some(0), "exit status; stderr:\n{err}");
+    assert!(out.contains("Boss stopped: 1 connection(s), 1 line(s)"), "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(conn.is_closed(), "open connections are closed at shutdown");
+
+    assert_eq!(stored_count(&home, agent, &id), 1);
+    assert_eq!(inbox_texts(&inbox(&home)), ["Last words"]);
+}
+
+#[test]
+fn a_line_in_flight_at_sigterm_is_finished_and_stored() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let id = protocol::random_id();
+    let line = protocol::format_request(agent, &text_token(&key, &id, "Caught in the door"));
+    let mut conn = Raw::connect(&boss.addr);
+    conn.write(&line.as_bytes()[..20]);
+
+    let kill = Command::new("kill").args(["-TERM", &boss.pid().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    // Give the signal a moment to land before the line is finished. Either order
+    // must end the same way (ACK, stored, exit 0); the pause makes the
+    // interesting order (stop flag already set) the likely one.
+    std::thread::sleep(Duration::from_millis(300));
+    conn.write(&line.as_bytes()[20..]);
+    assert_eq!(open_ack(&key, &conn.read_reply(), &id).0, AckStatus::Stored);
+    assert!(conn.is_closed());
+
+    // stop() signals again (harmless to a process already on its way out) and reaps it.
+    let (status, _, err) = boss.stop();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(stored_count(&home, agent, &id), 1);
+}
+
+#[test]
+fn send_without_a_server_fails_with_one_clear_line() {
+    let home = TestHome::initialised();
+    login_field_agent(&home);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let err = fails(home.run(&["send", "Anyone there?", "--addr", &addr]), 1);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line:\n{err}");
+    assert!(lines[0].contains(&addr), "names the address: {err}");
+    assert!(lines[0].contains("boss serve"), "says how to start the Boss: {err}");
+    assert_eq!(table_count(&home, "Messages"), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 9. Another machine: an exported key file
+// ---------------------------------------------------------------------------
+
+#[test]
+fn exported_key_works_from_another_home() {
+    let (home, agent, boss) = setup();
+    let elsewhere = TestHome::new();
+    let key_path = elsewhere.path().join("agent.key");
+    export_key(&home, agent, &key_path);
+    let key_arg = key_path.to_str().unwrap();
+    let agent_arg = agent.to_string();
+
+    let out = ok(elsewhere.run(&[
+        "send",
+        "From the field laptop",
+        "--agent-id",
+        &agent_arg,
+        "--key-file",
+        key_arg,
+        "--addr",
+        &boss.addr,
+    ]));
+    assert!(out.contains("Message received. Good work, Treadstone.") && out.contains("stored"), "{out}");
+    assert!(!elsewhere.db_path().exists(), "the other machine needs no database");
+    assert!(!elsewhere.path().join("master.key").exists(), "nor a master key");
+
+    // A key file others can read is refused, with the fix.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = fails(
+        elsewhere.run(&["send", "leaky", "--agent-id", &agent_arg, "--key-file", key_arg, "--addr", &boss.addr]),
+        1,
+    );
+    assert!(err.contains("chmod 600"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    // The right key under another agent id, and a wrong key: auth refusals.
+    let wrong_id = if agent == 1 { "2" } else { "1" };
+    let err = fails(
+        elsewhere.run(&["send", "imposter", "--agent-id", wrong_id, "--key-file", key_arg, "--addr", &boss.addr]),
+        1,
+    );
+    assert!(err.contains("auth"), "{err}");
+    let wrong_key = elsewhere.path().join("wrong.key");
+    std::fs::write(&wrong_key, format!("{}\n", FernetKey::generate().unwrap().to_base64().as_str())).unwrap();
+    std::fs::set_permissions(&wrong_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = fails(
+        elsewhere.run(&[
+            "send",
+            "imposter",
+            "--agent-id",
+            &agent_arg,
+            "--key-file",
+            wrong_key.to_str().unwrap(),
+            "--addr",
+            &boss.addr,
+        ]),
+        1,
+    );
+    assert!(err.contains("auth"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    assert_eq!(inbox_texts(&inbox(&home)), ["From the field laptop"]);
+}
+
+// ---------------------------------------------------------------------------
+// 10. A file cut off midway
+// ---------------------------------------------------------------------------
+
+fn chunk_token(key: &FernetKey, file_id: &str, offset: usize, data: &[u8], sha256: Option<String>) -> String {
+    let end = (offset + CHUNK_BYTES).min(data.len());
+    let header = Header {
+        id: protocol::random_id(),
+        kind: Kind::FileChunk(FileChunk {
+            file_id: file_id.into(),
+            name: "plans.pdf".into(),
+            offset: offset as u64,
+            size: data.len() as u64,
+            sha256,
+        }),
+    };
+    key.seal(&protocol::encode_message(&header, &data[offset..end]))
+}
+
+#[test]
+fn a_file_cut_off_midway_never_shows_as_received() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let data = pseudo_random(CHUNK_BYTES + 1000, 0xC0FF_EE00_0000_0010);
+    let file_id = protocol::random_id();
+
+    let mut conn = Raw::connect(&boss.addr);
+    let token = chunk_token(&key, &file_id, 0, &data, None);
+    let reply = conn.msg(agent, &token);
+    assert!(reply.starts_with("ACK "), "{reply}");
+    drop(conn); // the sender vanishes before the last chunk
+
+    assert_eq!(agent_files(&home, agent), [format!("{file_id}.part")], "only the partial file");
+    assert!(inbox(&home).is_empty(), "a half file is not in the inbox");
+    assert_eq!(table_count(&home, "Files"), 0);
+
+    // A chunk past what the Boss holds is refused.
+    let mut conn = Raw::connect(&boss.addr);
+    let other_id = protocol::random_id();
+    let reply = conn.msg(agent, &chunk_token(&key, &other_id, CHUNK_BYTES, &data, Some(sha256_hex(&data))));
+    assert!(reply.starts_with("ERR bad_request "), "{reply}");
+
+    // The last chunk with the wrong hash: refused, the partial file dropped.
+    let reply = conn.msg(agent, &chunk_token(&key, &file_id, CHUNK_BYTES, &data, Some(sha256_hex(b"other"))));
+    assert!(reply.starts_with("ERR bad_request "), "{reply}");
+    assert!(agent_files(&home, agent).is_empty(), "{:?}", agent_files(&home, agent));
+    assert!(inbox(&home).is_empty());
+
+    // Sent again whole, with a new file id, it arrives.
+    let fresh = protocol::random_id();
+    assert!(conn.msg(agent, &chunk_token(&key, &fresh, 0, &data, None)).starts_with("ACK "));
+    let reply = conn.msg(agent, &chunk_token(&key, &fresh, CHUNK_BYTES, &data, Some(sha256_hex(&data))));
+    assert!(reply.starts_with("ACK "), "{reply}");
+    assert_eq!(agent_files(&home, agent), [format!("{fresh}-plans.pdf")]);
+    let entries = inbox(&home);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["content"], "plans.pdf");
+    assert_eq!(entries[0]["size"], data.len() as u64);
+    drop(boss);
+}
+
+// ---------------------------------------------------------------------------
+// 11. A client written from PROTOCOL.md, in Python
+// ---------------------------------------------------------------------------
+
+#[test]
+fn python_client_from_protocol_md_gets_an_ack() {
+    let (home, agent, boss) = setup();
+    let key_path = home.path().join("python-agent.key");
+    export_key(&home, agent, &key_path);
+    let text = "Greetings from Python \u{2615}";
+
+    let script = PathBuf::from(ROOT).join("tests/python/boss_client.py");
+    let out = Command::new(crate::python_interop::python())
+        .arg(&script)
+        .args([&boss.addr, &agent.to_string(), key_path.to_str().unwrap(), text])
+        .env_remove("PYTHONPATH")
+        .env("PYTHONNOUSERSITE", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run boss_client.py");
+    let printed = ok(out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines, ["stored", "Message received. Good work, Treadstone."], "{printed}");
+    assert_eq!(inbox_texts(&inbox(&home)), [text]);
+
+    // The same client reports a refusal by its code.
+    let out = Command::new(crate::python_interop::python())
+        .arg(&script)
+        .args([&boss.addr, "9999", key_path.to_str().unwrap(), "who am I"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run boss_client.py");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ERR auth"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    drop(boss);
+}
