@@ -1,2 +1,2 @@
--- Step 1: delete exactly one agent, found by the blind index of its name.
+-- Delete exactly one agent, found by the blind index of its name
 DELETE FROM Agents WHERE AgentNameIndex = :name_index

@@ -1,2 +1,2 @@
--- Step 3: all rows, all columns.
+-- All rows, all columns
 SELECT * FROM Agents ORDER BY AgentId

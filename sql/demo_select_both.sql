@@ -1,2 +1,2 @@
--- Step 6: limited columns and limited rows (field agents only).
+-- Limited columns and limited rows (field agents only)
 SELECT AgentId, AgentName, AgentSecurityLevel FROM Agents WHERE AgentSecurityLevel <= :max_level ORDER BY AgentId

@@ -1,2 +1,2 @@
--- Step 4: all rows, limited columns.
+-- All rows, limited columns
 SELECT AgentId, AgentAlias, AgentSecurityLevel FROM Agents ORDER BY AgentId

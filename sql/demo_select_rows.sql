@@ -1,2 +1,2 @@
--- Step 5: limited rows (handlers and directors), all columns.
+-- Limited rows (handlers and directors), all columns
 SELECT * FROM Agents WHERE AgentSecurityLevel >= :min_level ORDER BY AgentId

@@ -1,2 +1,2 @@
--- Step 2: update attributes of exactly one agent: promote it and give it a new alias.
+-- Update attributes of exactly one agent: promote it and give it a new alias
 UPDATE Agents SET AgentSecurityLevel = :level, AgentAlias = :alias WHERE AgentNameIndex = :name_index

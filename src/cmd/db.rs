@@ -81,8 +81,8 @@ struct Step {
     result: Option<Rows>,
 }
 
-fn print_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<()> {
-    ctx.show(&format!("\n== {}\n{}", step.title, step.sql))?;
+fn print_step(ctx: &mut Ctx<'_>, number: usize, step: &Step) -> Result<()> {
+    ctx.show(&format!("\n== {number}. {}\n{}", step.title, step.sql))?;
     if let Some(n) = step.rows_affected {
         ctx.show(&format!("rows affected: {n}"))?;
     }
@@ -126,9 +126,9 @@ pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
             .collect();
         return ctx.json(serde_json::json!({ "steps": steps, "sample_logins": passwords }));
     }
-    for step in &steps {
+    for (i, step) in steps.iter().enumerate() {
         if step.result.is_some() || !ctx.quiet {
-            print_step(ctx, step)?;
+            print_step(ctx, i + 1, step)?;
         }
     }
     ctx.say(&format!(
@@ -167,7 +167,7 @@ pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
 
     let mut steps = vec![
         Step {
-            title: format!("{} ({DEMO_DELETED}, found by the blind index of the name)", title(DELETE_ONE)),
+            title: format!("{} ({DEMO_DELETED})", title(DELETE_ONE)),
             sql: statement(DELETE_ONE),
             rows_affected: Some(deleted),
             result: None,
@@ -199,8 +199,8 @@ pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
     if ctx.json {
         return ctx.json(serde_json::json!({ "agents_before": before, "agents_after": after, "steps": steps }));
     }
-    for step in &steps {
-        print_step(ctx, step)?;
+    for (i, step) in steps.iter().enumerate() {
+        print_step(ctx, i + 1, step)?;
     }
     ctx.say(&format!("\nAgents before the script: {before}; after: {after}."))
 }
