@@ -29,3 +29,39 @@ serve home="":
 # Send a message as the logged-in agent to the local Boss.
 send text="Hello, Boss":
     cargo run --release -- send "{{text}}"
+
+# End-to-end scenarios only: the registry and the Boss, real processes and real TCP.
+e2e:
+    cargo test --test all -- cli_registry boss_e2e cli_docs
+
+# Write the man page to target/spyctl.1 (read it with `man target/spyctl.1`).
+man:
+    cargo run --release -- man > target/spyctl.1
+
+# Print shell completions, e.g. `just completions zsh > ~/.zfunc/_spyctl`.
+completions shell="bash":
+    cargo run --release -q -- completions {{shell}}
+
+# Criterion micro-benchmarks: Fernet seal/open by size, blind index, Argon2id, parsers.
+bench:
+    cargo bench --bench crypto
+
+# Install the Python reference Boss's requirements (bench/) into target/bench-venv.
+bench-setup:
+    python3 -m venv target/bench-venv && target/bench-venv/bin/pip install -q -r bench/requirements.txt
+
+# Load-test a running Boss as the logged-in agent, e.g. `just bench-load 127.0.0.1:5000 8 4000`.
+bench-load addr="127.0.0.1:5000" connections="8" messages="4000":
+    cargo run --release -- boss bench --addr {{addr}} --connections {{connections}} --messages {{messages}}
+
+# Every issue-6 figure beside its reference (OpenSSL, Python, fsync rate) in one run; see BENCHMARKS.md.
+bench-compare: bench-setup
+    bash scripts/bench-compare.sh
+
+# Hardening, long runs (issue 5): 64x1000 load, 10 kill -9 crashes, 10k hostile lines, 200 slow clients; figures in target/hardening-figures.txt.
+hardening:
+    bash scripts/hardening-long.sh
+
+# Fuzz the request line, Fernet token and message header parsers for `secs` seconds each (nightly + cargo-fuzz).
+fuzz secs="60":
+    bash scripts/hardening-fuzz.sh {{secs}}

@@ -70,7 +70,8 @@ fn protocol_parsers(c: &mut Criterion) {
     group.bench_function("decode_message_64B", |b| {
         b.iter(|| protocol::decode_message(black_box(&plaintext)).map(|(h, body)| (h.id.len(), body.len())))
     });
-    group.bench_function("encode_message_64B", |b| b.iter(|| protocol::encode_message(black_box(&header), &[b'x'; 64])));
+    group
+        .bench_function("encode_message_64B", |b| b.iter(|| protocol::encode_message(black_box(&header), &[b'x'; 64])));
     group.bench_function("parse_reply_ack", |b| b.iter(|| protocol::parse_reply(black_box(ack.as_bytes())).is_ok()));
     group.finish();
 }

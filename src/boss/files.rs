@@ -1,7 +1,7 @@
 //! Assembling uploaded files from chunks, crash-safely.
 //!
 //! Chunks of one file arrive in order (each is its own message) and are written
-//! into `files/<agent>/<file-id>.part` at their offset, then `fdatasync`ed
+//! into `files/<agent>/.<file-id>.part` at their offset, then `fdatasync`ed
 //! before the chunk is acknowledged. Writing at an offset is idempotent, so a
 //! retried chunk is harmless. When the last chunk lands, the SHA-256 of the
 //! whole part file is checked and the file is renamed to its final name
@@ -61,7 +61,9 @@ impl FileAssembler {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err)?;
         let relative = Self::final_relative(agent_id, chunk);
         let final_path = self.root.join(&relative);
-        let part_path = dir.join(format!("{}.part", chunk.file_id));
+        // The leading dot keeps partial names apart from final ones, which
+        // start with the file id (no dots): `.<id>.part` vs `<id>-<name>`.
+        let part_path = dir.join(format!(".{}.part", chunk.file_id));
         let end = chunk.offset + body.len() as u64;
 
         if final_path.exists() && !part_path.exists() {
@@ -91,12 +93,13 @@ impl FileAssembler {
         if chunk.offset > have {
             return Err(ChunkError::Rejected(format!("chunk out of order: expected offset {have}")));
         }
+        // Writing past the end extends the file. A resent or replayed earlier chunk
+        // rewrites its bytes in place and must not cut off the chunks after it.
         part.write_all_at(body, chunk.offset).map_err(io_err)?;
-        part.set_len(end).map_err(io_err)?;
         part.sync_data().map_err(io_err)?;
 
         if end < chunk.size {
-            return Ok(ChunkOutcome::Partial { received: end });
+            return Ok(ChunkOutcome::Partial { received: have.max(end) });
         }
         let expected = chunk.sha256.as_deref().unwrap_or_default();
         let sha256 = hash_file(&part_path).map_err(io_err)?;
@@ -159,7 +162,7 @@ mod tests {
         let ChunkOutcome::Complete { stored_as, sha256 } = done else { panic!("not complete") };
         assert_eq!(sha256, sha);
         assert_eq!(fs::read(tmp.path().join(&stored_as)).expect("final file"), data);
-        assert!(!tmp.path().join("7/f1.part").exists());
+        assert!(!tmp.path().join("7/.f1.part").exists());
         // The last chunk again (lost ACK): still complete, same file.
         let again = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("idempotent");
         assert!(matches!(again, ChunkOutcome::Complete { .. }));

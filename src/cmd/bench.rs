@@ -96,7 +96,10 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
             config.connections,
             config.mode.as_str(),
         ))?;
-        ctx.show(&format!("throughput: {rate:.0} msgs/s ({:.2} MiB/s of payload)", rate * config.size as f64 / 1048576.0))?;
+        ctx.show(&format!(
+            "throughput: {rate:.0} msgs/s ({:.2} MiB/s of payload)",
+            rate * config.size as f64 / 1048576.0
+        ))?;
         ctx.show(&format!(
             "latency: p50 {}  p90 {}  p99 {}  max {}  (min {}, mean {})",
             ms(l.p50),

@@ -36,9 +36,17 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
     let signal_handle = signals.handle();
     let shutdown = boss.shutdown_handle();
     let watcher = std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            tracing::info!(signal, "shutting down");
-            shutdown.shutdown();
+        for signal in signals.forever() {
+            if !shutdown.is_stopping() {
+                tracing::info!(signal, "shutting down: finishing in-flight messages (Ctrl-C again to force)");
+                shutdown.shutdown();
+            } else if signal == SIGINT {
+                // A second Ctrl-C: the operator does not want to wait. Committed
+                // messages are safe; unacknowledged ones will be retried by senders.
+                // (A repeated SIGTERM, as service managers send, just keeps waiting.)
+                tracing::warn!("forced exit");
+                std::process::exit(130);
+            }
         }
     });
 

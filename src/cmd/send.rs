@@ -96,6 +96,9 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
     }
 
     if let Some(text) = &args.text {
+        if text.trim().is_empty() {
+            return Err(Error::new("nothing to send: the message is empty"));
+        }
         let header = Header { id: protocol::random_id(), kind: Kind::Text };
         let delivered = sender.send(&header, text.as_bytes()).map_err(send_error)?;
         return report(ctx, "text", &delivered);

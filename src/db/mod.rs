@@ -95,6 +95,10 @@ pub fn open(path: &Path) -> DbResult<Connection> {
         return Err(DbError::Missing(path.to_path_buf()));
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    // Refuse a file that is not ours before configuring: switching an empty or
+    // foreign file to WAL would write to it, and a failed command must not.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    check_version(&conn, path)?;
     configure(&conn, path)?;
     migrate(&conn, path)?;
     Ok(conn)

@@ -168,6 +168,11 @@ impl<'k> Sender<'k> {
 
     /// Writes one line and reads one reply line (bounded in length).
     fn round_trip(&mut self, line: &[u8]) -> io::Result<Vec<u8>> {
+        if self.conn.as_ref().is_some_and(|c| !is_reusable(c)) {
+            // The Boss closed the kept connection (idle timeout, shutdown); its
+            // goodbye line is not the answer to this request: start afresh.
+            self.conn = None;
+        }
         if self.conn.is_none() {
             self.conn = Some(BufReader::new(self.connect()?));
         }
@@ -180,6 +185,21 @@ impl<'k> Sender<'k> {
         }
         Ok(reply)
     }
+}
+
+/// Whether a kept connection can carry another request: nothing unsolicited
+/// is waiting on it (that would be the Boss's goodbye) and it is not closed.
+fn is_reusable(conn: &BufReader<TcpStream>) -> bool {
+    if !conn.buffer().is_empty() {
+        return false;
+    }
+    let stream = conn.get_ref();
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut probe = [0u8; 1];
+    let quiet = matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).is_ok() && quiet
 }
 
 /// Why a file could not be sent.

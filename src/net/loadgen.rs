@@ -138,7 +138,8 @@ struct Tally {
 pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn() + Sync)) -> LoadReport {
     let senders = config.connections.max(1);
     let body = vec![b'x'; config.size];
-    let client = ClientConfig { addr: config.addr.clone(), timeout: config.timeout, attempts: 1, ..ClientConfig::default() };
+    let client =
+        ClientConfig { addr: config.addr.clone(), timeout: config.timeout, attempts: 1, ..ClientConfig::default() };
     // Every sender (and this thread) waits here, so setup is not timed.
     let start_line = Barrier::new(senders + 1);
     let (tallies, elapsed) = std::thread::scope(|scope| {

@@ -57,6 +57,9 @@ pub trait LineHandler: Send + Sync + 'static {
 
 /// How often blocked reads wake to check for shutdown.
 const POLL: Duration = Duration::from_millis(200);
+/// After shutdown starts, how long a connection may keep sending lines that
+/// were already on their way before it is closed.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Stack for connection threads: they hold little on the stack, and hundreds
 /// of idle connections should cost little memory.
 const CONNECTION_STACK: usize = 256 * 1024;
@@ -158,6 +161,7 @@ impl Server {
                 stop: self.stop.clone(),
                 live: live.clone(),
                 stats: stats.clone(),
+                stopping_since: None,
             };
             let handler = handler.clone();
             let spawned = std::thread::Builder::new()
@@ -194,6 +198,8 @@ struct Connection {
     stop: Arc<AtomicBool>,
     live: Arc<AtomicUsize>,
     stats: Arc<Stats>,
+    /// When this connection first saw the stop flag.
+    stopping_since: Option<Instant>,
 }
 
 impl Drop for Connection {
@@ -269,6 +275,16 @@ impl Connection {
         }
     }
 
+    /// Whether the peer has sent bytes this connection has not read yet.
+    fn has_unread_bytes(&self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let unread = matches!(self.stream.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+        let _ = self.stream.set_nonblocking(false);
+        unread
+    }
+
     /// Reads until `buf` holds a whole line; returns its length including `\n`.
     /// Bytes after the newline stay in `buf` for the next call (pipelining).
     fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadEnd> {
@@ -287,8 +303,15 @@ impl Connection {
             // Timeouts: idle until the line starts, then the line deadline.
             let remaining = match line_started {
                 None => {
+                    // Stopping: bytes that already reached us are a request in
+                    // flight and get finished; only a quiet connection closes now.
+                    // A client that keeps sending cannot hold shutdown open:
+                    // after DRAIN_GRACE the connection closes regardless.
                     if self.stop.load(Ordering::SeqCst) {
-                        return Err(ReadEnd::Stopping);
+                        let since = *self.stopping_since.get_or_insert_with(Instant::now);
+                        if !self.has_unread_bytes() || since.elapsed() > DRAIN_GRACE {
+                            return Err(ReadEnd::Stopping);
+                        }
                     }
                     self.limits.idle_timeout.checked_sub(idle_since.elapsed()).ok_or(ReadEnd::Idle)?
                 }
@@ -297,7 +320,9 @@ impl Connection {
             let wait = remaining.min(POLL).max(Duration::from_millis(1));
             let _ = self.stream.set_read_timeout(Some(wait));
             // Never read past the cap: the buffer grows at most to max bytes.
-            let want = (max - buf.len()).min(64 * 1024);
+            // Reads start at 4 KiB and double with the line up to 64 KiB, so a
+            // connection idling for its next line holds 4 KiB, not 64 KiB.
+            let want = (max - buf.len()).min(buf.len().clamp(4 * 1024, 64 * 1024));
             let old = buf.len();
             buf.resize(old + want, 0);
             let n = match self.stream.read(&mut buf[old..]) {

@@ -8,3 +8,4 @@ mod support;
 mod cli_docs;
 mod boss_e2e;
 mod cli_registry;
+mod hardening;
