@@ -61,7 +61,8 @@ fn help_pages_are_pinned() {
 #[test]
 fn readme_help_block_matches_the_binary() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
-    let start = readme.find("<!-- help:start -->\n```text\n").expect("help:start marker") + "<!-- help:start -->\n```text\n".len();
+    let start = readme.find("<!-- help:start -->\n```text\n").expect("help:start marker")
+        + "<!-- help:start -->\n```text\n".len();
     let end = readme[start..].find("```\n<!-- help:end -->").expect("help:end marker") + start;
     let out = std::process::Command::new(bin()).arg("-h").env_remove("SPYCTL_HOME").output().expect("spawn");
     assert_eq!(&readme[start..end], stdout(&out), "README's help block is out of date: paste `spyctl -h`");
@@ -120,7 +121,10 @@ fn newcomer_errors_are_pinned() {
     ];
     for (name, home, args) in cases {
         let out = home.run(&args);
-        let text = stderr(&out).replace(&home.path().display().to_string(), "<HOME>").replace(&taken, "<ADDR>").replace(&closed, "<ADDR>");
+        let text = stderr(&out)
+            .replace(&home.path().display().to_string(), "<HOME>")
+            .replace(&taken, "<ADDR>")
+            .replace(&closed, "<ADDR>");
         if name == "agent-list-not-logged-in" {
             // Logging out succeeds; the next gated command then explains itself.
             assert_eq!(out.status.code(), Some(0));
