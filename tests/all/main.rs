@@ -9,3 +9,4 @@ mod cli_docs;
 mod boss_e2e;
 mod cli_registry;
 mod hardening;
+mod client_retry;
