@@ -16,19 +16,26 @@ pub struct Error {
     /// What to do about it, if there is something to do.
     pub hint: Option<String>,
     pub exit_code: u8,
+    /// The reader went away (`spyctl ... | head`): stop quietly, exit 0.
+    pub closed_output: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(message: impl Into<String>) -> Self {
-        Error { message: message.into(), hint: None, exit_code: EXIT_FAILURE }
+        Error { message: message.into(), hint: None, exit_code: EXIT_FAILURE, closed_output: false }
     }
 
     /// Adds the "what to do" part.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// Standard output was closed by its reader.
+    pub fn closed_output() -> Self {
+        Error { exit_code: 0, closed_output: true, ..Error::new("output closed") }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {

@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     match spyctl::run(cli, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.message.contains("Broken pipe") => ExitCode::SUCCESS,
+        // `spyctl ... | head`: the reader has what it wanted.
+        Err(err) if err.closed_output => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("spyctl: error: {err}");
             ExitCode::from(err.exit_code)

@@ -78,6 +78,9 @@ pub fn json(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
 }
 
 fn write_err(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return Error::closed_output();
+    }
     Error::new(format!("cannot write output: {e}"))
 }
 
