@@ -7,32 +7,16 @@ use std::time::Duration;
 
 use indicatif::ProgressStyle;
 
-use crate::auth::roles::Action;
 use crate::cli::{BenchArgs, BenchMode};
-use crate::crypto::FernetKey;
 use crate::error::{Error, Result};
-use crate::home;
 use crate::net::loadgen::{self, LoadConfig, Mode};
 use crate::net::protocol;
 
 use super::Ctx;
-use super::session::require;
+use super::session::sender_identity;
 
 /// Largest body: its token (base64, about 4/3 of it) must fit a protocol line.
 const MAX_SIZE: usize = protocol::CHUNK_BYTES;
-
-fn identity(ctx: &Ctx<'_>, args: &BenchArgs) -> Result<(i64, FernetKey)> {
-    if let (Some(agent_id), Some(path)) = (args.agent_id, &args.key_file) {
-        if agent_id < 1 {
-            return Err(Error::usage("--agent-id must be a positive AgentId"));
-        }
-        let text = home::read_secret_file(path)?;
-        let key = FernetKey::from_base64(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-        return Ok((agent_id, key));
-    }
-    let gate = require(ctx, Action::Send)?;
-    Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
-}
 
 /// Microseconds as milliseconds with three decimals, for people.
 fn ms(us: u64) -> String {
@@ -46,7 +30,7 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     if args.size > MAX_SIZE {
         return Err(Error::usage(format!("--size is limited to {MAX_SIZE} bytes (one protocol line)")));
     }
-    let (agent_id, key) = identity(ctx, &args)?;
+    let (agent_id, key) = sender_identity(ctx, args.agent_id, args.key_file.as_deref())?;
     let config = LoadConfig {
         addr: args.addr.clone(),
         connections: args.connections,

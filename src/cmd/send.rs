@@ -4,30 +4,13 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use crate::auth::roles::Action;
 use crate::cli::SendArgs;
-use crate::crypto::FernetKey;
 use crate::error::{Error, Result};
-use crate::home;
 use crate::net::client::{self, ClientConfig, Delivered, SendError, Sender};
 use crate::net::protocol::{self, AckStatus, Header, Kind};
 
 use super::Ctx;
-use super::session::require;
-
-/// Who is sending: from a key file, or from the login session.
-fn identity(ctx: &Ctx<'_>, args: &SendArgs) -> Result<(i64, FernetKey)> {
-    if let (Some(agent_id), Some(path)) = (args.agent_id, &args.key_file) {
-        if agent_id < 1 {
-            return Err(Error::usage("--agent-id must be a positive AgentId"));
-        }
-        let text = home::read_secret_file(path)?;
-        let key = FernetKey::from_base64(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-        return Ok((agent_id, key));
-    }
-    let gate = require(ctx, Action::Send)?;
-    Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
-}
+use super::session::sender_identity;
 
 fn send_error(err: SendError) -> Error {
     let hint = match &err {
@@ -65,7 +48,7 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
     if args.timeout == 0 || args.attempts == 0 {
         return Err(Error::usage("--timeout and --attempts must be at least 1"));
     }
-    let (agent_id, key) = identity(ctx, &args)?;
+    let (agent_id, key) = sender_identity(ctx, args.agent_id, args.key_file.as_deref())?;
     let config = ClientConfig {
         addr: args.addr.clone(),
         timeout: Duration::from_secs(args.timeout),

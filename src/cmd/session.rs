@@ -6,8 +6,8 @@ use rusqlite::Connection;
 use crate::auth::roles::{self, Action, Role};
 use crate::auth::session::{self, Claims};
 use crate::cli::LoginArgs;
-use crate::crypto::MasterKey;
 use crate::crypto::fernet::unix_now;
+use crate::crypto::{FernetKey, MasterKey};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::registry::{self, Agent, LoginError, RegistryKeys};
@@ -47,6 +47,25 @@ pub fn require(ctx: &Ctx<'_>, action: Action) -> Result<Gate> {
         .hint("log in as a director (level 4-5)"));
     }
     Ok(gate)
+}
+
+/// Who is sending (`send`, `boss bench`): an agent id with its exported key
+/// file, which needs no database, or else the logged-in agent.
+pub fn sender_identity(
+    ctx: &Ctx<'_>,
+    agent_id: Option<i64>,
+    key_file: Option<&std::path::Path>,
+) -> Result<(i64, FernetKey)> {
+    if let (Some(agent_id), Some(path)) = (agent_id, key_file) {
+        if agent_id < 1 {
+            return Err(Error::usage("--agent-id must be a positive AgentId"));
+        }
+        let text = crate::home::read_secret_file(path)?;
+        let key = FernetKey::from_base64(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+        return Ok((agent_id, key));
+    }
+    let gate = require(ctx, Action::Send)?;
+    Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
 }
 
 pub fn login(ctx: &mut Ctx<'_>, args: LoginArgs) -> Result<()> {
