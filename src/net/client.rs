@@ -168,16 +168,32 @@ impl<'k> Sender<'k> {
 
     /// Writes one line and reads one reply line (bounded in length).
     fn round_trip(&mut self, line: &[u8]) -> io::Result<Vec<u8>> {
+        self.write_line(line)?;
+        self.read_reply()
+    }
+
+    /// Writes one request line on an idle connection, connecting first if needed.
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         if self.conn.as_ref().is_some_and(|c| !is_reusable(c)) {
             // The Boss closed the kept connection (idle timeout, shutdown); its
             // goodbye line is not the answer to this request: start afresh.
             self.conn = None;
         }
+        self.write_pipelined(line)
+    }
+
+    /// Writes one request line behind others still awaiting their answers
+    /// (whose replies may already be waiting, so no reuse check).
+    fn write_pipelined(&mut self, line: &[u8]) -> io::Result<()> {
         if self.conn.is_none() {
             self.conn = Some(BufReader::new(self.connect()?));
         }
-        let conn = self.conn.as_mut().expect("connected above");
-        conn.get_mut().write_all(line)?;
+        self.conn.as_mut().expect("connected above").get_mut().write_all(line)
+    }
+
+    /// Reads the next reply line on the current connection.
+    fn read_reply(&mut self) -> io::Result<Vec<u8>> {
+        let conn = self.conn.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "not connected"))?;
         let mut reply = Vec::new();
         let n = conn.by_ref().take(protocol::MAX_LINE_BYTES as u64).read_until(b'\n', &mut reply)?;
         if n == 0 || reply.last() != Some(&b'\n') {
@@ -185,6 +201,96 @@ impl<'k> Sender<'k> {
         }
         Ok(reply)
     }
+
+    /// Sends a stream of messages with up to `window` in flight on one
+    /// connection (the Boss answers in order), so sealing, the network and the
+    /// Boss's fsync overlap. `next` yields messages until `None`; `delivered`
+    /// is told of each ACK in order. On a lost connection or a retryable
+    /// `ERR`, every unacknowledged message is resent, re-sealed, with its id.
+    pub fn send_stream<E>(
+        &mut self,
+        window: usize,
+        mut next: impl FnMut() -> Result<Option<(Header, Vec<u8>)>, E>,
+        mut delivered: impl FnMut(&Header, usize, &Delivered),
+    ) -> Result<Option<Delivered>, StreamError<E>> {
+        struct InFlight {
+            header: Header,
+            plaintext: Vec<u8>,
+            body_len: usize,
+        }
+        let window = window.max(1);
+        let mut pending: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        let mut written = 0usize; // how many of `pending` went out on this connection
+        let mut exhausted = false;
+        let mut last_ack = None;
+        let mut attempt = 1u32;
+        let mut backoff = self.config.backoff;
+        loop {
+            while !exhausted && pending.len() < window {
+                match next().map_err(StreamError::Source)? {
+                    Some((header, body)) => {
+                        let plaintext = protocol::encode_message(&header, &body);
+                        pending.push_back(InFlight { header, plaintext, body_len: body.len() });
+                    }
+                    None => exhausted = true,
+                }
+            }
+            let Some(front) = pending.front() else { return Ok(last_ack) };
+            let front_id = front.header.id.clone();
+            let outcome = (|| -> io::Result<Vec<u8>> {
+                for item in pending.iter().skip(written) {
+                    let line = protocol::format_request(self.agent_id, &self.key.seal(&item.plaintext));
+                    if written == 0 {
+                        self.write_line(line.as_bytes())?;
+                    } else {
+                        self.write_pipelined(line.as_bytes())?;
+                    }
+                    written += 1;
+                }
+                self.read_reply()
+            })();
+            let retry_reason = match outcome {
+                Err(e) => e.to_string(),
+                Ok(reply) => match protocol::parse_reply(&reply) {
+                    Ok(Reply::Ack { token }) => {
+                        let ack = self.verify_ack(&front_id, token).map_err(StreamError::Send)?;
+                        let done = pending.pop_front().expect("front exists");
+                        written -= 1;
+                        delivered(&done.header, done.body_len, &ack);
+                        last_ack = Some(Delivered { attempts: attempt, ..ack });
+                        attempt = 1;
+                        backoff = self.config.backoff;
+                        continue;
+                    }
+                    Ok(Reply::Err { code, text }) if code.is_retryable() => format!("{}: {text}", code.as_str()),
+                    Ok(Reply::Err { code, text }) => return Err(StreamError::Send(SendError::Refused { code, text })),
+                    Err(e) => return Err(StreamError::Send(SendError::BadAck(e.0))),
+                },
+            };
+            // Start over on a fresh connection with everything unacknowledged.
+            self.conn = None;
+            written = 0;
+            if attempt >= self.config.attempts.max(1) {
+                return Err(StreamError::Send(SendError::Unreachable {
+                    addr: self.config.addr.clone(),
+                    attempts: attempt,
+                    last: retry_reason,
+                }));
+            }
+            tracing::debug!(attempt, error = %retry_reason, in_flight = pending.len(), "stream interrupted; resending");
+            attempt += 1;
+            std::thread::sleep(backoff);
+            backoff = backoff.saturating_mul(2);
+        }
+    }
+}
+
+/// Why a stream of messages stopped.
+#[derive(Debug)]
+pub enum StreamError<E> {
+    /// The message source failed (e.g. reading the file).
+    Source(E),
+    Send(SendError),
 }
 
 /// Whether a kept connection can carry another request: nothing unsolicited
@@ -220,9 +326,14 @@ impl std::fmt::Display for FileSendError {
 
 impl std::error::Error for FileSendError {}
 
+/// Chunks kept in flight by [`send_file`]: enough to overlap sealing, the
+/// network and the Boss's per-chunk fsync, little enough memory (4 x 512 KiB).
+pub const FILE_WINDOW: usize = 4;
+
 /// Sends a file as chunks of [`protocol::CHUNK_BYTES`], in order, each its own
-/// message with its own id; the last carries the SHA-256 of the whole file.
-/// `progress` is told the bytes acknowledged so far. Returns the last ACK.
+/// message with its own id, [`FILE_WINDOW`] in flight; the last carries the
+/// SHA-256 of the whole file, computed as the chunks are read. `progress` is
+/// told the bytes acknowledged so far. Returns the last ACK.
 pub fn send_file(
     sender: &mut Sender<'_>,
     path: &std::path::Path,
@@ -230,28 +341,23 @@ pub fn send_file(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Delivered, FileSendError> {
     use sha2::{Digest, Sha256};
-    // First pass: the hash, so the last chunk can carry it without buffering the file.
     let mut file = std::fs::File::open(path).map_err(FileSendError::Read)?;
     let size = file.metadata().map_err(FileSendError::Read)?.len();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; protocol::CHUNK_BYTES];
-    loop {
-        let n = file.read(&mut buf).map_err(FileSendError::Read)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let sha256 = hex::encode(hasher.finalize());
-
-    let mut file = std::fs::File::open(path).map_err(FileSendError::Read)?;
     let file_id = protocol::random_id();
-    let mut chunk = vec![0u8; protocol::CHUNK_BYTES];
-    let mut offset = 0u64;
-    loop {
-        let want = (size - offset).min(protocol::CHUNK_BYTES as u64) as usize;
-        file.read_exact(&mut chunk[..want]).map_err(FileSendError::Read)?;
-        let last = offset + want as u64 == size;
+    let mut hasher = Some(Sha256::new());
+    let mut read_to = 0u64;
+    let mut acked = 0u64;
+    let next_chunk = || -> Result<Option<(Header, Vec<u8>)>, io::Error> {
+        // An empty file is one empty chunk; otherwise stop once all is read.
+        let Some(running) = hasher.as_mut() else { return Ok(None) };
+        let want = (size - read_to).min(protocol::CHUNK_BYTES as u64) as usize;
+        let mut chunk = vec![0u8; want];
+        file.read_exact(&mut chunk)
+            .map_err(|e| io::Error::new(e.kind(), format!("{e} (did the file change while it was being sent?)")))?;
+        running.update(&chunk);
+        let offset = read_to;
+        read_to += want as u64;
+        let sha256 = if read_to == size { hasher.take().map(|h| hex::encode(h.finalize())) } else { None };
         let header = Header {
             id: protocol::random_id(),
             kind: protocol::Kind::FileChunk(protocol::FileChunk {
@@ -259,14 +365,19 @@ pub fn send_file(
                 name: name.to_string(),
                 offset,
                 size,
-                sha256: last.then(|| sha256.clone()),
+                sha256,
             }),
         };
-        let delivered = sender.send(&header, &chunk[..want]).map_err(FileSendError::Send)?;
-        offset += want as u64;
-        progress(offset, size);
-        if last {
-            return Ok(delivered);
-        }
-    }
+        Ok(Some((header, chunk)))
+    };
+    let last = sender
+        .send_stream(FILE_WINDOW, next_chunk, |_, len, _| {
+            acked += len as u64;
+            progress(acked, size);
+        })
+        .map_err(|e| match e {
+            StreamError::Source(e) => FileSendError::Read(e),
+            StreamError::Send(e) => FileSendError::Send(e),
+        })?;
+    last.ok_or_else(|| FileSendError::Read(io::Error::other("nothing was sent")))
 }
