@@ -30,7 +30,15 @@ pub struct NewStoredAgent<'a> {
     pub name_index: &'a str,
 }
 
-const COLUMNS: &str = "AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex";
+/// The columns every query below returns, in `from_row`'s order.
+macro_rules! select_agents {
+    ($rest:literal) => {
+        concat!(
+            "SELECT AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex FROM Agents ",
+            $rest
+        )
+    };
+}
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredAgent> {
     Ok(StoredAgent {
@@ -61,19 +69,20 @@ pub fn insert(conn: &Connection, agent: &NewStoredAgent<'_>) -> DbResult<i64> {
 }
 
 pub fn by_id(conn: &Connection, id: i64) -> DbResult<Option<StoredAgent>> {
-    Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM Agents WHERE AgentId = ?1"), [id], from_row).optional()?)
+    // Cached: the Boss looks an agent up for every message.
+    Ok(conn.prepare_cached(select_agents!("WHERE AgentId = ?1"))?.query_row([id], from_row).optional()?)
 }
 
 pub fn by_name_index(conn: &Connection, name_index: &str) -> DbResult<Option<StoredAgent>> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM Agents WHERE AgentNameIndex = ?1"), [name_index], from_row)
+        .prepare_cached(select_agents!("WHERE AgentNameIndex = ?1"))?
+        .query_row([name_index], from_row)
         .optional()?)
 }
 
 /// Agents at or below `max_level`, by id.
 pub fn at_or_below(conn: &Connection, max_level: u8) -> DbResult<Vec<StoredAgent>> {
-    let mut stmt =
-        conn.prepare(&format!("SELECT {COLUMNS} FROM Agents WHERE AgentSecurityLevel <= ?1 ORDER BY AgentId"))?;
+    let mut stmt = conn.prepare(select_agents!("WHERE AgentSecurityLevel <= ?1 ORDER BY AgentId"))?;
     let rows = stmt.query_map([max_level], from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

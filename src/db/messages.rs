@@ -30,11 +30,13 @@ pub struct StoredFile {
 
 /// Inserts unless (agent, message id) is already there. True if it was new.
 pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> {
-    let changed = conn.execute(
-        "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (AgentId, MessageId) DO NOTHING",
-        params![msg.agent_id, msg.message_id, msg.received_at, msg.token],
-    )?;
+    // Cached: the Boss's writer runs this for every message.
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (AgentId, MessageId) DO NOTHING",
+        )?
+        .execute(params![msg.agent_id, msg.message_id, msg.received_at, msg.token])?;
     Ok(changed == 1)
 }
 
