@@ -1197,12 +1197,12 @@ fn slow_clients_do_not_delay_a_normal_sender() {
 
     // The trickles: one thread writes one byte to each connection every 100 ms.
     let t_trickle = Instant::now();
-    let mut slowest_connect = Duration::ZERO;
+    let mut slowest_connect = (Duration::ZERO, 0);
     let mut trickles: Vec<TcpStream> = (0..slow)
-        .map(|_| {
+        .map(|i| {
             let t = Instant::now();
             let s = TcpStream::connect(&addr).expect("trickle connect");
-            slowest_connect = slowest_connect.max(t.elapsed());
+            slowest_connect = slowest_connect.max((t.elapsed(), i));
             s.set_nodelay(true).unwrap();
             let mut w = &s;
             w.write_all(b"M").expect("first byte");
@@ -1317,12 +1317,13 @@ fn slow_clients_do_not_delay_a_normal_sender() {
     closed_at.sort();
     let worst = percentile(&kept, 1.0).max(percentile(&fresh, 1.0)).max(first_ack);
     figure(&format!(
-        "slow: {slow} trickling connections (opened in {:.0} ms, slowest connect {:.0} ms, {} bytes trickled), cap {cap}: \
+        "slow: {slow} trickling connections (opened in {:.0} ms, slowest connect {:.0} ms (#{}), {} bytes trickled), cap {cap}: \
          normal sender ACK kept-conn p50 {:.2} ms / max {:.2} ms, fresh-conn p50 {:.2} ms / max {:.2} ms, first {:.2} ms \
          ({samples} each); connection {} -> ERR busy; idle closed after {:.2} s (--idle-timeout 1); \
          trickles closed at {:.2}-{:.2} s (--line-deadline {deadline_secs})",
         ms(opened_in),
-        ms(slowest_connect),
+        ms(slowest_connect.0),
+        slowest_connect.1,
         trickle_bytes.load(Ordering::Relaxed),
         ms(percentile(&kept, 0.5)),
         ms(percentile(&kept, 1.0)),
