@@ -5,7 +5,7 @@
 //! before the chunk is acknowledged. Writing at an offset is idempotent, so a
 //! retried chunk is harmless. When the last chunk lands, the SHA-256 of the
 //! whole part file is checked and the file is renamed to its final name
-//! (`<file-id>-<name>`) and the directory synced: a file is either complete
+//! (`<file-id>`) and the directory synced: a file is either complete
 //! under its final name or not there at all. The inbox lists only files whose
 //! row the writer committed after the rename.
 
@@ -49,9 +49,36 @@ impl FileAssembler {
         FileAssembler { root, lock: Mutex::new(()) }
     }
 
-    /// The final path (relative to the files root) a completed file gets.
+    /// Deletes partial uploads untouched for `max_age`: a sender that gave up
+    /// must not hold disk space forever. Returns how many were removed.
+    pub fn sweep_stale(&self, max_age: std::time::Duration) -> usize {
+        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Ok(agents) = fs::read_dir(&self.root) else { return 0 };
+        let mut removed = 0;
+        for agent_dir in agents.flatten() {
+            let Ok(entries) = fs::read_dir(agent_dir.path()) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let is_part = name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".part"));
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > max_age);
+                if is_part && stale && fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// The final path (relative to the files root) a completed file gets: the
+    /// file id only, so the sender's file name (which can be telling) is kept
+    /// solely encrypted in the Files table, never in a path.
     pub fn final_relative(agent_id: i64, chunk: &FileChunk) -> String {
-        format!("{agent_id}/{}-{}", chunk.file_id, chunk.name)
+        format!("{agent_id}/{}", chunk.file_id)
     }
 
     /// Writes one chunk; see the module docs for the rules.
@@ -62,7 +89,7 @@ impl FileAssembler {
         let relative = Self::final_relative(agent_id, chunk);
         let final_path = self.root.join(&relative);
         // The leading dot keeps partial names apart from final ones, which
-        // start with the file id (no dots): `.<id>.part` vs `<id>-<name>`.
+        // are the bare file id (no dots possible): `.<id>.part` vs `<id>`.
         let part_path = dir.join(format!(".{}.part", chunk.file_id));
         let end = chunk.offset + body.len() as u64;
 
@@ -166,6 +193,22 @@ mod tests {
         // The last chunk again (lost ACK): still complete, same file.
         let again = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("idempotent");
         assert!(matches!(again, ChunkOutcome::Complete { .. }));
+    }
+
+    #[test]
+    fn sweep_removes_only_stale_partials() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().to_path_buf());
+        files.write_chunk(3, &chunk(0, 12, None), b"hello").expect("partial");
+        let data = b"abc";
+        let sha = hex::encode(Sha256::digest(data));
+        let done = FileChunk { file_id: "f2".into(), name: "b".into(), offset: 0, size: 3, sha256: Some(sha) };
+        files.write_chunk(3, &done, data).expect("complete");
+        assert_eq!(files.sweep_stale(std::time::Duration::from_secs(3600)), 0, "fresh partials stay");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(files.sweep_stale(std::time::Duration::from_millis(1)), 1);
+        assert!(!tmp.path().join("3/.f1.part").exists());
+        assert!(tmp.path().join("3/f2").exists(), "complete files are never swept");
     }
 
     #[test]

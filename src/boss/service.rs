@@ -20,6 +20,9 @@ use crate::registry::RegistryKeys;
 use super::files::{ChunkError, ChunkOutcome, FileAssembler};
 use super::store::{Store, WriteOp};
 
+/// Partial uploads untouched this long are removed when the Boss starts.
+const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// Settings the operator chooses.
 #[derive(Debug, Clone)]
 pub struct BossConfig {
@@ -55,12 +58,17 @@ impl BossService {
         config: BossConfig,
     ) -> Result<Self, DbError> {
         let reader = db::open_read_only(db_path)?;
+        let files = FileAssembler::new(files_root.to_path_buf());
+        let swept = files.sweep_stale(STALE_UPLOAD);
+        if swept > 0 {
+            tracing::info!(swept, "removed partial uploads untouched for a day");
+        }
         Ok(BossService {
             keys: RegistryKeys::derive(&master),
             master,
             reader: Mutex::new(reader),
             store,
-            files: FileAssembler::new(files_root.to_path_buf()),
+            files,
             config,
         })
     }

@@ -102,7 +102,7 @@ pub struct Stats {
 
 impl Server {
     pub fn bind(addr: impl ToSocketAddrs, limits: Limits) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = listen(addr, limits.max_connections)?;
         let local_addr = listener.local_addr()?;
         Ok(Server { listener, limits, stop: Arc::new(AtomicBool::new(false)), local_addr })
     }
@@ -182,6 +182,30 @@ impl Server {
         }
         Arc::try_unwrap(stats).unwrap_or_default()
     }
+}
+
+/// Binds with a listen backlog of at least `max_connections` (std's
+/// `TcpListener::bind` fixes it at 128, so a larger burst of connects would
+/// see SYNs dropped and retried a second later). SO_REUSEADDR lets a restarted
+/// Boss bind while old connections linger in TIME_WAIT, as std also does.
+fn listen(addr: impl ToSocketAddrs, max_connections: usize) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let backlog = i32::try_from(max_connections.max(128)).unwrap_or(i32::MAX);
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing");
+    for addr in addr.to_socket_addrs()? {
+        let attempt = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(backlog)?;
+            Ok(TcpListener::from(socket))
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn refuse_busy(mut stream: TcpStream) {

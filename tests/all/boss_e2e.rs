@@ -268,7 +268,8 @@ fn multi_mib_file_arrives_intact() {
 
     let files = agent_files(&home, agent);
     assert_eq!(files.len(), 1, "one file, no leftovers: {files:?}");
-    assert!(files[0].ends_with("-dossier.bin"), "{files:?}");
+    // Stored under its file id only: the name lives encrypted in the database.
+    assert!(!files[0].contains("dossier") && !files[0].starts_with('.'), "{files:?}");
     let received = std::fs::read(home.path().join("files").join(agent.to_string()).join(&files[0])).expect("read");
     assert_eq!(received.len(), data.len());
     assert_eq!(sha256_hex(&received), sha256_hex(&data));
@@ -686,7 +687,7 @@ fn a_file_cut_off_midway_never_shows_as_received() {
     assert!(conn.msg(agent, &chunk_token(&key, &fresh, 0, &data, None)).starts_with("ACK "));
     let reply = conn.msg(agent, &chunk_token(&key, &fresh, CHUNK_BYTES, &data, Some(sha256_hex(&data))));
     assert!(reply.starts_with("ACK "), "{reply}");
-    assert_eq!(agent_files(&home, agent), [format!("{fresh}-plans.pdf")]);
+    assert_eq!(agent_files(&home, agent), [fresh.clone()]);
     let entries = inbox(&home);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["content"], "plans.pdf");
@@ -752,7 +753,7 @@ fn a_replayed_earlier_chunk_does_not_spoil_the_upload() {
     assert!(reply.starts_with("ACK "), "the upload was spoiled by a replay: {reply}");
 
     let files = agent_files(&home, agent);
-    assert_eq!(files, [format!("{file_id}-plans.pdf")]);
+    assert_eq!(files, [file_id.to_string()]);
     let received = std::fs::read(home.path().join("files").join(agent.to_string()).join(&files[0])).expect("read");
     assert_eq!(sha256_hex(&received), sha256_hex(&data));
     assert_eq!(inbox(&home).len(), 1);

@@ -636,8 +636,7 @@ fn crash_kill9_during_ingest_keeps_every_acked_message_once() {
         }
         if !upload.last_sent {
             assert!(!rows.contains_key(&upload.file_id), "a file cut by the crash is listed as complete");
-            let final_path =
-                files_root.join(file_agent.to_string()).join(format!("{}-{}", upload.file_id, upload.name));
+            let final_path = files_root.join(file_agent.to_string()).join(&upload.file_id);
             assert!(!final_path.exists(), "a file cut by the crash sits under its final name");
         }
         for a in &abandoned {
