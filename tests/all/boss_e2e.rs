@@ -687,7 +687,7 @@ fn a_file_cut_off_midway_never_shows_as_received() {
     assert!(conn.msg(agent, &chunk_token(&key, &fresh, 0, &data, None)).starts_with("ACK "));
     let reply = conn.msg(agent, &chunk_token(&key, &fresh, CHUNK_BYTES, &data, Some(sha256_hex(&data))));
     assert!(reply.starts_with("ACK "), "{reply}");
-    assert_eq!(agent_files(&home, agent), [fresh.clone()]);
+    assert_eq!(agent_files(&home, agent), std::slice::from_ref(&fresh));
     let entries = inbox(&home);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["content"], "plans.pdf");
