@@ -236,6 +236,9 @@ pub struct BenchArgs {
     /// Keep one connection per sender, or open one per message
     #[arg(long, value_enum, default_value_t = BenchMode::Persistent)]
     pub mode: BenchMode,
+    /// Messages in flight per persistent connection (1 waits for each ACK before the next)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub pipeline: usize,
     /// Send as this agent with --key-file, without a login
     #[arg(long, requires = "key_file", value_name = "AGENT_ID")]
     pub agent_id: Option<i64>,

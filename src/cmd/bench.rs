@@ -24,8 +24,13 @@ fn ms(us: u64) -> String {
 }
 
 pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
-    if args.connections == 0 || args.messages == 0 || args.timeout == 0 {
-        return Err(Error::usage("--connections, --messages and --timeout must be at least 1"));
+    if args.connections == 0 || args.messages == 0 || args.timeout == 0 || args.pipeline == 0 {
+        return Err(Error::usage("--connections, --messages, --pipeline and --timeout must be at least 1"));
+    }
+    if args.pipeline > 1 && args.mode == BenchMode::PerMessage {
+        return Err(Error::usage(
+            "--pipeline needs --mode persistent (one message per connection has nothing to overlap)",
+        ));
     }
     if args.size > MAX_SIZE {
         return Err(Error::usage(format!("--size is limited to {MAX_SIZE} bytes (one protocol line)")));
@@ -40,6 +45,7 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
             BenchMode::Persistent => Mode::Persistent,
             BenchMode::PerMessage => Mode::PerMessage,
         },
+        pipeline: args.pipeline,
         timeout: Duration::from_secs(args.timeout),
     };
 
@@ -61,6 +67,7 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
             "messages": config.messages,
             "size": config.size,
             "mode": config.mode.as_str(),
+            "pipeline": config.pipeline,
             "stored": report.stored,
             "duplicates": report.duplicates,
             "failed": report.failed,
@@ -73,12 +80,13 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
         }))?;
     } else {
         ctx.show(&format!(
-            "{acked} of {} message(s) of {} B acknowledged in {:.3} s over {} {} connection(s)",
+            "{acked} of {} message(s) of {} B acknowledged in {:.3} s over {} {} connection(s), {} in flight each",
             config.messages,
             config.size,
             report.elapsed.as_secs_f64(),
             config.connections,
             config.mode.as_str(),
+            config.pipeline,
         ))?;
         ctx.show(&format!(
             "throughput: {rate:.0} msgs/s ({:.2} MiB/s of payload)",

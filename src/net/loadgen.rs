@@ -47,6 +47,9 @@ pub struct LoadConfig {
     /// Body bytes per message (ASCII text).
     pub size: usize,
     pub mode: Mode,
+    /// Messages in flight per persistent connection (1: wait for each ACK
+    /// before sending the next, as `spyctl send TEXT` does).
+    pub pipeline: usize,
     /// Per-round-trip timeout.
     pub timeout: Duration,
 }
@@ -149,7 +152,11 @@ pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn
                 let count = share(config.messages, senders, i);
                 scope.spawn(move || {
                     start_line.wait();
-                    send_many(client, agent_id, key, config.mode, count, body, on_ack)
+                    if config.mode == Mode::Persistent && config.pipeline > 1 {
+                        send_pipelined(client, agent_id, key, config.pipeline, count, body, on_ack)
+                    } else {
+                        send_many(client, agent_id, key, config.mode, count, body, on_ack)
+                    }
                 })
             })
             .collect();
@@ -182,6 +189,54 @@ pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn
     }
     report.latency = summarize(&mut latencies);
     report
+}
+
+/// One persistent connection with up to `window` messages in flight. A
+/// message's latency runs from when it is queued (just before it is sealed
+/// and written) to its verified ACK, as in [`send_many`].
+fn send_pipelined(
+    client: ClientConfig,
+    agent_id: i64,
+    key: &FernetKey,
+    window: usize,
+    count: u64,
+    body: &[u8],
+    on_ack: &(dyn Fn() + Sync),
+) -> Tally {
+    let mut tally = Tally { latencies: Vec::with_capacity(count.min(1_000_000) as usize), ..Tally::default() };
+    let mut sender = Sender::new(client, agent_id, key);
+    let mut queued = 0u64;
+    let mut started: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let next = || -> Result<Option<(Header, Vec<u8>)>, std::convert::Infallible> {
+        if queued == count {
+            return Ok(None);
+        }
+        queued += 1;
+        started.push_back(Instant::now());
+        Ok(Some((Header { id: protocol::random_id(), kind: Kind::Text }, body.to_vec())))
+    };
+    let mut acked: Vec<(Instant, AckStatus)> = Vec::with_capacity(count.min(1_000_000) as usize);
+    let result = sender.send_stream(window, next, |_, _, delivered| {
+        acked.push((Instant::now(), delivered.status));
+        on_ack();
+    });
+    // `started` was filled in the order messages were queued, and ACKs come
+    // back in that order too.
+    for ((done, status), began) in acked.into_iter().zip(started) {
+        tally.latencies.push(u64::try_from(done.duration_since(began).as_micros()).unwrap_or(u64::MAX));
+        match status {
+            AckStatus::Stored => tally.stored += 1,
+            AckStatus::Duplicate => tally.duplicates += 1,
+        }
+    }
+    if let Err(e) = result {
+        tally.failed += 1;
+        tally.first_error = Some(match e {
+            super::client::StreamError::Send(e) => e.to_string(),
+            super::client::StreamError::Source(never) => match never {},
+        });
+    }
+    tally
 }
 
 fn send_many(

@@ -368,10 +368,18 @@ pub fn decode_ack(plaintext: &[u8]) -> Result<(AckHeader, String), ProtocolError
     Ok((header, reply))
 }
 
-/// A fresh random id (128 bits, hex) for messages and files.
+/// A fresh id (128 bits, hex) for messages and files, unique and unguessable.
+///
+/// Laid out like a UUIDv7: 48 bits of Unix milliseconds, then 80 random bits.
+/// Ids made close in time sort close together, so the Boss's unique index on
+/// (agent, message id) grows at its right edge instead of touching a random
+/// page per message: fewer pages written per group commit.
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    let millis =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    getrandom::fill(&mut bytes[6..]).expect("the operating system's random number generator failed");
     hex::encode(bytes)
 }
 
