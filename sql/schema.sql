@@ -12,6 +12,7 @@ DROP TABLE IF EXISTS Agents;
 -- (HMAC-SHA256 of the case-folded name) that makes names unique and findable
 -- without storing them. AUTOINCREMENT so an AgentId is never reused: wire keys
 -- are derived from the id, and a new agent must not inherit an old one's key.
+-- (Dropping the table forgets the counter; `db init --force` carries it over.)
 CREATE TABLE Agents (
     AgentId            INTEGER PRIMARY KEY AUTOINCREMENT,
     AgentName          TEXT    NOT NULL,

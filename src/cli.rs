@@ -139,8 +139,13 @@ pub struct LoginArgs {
     /// Read the password from the first line of stdin instead of prompting
     #[arg(long)]
     pub password_stdin: bool,
-    /// Session lifetime in seconds
-    #[arg(long, default_value_t = crate::auth::session::DEFAULT_TTL_SECS, value_name = "SECONDS")]
+    /// Session lifetime in seconds (at most 7 days)
+    #[arg(
+        long,
+        default_value_t = crate::auth::session::DEFAULT_TTL_SECS,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=crate::auth::session::MAX_TTL_SECS)
+    )]
     pub ttl: u64,
 }
 
@@ -162,7 +167,7 @@ pub struct ServeArgs {
     /// Most connections served at once; more get `ERR busy`
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
-    /// Seconds a connection may sit idle between lines
+    /// Seconds a connection may go without an accepted line (ERR answers do not count)
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub idle_timeout: u64,
     /// Seconds a client has to finish a line once it has started it
@@ -202,10 +207,15 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "With --home DIR (or SPYCTL_HOME) the tour runs in DIR, which must not hold a database yet, \
+                  and DIR is kept afterwards.")]
 pub struct DemoArgs {
-    /// Keep the demo's home directory instead of deleting it
+    /// Keep the demo's throw-away home instead of deleting it
     #[arg(long)]
     pub keep: bool,
+    /// Set from the global --home: run in that home instead of a throw-away one.
+    #[arg(skip)]
+    pub in_given_home: bool,
 }
 
 /// How `boss bench` senders use connections.

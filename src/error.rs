@@ -111,6 +111,12 @@ impl From<crate::registry::RegistryError> for Error {
 
 impl From<crate::auth::session::SessionError> for Error {
     fn from(err: crate::auth::session::SessionError) -> Self {
-        Error::new(err.to_string()).hint("run `spyctl login`")
+        use crate::auth::session::SessionError;
+        let hint = match &err {
+            // As for a loose master.key (`home::check_private`).
+            SessionError::Loose { path, .. } => format!("run `chmod 600 {}`", path.display()),
+            _ => "run `spyctl login`".to_string(),
+        };
+        Error::new(err.to_string()).hint(hint)
     }
 }

@@ -11,11 +11,12 @@ use crate::error::{Error, Result};
 /// Longest cell shown in a table; JSON output is never shortened.
 const MAX_CELL_CHARS: usize = 44;
 
-/// A table's worth of data, printable as a table or as JSON.
+/// A table's worth of data, printable as a table or as JSON. Cells keep their
+/// JSON type (numbers stay numbers in `--json`); tables show them as text.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Rows {
     pub columns: Vec<String>,
-    pub rows: Vec<Vec<String>>,
+    pub rows: Vec<Vec<serde_json::Value>>,
 }
 
 impl Rows {
@@ -23,7 +24,13 @@ impl Rows {
         Rows { columns: columns.iter().map(|c| c.to_string()).collect(), rows: Vec::new() }
     }
 
+    /// Adds a row of text cells.
     pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row.into_iter().map(serde_json::Value::String).collect());
+    }
+
+    /// Adds a row of typed cells.
+    pub fn push_values(&mut self, row: Vec<serde_json::Value>) {
         self.rows.push(row);
     }
 
@@ -33,7 +40,7 @@ impl Rows {
         table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
         table.set_header(self.columns.clone());
         for row in &self.rows {
-            table.add_row(row.iter().map(|c| shorten(c)).collect::<Vec<_>>());
+            table.add_row(row.iter().map(|c| shorten(&cell_text(c))).collect::<Vec<_>>());
         }
         table.to_string()
     }
@@ -43,17 +50,18 @@ impl Rows {
         serde_json::Value::Array(
             self.rows
                 .iter()
-                .map(|row| {
-                    serde_json::Value::Object(
-                        self.columns
-                            .iter()
-                            .cloned()
-                            .zip(row.iter().map(|v| serde_json::Value::String(v.clone())))
-                            .collect(),
-                    )
-                })
+                .map(|row| serde_json::Value::Object(self.columns.iter().cloned().zip(row.iter().cloned()).collect()))
                 .collect(),
         )
+    }
+}
+
+/// A cell as a table shows it: text as is, NULL as `NULL`, the rest as JSON.
+fn cell_text(cell: &serde_json::Value) -> String {
+    match cell {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "NULL".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -74,6 +82,12 @@ pub fn line(out: &mut dyn Write, text: &str) -> Result<()> {
 
 pub fn json(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::new(format!("cannot encode JSON: {e}")))?;
+    writeln!(out, "{text}").map_err(write_err)
+}
+
+/// One compact JSON value and a newline: a JSON Lines record.
+pub fn json_line(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string(value).map_err(|e| Error::new(format!("cannot encode JSON: {e}")))?;
     writeln!(out, "{text}").map_err(write_err)
 }
 
@@ -118,5 +132,9 @@ mod tests {
         rows.push(vec!["x".repeat(100)]);
         assert!(rows.to_table().contains('…'));
         assert_eq!(rows.to_json_objects()[0]["a"].as_str().map(str::len), Some(100));
+        let mut typed = Rows::new(&["n", "t"]);
+        typed.push_values(vec![serde_json::json!(5), serde_json::Value::Null]);
+        assert_eq!(typed.to_json_objects()[0]["n"], 5);
+        assert!(typed.to_table().contains("NULL"));
     }
 }

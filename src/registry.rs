@@ -19,6 +19,9 @@ pub const LOCKOUT_THRESHOLD: i64 = 5;
 pub const LOCKOUT_WINDOW_SECS: i64 = 15 * 60;
 pub const LOCKOUT_SECS: i64 = 15 * 60;
 
+/// Columns of Agents that hold Fernet tokens under the at-rest key.
+pub const ENCRYPTED_COLUMNS: [&str; 2] = ["AgentName", "AgentAlias"];
+
 /// The keys the registry needs, derived once from the master key.
 pub struct RegistryKeys {
     pub at_rest: FernetKey,
@@ -245,30 +248,36 @@ pub fn login(
     now: i64,
 ) -> Result<Agent, LoginError> {
     let name_index = keys.blind_index.index(name);
-    if let Some(until) = logins::locked_until(conn, &name_index, now)? {
+    // Reserve before verifying: the lock check and this attempt's failure
+    // record happen in one IMMEDIATE transaction, so however many guesses run
+    // in parallel, at most LOCKOUT_THRESHOLD of them get a password check per
+    // window. A successful check then takes the record back.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(until) = logins::locked_until(&tx, &name_index, now)? {
         return Err(LoginError::Locked { until });
     }
-    let stored = agents::by_name_index(conn, &name_index)?;
+    let failures = logins::record_failure(&tx, &name_index, now, now - LOCKOUT_WINDOW_SECS)?;
+    let locks_now = failures >= LOCKOUT_THRESHOLD;
+    if locks_now {
+        logins::lock(&tx, &name_index, now + LOCKOUT_SECS)?;
+    }
+    let stored = agents::by_name_index(&tx, &name_index)?;
+    tx.commit()?;
+
+    // The slow part, outside any transaction so other logins are not blocked.
     let ok = match &stored {
         Some(agent) => password::verify(password.as_bytes(), &agent.password_hash),
         None => password::verify_unknown(password.as_bytes()),
     };
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match stored {
         Some(agent) if ok => {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             logins::clear(&tx, &name_index)?;
             tx.commit()?;
             Ok(reveal(keys, &agent)?)
         }
-        _ => {
-            let failures = logins::record_failure(&tx, &name_index, now, now - LOCKOUT_WINDOW_SECS)?;
-            let locked = failures >= LOCKOUT_THRESHOLD;
-            if locked {
-                logins::lock(&tx, &name_index, now + LOCKOUT_SECS)?;
-            }
-            tx.commit()?;
-            if locked { Err(LoginError::Locked { until: now + LOCKOUT_SECS }) } else { Err(LoginError::BadCredentials) }
-        }
+        _ if locks_now => Err(LoginError::Locked { until: now + LOCKOUT_SECS }),
+        _ => Err(LoginError::BadCredentials),
     }
 }
 
@@ -294,9 +303,14 @@ pub const SAMPLE_AGENTS: &[SampleAgent] = &[
 
 /// Drops and recreates every table, then adds the sample agents, all in one
 /// transaction: on any failure the old database is untouched.
+///
+/// AgentIds keep counting from where the old table stopped: wire keys and
+/// sessions are bound to the id, so a new agent must never get an old one's.
 pub fn init_with_samples(conn: &mut Connection, keys: &RegistryKeys) -> Result<Vec<Agent>, RegistryError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let high_water = agents::id_high_water(&tx)?;
     db::apply_schema(&tx)?;
+    agents::keep_ids_above(&tx, high_water)?;
     let mut added = Vec::with_capacity(SAMPLE_AGENTS.len());
     for sample in SAMPLE_AGENTS {
         let agent = NewAgent {
@@ -310,4 +324,29 @@ pub fn init_with_samples(conn: &mut Connection, keys: &RegistryKeys) -> Result<V
     }
     tx.commit()?;
     Ok(added)
+}
+
+/// The sample agent the demo script deletes, the one it promotes, and how.
+pub const DEMO_DELETED: &str = "Boris Grishenko";
+pub const DEMO_PROMOTED: &str = "Harry Palmer";
+pub const DEMO_NEW_ALIAS: &str = "Harry the Handler";
+pub const DEMO_NEW_LEVEL: u8 = 3;
+
+/// Runs the demo script's DELETE and UPDATE (sql/demo_delete.sql,
+/// sql/demo_update.sql) in one transaction, finding both agents by the blind
+/// index of their names. Returns the rows each affected.
+pub fn apply_demo_changes(conn: &mut Connection, keys: &RegistryKeys) -> Result<(usize, usize), RegistryError> {
+    use crate::db::demo;
+    let deleted_index = keys.blind_index.index(DEMO_DELETED);
+    let promoted_index = keys.blind_index.index(DEMO_PROMOTED);
+    let new_alias = keys.conceal(DEMO_NEW_ALIAS);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let deleted =
+        tx.execute(&demo::statement(demo::DELETE_ONE), rusqlite::named_params! { ":name_index": deleted_index })?;
+    let updated = tx.execute(
+        &demo::statement(demo::UPDATE_ONE),
+        rusqlite::named_params! { ":level": DEMO_NEW_LEVEL, ":alias": new_alias, ":name_index": promoted_index },
+    )?;
+    tx.commit()?;
+    Ok((deleted, updated))
 }

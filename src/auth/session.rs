@@ -3,7 +3,8 @@
 //! home's `session` file (0600). Anyone can delete it; nobody without the
 //! master key can forge or extend it.
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +14,8 @@ use crate::home;
 
 /// Default session lifetime: a working day.
 pub const DEFAULT_TTL_SECS: u64 = 8 * 60 * 60;
+/// Longest session a login may ask for: a week.
+pub const MAX_TTL_SECS: u64 = 7 * 24 * 60 * 60;
 
 /// What a session asserts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,9 +28,15 @@ pub struct Claims {
 }
 
 /// Why there is no usable session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionError {
     Missing,
+    /// Group or others may access the file (`mode` holds its permission bits):
+    /// refused like a loose `master.key`, whatever the token inside.
+    Loose {
+        path: PathBuf,
+        mode: u32,
+    },
     /// Tampered, truncated, or sealed under another home's key.
     Invalid,
     Expired,
@@ -35,11 +44,16 @@ pub enum SessionError {
 
 impl std::fmt::Display for SessionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SessionError::Missing => "you are not logged in",
-            SessionError::Invalid => "the session file is invalid (tampered with or from another home)",
-            SessionError::Expired => "your session has expired",
-        })
+        match self {
+            SessionError::Missing => f.write_str("you are not logged in"),
+            SessionError::Loose { path, mode } => write!(
+                f,
+                "the session file {} is accessible by other users (mode {mode:04o}); refusing to use it",
+                path.display()
+            ),
+            SessionError::Invalid => f.write_str("the session file is invalid (tampered with or from another home)"),
+            SessionError::Expired => f.write_str("your session has expired"),
+        }
     }
 }
 
@@ -55,6 +69,14 @@ pub fn write(path: &Path, key: &FernetKey, claims: &Claims) -> Result<()> {
 pub fn read(path: &Path, key: &FernetKey, now: u64) -> std::result::Result<Claims, SessionError> {
     if !path.exists() {
         return Err(SessionError::Missing);
+    }
+    // The same rule `read_secret_file` enforces, checked first so a loose file
+    // gets its own answer (and fix) instead of "invalid".
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SessionError::Loose { path: path.to_path_buf(), mode });
+        }
     }
     let text = home::read_secret_file(path).map_err(|_| SessionError::Invalid)?;
     let opened = key.open_at(text.trim().as_bytes(), None, now).map_err(|_| SessionError::Invalid)?;
@@ -90,6 +112,11 @@ mod tests {
         assert_eq!(read(&path, &key, now + 100), Err(SessionError::Expired));
         let other = FernetKey::from_bytes(&[6u8; 32]);
         assert_eq!(read(&path, &other, now), Err(SessionError::Invalid));
+        // A good token in a file others can read: refused as loose, not invalid.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(read(&path, &key, now), Err(SessionError::Loose { path: path.clone(), mode: 0o644 }));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(read(&path, &key, now).expect("read again"), claims);
         assert!(remove(&path).expect("remove"));
         assert_eq!(read(&path, &key, now), Err(SessionError::Missing));
     }

@@ -2,8 +2,9 @@
 //!
 //! Chunks of one file arrive in order (each is its own message) and are written
 //! into `files/<agent>/.<file-id>.part` at their offset, then `fdatasync`ed
-//! before the chunk is acknowledged. Writing at an offset is idempotent, so a
-//! retried chunk is harmless. When the last chunk lands, the SHA-256 of the
+//! before the chunk is acknowledged (the first chunk also syncs the directory,
+//! so the new part file's entry is as durable as its bytes). Writing at an
+//! offset is idempotent, so a retried chunk is harmless. When the last chunk lands, the SHA-256 of the
 //! whole part file is checked and the file is renamed to its final name
 //! (`<file-id>`) and the directory synced: a file is either complete
 //! under its final name or not there at all. The inbox lists only files whose
@@ -85,6 +86,8 @@ impl FileAssembler {
     pub fn write_chunk(&self, agent_id: i64, chunk: &FileChunk, body: &[u8]) -> Result<ChunkOutcome, ChunkError> {
         let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = self.root.join(agent_id.to_string());
+        // An agent's first upload also adds the agent's directory to the root.
+        let new_dir = !dir.exists();
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err)?;
         let relative = Self::final_relative(agent_id, chunk);
         let final_path = self.root.join(&relative);
@@ -126,6 +129,15 @@ impl FileAssembler {
         part.sync_data().map_err(io_err)?;
 
         if end < chunk.size {
+            if chunk.offset == 0 {
+                // Chunk 0 may have created the part file: a new directory entry,
+                // which its ACK promises will survive a crash. Synced on every
+                // chunk 0, so a retry after a failed sync still makes it durable.
+                sync_dir(&dir).map_err(io_err)?;
+                if new_dir {
+                    sync_dir(&self.root).map_err(io_err)?;
+                }
+            }
             return Ok(ChunkOutcome::Partial { received: have.max(end) });
         }
         let expected = chunk.sha256.as_deref().unwrap_or_default();
@@ -136,6 +148,9 @@ impl FileAssembler {
         }
         fs::rename(&part_path, &final_path).map_err(io_err)?;
         sync_dir(&dir).map_err(io_err)?;
+        if new_dir {
+            sync_dir(&self.root).map_err(io_err)?;
+        }
         Ok(ChunkOutcome::Complete { stored_as: relative, sha256 })
     }
 }

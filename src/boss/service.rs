@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use crate::crypto::{FernetKey, MasterKey, TokenError};
 use crate::db::{self, DbError, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
-use crate::net::server::{LineHandler, Peer};
+use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
 use super::files::{ChunkError, ChunkOutcome, FileAssembler};
@@ -74,10 +74,12 @@ impl BossService {
     }
 
     /// The agent's alias, or None if no such agent (now).
-    fn agent_alias(&self, agent_id: i64) -> Result<Option<String>, DbError> {
+    /// The agent's stored (encrypted) alias, or None if no such agent (now).
+    /// Nothing is decrypted here: known and unknown ids must cost the same
+    /// until the token's MAC has been checked.
+    fn stored_alias(&self, agent_id: i64) -> Result<Option<String>, DbError> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(agent) = db::agents::by_id(&reader, agent_id)? else { return Ok(None) };
-        Ok(Some(self.keys.reveal(&agent.alias).unwrap_or_else(|_| format!("agent {agent_id}"))))
+        Ok(db::agents::by_id(&reader, agent_id)?.map(|agent| agent.alias))
     }
 
     fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
@@ -88,7 +90,7 @@ impl BossService {
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
-        let alias = self.agent_alias(agent_id).map_err(|e| {
+        let alias = self.stored_alias(agent_id).map_err(|e| {
             tracing::error!(error = %e, "agent lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })?;
@@ -113,6 +115,8 @@ impl BossService {
                 ));
             }
         };
+        // Authentic: now it is safe to spend work on the agent's alias.
+        let alias = self.keys.reveal(&alias).unwrap_or_else(|_| format!("agent {agent_id}"));
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
@@ -192,14 +196,15 @@ impl BossService {
 }
 
 impl LineHandler for BossService {
-    fn handle(&self, line: &[u8], peer: &Peer) -> String {
+    /// An ACK is accepted (it restarts the connection's idle timer); any ERR is not.
+    fn handle(&self, line: &[u8], peer: &Peer) -> Answer {
         match self.answer(line, peer) {
-            Ok(reply) => reply,
+            Ok(reply) => Answer { line: reply, accepted: true },
             Err((code, text)) => {
                 if code == ErrorCode::BadRequest {
                     tracing::info!(conn = peer.id, error = %text, "refused: bad request");
                 }
-                protocol::format_err(code, &text)
+                Answer { line: protocol::format_err(code, &text), accepted: false }
             }
         }
     }

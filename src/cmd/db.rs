@@ -2,43 +2,18 @@
 //! printed with its rows affected and its cursor's rows as a table.
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ToSql, TransactionBehavior};
+use rusqlite::{Connection, ToSql};
 
 use crate::db;
+use crate::db::demo::{DELETE_ONE, SELECT_ALL, SELECT_BOTH, SELECT_COLUMNS, SELECT_ROWS, UPDATE_ONE, statement, title};
 use crate::error::{Error, Result};
 use crate::output::Rows;
-use crate::registry::{self, RegistryKeys};
+use crate::registry::{self, DEMO_DELETED, DEMO_NEW_ALIAS, DEMO_NEW_LEVEL, DEMO_PROMOTED, RegistryKeys};
 
 use super::Ctx;
 
-const SELECT_ALL: &str = include_str!("../../sql/demo_select_all.sql");
-const SELECT_COLUMNS: &str = include_str!("../../sql/demo_select_columns.sql");
-const SELECT_ROWS: &str = include_str!("../../sql/demo_select_rows.sql");
-const SELECT_BOTH: &str = include_str!("../../sql/demo_select_both.sql");
-const DELETE_ONE: &str = include_str!("../../sql/demo_delete.sql");
-const UPDATE_ONE: &str = include_str!("../../sql/demo_update.sql");
-
-/// The agent the demo deletes and the one it promotes (sample names).
-pub const DEMO_DELETED: &str = "Boris Grishenko";
-pub const DEMO_PROMOTED: &str = "Harry Palmer";
-const DEMO_NEW_ALIAS: &str = "Harry the Handler";
-const DEMO_NEW_LEVEL: u8 = 3;
-
 /// Named parameters for one statement.
 type NamedParams<'a> = &'a [(&'a str, &'a dyn ToSql)];
-
-/// Columns that hold Fernet tokens under the at-rest key.
-const ENCRYPTED_COLUMNS: [&str; 2] = ["AgentName", "AgentAlias"];
-
-/// The statement text without its leading comment lines.
-fn statement(sql: &str) -> String {
-    sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n").trim().to_string()
-}
-
-/// The comment at the top of a SQL file: the step's title.
-fn title(sql: &str) -> String {
-    sql.lines().next().map(|l| l.trim_start_matches("--").trim().to_string()).unwrap_or_default()
-}
 
 /// Runs a query and collects its cursor's rows, decrypting encrypted columns
 /// unless `raw`.
@@ -51,22 +26,26 @@ pub fn select(
 ) -> Result<Rows> {
     let mut stmt = conn.prepare(sql)?;
     let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
-    let decrypt: Vec<bool> = columns.iter().map(|c| !raw && ENCRYPTED_COLUMNS.contains(&c.as_str())).collect();
+    let decrypt: Vec<bool> =
+        columns.iter().map(|c| !raw && registry::ENCRYPTED_COLUMNS.contains(&c.as_str())).collect();
     let mut rows = stmt.query(params)?;
     let mut out = Rows { columns, rows: Vec::new() };
     while let Some(row) = rows.next()? {
         let mut cells = Vec::with_capacity(decrypt.len());
         for (i, decrypt) in decrypt.iter().enumerate() {
-            let text = match row.get_ref(i)? {
-                ValueRef::Null => "NULL".to_string(),
-                ValueRef::Integer(v) => v.to_string(),
-                ValueRef::Real(v) => v.to_string(),
-                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                ValueRef::Blob(b) => format!("x'{}'", hex::encode(b)),
+            let cell = match row.get_ref(i)? {
+                ValueRef::Null => serde_json::Value::Null,
+                ValueRef::Integer(v) => serde_json::json!(v),
+                ValueRef::Real(v) => serde_json::json!(v),
+                ValueRef::Text(t) => {
+                    let text = String::from_utf8_lossy(t).into_owned();
+                    serde_json::Value::String(if *decrypt { keys.reveal(&text).unwrap_or(text) } else { text })
+                }
+                ValueRef::Blob(b) => serde_json::Value::String(format!("x'{}'", hex::encode(b))),
             };
-            cells.push(if *decrypt { keys.reveal(&text).unwrap_or(text) } else { text });
+            cells.push(cell);
         }
-        out.push(cells);
+        out.push_values(cells);
     }
     Ok(out)
 }
@@ -95,14 +74,25 @@ fn print_step(ctx: &mut Ctx<'_>, number: usize, step: &Step) -> Result<()> {
 
 pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
     ctx.home.ensure()?;
-    let master = ctx.home.load_or_create_master_key()?;
-    let keys = RegistryKeys::derive(&master);
+    // Decide before touching the key: a refused init must change nothing.
     let mut conn = db::create(&ctx.home.db_path())?;
-    if db::has_agents(&conn)? && !force {
+    let had_agents = db::has_agents(&conn)?;
+    if had_agents && !force {
         return Err(Error::new(format!("{} already holds agents; nothing was changed", ctx.home.db_path().display()))
             .hint("pass --force to drop every table and start over"));
     }
+    let master = ctx.home.load_or_create_master_key()?;
+    let keys = RegistryKeys::derive(&master);
     let added = registry::init_with_samples(&mut conn, &keys)?;
+    if had_agents {
+        // The Files table is gone, so the files it listed are orphans.
+        let files = ctx.home.files_dir();
+        if files.exists()
+            && let Err(e) = std::fs::remove_dir_all(&files)
+        {
+            tracing::warn!(error = %e, dir = %files.display(), "could not remove the old received files");
+        }
+    }
     let all = select(&conn, &statement(SELECT_ALL), &[], &keys, raw)?;
     let steps = vec![
         Step {
@@ -113,7 +103,7 @@ pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
         },
         Step {
             title: format!("Insert {} sample agents (sql/insert_agent.sql, values as parameters)", added.len()),
-            sql: statement(include_str!("../../sql/insert_agent.sql")),
+            sql: statement(db::agents::INSERT_SQL),
             rows_affected: Some(added.len()),
             result: None,
         },
@@ -152,17 +142,8 @@ pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
     let mut conn = db::open(&ctx.home.db_path())?;
     let before = db::agents::count(&conn)?;
 
-    let deleted_index = keys.blind_index.index(DEMO_DELETED);
-    let promoted_index = keys.blind_index.index(DEMO_PROMOTED);
-    let new_alias = keys.conceal(DEMO_NEW_ALIAS);
     // Both changes in one transaction: the script applies whole or not at all.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let deleted = tx.execute(&statement(DELETE_ONE), rusqlite::named_params! { ":name_index": deleted_index })?;
-    let updated = tx.execute(
-        &statement(UPDATE_ONE),
-        rusqlite::named_params! { ":level": DEMO_NEW_LEVEL, ":alias": new_alias, ":name_index": promoted_index },
-    )?;
-    tx.commit()?;
+    let (deleted, updated) = registry::apply_demo_changes(&mut conn, &keys)?;
     let after = db::agents::count(&conn)?;
 
     let mut steps = vec![

@@ -48,7 +48,23 @@ fn step(ctx: &mut Ctx<'_>, n: u32, text: &str) -> Result<()> {
 }
 
 pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
-    let demo_home = fresh_home(args.keep)?;
+    if outer.json {
+        return Err(Error::usage("demo narrates for people and has no --json output; run the commands themselves"));
+    }
+    let demo_home = if args.in_given_home {
+        if outer.home.has_db() {
+            return Err(Error::new(format!(
+                "{} already holds a spyctl database; the demo would replace it",
+                outer.home.dir().display()
+            ))
+            .hint("omit --home (and SPYCTL_HOME) for a throw-away home, or give an empty directory"));
+        }
+        outer.home.ensure()?;
+        DemoHome { home: outer.home.clone(), keep: true }
+    } else {
+        fresh_home(args.keep)?
+    };
+    let kept = demo_home.keep;
     let mut ctx = Ctx { home: demo_home.home.clone(), json: false, quiet: outer.quiet, out: &mut *outer.out };
     let ctx = &mut ctx;
     ctx.show(&format!("spyctl demo: a throw-away home at {}", ctx.home.dir().display()))?;
@@ -153,7 +169,7 @@ pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
     ctx.show("  spyctl login --name \"Ethan Hunt\"       # terminal 2 (password: mission-accepted-96)")?;
     ctx.show("  spyctl send \"Hello, Boss\"")?;
     ctx.show("  spyctl boss inbox")?;
-    if args.keep {
+    if kept {
         ctx.show(&format!("The demo home was kept: spyctl --home {} agent list", ctx.home.dir().display()))?;
     }
     Ok(())

@@ -45,6 +45,12 @@ impl Ctx<'_> {
     pub fn json(&mut self, value: serde_json::Value) -> Result<()> {
         crate::output::json(self.out, &value)
     }
+
+    /// One compact JSON object on one line, for commands that print a stream
+    /// of results (JSON Lines).
+    pub fn json_line(&mut self, value: serde_json::Value) -> Result<()> {
+        crate::output::json_line(self.out, &value)
+    }
 }
 
 pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {

@@ -14,6 +14,11 @@ use super::session::sender_identity;
 
 fn send_error(err: SendError) -> Error {
     let hint = match &err {
+        // `last` is the final attempt's failure; a Boss at its connection cap
+        // answered `busy`, so it is running and "start it" would mislead.
+        SendError::Unreachable { last, .. } if last.starts_with("busy") => Some(
+            "the Boss is running but at its connection limit: retry later, or ask its operator to raise --max-connections",
+        ),
         SendError::Unreachable { .. } => Some("is the Boss running? start it with `spyctl boss serve`, or pass --addr"),
         SendError::Refused { code: protocol::ErrorCode::Auth, .. } => {
             Some("the Boss does not know this agent or key: check --agent-id/--key-file, or log in again")
@@ -28,14 +33,26 @@ fn send_error(err: SendError) -> Error {
     }
 }
 
-fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered) -> Result<()> {
+/// How `--json` prints each result: one pretty object for a single send, or
+/// one compact object per line (JSON Lines) when stdin lines are sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JsonStyle {
+    Single,
+    Lines,
+}
+
+fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle) -> Result<()> {
     if ctx.json {
-        return ctx.json(serde_json::json!({
+        let value = serde_json::json!({
             "sent": what,
             "status": delivered.status,
             "reply": delivered.reply,
             "attempts": delivered.attempts,
-        }));
+        });
+        return match style {
+            JsonStyle::Single => ctx.json(value),
+            JsonStyle::Lines => ctx.json_line(value),
+        };
     }
     let status = match delivered.status {
         AckStatus::Stored => "stored",
@@ -75,7 +92,7 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
                 other => Error::new(other.to_string()),
             })?;
         bar.finish_and_clear();
-        return report(ctx, &name, &delivered);
+        return report(ctx, &name, &delivered, JsonStyle::Single);
     }
 
     if let Some(text) = &args.text {
@@ -84,7 +101,7 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
         }
         let header = Header { id: protocol::random_id(), kind: Kind::Text };
         let delivered = sender.send(&header, text.as_bytes()).map_err(send_error)?;
-        return report(ctx, "text", &delivered);
+        return report(ctx, "text", &delivered, JsonStyle::Single);
     }
 
     // No TEXT and no --file: every stdin line is a message, over one connection.
@@ -100,7 +117,7 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
             let err = send_error(e);
             Error { message: format!("after {sent} message(s): {}", err.message), ..err }
         })?;
-        report(ctx, "text", &delivered)?;
+        report(ctx, "text", &delivered, JsonStyle::Lines)?;
         sent += 1;
     }
     if sent == 0 {

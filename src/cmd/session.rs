@@ -69,9 +69,6 @@ pub fn sender_identity(
 }
 
 pub fn login(ctx: &mut Ctx<'_>, args: LoginArgs) -> Result<()> {
-    if args.ttl == 0 {
-        return Err(Error::usage("--ttl must be at least 1 second"));
-    }
     // Fail on a missing home before prompting for anything.
     ctx.home.load_master_key()?;
     db::open(&ctx.home.db_path())?;
@@ -100,7 +97,9 @@ pub fn login_as(ctx: &mut Ctx<'_>, name: &str, password: &str, ttl: u64) -> Resu
         )),
         LoginError::Other(e) => e.into(),
     })?;
-    let claims = Claims { agent_id: agent.id, level: agent.level, expires_at: now + ttl };
+    let expires_at =
+        now.checked_add(ttl.min(session::MAX_TTL_SECS)).ok_or_else(|| Error::usage("--ttl is out of range"))?;
+    let claims = Claims { agent_id: agent.id, level: agent.level, expires_at };
     session::write(&ctx.home.session_path(), &master.session_key(), &claims)?;
     if ctx.json {
         return ctx.json(serde_json::json!({ "agent": agent, "expires_at": claims.expires_at }));

@@ -5,7 +5,8 @@ use rusqlite::{Connection, OptionalExtension, Row, named_params};
 
 use super::{DbError, DbResult};
 
-const INSERT_SQL: &str = include_str!("../../sql/insert_agent.sql");
+/// The insert statement (sql/insert_agent.sql), also printed by `db init`.
+pub const INSERT_SQL: &str = include_str!("../../sql/insert_agent.sql");
 
 /// One Agents row, as stored.
 #[derive(Debug, Clone)]
@@ -89,4 +90,37 @@ pub fn at_or_below(conn: &Connection, max_level: u8) -> DbResult<Vec<StoredAgent
 
 pub fn count(conn: &Connection) -> DbResult<i64> {
     Ok(conn.query_row("SELECT COUNT(*) FROM Agents", [], |row| row.get(0))?)
+}
+
+/// The highest AgentId ever handed out (0 for none), from SQLite's
+/// AUTOINCREMENT record or the table itself, whichever is higher.
+pub fn id_high_water(conn: &Connection) -> DbResult<i64> {
+    let exists = |name: &str| -> DbResult<bool> {
+        Ok(conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [name],
+            |row| row.get(0),
+        )?)
+    };
+    let mut high = 0;
+    if exists("sqlite_sequence")? {
+        let seq: Option<i64> =
+            conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'Agents'", [], |row| row.get(0)).optional()?;
+        high = high.max(seq.unwrap_or(0));
+    }
+    if exists("Agents")? {
+        let max: Option<i64> = conn.query_row("SELECT MAX(AgentId) FROM Agents", [], |row| row.get(0))?;
+        high = high.max(max.unwrap_or(0));
+    }
+    Ok(high)
+}
+
+/// Makes the next AgentId at least `high + 1` (after the table was dropped and
+/// recreated, which forgets its AUTOINCREMENT record).
+pub fn keep_ids_above(conn: &Connection, high: i64) -> DbResult<()> {
+    if high > 0 {
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'Agents'", [])?;
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('Agents', ?1)", [high])?;
+    }
+    Ok(())
 }

@@ -51,14 +51,6 @@ pub fn insert_file(conn: &Connection, file: &StoredFile) -> DbResult<bool> {
     Ok(changed == 1)
 }
 
-pub fn file_exists(conn: &Connection, agent_id: i64, file_id: &str) -> DbResult<bool> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM Files WHERE AgentId = ?1 AND FileId = ?2)",
-        params![agent_id, file_id],
-        |row| row.get(0),
-    )?)
-}
-
 pub fn all_messages(conn: &Connection) -> DbResult<Vec<StoredMessage>> {
     let mut stmt =
         conn.prepare("SELECT AgentId, MessageId, ReceivedAt, Token FROM Messages ORDER BY ReceivedAt, RowId")?;
@@ -89,8 +81,4 @@ pub fn all_files(conn: &Connection) -> DbResult<Vec<StoredFile>> {
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-pub fn message_count(conn: &Connection) -> DbResult<i64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM Messages", [], |row| row.get(0))?)
 }

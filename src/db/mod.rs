@@ -3,6 +3,7 @@
 //! cryptography happens here: callers hand in values already encrypted.
 
 pub mod agents;
+pub mod demo;
 pub mod logins;
 pub mod messages;
 

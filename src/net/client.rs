@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::protocol::{self, AckStatus, ErrorCode, Header, Reply};
-use crate::crypto::FernetKey;
+use crate::crypto::{FernetKey, TokenError};
 
 /// How to reach the Boss and how hard to try.
 #[derive(Debug, Clone)]
@@ -137,11 +137,14 @@ impl<'k> Sender<'k> {
     }
 
     fn verify_ack(&self, id: &str, token: &[u8]) -> Result<Delivered, SendError> {
-        // The ACK must be fresh too: an old ACK replayed by a third party proves nothing.
-        let opened = self
-            .key
-            .open(token, Some(300))
-            .map_err(|e| SendError::BadAck(format!("{e} (not sealed under this agent's key)")))?;
+        // No TTL: the ACK must echo this message's fresh random id, so an old
+        // ACK cannot stand in for it, and the Boss's clock need not match ours.
+        let opened = self.key.open(token, None).map_err(|e| match e {
+            TokenError::Expired => SendError::BadAck(
+                "it is dated more than 60 s in the future: the Boss's clock is ahead of this machine's".into(),
+            ),
+            TokenError::Invalid => SendError::BadAck("it is not sealed under this agent's key".into()),
+        })?;
         let (header, reply) = protocol::decode_ack(&opened.plaintext).map_err(|e| SendError::BadAck(e.0))?;
         if header.id != id {
             return Err(SendError::BadAck(format!("it acknowledges message {}, not {id}", header.id)));

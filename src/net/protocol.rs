@@ -285,7 +285,9 @@ pub fn encode_message(header: &Header, body: &[u8]) -> Vec<u8> {
 pub fn decode_message(plaintext: &[u8]) -> Result<(Header, &[u8]), ProtocolError> {
     let newline = plaintext.iter().position(|b| *b == b'\n').ok_or_else(|| bad("the plaintext has no header line"))?;
     let (json, body) = (&plaintext[..newline], &plaintext[newline + 1..]);
-    let wire: WireHeader = serde_json::from_slice(json).map_err(|e| bad(format!("bad header: {e}")))?;
+    // The parser's own message would quote the offending value, which is
+    // decrypted content: it must not go back on the wire or into the log.
+    let wire: WireHeader = serde_json::from_slice(json).map_err(|_| bad("bad header: not a valid header object"))?;
     if wire.v != VERSION {
         return Err(bad(format!("unsupported header version {}", wire.v)));
     }
@@ -328,7 +330,7 @@ pub fn decode_message(plaintext: &[u8]) -> Result<(Header, &[u8]), ProtocolError
             }
             Kind::FileChunk(FileChunk { file_id, name, offset, size, sha256: wire.sha256 })
         }
-        other => return Err(bad(format!("unknown kind {other:?}"))),
+        _ => return Err(bad("unknown kind; expected \"text\" or \"file\"")),
     };
     Ok((Header { id: wire.id, kind }, body))
 }
@@ -471,6 +473,18 @@ mod tests {
         ];
         for case in cases {
             assert!(decode_message(case).is_err(), "{:?}", String::from_utf8_lossy(case));
+        }
+    }
+
+    #[test]
+    fn header_errors_never_quote_decrypted_content() {
+        for case in [
+            &b"{\"v\":1,\"id\":\"a\",\"kind\":\"text\",\"offset\":\"SECRET plan\"}\nx"[..],
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"SECRET plan\"}\nx",
+            b"{\"v\":1,\"id\":\"a\",\"kind\":\"text\",\"name\":[\"SECRET plan\"]}\nx",
+        ] {
+            let err = decode_message(case).expect_err("invalid header");
+            assert!(!err.0.contains("SECRET"), "{}", err.0);
         }
     }
 

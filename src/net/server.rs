@@ -4,11 +4,13 @@
 //! An accept loop hands each connection to its own thread, up to
 //! `max_connections` live at once (past that the newcomer gets `ERR busy` and is
 //! closed). Each thread reads `\n`-terminated lines under three limits: an idle
-//! timeout while waiting for a line to start, a deadline for a whole line once
-//! it has started (a slow sender cannot pin a thread), and a length cap checked
-//! before the buffer grows. Each line goes to a [`LineHandler`]; its answer is
-//! written back. Shutdown stops the accept loop, lets every connection finish
-//! the line it is on, and waits for the threads.
+//! timeout counted from the connection's start or its last *accepted* line (so
+//! a client that only sends lines the handler refuses cannot hold a slot
+//! forever), a deadline for a whole line once it has started (a slow sender
+//! cannot pin a thread), and a length cap checked before the buffer grows. Each
+//! line goes to a [`LineHandler`]; its answer is written back. Shutdown stops
+//! the accept loop, lets every connection finish the line it is on, and waits
+//! for the threads.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -24,7 +26,8 @@ use super::protocol::{self, ErrorCode};
 pub struct Limits {
     pub max_connections: usize,
     pub max_line_bytes: usize,
-    /// Longest wait for the first byte of a line.
+    /// Longest a connection may go without an accepted line, counted from its
+    /// start or its last accepted line, while no line is in progress.
     pub idle_timeout: Duration,
     /// Longest time from a line's first byte to its newline.
     pub line_deadline: Duration,
@@ -48,11 +51,22 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// A handler's answer to one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The full reply line, `\n` included.
+    pub line: String,
+    /// Whether the line was a request the handler acted on. Only accepted
+    /// lines restart the idle timer: refused ones (garbage, bad MACs) do not,
+    /// so they cannot keep a connection slot alive.
+    pub accepted: bool,
+}
+
 /// Answers one line. Implementations must not panic on any input; a panic
 /// is caught, logged, answered with `ERR internal` and the connection closed.
 pub trait LineHandler: Send + Sync + 'static {
-    /// `line` excludes the `\n`. Returns the full reply line, `\n` included.
-    fn handle(&self, line: &[u8], peer: &Peer) -> String;
+    /// `line` excludes the `\n`.
+    fn handle(&self, line: &[u8], peer: &Peer) -> Answer;
 }
 
 /// How often blocked reads wake to check for shutdown.
@@ -162,6 +176,7 @@ impl Server {
                 live: live.clone(),
                 stats: stats.clone(),
                 stopping_since: None,
+                idle_since: Instant::now(),
             };
             let handler = handler.clone();
             let spawned = std::thread::Builder::new()
@@ -224,6 +239,8 @@ struct Connection {
     stats: Arc<Stats>,
     /// When this connection first saw the stop flag.
     stopping_since: Option<Instant>,
+    /// The connection's start or its last accepted line: the idle timer's origin.
+    idle_since: Instant,
 }
 
 impl Drop for Connection {
@@ -255,10 +272,10 @@ impl Connection {
             };
             self.stats.lines.fetch_add(1, Ordering::Relaxed);
             let line = &buf[..line_len - 1];
-            let reply = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let answer = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 handler.handle(line, &self.peer)
             })) {
-                Ok(reply) => reply,
+                Ok(answer) => answer,
                 Err(_) => {
                     tracing::error!(conn = self.peer.id, "handler panicked; closing the connection");
                     let _ =
@@ -271,7 +288,10 @@ impl Connection {
             if buf.is_empty() && buf.capacity() > 64 * 1024 {
                 buf.shrink_to(8 * 1024);
             }
-            if let Err(e) = self.stream.write_all(reply.as_bytes()) {
+            if answer.accepted {
+                self.idle_since = Instant::now();
+            }
+            if let Err(e) = self.stream.write_all(answer.line.as_bytes()) {
                 break ReadEnd::Failed(e);
             }
         };
@@ -314,8 +334,13 @@ impl Connection {
     fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadEnd> {
         let max = self.limits.max_line_bytes;
         let mut scanned = 0;
+        // Checked here too, not only while waiting: a client that pipelines
+        // refused lines, always leaving part of the next one in `buf`, never
+        // waits for a line to start, and must not dodge the idle timeout.
+        if self.idle_since.elapsed() >= self.limits.idle_timeout {
+            return Err(ReadEnd::Idle);
+        }
         let mut line_started = if buf.is_empty() { None } else { Some(Instant::now()) };
-        let idle_since = Instant::now();
         loop {
             if let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
                 return Ok(scanned + pos + 1);
@@ -337,7 +362,7 @@ impl Connection {
                             return Err(ReadEnd::Stopping);
                         }
                     }
-                    self.limits.idle_timeout.checked_sub(idle_since.elapsed()).ok_or(ReadEnd::Idle)?
+                    self.limits.idle_timeout.checked_sub(self.idle_since.elapsed()).ok_or(ReadEnd::Idle)?
                 }
                 Some(start) => self.limits.line_deadline.checked_sub(start.elapsed()).ok_or(ReadEnd::Deadline)?,
             };

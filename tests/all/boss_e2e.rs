@@ -8,7 +8,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, params};
 use serde_json::Value;
@@ -239,12 +239,26 @@ fn stdin_lines_are_sent_over_one_connection() {
     assert_eq!(acks.len(), 3, "one ACK per non-empty line:\n{out}");
     assert!(acks.iter().all(|l| l.contains("stored")), "{out}");
 
+    // With --json: JSON Lines, one compact object per message, in order.
+    let out = ok(home.run_stdin(&["--json", "send", "--addr", &boss.addr], b"fourth line\n\nfifth line\n"));
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}):\n{out}")))
+        .collect();
+    assert_eq!(records.len(), 2, "one record per non-empty line:\n{out}");
+    for record in &records {
+        assert_eq!(record["sent"], "text");
+        assert_eq!(record["status"], "stored");
+        assert_eq!(record["attempts"], 1);
+        assert_eq!(record["reply"], "Message received. Good work, Treadstone.");
+    }
+
     let (status, boss_out, boss_err) = boss.stop();
     assert!(status.success(), "{boss_err}");
-    assert!(boss_out.contains("1 connection(s), 3 line(s)"), "summary: {boss_out}");
+    assert!(boss_out.contains("2 connection(s), 5 line(s)"), "summary: {boss_out}");
 
     let entries = inbox(&home);
-    assert_eq!(inbox_texts(&entries), ["first line", "second line", "third line"]);
+    assert_eq!(inbox_texts(&entries), ["first line", "second line", "third line", "fourth line", "fifth line"]);
     assert!(entries.iter().all(|e| e["agent_id"] == agent));
 }
 
@@ -499,6 +513,113 @@ fn connection_cap_idle_timeout_and_line_deadline() {
     assert!(status.success());
     assert!(boss_out.contains("refused as busy") && !boss_out.contains(" 0 refused"), "{boss_out}");
     assert_eq!(agent, inbox(&home)[0]["agent_id"].as_i64().unwrap());
+}
+
+/// Lines the Boss refuses do not restart the idle timer; accepted ones do. A
+/// client sending garbage every 0.4 s is closed about 1 s after it connected
+/// (`--idle-timeout 1`), also when each write leaves the next line started;
+/// one sending valid messages at the same pace keeps its connection for as
+/// long as it likes.
+#[test]
+fn only_accepted_lines_keep_a_connection_past_the_idle_timeout() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
+    let boss = home.boss(&["--idle-timeout", "1"]);
+    let pace = Duration::from_millis(400);
+    let bound = Duration::from_secs(5);
+
+    // Writes `first`, then `then` every `pace`, one refused line each; returns
+    // how long the Boss let the connection live.
+    let addr = boss.addr.as_str();
+    let garbage_sender = move |first: &'static [u8], then: &'static [u8]| {
+        move || {
+            let mut bad = Raw::connect(addr);
+            let started = Instant::now();
+            let mut refused = 0;
+            loop {
+                assert!(started.elapsed() < bound, "still connected after {bound:?} ({refused} ERR answers)");
+                // Once the Boss has hung up, the write or the read fails, or the
+                // read finds the idle goodbye (or EOF) first.
+                let chunk = if refused == 0 { first } else { then };
+                if bad.reader.get_mut().write_all(chunk).is_err() {
+                    break;
+                }
+                let mut reply = String::new();
+                match bad.reader.read_line(&mut reply) {
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        panic!("no answer to a garbage line: {e}")
+                    }
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if reply == "ERR bad_request idle timeout\n" => break,
+                    Ok(_) => {
+                        assert!(reply.starts_with("ERR bad_request "), "{reply:?}");
+                        refused += 1;
+                    }
+                }
+                std::thread::sleep(pace);
+            }
+            assert!(refused >= 2, "the garbage lines were answered before the close: {refused}");
+            assert!(bad.is_closed(), "the Boss closed the garbage sender");
+            started.elapsed()
+        }
+    };
+
+    std::thread::scope(|s| {
+        // Whole lines; and lines that always leave the next one started, so
+        // the Boss never waits for a line to begin.
+        let garbage = s.spawn(garbage_sender(b"HELLO BOSS\n", b"HELLO BOSS\n"));
+        let pipelined = s.spawn(garbage_sender(b"HELLO BOSS\nHEL", b"LO BOSS\nHEL"));
+
+        // Valid messages at the same pace, over one connection, for 3 idle timeouts.
+        let mut good = Raw::connect(&boss.addr);
+        let started = Instant::now();
+        let mut sent = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let id = protocol::random_id();
+            let reply = good.msg(agent, &text_token(&key, &id, &format!("Still here, report {sent}")));
+            assert_eq!(
+                open_ack(&key, &reply, &id).0,
+                AckStatus::Stored,
+                "message {sent} after {:?}",
+                started.elapsed()
+            );
+            sent += 1;
+            std::thread::sleep(pace);
+        }
+        assert!(sent >= 6, "{sent} messages");
+
+        for sender in [garbage, pipelined] {
+            let closed_after = sender.join().expect("garbage sender");
+            assert!(closed_after < bound, "{closed_after:?}");
+        }
+    });
+
+    let (status, _, err) = boss.stop();
+    assert!(status.success(), "{err}");
+}
+
+/// `send` against a Boss at its connection cap: the hint says so, instead of
+/// suggesting the Boss is not running.
+#[test]
+fn a_busy_boss_gets_its_own_hint() {
+    let home = TestHome::initialised();
+    login_field_agent(&home);
+    let boss = home.boss(&["--max-connections", "1"]);
+    // Hold the only slot (known live: it has had an answer).
+    let mut holder = Raw::connect(&boss.addr);
+    assert!(holder.read_reply_to(b"HELLO\n").starts_with("ERR bad_request "));
+
+    let err = fails(home.run(&["send", "Let me in", "--addr", &boss.addr, "--attempts", "2", "--timeout", "2"]), 1);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line:\n{err}");
+    assert!(lines[0].contains("busy"), "names the refusal: {err}");
+    assert!(lines[0].contains("connection limit") && lines[0].contains("--max-connections"), "{err}");
+    assert!(!lines[0].contains("boss serve"), "the Boss is running: {err}");
+    drop(holder);
+    let (status, _, _) = boss.stop();
+    assert!(status.success());
+    assert_eq!(table_count(&home, "Messages"), 0);
 }
 
 // ---------------------------------------------------------------------------

@@ -115,7 +115,7 @@ fn names_up_to(level: i64) -> BTreeSet<String> {
     LEVELS.iter().filter(|(_, l)| *l <= level).map(|(n, _)| n.to_string()).collect()
 }
 
-/// Decrypted rows from an ad-hoc `db query --sql ... --json`: column -> text.
+/// Decrypted rows from an ad-hoc `db query --sql ... --json`: column -> value.
 fn ad_hoc_rows(home: &TestHome, sql: &str) -> Vec<serde_json::Map<String, Value>> {
     let value = json(&ok(home.run(&["--json", "db", "query", "--sql", sql])));
     value["rows"]
@@ -170,8 +170,10 @@ fn db_init_prints_every_sample_decrypted_and_refuses_to_run_twice() {
     assert!(out.contains(DELETED), "{out}");
     let after = snapshot(&home);
     assert_eq!(after.len(), 8);
+    let old_max = before.iter().map(|r| r.0).max().expect("rows");
     for (old, new) in before.iter().zip(&after) {
-        assert_eq!(old.0, new.0, "ids start over at 1");
+        // Ids keep counting: a new agent never inherits an old one's wire key.
+        assert!(new.0 > old_max, "id {} reused after --force (old max {old_max})", new.0);
         assert_ne!(old.1, new.1, "db init --force kept an old name token");
     }
     assert!(!out.contains(PROMOTED_ALIAS), "the demo's update survived --force:\n{out}");
@@ -221,7 +223,11 @@ fn db_query_deletes_one_row_updates_one_and_prints_four_selects() {
         ad_hoc_rows(home, "SELECT AgentId, AgentName, AgentAlias, AgentSecurityLevel FROM Agents ORDER BY AgentId")
             .iter()
             .map(|r| {
-                let s = |c: &str| r[c].as_str().expect("text").to_string();
+                // Text cells are strings, integer cells JSON numbers.
+                let s = |c: &str| match &r[c] {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
                 (s("AgentId"), s("AgentName"), s("AgentAlias"), s("AgentSecurityLevel"))
             })
             .collect()
@@ -667,9 +673,15 @@ fn a_tampered_or_loose_session_file_is_refused() {
     // The untouched token still works, so the refusals above were the edits.
     std::fs::write(&path, &original).expect("restore");
     ok(home.run(&["whoami"]));
-    // A session file others can read is refused too.
+    // A session file others can read is refused too, as loose (not "invalid"),
+    // with the fix, like a loose master.key.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    refused(home.run(&["whoami"]));
+    let err = refused(home.run(&["whoami"]));
+    assert!(err.contains(&format!("chmod 600 {}", path.display())), "{err}");
+    assert!(err.contains("0644") && !err.contains("invalid"), "{err}");
+    refused(home.run(&["agent", "list"]));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    ok(home.run(&["whoami"]));
 }
 
 #[test]
@@ -807,4 +819,54 @@ fn passwords_are_never_taken_from_argv() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(count(&home), 8);
+}
+
+/// Parallel guesses cannot slip under the lockout: each attempt is recorded
+/// before its password is checked, so a burst of 12 gets at most 5 checks.
+#[test]
+fn a_burst_of_parallel_guesses_gets_at_most_five_checks() {
+    let home = TestHome::initialised();
+    let name = "Emma Peel";
+    let children: Vec<_> = (0..12)
+        .map(|_| {
+            let mut child = home
+                .cmd(&["login", "--name", name, "--password-stdin"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn login");
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(b"not-her-password\n").expect("write");
+            child
+        })
+        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
+    assert!(outputs.iter().all(|o| o.status.code() == Some(1)), "every wrong guess fails");
+    let checked: i64 = open_db(&home).query_row("SELECT COUNT(*) FROM LoginFailures", [], |r| r.get(0)).expect("count");
+    assert_eq!(checked, 5, "exactly the threshold of attempts were recorded and checked");
+    // The right password is now refused too: the name is locked.
+    let err = refused(login(&home, name, "bowler-and-umbrella"));
+    assert!(err.contains("too many failed attempts"), "{err}");
+}
+
+/// `db init --force` keeps counting AgentIds, so a key exported (or a session
+/// written) for an old agent never authenticates a new agent with the same id.
+#[test]
+fn force_init_never_reuses_agent_ids() {
+    let home = TestHome::initialised();
+    let high: i64 = open_db(&home).query_row("SELECT MAX(AgentId) FROM Agents", [], |r| r.get(0)).expect("max");
+    ok(home.run(&["db", "init", "--force"]));
+    let low: i64 = open_db(&home).query_row("SELECT MIN(AgentId) FROM Agents", [], |r| r.get(0)).expect("min");
+    assert!(low > high, "ids restarted: old max {high}, new min {low}");
+}
+
+/// A refused `db init` changes nothing, not even a missing master.key.
+#[test]
+fn refused_init_does_not_create_a_key() {
+    let home = TestHome::initialised();
+    std::fs::remove_file(home.path().join("master.key")).expect("rm key");
+    let err = refused(home.run(&["db", "init"]));
+    assert!(err.contains("--force"), "{err}");
+    assert!(!home.path().join("master.key").exists(), "a refused init wrote a new master.key");
 }
