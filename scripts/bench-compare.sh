@@ -116,6 +116,13 @@ for mode in persistent per-message; do
     bench_spyctl spyctl "$ADDR" 64 "$(n 8000)" "$mode"
 done
 
+section "boss bench --pipeline 1/4/16 at 8 persistent connections (messages in flight per connection)"
+for p in 1 4 16; do
+    "$BIN" --json boss bench --addr "$ADDR" -c 8 -n "$(n 4000)" --mode persistent --pipeline "$p" -s 64 "${AUTH[@]}" \
+        >"$OUT/pipeline-$p-8.json" || echo "  (failures: see $OUT/pipeline-$p-8.json)"
+    "$PY" bench/show_run.py "$OUT/pipeline-$p-8.json" "pipe=$p"
+done
+
 section "64 MiB file to spyctl (spyctl send --file)"
 FILE=$WORK/file-64MiB.bin
 head -c $((64 * 1024 * 1024)) /dev/urandom >"$FILE"
