@@ -38,6 +38,28 @@ impl Default for BossConfig {
     }
 }
 
+/// An `ERR` to send: its code and human text.
+type Refusal = (ErrorCode, String);
+
+/// How far [`BossService::prepare`] got with a line.
+enum Step {
+    /// The answer is ready (a file chunk written and synced).
+    Reply(String),
+    /// The answer is an ACK once this write is committed.
+    Commit(PendingAck),
+}
+
+/// An ACK waiting for its write's commit.
+struct PendingAck {
+    op: WriteOp,
+    key: FernetKey,
+    agent_id: i64,
+    /// For the log line.
+    what: &'static str,
+    id: String,
+    reply: String,
+}
+
 /// The Boss's line handler.
 pub struct BossService {
     master: MasterKey,
@@ -86,7 +108,10 @@ impl BossService {
         protocol::format_ack(&key.seal(&protocol::encode_ack(id, status, reply)))
     }
 
-    fn answer(&self, line: &[u8], peer: &Peer) -> Result<String, (ErrorCode, String)> {
+    /// Everything for one line up to the database write: authenticate, check
+    /// freshness, decode, write file chunks. Returns the reply, or the write
+    /// the reply waits for.
+    fn prepare(&self, line: &[u8], peer: &Peer) -> Result<Step, Refusal> {
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
@@ -120,23 +145,19 @@ impl BossService {
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
-            Kind::Text => {
-                let added = self
-                    .store
-                    .write(WriteOp::Message(messages::StoredMessage {
-                        agent_id,
-                        message_id: header.id.clone(),
-                        received_at: now,
-                        token: String::from_utf8_lossy(request.token).into_owned(),
-                    }))
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "store failed");
-                        (ErrorCode::Internal, "could not store the message; try again".to_string())
-                    })?;
-                let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
-                tracing::info!(conn = peer.id, agent = agent_id, msg = %header.id, ?status, "text message");
-                Ok(Self::ack(&key, &header.id, status, &format!("Message received. Good work, {alias}.")))
-            }
+            Kind::Text => Ok(Step::Commit(PendingAck {
+                op: WriteOp::Message(messages::StoredMessage {
+                    agent_id,
+                    message_id: header.id.clone(),
+                    received_at: now,
+                    token: String::from_utf8_lossy(request.token).into_owned(),
+                }),
+                key,
+                agent_id,
+                what: "text message",
+                id: header.id,
+                reply: format!("Message received. Good work, {alias}."),
+            })),
             Kind::FileChunk(chunk) => {
                 if self.config.max_file_bytes == 0 {
                     return Err((ErrorCode::Forbidden, "this Boss does not accept files".into()));
@@ -157,38 +178,29 @@ impl BossService {
                 match outcome {
                     ChunkOutcome::Partial { received } => {
                         tracing::debug!(conn = peer.id, agent = agent_id, file = %chunk.file_id, received, "file chunk");
-                        Ok(Self::ack(
+                        Ok(Step::Reply(Self::ack(
                             &key,
                             &header.id,
                             AckStatus::Stored,
                             &format!("{received} of {} bytes", chunk.size),
-                        ))
+                        )))
                     }
-                    ChunkOutcome::Complete { stored_as, sha256 } => {
-                        let added = self
-                            .store
-                            .write(WriteOp::File(messages::StoredFile {
-                                agent_id,
-                                file_id: chunk.file_id.clone(),
-                                name: self.keys.conceal(&chunk.name),
-                                size: chunk.size as i64,
-                                sha256,
-                                stored_as,
-                                received_at: now,
-                            }))
-                            .map_err(|e| {
-                                tracing::error!(error = %e, "store failed");
-                                (ErrorCode::Internal, "could not store the file; try again".to_string())
-                            })?;
-                        let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
-                        tracing::info!(conn = peer.id, agent = agent_id, file = %chunk.file_id, size = chunk.size, ?status, "file received");
-                        Ok(Self::ack(
-                            &key,
-                            &header.id,
-                            status,
-                            &format!("File received: {} bytes, SHA-256 verified. Good work, {alias}.", chunk.size),
-                        ))
-                    }
+                    ChunkOutcome::Complete { stored_as, sha256 } => Ok(Step::Commit(PendingAck {
+                        op: WriteOp::File(messages::StoredFile {
+                            agent_id,
+                            file_id: chunk.file_id.clone(),
+                            name: self.keys.conceal(&chunk.name),
+                            size: chunk.size as i64,
+                            sha256,
+                            stored_as,
+                            received_at: now,
+                        }),
+                        key,
+                        agent_id,
+                        what: "file received",
+                        reply: format!("File received: {} bytes, SHA-256 verified. Good work, {alias}.", chunk.size),
+                        id: header.id,
+                    })),
                 }
             }
         }
@@ -196,16 +208,62 @@ impl BossService {
 }
 
 impl LineHandler for BossService {
-    /// An ACK is accepted (it restarts the connection's idle timer); any ERR is not.
     fn handle(&self, line: &[u8], peer: &Peer) -> Answer {
-        match self.answer(line, peer) {
-            Ok(reply) => Answer { line: reply, accepted: true },
-            Err((code, text)) => {
-                if code == ErrorCode::BadRequest {
-                    tracing::info!(conn = peer.id, error = %text, "refused: bad request");
+        self.handle_batch(&[line], peer).pop().unwrap_or_else(|| Answer {
+            line: protocol::format_err(ErrorCode::Internal, "internal error"),
+            accepted: false,
+        })
+    }
+
+    /// Every line's write goes to the store in one job, so a client's
+    /// pipelined messages share one commit. An ACK is accepted (it restarts
+    /// the connection's idle timer); any ERR is not.
+    fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
+        let steps: Vec<Result<Step, Refusal>> = lines.iter().map(|line| self.prepare(line, peer)).collect();
+        let mut pending = Vec::new();
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(steps.len());
+        for step in steps {
+            answers.push(match step {
+                Ok(Step::Reply(line)) => Some(Answer { line, accepted: true }),
+                Ok(Step::Commit(ack)) => {
+                    pending.push(ack);
+                    None
                 }
-                Answer { line: protocol::format_err(code, &text), accepted: false }
-            }
+                Err((code, text)) => {
+                    if code == ErrorCode::BadRequest {
+                        tracing::info!(conn = peer.id, error = %text, "refused: bad request");
+                    }
+                    Some(Answer { line: protocol::format_err(code, &text), accepted: false })
+                }
+            });
         }
+        let (ops, acks): (Vec<WriteOp>, Vec<_>) =
+            pending.into_iter().map(|p| (p.op, (p.key, p.agent_id, p.what, p.id, p.reply))).unzip();
+        let mut committed =
+            self.store.write_all(ops).into_iter().zip(acks).map(|(result, (key, agent_id, what, id, reply))| {
+                match result {
+                    Ok(added) => {
+                        let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
+                        tracing::info!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
+                        Answer { line: Self::ack(&key, &id, status, &reply), accepted: true }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store failed");
+                        Answer {
+                            line: protocol::format_err(ErrorCode::Internal, "could not store the message; try again"),
+                            accepted: false,
+                        }
+                    }
+                }
+            });
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.or_else(|| committed.next()).unwrap_or_else(|| Answer {
+                    line: protocol::format_err(ErrorCode::Internal, "internal error"),
+                    accepted: false,
+                })
+            })
+            .collect()
     }
 }

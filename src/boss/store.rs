@@ -28,9 +28,10 @@ pub enum WriteOp {
 /// Whether the write added a row (false: it was already there).
 pub type WriteResult = Result<bool, String>;
 
+/// One or more writes from one connection, answered together.
 struct Job {
-    op: WriteOp,
-    done: SyncSender<WriteResult>,
+    ops: Vec<WriteOp>,
+    done: SyncSender<Vec<WriteResult>>,
 }
 
 /// A handle to the writer thread; cheap to clone, one per connection thread.
@@ -67,39 +68,55 @@ pub fn start(db_path: &Path) -> Result<(Store, StoreThread), DbError> {
 impl Store {
     /// Queues a write and waits until it is committed (or failed).
     pub fn write(&self, op: WriteOp) -> WriteResult {
+        self.write_all(vec![op]).pop().unwrap_or_else(|| Err("the database writer lost a write".to_string()))
+    }
+
+    /// Queues several writes and waits until they are committed (or failed);
+    /// one result per write, in order.
+    pub fn write_all(&self, ops: Vec<WriteOp>) -> Vec<WriteResult> {
+        let count = ops.len();
+        let stopped = || (0..count).map(|_| Err("the database writer has stopped".to_string())).collect();
         let (done, answer) = mpsc::sync_channel(1);
-        self.queue.send(Job { op, done }).map_err(|_| "the database writer has stopped".to_string())?;
-        answer.recv().map_err(|_| "the database writer has stopped".to_string())?
+        if self.queue.send(Job { ops, done }).is_err() {
+            return stopped();
+        }
+        answer.recv().unwrap_or_else(|_| stopped())
     }
 }
 
 fn writer_loop(mut conn: Connection, jobs: Receiver<Job>) {
     // Ends when every Store handle is dropped and the queue is empty.
     while let Ok(first) = jobs.recv() {
+        let mut writes = first.ops.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while writes < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => {
+                    writes += job.ops.len();
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
-        let results = commit_batch(&mut conn, &batch);
-        tracing::debug!(writes = batch.len(), "group commit");
-        for (job, result) in batch.into_iter().zip(results) {
-            // The sender may have gone (connection dropped); the row is stored anyway.
-            let _ = job.done.send(result);
+        let mut results = commit_batch(&mut conn, batch.iter().flat_map(|job| job.ops.iter())).into_iter();
+        tracing::debug!(writes, jobs = batch.len(), "group commit");
+        for job in batch {
+            let answer: Vec<WriteResult> = results.by_ref().take(job.ops.len()).collect();
+            // The sender may have gone (connection dropped); the rows are stored anyway.
+            let _ = job.done.send(answer);
         }
     }
 }
 
 /// Applies the batch in one transaction. If the commit fails, every write in
 /// it fails: nothing is acknowledged that is not on disk.
-fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<WriteResult> {
+fn commit_batch<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp> + Clone) -> Vec<WriteResult> {
+    let count = ops.clone().count();
     let mut attempt = || -> Result<Vec<bool>, DbError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut added = Vec::with_capacity(batch.len());
-        for job in batch {
-            added.push(match &job.op {
+        let mut added = Vec::with_capacity(count);
+        for op in ops.clone() {
+            added.push(match op {
                 WriteOp::Message(m) => messages::insert_message(&tx, m)?,
                 WriteOp::File(f) => messages::insert_file(&tx, f)?,
             });
@@ -110,8 +127,8 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<WriteResult> {
     match attempt() {
         Ok(added) => added.into_iter().map(Ok).collect(),
         Err(e) => {
-            tracing::error!(error = %e, writes = batch.len(), "group commit failed");
-            batch.iter().map(|_| Err(e.to_string())).collect()
+            tracing::error!(error = %e, writes = count, "group commit failed");
+            (0..count).map(|_| Err(e.to_string())).collect()
         }
     }
 }

@@ -62,12 +62,22 @@ pub struct Answer {
     pub accepted: bool,
 }
 
-/// Answers one line. Implementations must not panic on any input; a panic
-/// is caught, logged, answered with `ERR internal` and the connection closed.
+/// Answers lines. Implementations must not panic on any input; a panic is
+/// caught, logged, answered with `ERR internal` and the connection closed.
 pub trait LineHandler: Send + Sync + 'static {
     /// `line` excludes the `\n`.
     fn handle(&self, line: &[u8], peer: &Peer) -> Answer;
+
+    /// Answers several lines a client pipelined (all already received), one
+    /// answer per line, in order. Handlers that can share work between them
+    /// (one commit for all) override this.
+    fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
+        lines.iter().map(|line| self.handle(line, peer)).collect()
+    }
 }
+
+/// Most pipelined lines answered together.
+const MAX_BATCH_LINES: usize = 64;
 
 /// How often blocked reads wake to check for shutdown.
 const POLL: Duration = Duration::from_millis(200);
@@ -270,28 +280,44 @@ impl Connection {
                 Ok(n) => n,
                 Err(end) => break end,
             };
-            self.stats.lines.fetch_add(1, Ordering::Relaxed);
-            let line = &buf[..line_len - 1];
-            let answer = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handler.handle(line, &self.peer)
+            // Lines the client pipelined behind this one, already received,
+            // are answered together (the handler may commit them at once).
+            let mut ends = vec![line_len];
+            while ends.len() < MAX_BATCH_LINES {
+                let start = *ends.last().expect("at least one line");
+                match buf[start..].iter().position(|b| *b == b'\n') {
+                    Some(pos) => ends.push(start + pos + 1),
+                    None => break,
+                }
+            }
+            self.stats.lines.fetch_add(ends.len() as u64, Ordering::Relaxed);
+            let mut lines = Vec::with_capacity(ends.len());
+            let mut start = 0;
+            for end in &ends {
+                lines.push(&buf[start..end - 1]);
+                start = *end;
+            }
+            let answers = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.handle_batch(&lines, &self.peer)
             })) {
-                Ok(answer) => answer,
-                Err(_) => {
-                    tracing::error!(conn = self.peer.id, "handler panicked; closing the connection");
+                Ok(answers) if answers.len() == lines.len() => answers,
+                Ok(_) | Err(_) => {
+                    tracing::error!(conn = self.peer.id, "handler panicked or lost answers; closing the connection");
                     let _ =
                         self.stream.write_all(protocol::format_err(ErrorCode::Internal, "internal error").as_bytes());
                     break ReadEnd::Closed;
                 }
             };
-            buf.drain(..line_len);
+            buf.drain(..start);
             // Give back the memory of a large line once it has been handled.
             if buf.is_empty() && buf.capacity() > 64 * 1024 {
                 buf.shrink_to(8 * 1024);
             }
-            if answer.accepted {
+            if answers.iter().any(|a| a.accepted) {
                 self.idle_since = Instant::now();
             }
-            if let Err(e) = self.stream.write_all(answer.line.as_bytes()) {
+            let reply: String = answers.into_iter().map(|a| a.line).collect();
+            if let Err(e) = self.stream.write_all(reply.as_bytes()) {
                 break ReadEnd::Failed(e);
             }
         };

@@ -898,6 +898,26 @@ fn pipelined_and_concurrent_senders_are_all_stored_once() {
         assert_eq!(open_ack(&key, &conn.read_reply(), id).0, AckStatus::Stored);
     }
 
+    // One write mixing a new message, garbage, the same message again and a
+    // bad MAC: the Boss answers them together (one commit) but each in order,
+    // and the repeat inside the same batch is a duplicate.
+    let fresh = protocol::random_id();
+    let token = text_token(&key, &fresh, "mixed batch");
+    let mut tampered = token.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let mixed = format!(
+        "{}garbage\n{}{}",
+        protocol::format_request(agent, &token),
+        protocol::format_request(agent, &text_token(&key, &fresh, "mixed batch")),
+        protocol::format_request(agent, &String::from_utf8(tampered).expect("ascii")),
+    );
+    conn.write(mixed.as_bytes());
+    assert_eq!(open_ack(&key, &conn.read_reply(), &fresh).0, AckStatus::Stored);
+    assert!(conn.read_reply().starts_with("ERR bad_request"));
+    assert_eq!(open_ack(&key, &conn.read_reply(), &fresh).0, AckStatus::Duplicate);
+    assert!(conn.read_reply().starts_with("ERR auth"));
+
     // Eight connections at once, 25 messages each, every id sent twice.
     let threads: Vec<_> = (0..8)
         .map(|t| {
@@ -916,8 +936,9 @@ fn pipelined_and_concurrent_senders_are_all_stored_once() {
     for t in threads {
         t.join().expect("sender thread");
     }
-    assert_eq!(table_count(&home, "Messages"), 3 + 8 * 25);
+    // 3 pipelined + 1 from the mixed batch + 8 x 25.
+    assert_eq!(table_count(&home, "Messages"), 3 + 1 + 8 * 25);
     let (status, out, _) = boss.stop();
     assert!(status.success());
-    assert!(out.contains("9 connection(s), 403 line(s)"), "{out}");
+    assert!(out.contains("9 connection(s), 407 line(s)"), "{out}");
 }
