@@ -189,15 +189,8 @@ pub struct SendArgs {
     /// Send a file instead of text
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
-    /// The Boss's address
-    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
-    pub addr: String,
-    /// Send as this agent with --key-file, without a login (e.g. from another machine)
-    #[arg(long, requires = "key_file", value_name = "AGENT_ID")]
-    pub agent_id: Option<i64>,
-    /// The agent's wire key, as written by `spyctl agent key export`
-    #[arg(long, requires = "agent_id", value_name = "FILE")]
-    pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub to: SenderArgs,
     /// Seconds to wait for each answer before retrying
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub timeout: u64,
@@ -231,9 +224,8 @@ pub enum BenchMode {
 #[command(after_help = "Sends as the logged-in agent, or as --agent-id with --key-file. Every message is a real \
                   sealed token and every ACK is verified; messages are stored in the Boss's inbox.")]
 pub struct BenchArgs {
-    /// The Boss's address
-    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
-    pub addr: String,
+    #[command(flatten)]
+    pub to: SenderArgs,
     /// Concurrent senders (one thread each)
     #[arg(long, short = 'c', default_value_t = 1, value_name = "N")]
     pub connections: usize,
@@ -249,13 +241,21 @@ pub struct BenchArgs {
     /// Messages in flight per persistent connection (1 waits for each ACK before the next)
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub pipeline: usize,
-    /// Send as this agent with --key-file, without a login
+    /// Seconds to wait for each answer
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// Where to send and as whom: shared by `send` and `boss bench`.
+#[derive(Debug, Args)]
+pub struct SenderArgs {
+    /// The Boss's address
+    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Send as this agent with --key-file, without a login (e.g. from another machine)
     #[arg(long, requires = "key_file", value_name = "AGENT_ID")]
     pub agent_id: Option<i64>,
     /// The agent's wire key, as written by `spyctl agent key export`
     #[arg(long, requires = "agent_id", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Seconds to wait for each answer
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    pub timeout: u64,
 }

@@ -35,9 +35,9 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     if args.size > MAX_SIZE {
         return Err(Error::usage(format!("--size is limited to {MAX_SIZE} bytes (one protocol line)")));
     }
-    let (agent_id, key) = sender_identity(ctx, args.agent_id, args.key_file.as_deref())?;
+    let (agent_id, key) = sender_identity(ctx, &args.to)?;
     let config = LoadConfig {
-        addr: args.addr.clone(),
+        addr: args.to.addr.clone(),
         connections: args.connections,
         messages: args.messages,
         size: args.size,

@@ -127,9 +127,7 @@ pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
         let args = |text: Option<&str>, file: Option<std::path::PathBuf>| SendArgs {
             text: text.map(str::to_string),
             file,
-            addr: addr.to_string(),
-            agent_id: None,
-            key_file: None,
+            to: crate::cli::SenderArgs { addr: addr.to_string(), agent_id: None, key_file: None },
             timeout: 10,
             attempts: 3,
         };

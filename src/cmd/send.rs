@@ -65,9 +65,9 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
     if args.timeout == 0 || args.attempts == 0 {
         return Err(Error::usage("--timeout and --attempts must be at least 1"));
     }
-    let (agent_id, key) = sender_identity(ctx, args.agent_id, args.key_file.as_deref())?;
+    let (agent_id, key) = sender_identity(ctx, &args.to)?;
     let config = ClientConfig {
-        addr: args.addr.clone(),
+        addr: args.to.addr.clone(),
         timeout: Duration::from_secs(args.timeout),
         attempts: args.attempts,
         ..ClientConfig::default()

@@ -51,12 +51,8 @@ pub fn require(ctx: &Ctx<'_>, action: Action) -> Result<Gate> {
 
 /// Who is sending (`send`, `boss bench`): an agent id with its exported key
 /// file, which needs no database, or else the logged-in agent.
-pub fn sender_identity(
-    ctx: &Ctx<'_>,
-    agent_id: Option<i64>,
-    key_file: Option<&std::path::Path>,
-) -> Result<(i64, FernetKey)> {
-    if let (Some(agent_id), Some(path)) = (agent_id, key_file) {
+pub fn sender_identity(ctx: &Ctx<'_>, to: &crate::cli::SenderArgs) -> Result<(i64, FernetKey)> {
+    if let (Some(agent_id), Some(path)) = (to.agent_id, &to.key_file) {
         if agent_id < 1 {
             return Err(Error::usage("--agent-id must be a positive AgentId"));
         }

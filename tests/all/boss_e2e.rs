@@ -16,25 +16,13 @@ use sha2::{Digest, Sha256};
 use spyctl::crypto::FernetKey;
 use spyctl::net::protocol::{self, AckStatus, CHUNK_BYTES, FileChunk, Header, Kind, MAX_LINE_BYTES};
 
-use crate::support::{BossProcess, DIRECTOR, FIELD_AGENT, TestHome, fails, ok, stderr, stdout};
+use crate::support::{BossProcess, DIRECTOR, FIELD_AGENT, TestHome, fails, ok, pseudo_random, stderr, stdout};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// xorshift64 bytes: "random-looking" but reproducible.
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 32) as u8
-        })
-        .collect()
-}
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))

@@ -14,19 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use spyctl::crypto::{FernetKey, TokenError};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+use crate::support::pseudo_random;
 
-/// Bytes of an xorshift64 stream: deterministic "random-looking" data, so a failure reproduces.
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 32) as u8
-        })
-        .collect()
-}
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The plaintexts both directions are tested with: the edges of a PKCS#7 block, binary
 /// data, text with line endings, and a large message.

@@ -203,3 +203,15 @@ pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
     let data = std::fs::read(path).unwrap_or_default();
     !needle.is_empty() && data.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Bytes of an xorshift64 stream: deterministic "random-looking" data, so a failure reproduces.
+pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as u8
+        })
+        .collect()
+}
