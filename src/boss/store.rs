@@ -66,11 +66,6 @@ pub fn start(db_path: &Path) -> Result<(Store, StoreThread), DbError> {
 }
 
 impl Store {
-    /// Queues a write and waits until it is committed (or failed).
-    pub fn write(&self, op: WriteOp) -> WriteResult {
-        self.write_all(vec![op]).pop().unwrap_or_else(|| Err("the database writer lost a write".to_string()))
-    }
-
     /// Queues several writes and waits until they are committed (or failed);
     /// one result per write, in order.
     pub fn write_all(&self, ops: Vec<WriteOp>) -> Vec<WriteResult> {

@@ -78,61 +78,20 @@ pub struct Sender<'k> {
     conn: Option<BufReader<TcpStream>>,
 }
 
-/// What one attempt ended with.
-enum Attempt {
-    Done(Delivered),
-    Retry(String),
-    Fail(SendError),
-}
-
 impl<'k> Sender<'k> {
     pub fn new(config: ClientConfig, agent_id: i64, key: &'k FernetKey) -> Self {
         Sender { config, agent_id, key, conn: None }
     }
 
-    /// Sends one message and waits until the Boss has stored it.
+    /// Sends one message and waits until the Boss has stored it (a stream of
+    /// one: the same retries, re-sealing and ACK checks).
     pub fn send(&mut self, header: &Header, body: &[u8]) -> Result<Delivered, SendError> {
-        let plaintext = protocol::encode_message(header, body);
-        let mut last = String::new();
-        let mut backoff = self.config.backoff;
-        for attempt in 1..=self.config.attempts.max(1) {
-            if attempt > 1 {
-                std::thread::sleep(backoff);
-                backoff = backoff.saturating_mul(2);
-            }
-            match self.attempt(&header.id, &plaintext) {
-                Attempt::Done(mut d) => {
-                    d.attempts = attempt;
-                    return Ok(d);
-                }
-                Attempt::Fail(e) => return Err(e),
-                Attempt::Retry(why) => {
-                    tracing::debug!(attempt, error = %why, "send attempt failed; retrying");
-                    self.conn = None;
-                    last = why;
-                }
-            }
-        }
-        Err(SendError::Unreachable { addr: self.config.addr.clone(), attempts: self.config.attempts.max(1), last })
-    }
-
-    fn attempt(&mut self, id: &str, plaintext: &[u8]) -> Attempt {
-        // Sealed per attempt: a retry minutes later is still fresh.
-        let line = protocol::format_request(self.agent_id, &self.key.seal(plaintext));
-        let reply = match self.round_trip(line.as_bytes()) {
-            Ok(r) => r,
-            Err(e) => return Attempt::Retry(e.to_string()),
-        };
-        match protocol::parse_reply(&reply) {
-            Ok(Reply::Ack { token }) => match self.verify_ack(id, token) {
-                Ok(d) => Attempt::Done(d),
-                Err(e) => Attempt::Fail(e),
-            },
-            Ok(Reply::Err { code, text }) if code.is_retryable() => {
-                Attempt::Retry(format!("{}: {text}", code.as_str()))
-            }
-            Ok(Reply::Err { code, text }) => Attempt::Fail(SendError::Refused { code, text }),
-            Err(e) => Attempt::Fail(SendError::BadAck(e.0)),
+        let mut message = Some((header.clone(), body.to_vec()));
+        match self.send_stream(1, || Ok::<_, std::convert::Infallible>(message.take()), |_, _, _| {}) {
+            Ok(Some(delivered)) => Ok(delivered),
+            Ok(None) => Err(SendError::BadAck("no answer was received".into())),
+            Err(StreamError::Send(e)) => Err(e),
+            Err(StreamError::Source(never)) => match never {},
         }
     }
 
@@ -167,12 +126,6 @@ impl<'k> Sender<'k> {
             }
         }
         Err(last)
-    }
-
-    /// Writes one line and reads one reply line (bounded in length).
-    fn round_trip(&mut self, line: &[u8]) -> io::Result<Vec<u8>> {
-        self.write_line(line)?;
-        self.read_reply()
     }
 
     /// Writes one request line on an idle connection, connecting first if needed.

@@ -133,6 +133,17 @@ struct Tally {
     latencies: Vec<u64>,
 }
 
+impl Tally {
+    /// Counts one acknowledged message and its latency.
+    fn record(&mut self, took: Duration, status: AckStatus) {
+        self.latencies.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        match status {
+            AckStatus::Stored => self.stored += 1,
+            AckStatus::Duplicate => self.duplicates += 1,
+        }
+    }
+}
+
 /// Runs the benchmark as agent `agent_id` with its wire key. `on_ack` is
 /// called once per acknowledged message, from the sender threads (progress).
 ///
@@ -223,11 +234,7 @@ fn send_pipelined(
     // `started` was filled in the order messages were queued, and ACKs come
     // back in that order too.
     for ((done, status), began) in acked.into_iter().zip(started) {
-        tally.latencies.push(u64::try_from(done.duration_since(began).as_micros()).unwrap_or(u64::MAX));
-        match status {
-            AckStatus::Stored => tally.stored += 1,
-            AckStatus::Duplicate => tally.duplicates += 1,
-        }
+        tally.record(done.duration_since(began), status);
     }
     if let Err(e) = result {
         tally.failed += 1;
@@ -261,11 +268,7 @@ fn send_many(
         let took = began.elapsed();
         match result {
             Ok(delivered) => {
-                tally.latencies.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-                match delivered.status {
-                    AckStatus::Stored => tally.stored += 1,
-                    AckStatus::Duplicate => tally.duplicates += 1,
-                }
+                tally.record(took, delivered.status);
                 on_ack();
             }
             Err(e) => {
