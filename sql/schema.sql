@@ -1,5 +1,5 @@
 -- spyctl schema, version 1. `spyctl db init` runs this whole file: it drops
--- and recreates every table (the assignment's DDL script), so it is only run
+-- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
 DROP TABLE IF EXISTS Files;
 DROP TABLE IF EXISTS Messages;

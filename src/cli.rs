@@ -206,9 +206,6 @@ pub struct DemoArgs {
     /// Keep the demo's throw-away home instead of deleting it
     #[arg(long)]
     pub keep: bool,
-    /// Set from the global --home: run in that home instead of a throw-away one.
-    #[arg(skip)]
-    pub in_given_home: bool,
 }
 
 /// How `boss bench` senders use connections.

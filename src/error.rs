@@ -1,122 +1,382 @@
-//! The error every command returns: what happened, what to do next, and the
-//! exit code. Printed once, at the top, as one line (plus an optional hint).
+//! The error every command returns, and the one place where a failure from
+//! any layer becomes what a person reads: what happened, why (the chain of
+//! causes, kept typed until printed), what to do next, and the exit code.
+//!
+//! The layers below (`home`, `auth::session`, `db`, `registry`, `boss`,
+//! `net`) return their own error enums and know nothing of this module. The
+//! `From` impls here are the single mapping from those variants to hints: a
+//! hint is chosen by matching a variant (or an `io::ErrorKind`), never by
+//! reading an error's text.
 
+use std::error::Error as StdError;
 use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::auth::session::SessionError;
+use crate::boss::BossError;
+use crate::boss::store::StoreError;
+use crate::db::DbError;
+use crate::home::HomeError;
+use crate::net::client::{FileSendError, SendError};
+use crate::net::protocol::ErrorCode;
+use crate::registry::{LoginError, RegistryError};
 
 /// Exit code for a runtime failure (bad input, refused action, I/O).
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for a command line that does not parse (clap uses the same).
 pub const EXIT_USAGE: u8 = 2;
 
+/// A cause kept for printing and for callers that inspect it.
+pub type Cause = Box<dyn StdError + Send + Sync + 'static>;
+
 /// A user-facing failure.
 #[derive(Debug)]
-pub struct Error {
-    /// What happened, one line, no trailing period.
-    pub message: String,
-    /// What to do about it, if there is something to do.
-    pub hint: Option<String>,
-    pub exit_code: u8,
-    /// The reader went away (`spyctl ... | head`): stop quietly, exit 0.
-    pub closed_output: bool,
+pub enum Error {
+    /// The command line asks for something that cannot be done as asked.
+    Usage(String),
+    /// Standard output was closed by its reader (`spyctl ... | head`): the
+    /// reader has what it wanted, so stop quietly and exit 0.
+    ClosedOutput,
+    /// The command failed. `message` says what happened (it already describes
+    /// `source` itself); the causes *below* `source` are appended when printed.
+    Failed { message: String, hint: Option<Hint>, source: Option<Cause> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What to do next. Every piece of advice spyctl gives is written here, in
+/// [`Hint::fmt`], so the same situation always gets the same words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    PassHome,
+    RunDbInit,
+    RestoreMasterKey,
+    Chmod600(PathBuf),
+    CheckPermissions(PathBuf),
+    RestoreDbBackup,
+    UseNewerSpyctl,
+    SameHomeKeys,
+    PassForceToReinit,
+    PassForceToOverwrite,
+    SeeAgentList,
+    Login,
+    LoginAgain,
+    LoginAsDirector,
+    PortInUse,
+    BossBusy,
+    BossNotRunning,
+    UnknownAgentOrKey,
+    CheckClock,
+    SendExample,
+    PipePassword,
+    UsePasswordStdin,
+    PassAsFlag,
+    BenchConnections,
+    DemoHomeInUse,
+}
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hint::PassHome => f.write_str("pass --home DIR or set SPYCTL_HOME"),
+            Hint::RunDbInit => f.write_str("run `spyctl db init` first"),
+            Hint::RestoreMasterKey => f.write_str("restore master.key from your backup"),
+            Hint::Chmod600(path) => write!(f, "run `chmod 600 {}`", path.display()),
+            Hint::CheckPermissions(path) => {
+                write!(f, "check that you own {} and may read and write it (ls -l; chown or chmod)", path.display())
+            }
+            Hint::RestoreDbBackup => {
+                f.write_str("restore it from a backup, or start over with `spyctl db init --force`")
+            }
+            Hint::UseNewerSpyctl => f.write_str("use a newer spyctl"),
+            Hint::SameHomeKeys => f.write_str("the database and master.key must come from the same home"),
+            Hint::PassForceToReinit => f.write_str("pass --force to drop every table and start over"),
+            Hint::PassForceToOverwrite => f.write_str("pass --force to overwrite it"),
+            Hint::SeeAgentList => f.write_str("see `spyctl agent list`"),
+            Hint::Login => f.write_str("run `spyctl login`"),
+            Hint::LoginAgain => f.write_str("run `spyctl login` again"),
+            Hint::LoginAsDirector => f.write_str("log in as a director (level 4-5)"),
+            Hint::PortInUse => {
+                f.write_str("another process uses that port; stop it or pass --bind 127.0.0.1:0 for a free port")
+            }
+            Hint::BossBusy => f.write_str(
+                "the Boss is running but at its connection limit: retry later, or ask its operator to raise --max-connections",
+            ),
+            Hint::BossNotRunning => {
+                f.write_str("is the Boss running? start it with `spyctl boss serve`, or pass --addr")
+            }
+            Hint::UnknownAgentOrKey => {
+                f.write_str("the Boss does not know this agent or key: check --agent-id/--key-file, or log in again")
+            }
+            Hint::CheckClock => f.write_str("check this machine's clock"),
+            Hint::SendExample => f.write_str("try `spyctl send \"Package delivered\"`"),
+            Hint::PipePassword => f.write_str("pipe the password in, e.g. `printf '%s\\n' \"$PW\" | spyctl ...`"),
+            Hint::UsePasswordStdin => f.write_str("use --password-stdin"),
+            Hint::PassAsFlag => f.write_str("pass it as a flag, e.g. --name"),
+            Hint::BenchConnections => f.write_str("is the Boss running with --max-connections at least --connections?"),
+            Hint::DemoHomeInUse => {
+                f.write_str("omit --home (and SPYCTL_HOME) for a throw-away home, or give an empty directory")
+            }
+        }
+    }
+}
+
 impl Error {
-    pub fn new(message: impl Into<String>) -> Self {
-        Error { message: message.into(), hint: None, exit_code: EXIT_FAILURE, closed_output: false }
+    /// A failure with nothing below it.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Error::Failed { message: message.into(), hint: None, source: None }
     }
 
-    /// Adds the "what to do" part.
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
+    /// A failure described by `message` whose cause is `source` (an I/O error
+    /// met at the command layer, say): the cause's text is part of `message`.
+    pub fn caused(message: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
+        Error::Failed { message: format!("{}: {source}", message.into()), hint: None, source: Some(Box::new(source)) }
     }
 
-    /// Standard output was closed by its reader.
-    pub fn closed_output() -> Self {
-        Error { exit_code: 0, closed_output: true, ..Error::new("output closed") }
+    /// A lower layer's error, shown as its own text with its causes after it.
+    fn from_layer(source: impl StdError + Send + Sync + 'static, hint: Option<Hint>) -> Self {
+        Error::Failed { message: source.to_string(), hint, source: Some(Box::new(source)) }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {
-        Error { exit_code: EXIT_USAGE, ..Error::new(message) }
+        Error::Usage(message.into())
+    }
+
+    /// Adds (or replaces) the "what to do" part of a failure.
+    pub fn hint(self, hint: Hint) -> Self {
+        match self {
+            Error::Failed { message, source, .. } => Error::Failed { message, hint: Some(hint), source },
+            other => other,
+        }
+    }
+
+    /// Puts `context` in front of what happened ("after 3 message(s): ...").
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        match self {
+            Error::Failed { message, hint, source } => {
+                Error::Failed { message: format!("{context}: {message}"), hint, source }
+            }
+            Error::Usage(message) => Error::Usage(format!("{context}: {message}")),
+            Error::ClosedOutput => Error::ClosedOutput,
+        }
+    }
+
+    /// The process exit code this error ends with.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => EXIT_USAGE,
+            Error::ClosedOutput => 0,
+            Error::Failed { .. } => EXIT_FAILURE,
+        }
+    }
+
+    /// The advice, if any.
+    pub fn hint_text(&self) -> Option<&Hint> {
+        match self {
+            Error::Failed { hint, .. } => hint.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Walks the causes, outermost first, for callers that look for one kind.
+    pub fn causes(&self) -> impl Iterator<Item = &(dyn StdError + 'static)> {
+        let first: Option<&(dyn StdError + 'static)> = match self {
+            Error::Failed { source: Some(source), .. } => Some(source.as_ref()),
+            _ => None,
+        };
+        std::iter::successors(first, |&e| e.source())
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(hint) = &self.hint {
-            write!(f, " ({hint})")?;
+        match self {
+            Error::Usage(message) => f.write_str(message),
+            Error::ClosedOutput => f.write_str("output closed"),
+            Error::Failed { message, hint, source } => {
+                f.write_str(message)?;
+                // `message` describes `source`; what lies below it is new.
+                let mut below = source.as_ref().and_then(|s| s.source());
+                while let Some(cause) = below {
+                    write!(f, ": {cause}")?;
+                    below = cause.source();
+                }
+                if let Some(hint) = hint {
+                    write!(f, " ({hint})")?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 
-impl std::error::Error for Error {}
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Failed { source: Some(source), .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// The first I/O error among `err`'s causes, for hints that depend on its kind.
+fn io_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
+    std::iter::successors(Some(err), |&e| e.source()).find_map(|e| e.downcast_ref::<io::Error>()).map(io::Error::kind)
+}
+
+fn permission_hint(err: &(dyn StdError + 'static), path: &Path) -> Option<Hint> {
+    (io_kind(err) == Some(io::ErrorKind::PermissionDenied)).then(|| Hint::CheckPermissions(path.to_path_buf()))
+}
+
+fn home_hint(err: &HomeError) -> Option<Hint> {
+    match err {
+        HomeError::NoDefaultHome => Some(Hint::PassHome),
+        HomeError::NoDatabase { .. } => Some(Hint::RunDbInit),
+        HomeError::MasterKeyMissing { .. } | HomeError::BadMasterKey { .. } => Some(Hint::RestoreMasterKey),
+        HomeError::Loose { path, .. } => Some(Hint::Chmod600(path.clone())),
+        HomeError::Read { path, .. } | HomeError::Write { path, .. } | HomeError::Create { path, .. } => {
+            permission_hint(err, path)
+        }
+        HomeError::NotText { .. } | HomeError::Random(_) => None,
+    }
+}
+
+impl From<HomeError> for Error {
+    fn from(err: HomeError) -> Self {
+        let hint = home_hint(&err);
+        Error::from_layer(err, hint)
+    }
+}
+
+impl From<SessionError> for Error {
+    fn from(err: SessionError) -> Self {
+        let hint = match &err {
+            SessionError::Loose { path, .. } => Some(Hint::Chmod600(path.clone())),
+            SessionError::Missing | SessionError::Invalid | SessionError::Expired => Some(Hint::Login),
+            SessionError::Write(home) | SessionError::Remove(home) => home_hint(home),
+            SessionError::Encode(_) => None,
+        };
+        Error::from_layer(err, hint)
+    }
+}
+
+impl From<DbError> for Error {
+    fn from(err: DbError) -> Self {
+        let hint = match &err {
+            DbError::Missing(_) | DbError::NotInitialised(_) => Some(Hint::RunDbInit),
+            DbError::Corrupt { .. } => Some(Hint::RestoreDbBackup),
+            DbError::CannotOpen { path, .. } => Some(Hint::CheckPermissions(path.clone())),
+            DbError::TooNew { .. } => Some(Hint::UseNewerSpyctl),
+            DbError::Duplicate(_) | DbError::Sqlite(_) => None,
+        };
+        Error::from_layer(err, hint)
+    }
+}
+
+impl From<RegistryError> for Error {
+    fn from(err: RegistryError) -> Self {
+        match err {
+            RegistryError::Db(db) => db.into(),
+            RegistryError::Undecryptable => Error::from_layer(err, Some(Hint::SameHomeKeys)),
+            other => Error::from_layer(other, None),
+        }
+    }
+}
+
+impl From<LoginError> for Error {
+    fn from(err: LoginError) -> Self {
+        match err {
+            LoginError::Other(inner) => inner.into(),
+            other => Error::from_layer(other, None),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Open(db) => db.into(),
+            other => Error::from_layer(other, None),
+        }
+    }
+}
+
+impl From<BossError> for Error {
+    fn from(err: BossError) -> Self {
+        match err {
+            BossError::Home(e) => e.into(),
+            BossError::Store(e) => e.into(),
+            BossError::Db(e) => e.into(),
+            BossError::Listen { .. } => {
+                let hint = (io_kind(&err) == Some(io::ErrorKind::AddrInUse)).then_some(Hint::PortInUse);
+                Error::from_layer(err, hint)
+            }
+        }
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(err: SendError) -> Self {
+        let hint = match &err {
+            // A Boss at its connection cap answered `busy`: it is running, so
+            // "start it" would mislead.
+            SendError::Unreachable { .. } => Some(Hint::BossNotRunning),
+            SendError::Refused { code: ErrorCode::Auth, .. } => Some(Hint::UnknownAgentOrKey),
+            SendError::Refused { code: ErrorCode::Expired, .. } => Some(Hint::CheckClock),
+            _ => None,
+        };
+        Error::from_layer(err, hint)
+    }
+}
+
+impl From<FileSendError> for Error {
+    fn from(err: FileSendError) -> Self {
+        match err {
+            FileSendError::Send(e) => e.into(),
+            other => Error::from_layer(other, None),
+        }
+    }
+}
 
 impl From<rusqlite::Error> for Error {
     fn from(err: rusqlite::Error) -> Self {
-        Error::new(format!("database error: {err}"))
+        DbError::from(err).into()
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(err: std::io::Error) -> Self {
-        Error::new(format!("I/O error: {err}"))
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        Error::caused("I/O error", err)
     }
 }
 
 impl From<crate::crypto::password::HashError> for Error {
     fn from(err: crate::crypto::password::HashError) -> Self {
-        Error::new(err.to_string())
+        Error::from_layer(err, None)
     }
 }
 
-impl From<getrandom::Error> for Error {
-    fn from(err: getrandom::Error) -> Self {
-        Error::new(format!("the OS random number generator failed: {err}"))
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<crate::db::DbError> for Error {
-    fn from(err: crate::db::DbError) -> Self {
-        use crate::db::DbError;
-        let hint = match &err {
-            DbError::Missing(_) | DbError::NotInitialised(_) => Some("run `spyctl db init` first"),
-            DbError::Corrupt(..) => Some("restore it from a backup, or start over with `spyctl db init --force`"),
-            DbError::TooNew { .. } => Some("use a newer spyctl"),
-            DbError::Duplicate | DbError::Sqlite(_) => None,
-        };
-        let error = Error::new(err.to_string());
-        match hint {
-            Some(h) => error.hint(h),
-            None => error,
-        }
+    #[test]
+    fn causes_below_the_message_are_printed_once_with_the_hint_last() {
+        let io = io::Error::new(io::ErrorKind::PermissionDenied, "Permission denied");
+        let err = Error::from(HomeError::Read { path: "/h/master.key".into(), source: io });
+        assert_eq!(
+            err.to_string(),
+            "cannot read /h/master.key: Permission denied (check that you own /h/master.key and may read and write it (ls -l; chown or chmod))"
+        );
+        assert_eq!(err.exit_code(), EXIT_FAILURE);
+        assert!(err.causes().any(|c| c.downcast_ref::<io::Error>().is_some()), "the io::Error is kept");
     }
-}
 
-impl From<crate::registry::RegistryError> for Error {
-    fn from(err: crate::registry::RegistryError) -> Self {
-        use crate::registry::RegistryError;
-        match err {
-            RegistryError::Db(db) => db.into(),
-            RegistryError::Undecryptable => {
-                Error::new(err.to_string()).hint("the database and master.key must come from the same home")
-            }
-            other => Error::new(other.to_string()),
-        }
-    }
-}
-
-impl From<crate::auth::session::SessionError> for Error {
-    fn from(err: crate::auth::session::SessionError) -> Self {
-        use crate::auth::session::SessionError;
-        let hint = match &err {
-            // As for a loose master.key (`home::check_private`).
-            SessionError::Loose { path, .. } => format!("run `chmod 600 {}`", path.display()),
-            _ => "run `spyctl login`".to_string(),
-        };
-        Error::new(err.to_string()).hint(hint)
+    #[test]
+    fn exit_codes_follow_the_variant() {
+        assert_eq!(Error::usage("x").exit_code(), EXIT_USAGE);
+        assert_eq!(Error::ClosedOutput.exit_code(), 0);
+        assert_eq!(Error::failed("x").exit_code(), EXIT_FAILURE);
     }
 }

@@ -12,13 +12,95 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::crypto::MasterKey;
-use crate::error::{Error, Result};
+use crate::crypto::{BadMasterKey, MasterKey};
 
 pub const DB_FILE: &str = "spyctl.db";
 pub const MASTER_KEY_FILE: &str = "master.key";
 pub const SESSION_FILE: &str = "session";
 pub const FILES_DIR: &str = "files";
+
+/// What can go wrong finding the home or handling a secret file in it.
+#[derive(Debug)]
+pub enum HomeError {
+    /// Neither --home, SPYCTL_HOME nor a platform data directory is known.
+    NoDefaultHome,
+    /// The home directory could not be created.
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Neither a database nor a master key is here: nothing was set up yet.
+    NoDatabase {
+        dir: PathBuf,
+    },
+    /// The database is here but its master key is gone.
+    MasterKeyMissing {
+        path: PathBuf,
+    },
+    /// `master.key` does not hold a key.
+    BadMasterKey {
+        path: PathBuf,
+        source: BadMasterKey,
+    },
+    /// Group or others may access a secret file (`mode` holds its bits).
+    Loose {
+        path: PathBuf,
+        mode: u32,
+    },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    NotText {
+        path: PathBuf,
+    },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The operating system's random number generator failed.
+    Random(getrandom::Error),
+}
+
+impl std::fmt::Display for HomeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HomeError::NoDefaultHome => f.write_str("cannot find a home directory for spyctl"),
+            HomeError::Create { path, .. } => write!(f, "cannot create home {}", path.display()),
+            HomeError::NoDatabase { dir } => write!(f, "no spyctl database in {}", dir.display()),
+            HomeError::MasterKeyMissing { path } => {
+                write!(f, "{} is missing; the database cannot be read without it", path.display())
+            }
+            HomeError::BadMasterKey { path, .. } => write!(f, "{} does not hold a master key", path.display()),
+            HomeError::Loose { path, mode } => {
+                write!(f, "{} is accessible by other users (mode {mode:04o}); refusing to use it", path.display())
+            }
+            HomeError::Read { path, .. } => write!(f, "cannot read {}", path.display()),
+            HomeError::NotText { path } => write!(f, "{} is not text", path.display()),
+            HomeError::Write { path, .. } => write!(f, "cannot write {}", path.display()),
+            HomeError::Random(_) => f.write_str("the OS random number generator failed"),
+        }
+    }
+}
+
+impl std::error::Error for HomeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HomeError::Create { source, .. } | HomeError::Read { source, .. } | HomeError::Write { source, .. } => {
+                Some(source)
+            }
+            HomeError::BadMasterKey { source, .. } => Some(source),
+            HomeError::Random(source) => Some(source),
+            HomeError::NoDefaultHome
+            | HomeError::NoDatabase { .. }
+            | HomeError::MasterKeyMissing { .. }
+            | HomeError::Loose { .. }
+            | HomeError::NotText { .. } => None,
+        }
+    }
+}
+
+pub type Result<T, E = HomeError> = std::result::Result<T, E>;
 
 /// A resolved home directory.
 #[derive(Debug, Clone)]
@@ -32,9 +114,7 @@ impl Home {
         if let Some(dir) = explicit {
             return Ok(Home { dir: dir.to_path_buf() });
         }
-        default_home().map(|dir| Home { dir }).ok_or_else(|| {
-            Error::new("cannot find a home directory for spyctl").hint("pass --home DIR or set SPYCTL_HOME")
-        })
+        default_home().map(|dir| Home { dir }).ok_or(HomeError::NoDefaultHome)
     }
 
     pub fn at(dir: impl Into<PathBuf>) -> Home {
@@ -70,7 +150,7 @@ impl Home {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
-            .map_err(|e| Error::new(format!("cannot create home {}: {e}", self.dir.display())))
+            .map_err(|source| HomeError::Create { path: self.dir.clone(), source })
     }
 
     /// True when a database exists here (nothing is created).
@@ -83,7 +163,7 @@ impl Home {
         self.ensure()?;
         let path = self.master_key_path();
         if !path.exists() {
-            let key = MasterKey::generate()?;
+            let key = MasterKey::generate().map_err(HomeError::Random)?;
             write_secret_file(&path, key.to_hex().as_bytes())?;
             tracing::info!(path = %path.display(), "created a new master key");
         }
@@ -93,18 +173,17 @@ impl Home {
     /// Loads an existing master key; never creates one.
     pub fn load_master_key(&self) -> Result<MasterKey> {
         let path = self.master_key_path();
-        let text = read_secret_file(&path).map_err(|e| {
-            if !path.exists() && !self.has_db() {
-                Error::new(format!("no spyctl database in {}", self.dir.display())).hint("run `spyctl db init` first")
-            } else if !path.exists() {
-                Error::new(format!("{} is missing; the database cannot be read without it", path.display()))
-                    .hint("restore master.key from your backup")
-            } else {
-                e
+        let text = read_secret_file(&path).map_err(|e| match e {
+            HomeError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                if self.has_db() {
+                    HomeError::MasterKeyMissing { path: path.clone() }
+                } else {
+                    HomeError::NoDatabase { dir: self.dir.clone() }
+                }
             }
+            other => other,
         })?;
-        MasterKey::from_hex(&text)
-            .map_err(|e| Error::new(format!("{}: {e}", path.display())).hint("restore master.key from your backup"))
+        MasterKey::from_hex(&text).map_err(|source| HomeError::BadMasterKey { path, source })
     }
 }
 
@@ -122,14 +201,10 @@ fn default_home() -> Option<PathBuf> {
 
 /// Refuses a secret file that group or others may read or write.
 pub fn check_private(path: &Path) -> Result<()> {
-    let meta = fs::metadata(path).map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+    let meta = fs::metadata(path).map_err(|source| HomeError::Read { path: path.to_path_buf(), source })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(Error::new(format!(
-            "{} is accessible by other users (mode {mode:04o}); refusing to use it",
-            path.display()
-        ))
-        .hint(format!("run `chmod 600 {}`", path.display())));
+        return Err(HomeError::Loose { path: path.to_path_buf(), mode });
     }
     Ok(())
 }
@@ -137,8 +212,8 @@ pub fn check_private(path: &Path) -> Result<()> {
 /// Reads a secret file after checking it is private. The text is wiped on drop.
 pub fn read_secret_file(path: &Path) -> Result<Zeroizing<String>> {
     check_private(path)?;
-    let bytes = fs::read(path).map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map(Zeroizing::new).map_err(|_| Error::new(format!("{} is not text", path.display())))
+    let bytes = fs::read(path).map_err(|source| HomeError::Read { path: path.to_path_buf(), source })?;
+    String::from_utf8(bytes).map(Zeroizing::new).map_err(|_| HomeError::NotText { path: path.to_path_buf() })
 }
 
 /// Writes a secret file atomically: a 0600 temp file created with O_EXCL, fsync,
@@ -158,9 +233,9 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<()> {
         }
         Ok(())
     })();
-    result.map_err(|e| {
+    result.map_err(|source| {
         let _ = fs::remove_file(&tmp);
-        Error::new(format!("cannot write {}: {e}", path.display()))
+        HomeError::Write { path: path.to_path_buf(), source }
     })
 }
 
@@ -186,6 +261,6 @@ mod tests {
         home.load_or_create_master_key().expect("create");
         fs::set_permissions(home.master_key_path(), fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = home.load_master_key().err().expect("refused");
-        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(matches!(&err, HomeError::Loose { mode: 0o644, .. }), "{err}");
     }
 }

@@ -24,13 +24,10 @@ pub use error::{Error, Result};
 use tracing_subscriber::EnvFilter;
 
 /// Runs one parsed command line, writing results to `out`.
-pub fn run(mut cli: cli::Cli, out: &mut dyn std::io::Write) -> Result<()> {
+pub fn run(cli: cli::Cli, out: &mut dyn std::io::Write) -> Result<()> {
     init_logging(&cli);
-    if let cli::Command::Demo(args) = &mut cli.command {
-        args.in_given_home = cli.home.is_some();
-    }
     let home = home::Home::resolve(cli.home.as_deref())?;
-    let mut ctx = cmd::Ctx { home, json: cli.json, quiet: cli.quiet, out };
+    let mut ctx = cmd::Ctx { home, home_given: cli.home.is_some(), json: cli.json, quiet: cli.quiet, out };
     cmd::dispatch(&mut ctx, cli.command)
 }
 

@@ -11,10 +11,10 @@ fn main() -> ExitCode {
     match spyctl::run(cli, &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         // `spyctl ... | head`: the reader has what it wanted.
-        Err(err) if err.closed_output => ExitCode::SUCCESS,
+        Err(spyctl::Error::ClosedOutput) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("spyctl: error: {err}");
-            ExitCode::from(err.exit_code)
+            ExitCode::from(err.exit_code())
         }
     }
 }

@@ -84,12 +84,22 @@ impl std::fmt::Display for RegistryError {
     }
 }
 
-impl std::error::Error for RegistryError {}
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // `Db` and `Hash` show their inner error's text as their own, so the
+        // chain continues below it.
+        match self {
+            RegistryError::Db(e) => e.source(),
+            RegistryError::Hash(e) => e.source(),
+            RegistryError::Invalid(_) | RegistryError::DuplicateName | RegistryError::Undecryptable => None,
+        }
+    }
+}
 
 impl From<DbError> for RegistryError {
     fn from(err: DbError) -> Self {
         match err {
-            DbError::Duplicate => RegistryError::DuplicateName,
+            DbError::Duplicate(_) => RegistryError::DuplicateName,
             other => RegistryError::Db(other),
         }
     }
@@ -216,6 +226,25 @@ pub enum LoginError {
         until: i64,
     },
     Other(RegistryError),
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginError::BadCredentials => f.write_str("login failed: unknown name or wrong password"),
+            LoginError::Locked { .. } => f.write_str("login refused: too many failed attempts"),
+            LoginError::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LoginError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoginError::Other(e) => e.source(),
+            LoginError::BadCredentials | LoginError::Locked { .. } => None,
+        }
+    }
 }
 
 impl From<RegistryError> for LoginError {

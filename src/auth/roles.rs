@@ -1,4 +1,4 @@
-//! Roles by security level (DESIGN.md): 1-2 field agent, 3 handler, 4-5
+//! Roles by security level: 1-2 field agent, 3 handler, 4-5
 //! director. Directors add agents, export wire keys and read the Boss's inbox;
 //! everyone sees agents at or below their own level and may send.
 

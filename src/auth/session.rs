@@ -3,14 +3,12 @@
 //! home's `session` file (0600). Anyone can delete it; nobody without the
 //! master key can forge or extend it.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::FernetKey;
-use crate::error::{Error, Result};
-use crate::home;
+use crate::home::{self, HomeError};
 
 /// Default session lifetime: a working day.
 pub const DEFAULT_TTL_SECS: u64 = 8 * 60 * 60;
@@ -27,8 +25,8 @@ pub struct Claims {
     pub expires_at: u64,
 }
 
-/// Why there is no usable session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why there is no usable session, or it could not be written or removed.
+#[derive(Debug)]
 pub enum SessionError {
     Missing,
     /// Group or others may access the file (`mode` holds its permission bits):
@@ -37,9 +35,12 @@ pub enum SessionError {
         path: PathBuf,
         mode: u32,
     },
-    /// Tampered, truncated, or sealed under another home's key.
+    /// Tampered, truncated, unreadable, or sealed under another home's key.
     Invalid,
     Expired,
+    Encode(serde_json::Error),
+    Write(HomeError),
+    Remove(HomeError),
 }
 
 impl std::fmt::Display for SessionError {
@@ -53,32 +54,38 @@ impl std::fmt::Display for SessionError {
             ),
             SessionError::Invalid => f.write_str("the session file is invalid (tampered with or from another home)"),
             SessionError::Expired => f.write_str("your session has expired"),
+            SessionError::Encode(_) => f.write_str("cannot encode the session"),
+            SessionError::Write(_) => f.write_str("cannot save the session"),
+            SessionError::Remove(_) => f.write_str("cannot remove the session"),
         }
     }
 }
 
-impl std::error::Error for SessionError {}
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Encode(e) => Some(e),
+            SessionError::Write(e) | SessionError::Remove(e) => Some(e),
+            SessionError::Missing | SessionError::Loose { .. } | SessionError::Invalid | SessionError::Expired => None,
+        }
+    }
+}
 
 /// Seals and writes the session file (0600, atomically).
-pub fn write(path: &Path, key: &FernetKey, claims: &Claims) -> Result<()> {
-    let json = serde_json::to_vec(claims).map_err(|e| Error::new(format!("cannot encode the session: {e}")))?;
-    home::write_secret_file(path, key.seal(&json).as_bytes())
+pub fn write(path: &Path, key: &FernetKey, claims: &Claims) -> Result<(), SessionError> {
+    let json = serde_json::to_vec(claims).map_err(SessionError::Encode)?;
+    home::write_secret_file(path, key.seal(&json).as_bytes()).map_err(SessionError::Write)
 }
 
 /// Reads and checks the session file at time `now`.
 pub fn read(path: &Path, key: &FernetKey, now: u64) -> std::result::Result<Claims, SessionError> {
-    if !path.exists() {
-        return Err(SessionError::Missing);
-    }
-    // The same rule `read_secret_file` enforces, checked first so a loose file
-    // gets its own answer (and fix) instead of "invalid".
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(SessionError::Loose { path: path.to_path_buf(), mode });
-        }
-    }
-    let text = home::read_secret_file(path).map_err(|_| SessionError::Invalid)?;
+    // A loose file gets its own answer (and fix), as a loose master.key does;
+    // anything else unreadable is as good as a forged session.
+    let text = home::read_secret_file(path).map_err(|e| match e {
+        HomeError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => SessionError::Missing,
+        HomeError::Loose { path, mode } => SessionError::Loose { path, mode },
+        _ => SessionError::Invalid,
+    })?;
     let opened = key.open_at(text.trim().as_bytes(), None, now).map_err(|_| SessionError::Invalid)?;
     let claims: Claims = serde_json::from_slice(&opened.plaintext).map_err(|_| SessionError::Invalid)?;
     if claims.expires_at <= now {
@@ -88,17 +95,18 @@ pub fn read(path: &Path, key: &FernetKey, now: u64) -> std::result::Result<Claim
 }
 
 /// Removes the session file; true if there was one.
-pub fn remove(path: &Path) -> Result<bool> {
+pub fn remove(path: &Path) -> Result<bool, SessionError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::new(format!("cannot remove {}: {e}", path.display()))),
+        Err(source) => Err(SessionError::Remove(HomeError::Write { path: path.to_path_buf(), source })),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn round_trip_expiry_and_tamper() {
@@ -109,15 +117,15 @@ mod tests {
         let claims = Claims { agent_id: 3, level: 4, expires_at: now + 100 };
         write(&path, &key, &claims).expect("write");
         assert_eq!(read(&path, &key, now).expect("read"), claims);
-        assert_eq!(read(&path, &key, now + 100), Err(SessionError::Expired));
+        assert!(matches!(read(&path, &key, now + 100), Err(SessionError::Expired)));
         let other = FernetKey::from_bytes(&[6u8; 32]);
-        assert_eq!(read(&path, &other, now), Err(SessionError::Invalid));
+        assert!(matches!(read(&path, &other, now), Err(SessionError::Invalid)));
         // A good token in a file others can read: refused as loose, not invalid.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert_eq!(read(&path, &key, now), Err(SessionError::Loose { path: path.clone(), mode: 0o644 }));
+        assert!(matches!(read(&path, &key, now), Err(SessionError::Loose { path: p, mode: 0o644 }) if p == path));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(read(&path, &key, now).expect("read again"), claims);
         assert!(remove(&path).expect("remove"));
-        assert_eq!(read(&path, &key, now), Err(SessionError::Missing));
+        assert!(matches!(read(&path, &key, now), Err(SessionError::Missing)));
     }
 }

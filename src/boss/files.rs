@@ -30,12 +30,30 @@ pub enum ChunkOutcome {
 }
 
 /// Why a chunk was refused.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ChunkError {
     /// The sender broke the rules (order, hash); the text says how.
     Rejected(String),
-    /// The Boss could not write; try again.
-    Io(String),
+    /// The Boss could not read or write its files; the sender may try again.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChunkError::Rejected(why) => f.write_str(why),
+            ChunkError::Io(_) => f.write_str("cannot store the file chunk"),
+        }
+    }
+}
+
+impl std::error::Error for ChunkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChunkError::Io(e) => Some(e),
+            ChunkError::Rejected(_) => None,
+        }
+    }
 }
 
 pub struct FileAssembler {
@@ -156,7 +174,7 @@ impl FileAssembler {
 }
 
 fn io_err(e: std::io::Error) -> ChunkError {
-    ChunkError::Io(e.to_string())
+    ChunkError::Io(e)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -192,9 +210,15 @@ mod tests {
         let files = FileAssembler::new(tmp.path().to_path_buf());
         let data = b"hello, boss!";
         let sha = hex::encode(Sha256::digest(data));
-        assert_eq!(files.write_chunk(7, &chunk(0, 12, None), &data[..5]), Ok(ChunkOutcome::Partial { received: 5 }));
+        assert_eq!(
+            files.write_chunk(7, &chunk(0, 12, None), &data[..5]).ok(),
+            Some(ChunkOutcome::Partial { received: 5 })
+        );
         // Retry of the first chunk.
-        assert_eq!(files.write_chunk(7, &chunk(0, 12, None), &data[..5]), Ok(ChunkOutcome::Partial { received: 5 }));
+        assert_eq!(
+            files.write_chunk(7, &chunk(0, 12, None), &data[..5]).ok(),
+            Some(ChunkOutcome::Partial { received: 5 })
+        );
         // Out of order.
         assert!(matches!(
             files.write_chunk(7, &chunk(8, 12, Some(sha.clone())), &data[8..]),

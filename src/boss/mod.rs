@@ -9,11 +9,47 @@ pub mod store;
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::home::Home;
+use crate::db::DbError;
+use crate::home::{Home, HomeError};
 use crate::net::server::{Limits, Server, ShutdownHandle, Stats};
 
 pub use service::BossConfig;
+
+/// Why the Boss could not start.
+#[derive(Debug)]
+pub enum BossError {
+    /// The master key could not be loaded.
+    Home(HomeError),
+    /// The database writer could not start.
+    Store(store::StoreError),
+    /// The database could not be opened for reading.
+    Db(DbError),
+    /// The listening socket could not be bound.
+    Listen { addr: String, source: std::io::Error },
+}
+
+impl std::fmt::Display for BossError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BossError::Home(e) => e.fmt(f),
+            BossError::Store(e) => e.fmt(f),
+            BossError::Db(e) => e.fmt(f),
+            BossError::Listen { addr, .. } => write!(f, "cannot listen on {addr}"),
+        }
+    }
+}
+
+impl std::error::Error for BossError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The wrapped layers show their own text, so the chain goes on below them.
+        match self {
+            BossError::Home(e) => e.source(),
+            BossError::Store(e) => e.source(),
+            BossError::Db(e) => e.source(),
+            BossError::Listen { source, .. } => Some(source),
+        }
+    }
+}
 
 /// A bound Boss, ready to run: listener, line handler and database writer.
 pub struct Boss {
@@ -24,19 +60,14 @@ pub struct Boss {
 
 impl Boss {
     /// Opens the home's database and key and binds `bind`.
-    pub fn bind(home: &Home, bind: &str, limits: Limits, config: BossConfig) -> Result<Boss> {
-        let master = home.load_master_key()?;
+    pub fn bind(home: &Home, bind: &str, limits: Limits, config: BossConfig) -> Result<Boss, BossError> {
+        let master = home.load_master_key().map_err(BossError::Home)?;
         let db_path = home.db_path();
-        let (store, writer) = store::start(&db_path)?;
-        let service = service::BossService::new(master, &db_path, &home.files_dir(), store, config)?;
-        let server = Server::bind(bind, limits).map_err(|e| {
-            let error = Error::new(format!("cannot listen on {bind}: {e}"));
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                error.hint("another process uses that port; stop it or pass --bind 127.0.0.1:0 for a free port")
-            } else {
-                error
-            }
-        })?;
+        let (store, writer) = store::start(&db_path).map_err(BossError::Store)?;
+        let service =
+            service::BossService::new(master, &db_path, &home.files_dir(), store, config).map_err(BossError::Db)?;
+        let server =
+            Server::bind(bind, limits).map_err(|source| BossError::Listen { addr: bind.to_string(), source })?;
         Ok(Boss { server, service: Arc::new(service), writer })
     }
 

@@ -7,6 +7,7 @@
 //! its own message's commit.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -25,8 +26,45 @@ pub enum WriteOp {
     File(messages::StoredFile),
 }
 
+/// Why a write was not committed, or the writer could not start.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database could not be opened for writing.
+    Open(DbError),
+    /// The writer thread could not be started.
+    Spawn(std::io::Error),
+    /// The writer has stopped (the Boss is shutting down).
+    Stopped,
+    /// The transaction holding this write failed; every write in it failed
+    /// with the same error, hence shared.
+    Commit(Arc<DbError>),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Open(e) => e.fmt(f),
+            StoreError::Spawn(_) => f.write_str("cannot start the database writer thread"),
+            StoreError::Stopped => f.write_str("the database writer has stopped"),
+            StoreError::Commit(_) => f.write_str("the group commit failed"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Shown as its own text above, so its causes come next.
+            StoreError::Open(e) => e.source(),
+            StoreError::Spawn(e) => Some(e),
+            StoreError::Commit(e) => Some(e.as_ref()),
+            StoreError::Stopped => None,
+        }
+    }
+}
+
 /// Whether the write added a row (false: it was already there).
-pub type WriteResult = Result<bool, String>;
+pub type WriteResult = Result<bool, StoreError>;
 
 /// One or more writes from one connection, answered together.
 struct Job {
@@ -55,13 +93,13 @@ impl StoreThread {
 }
 
 /// Opens the database and starts the writer.
-pub fn start(db_path: &Path) -> Result<(Store, StoreThread), DbError> {
-    let conn = db::open(db_path)?;
+pub fn start(db_path: &Path) -> Result<(Store, StoreThread), StoreError> {
+    let conn = db::open(db_path).map_err(StoreError::Open)?;
     let (queue, jobs) = mpsc::sync_channel(QUEUE_DEPTH);
     let handle = std::thread::Builder::new()
         .name("db-writer".into())
         .spawn(move || writer_loop(conn, jobs))
-        .map_err(|e| DbError::Corrupt(db_path.to_path_buf(), format!("cannot start the writer thread: {e}")))?;
+        .map_err(StoreError::Spawn)?;
     Ok((Store { queue }, StoreThread { handle }))
 }
 
@@ -70,7 +108,7 @@ impl Store {
     /// one result per write, in order.
     pub fn write_all(&self, ops: Vec<WriteOp>) -> Vec<WriteResult> {
         let count = ops.len();
-        let stopped = || (0..count).map(|_| Err("the database writer has stopped".to_string())).collect();
+        let stopped = || (0..count).map(|_| Err(StoreError::Stopped)).collect();
         let (done, answer) = mpsc::sync_channel(1);
         if self.queue.send(Job { ops, done }).is_err() {
             return stopped();
@@ -123,7 +161,8 @@ fn commit_batch<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp
         Ok(added) => added.into_iter().map(Ok).collect(),
         Err(e) => {
             tracing::error!(error = %e, writes = count, "group commit failed");
-            (0..count).map(|_| Err(e.to_string())).collect()
+            let shared = Arc::new(e);
+            (0..count).map(|_| Err(StoreError::Commit(shared.clone()))).collect()
         }
     }
 }

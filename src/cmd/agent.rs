@@ -4,29 +4,34 @@ use std::path::Path;
 
 use crate::auth::roles::{Action, Role};
 use crate::cli::AgentAddArgs;
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::home;
 use crate::output::Rows;
 use crate::registry::{self, NewAgent};
 
-use super::session::require;
+use super::session::{Gate, require};
 use super::{Ctx, prompt};
 
 pub fn add(ctx: &mut Ctx<'_>, args: AgentAddArgs) -> Result<()> {
     // Refuse a non-director before asking for anything.
-    require(ctx, Action::AddAgent)?;
+    let mut gate = require(ctx, Action::AddAgent)?;
     // Check the fields before asking for a password that would be thrown away.
     let level = registry::validate_identity(&args.name, &args.alias, args.level)?;
     let password = prompt::password(args.password_stdin, "New agent's password: ")?;
     let agent = NewAgent { name: args.name, alias: args.alias, level, password };
-    add_agent(ctx, &agent)
+    add_as(ctx, &mut gate, &agent)
 }
 
-/// Adds a checked agent as the logged-in director and prints the result.
+/// Adds an agent as the logged-in director (the demo's way in).
 pub fn add_agent(ctx: &mut Ctx<'_>, agent: &NewAgent) -> Result<()> {
     let mut gate = require(ctx, Action::AddAgent)?;
+    add_as(ctx, &mut gate, agent)
+}
+
+/// Adds a checked agent through an open gate and prints the result.
+fn add_as(ctx: &mut Ctx<'_>, gate: &mut Gate, agent: &NewAgent) -> Result<()> {
     let id = registry::add(&mut gate.conn, &gate.keys, agent)?;
-    let added = registry::get(&gate.conn, &gate.keys, id)?.ok_or_else(|| Error::new("the new agent vanished"))?;
+    let added = registry::get(&gate.conn, &gate.keys, id)?.ok_or_else(|| Error::failed("the new agent vanished"))?;
     if ctx.json {
         return ctx.json(serde_json::json!({ "added": added }));
     }
@@ -65,10 +70,10 @@ pub fn list(ctx: &mut Ctx<'_>) -> Result<()> {
 pub fn export_key(ctx: &mut Ctx<'_>, agent_id: i64, out: &Path, force: bool) -> Result<()> {
     let gate = require(ctx, Action::ExportKey)?;
     let agent = registry::get(&gate.conn, &gate.keys, agent_id)?
-        .ok_or_else(|| Error::new(format!("no agent with AgentId {agent_id}")).hint("see `spyctl agent list`"))?;
+        .ok_or_else(|| Error::failed(format!("no agent with AgentId {agent_id}")).hint(Hint::SeeAgentList))?;
     if out.exists() && !force {
         return Err(
-            Error::new(format!("{} exists; nothing was written", out.display())).hint("pass --force to overwrite it")
+            Error::failed(format!("{} exists; nothing was written", out.display())).hint(Hint::PassForceToOverwrite)
         );
     }
     let key = gate.master.agent_wire_key(agent_id);

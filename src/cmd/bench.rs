@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::ProgressStyle;
 
 use crate::cli::{BenchArgs, BenchMode};
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::net::loadgen::{self, LoadConfig, Mode};
 use crate::net::protocol;
 
@@ -107,8 +107,8 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     }
     if report.failed > 0 {
         let first = report.first_error.unwrap_or_default();
-        return Err(Error::new(format!("{} sender(s) stopped on a failure; the first: {first}", report.failed))
-            .hint("is the Boss running with --max-connections at least --connections?"));
+        return Err(Error::failed(format!("{} sender(s) stopped on a failure; the first: {first}", report.failed))
+            .hint(Hint::BenchConnections));
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `db init` and `db query`: the assignment's two SQL scripts, each statement
+//! `db init` and `db query`: the course's two SQL scripts (DDL, then DML), each statement
 //! printed with its rows affected and its cursor's rows as a table.
 
 use rusqlite::types::ValueRef;
@@ -6,7 +6,7 @@ use rusqlite::{Connection, ToSql};
 
 use crate::db;
 use crate::db::demo::{DELETE_ONE, SELECT_ALL, SELECT_BOTH, SELECT_COLUMNS, SELECT_ROWS, UPDATE_ONE, statement, title};
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::output::Rows;
 use crate::registry::{self, DEMO_DELETED, DEMO_NEW_ALIAS, DEMO_NEW_LEVEL, DEMO_PROMOTED, RegistryKeys};
 
@@ -78,8 +78,11 @@ pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
     let mut conn = db::create(&ctx.home.db_path())?;
     let had_agents = db::has_agents(&conn)?;
     if had_agents && !force {
-        return Err(Error::new(format!("{} already holds agents; nothing was changed", ctx.home.db_path().display()))
-            .hint("pass --force to drop every table and start over"));
+        return Err(Error::failed(format!(
+            "{} already holds agents; nothing was changed",
+            ctx.home.db_path().display()
+        ))
+        .hint(Hint::PassForceToReinit));
     }
     let master = ctx.home.load_or_create_master_key()?;
     let keys = RegistryKeys::derive(&master);
@@ -192,11 +195,11 @@ pub fn ad_hoc(ctx: &mut Ctx<'_>, sql: &str, raw: bool) -> Result<()> {
     let keys = RegistryKeys::derive(&master);
     let conn = db::open_read_only(&ctx.home.db_path())?;
     let stmt = conn.prepare(sql).map_err(|e| match e {
-        rusqlite::Error::MultipleStatement => Error::new("--sql takes one statement"),
-        other => Error::new(format!("the query does not compile: {other}")),
+        rusqlite::Error::MultipleStatement => Error::failed("--sql takes one statement"),
+        other => Error::failed(format!("the query does not compile: {other}")),
     })?;
     if !stmt.readonly() || stmt.column_count() == 0 {
-        return Err(Error::new("only read-only queries (SELECT ...) may be run with --sql; nothing was changed"));
+        return Err(Error::failed("only read-only queries (SELECT ...) may be run with --sql; nothing was changed"));
     }
     drop(stmt);
     let rows = select(&conn, sql, &[], &keys, raw)?;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::boss::{Boss, BossConfig};
-use crate::cli::SendArgs;
-use crate::error::{Error, Result};
+use crate::cli::DemoArgs;
+use crate::error::{Error, Hint, Result};
 use crate::home::Home;
 use crate::net::protocol::{self, Header, Kind};
 use crate::net::server::Limits;
@@ -47,25 +47,40 @@ fn step(ctx: &mut Ctx<'_>, n: u32, text: &str) -> Result<()> {
     ctx.show(&format!("\n━━━ Step {n}: {text}"))
 }
 
-pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
-    if outer.json {
-        return Err(Error::usage("demo narrates for people and has no --json output; run the commands themselves"));
+/// Where the tour runs.
+pub enum DemoRequest {
+    /// In the home --home named (which must hold no database); kept.
+    GivenHome,
+    /// In a fresh temporary home, removed afterwards unless `keep`.
+    ThrowAway { keep: bool },
+}
+
+impl DemoRequest {
+    pub fn check(args: DemoArgs, home_given: bool, json: bool) -> Result<DemoRequest> {
+        if json {
+            return Err(Error::usage("demo narrates for people and has no --json output; run the commands themselves"));
+        }
+        Ok(if home_given { DemoRequest::GivenHome } else { DemoRequest::ThrowAway { keep: args.keep } })
     }
-    let demo_home = if args.in_given_home {
+}
+
+pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
+    let demo_home = if let DemoRequest::ThrowAway { keep } = request {
+        fresh_home(keep)?
+    } else {
         if outer.home.has_db() {
-            return Err(Error::new(format!(
+            return Err(Error::failed(format!(
                 "{} already holds a spyctl database; the demo would replace it",
                 outer.home.dir().display()
             ))
-            .hint("omit --home (and SPYCTL_HOME) for a throw-away home, or give an empty directory"));
+            .hint(Hint::DemoHomeInUse));
         }
         outer.home.ensure()?;
         DemoHome { home: outer.home.clone(), keep: true }
-    } else {
-        fresh_home(args.keep)?
     };
     let kept = demo_home.keep;
-    let mut ctx = Ctx { home: demo_home.home.clone(), json: false, quiet: outer.quiet, out: &mut *outer.out };
+    let mut ctx =
+        Ctx { home: demo_home.home.clone(), home_given: true, json: false, quiet: outer.quiet, out: &mut *outer.out };
     let ctx = &mut ctx;
     ctx.show(&format!("spyctl demo: a throw-away home at {}", ctx.home.dir().display()))?;
 
@@ -112,7 +127,7 @@ pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
     );
     match refused {
         Err(e) => ctx.show(&format!("spyctl agent add -> error: {e}   (refused, as it should be)"))?,
-        Ok(()) => return Err(Error::new("demo step 6 failed: a field agent was allowed to add an agent")),
+        Ok(()) => return Err(Error::failed("demo step 6 failed: a field agent was allowed to add an agent")),
     }
 
     step(ctx, 7, "boss serve: the threaded TCP server on 127.0.0.1, a free port")?;
@@ -124,25 +139,28 @@ pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
 
     let result = (|| -> Result<()> {
         step(ctx, 8, "send: an encrypted, HMAC-authenticated message; the Boss's ACK is verified")?;
-        let args = |text: Option<&str>, file: Option<std::path::PathBuf>| SendArgs {
-            text: text.map(str::to_string),
-            file,
-            to: crate::cli::SenderArgs { addr: addr.to_string(), agent_id: None, key_file: None },
-            timeout: 10,
+        let request = |payload| send::SendRequest {
+            addr: addr.to_string(),
+            identity: session::Identity::LoggedIn,
+            timeout: Duration::from_secs(10),
             attempts: 3,
+            payload,
         };
-        send::send(ctx, args(Some("The package is in the locker at Victoria station."), None))?;
+        let text = "The package is in the locker at Victoria station.";
+        send::send(ctx, request(send::Payload::Text(text.into())))?;
 
         step(ctx, 9, "send --file: a file in chunks, SHA-256 checked by the Boss, moved into place atomically")?;
         let file = ctx.home.dir().join("dossier.txt");
-        std::fs::write(&file, "Dossier: Operation Treadstone.\n".repeat(2000))?;
-        send::send(ctx, args(None, Some(file)))?;
+        let dossier = "Dossier: Operation Treadstone.\n".repeat(2000);
+        std::fs::write(&file, &dossier)?;
+        let name = "dossier.txt".to_string();
+        send::send(ctx, request(send::Payload::File { path: file, name, size: dossier.len() as u64 }))?;
 
         step(ctx, 10, "a tampered message: one character of the token changed in transit")?;
         let reply = send_tampered(ctx, addr)?;
         ctx.show(&format!("Boss -> {}", reply.trim_end()))?;
         if !reply.starts_with("ERR auth") {
-            return Err(Error::new(format!("demo step 10 failed: the tampered message got {reply:?}")));
+            return Err(Error::failed(format!("demo step 10 failed: the tampered message got {reply:?}")));
         }
 
         step(ctx, 11, "boss inbox: a director reads what arrived, decrypted")?;
@@ -153,7 +171,7 @@ pub fn run(outer: &mut Ctx<'_>, args: crate::cli::DemoArgs) -> Result<()> {
 
     step(ctx, 12, "Ctrl-C for the Boss: stop accepting, finish in-flight messages, commit")?;
     shutdown.shutdown();
-    let stats = server.join().map_err(|_| Error::new("the demo's Boss thread panicked"))?;
+    let stats = server.join().map_err(|_| Error::failed("the demo's Boss thread panicked"))?;
     ctx.show(&format!(
         "Boss stopped after {} connection(s) and {} line(s).",
         stats.connections.load(std::sync::atomic::Ordering::Relaxed),
@@ -185,7 +203,7 @@ fn send_tampered(ctx: &Ctx<'_>, addr: std::net::SocketAddr) -> Result<String> {
     let mut token = key.seal(&plaintext).into_bytes();
     let i = token.len() / 2;
     token[i] = if token[i] == b'A' { b'B' } else { b'A' };
-    let token = String::from_utf8(token).map_err(|_| Error::new("token is ASCII"))?;
+    let token = String::from_utf8(token).map_err(|_| Error::failed("token is ASCII"))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(protocol::format_request(gate.agent.id, &token).as_bytes())?;

@@ -20,6 +20,8 @@ use crate::home::Home;
 /// What every command gets: where the home is, how to print, where to.
 pub struct Ctx<'a> {
     pub home: Home,
+    /// Whether --home (or SPYCTL_HOME) chose the home, rather than the default.
+    pub home_given: bool,
     pub json: bool,
     pub quiet: bool,
     pub out: &'a mut dyn Write,
@@ -71,8 +73,8 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Boss(BossCommand::Serve(args)) => boss::serve(ctx, args),
         Command::Boss(BossCommand::Inbox) => boss::inbox(ctx),
         Command::Boss(BossCommand::Bench(args)) => bench::bench(ctx, args),
-        Command::Send(args) => send::send(ctx, args),
-        Command::Demo(args) => demo::run(ctx, args),
+        Command::Send(args) => send::send(ctx, send::SendRequest::check(args)?),
+        Command::Demo(args) => demo::run(ctx, demo::DemoRequest::check(args, ctx.home_given, ctx.json)?),
         Command::Completions { shell } => docs::completions(ctx, shell),
         Command::Man => docs::man(ctx),
     }

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Read};
 
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 
 /// Longest stdin line read for a secret; longer is refused, not truncated.
 const MAX_SECRET_LINE: usize = 4096;
@@ -16,35 +16,34 @@ pub fn password(from_stdin: bool, prompt: &str) -> Result<Zeroizing<String>> {
     if from_stdin {
         let mut line = Zeroizing::new(String::new());
         read_bounded_line(&mut std::io::stdin().lock(), &mut line)
-            .map_err(|e| Error::new(format!("cannot read the password from stdin: {e}")))?;
+            .map_err(|e| Error::failed(format!("cannot read the password from stdin: {e}")))?;
         if line.len() > MAX_SECRET_LINE {
-            return Err(Error::new("the password on stdin is too long"));
+            return Err(Error::failed("the password on stdin is too long"));
         }
         let trimmed = line.trim_end_matches(['\n', '\r']).len();
         line.truncate(trimmed);
         if line.is_empty() {
-            return Err(Error::new("no password on stdin")
-                .hint("pipe the password in, e.g. `printf '%s\\n' \"$PW\" | spyctl ...`"));
+            return Err(Error::failed("no password on stdin").hint(Hint::PipePassword));
         }
         return Ok(line);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::new("no terminal to prompt for the password").hint("use --password-stdin"));
+        return Err(Error::failed("no terminal to prompt for the password").hint(Hint::UsePasswordStdin));
     }
     rpassword::prompt_password(prompt)
         .map(Zeroizing::new)
-        .map_err(|e| Error::new(format!("cannot read the password: {e}")))
+        .map_err(|e| Error::failed(format!("cannot read the password: {e}")))
 }
 
 /// A visible answer (a name) from the terminal.
 pub fn visible(prompt: &str) -> Result<String> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::new(format!("no terminal to ask for {}", prompt.trim_end_matches([':', ' '])))
-            .hint("pass it as a flag, e.g. --name"));
+        return Err(Error::failed(format!("no terminal to ask for {}", prompt.trim_end_matches([':', ' '])))
+            .hint(Hint::PassAsFlag));
     }
     eprint!("{prompt}");
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::new(format!("cannot read input: {e}")))?;
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::failed(format!("cannot read input: {e}")))?;
     Ok(line.trim().to_string())
 }
 

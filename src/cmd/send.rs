@@ -2,34 +2,72 @@
 //! verifies each acknowledgement.
 
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::SendArgs;
-use crate::error::{Error, Result};
-use crate::net::client::{self, ClientConfig, Delivered, SendError, Sender};
+use crate::error::{Error, Hint, Result};
+use crate::net::client::{self, ClientConfig, Delivered, Sender};
 use crate::net::protocol::{self, AckStatus, Header, Kind};
 
 use super::Ctx;
-use super::session::sender_identity;
+use super::session::{Identity, identity_key};
 
-fn send_error(err: SendError) -> Error {
-    let hint = match &err {
-        // `last` is the final attempt's failure; a Boss at its connection cap
-        // answered `busy`, so it is running and "start it" would mislead.
-        SendError::Unreachable { last, .. } if last.starts_with("busy") => Some(
-            "the Boss is running but at its connection limit: retry later, or ask its operator to raise --max-connections",
-        ),
-        SendError::Unreachable { .. } => Some("is the Boss running? start it with `spyctl boss serve`, or pass --addr"),
-        SendError::Refused { code: protocol::ErrorCode::Auth, .. } => {
-            Some("the Boss does not know this agent or key: check --agent-id/--key-file, or log in again")
+/// What `send` sends.
+pub enum Payload {
+    Text(String),
+    /// A regular file; `name` is what the Boss records (sealed) for it.
+    File {
+        path: PathBuf,
+        name: String,
+        size: u64,
+    },
+    /// Each non-empty line of stdin, over one connection.
+    StdinLines,
+}
+
+/// A checked `send`: every flag validated, the file found, before any work.
+pub struct SendRequest {
+    pub addr: String,
+    pub identity: Identity,
+    pub timeout: Duration,
+    pub attempts: u32,
+    pub payload: Payload,
+}
+
+impl SendRequest {
+    pub fn check(args: SendArgs) -> Result<SendRequest> {
+        if args.timeout == 0 || args.attempts == 0 {
+            return Err(Error::usage("--timeout and --attempts must be at least 1"));
         }
-        SendError::Refused { code: protocol::ErrorCode::Expired, .. } => Some("check this machine's clock"),
-        _ => None,
-    };
-    let error = Error::new(err.to_string());
-    match hint {
-        Some(h) => error.hint(h),
-        None => error,
+        let identity = Identity::check(&args.to)?;
+        let payload = match (args.text, args.file) {
+            (Some(text), _) if text.trim().is_empty() => {
+                return Err(Error::failed("nothing to send: the message is empty"));
+            }
+            (Some(text), _) => Payload::Text(text),
+            (None, Some(path)) => {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| Error::failed(format!("{} has no usable file name", path.display())))?
+                    .to_string();
+                let meta = std::fs::metadata(&path)
+                    .map_err(|e| Error::caused(format!("cannot read {}", path.display()), e))?;
+                if !meta.is_file() {
+                    return Err(Error::failed(format!("{} is not a regular file", path.display())));
+                }
+                Payload::File { size: meta.len(), path, name }
+            }
+            (None, None) => Payload::StdinLines,
+        };
+        Ok(SendRequest {
+            addr: args.to.addr,
+            identity,
+            timeout: Duration::from_secs(args.timeout),
+            attempts: args.attempts,
+            payload,
+        })
     }
 }
 
@@ -61,68 +99,49 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
     ctx.show(&format!("Boss: {} [{status}]", delivered.reply))
 }
 
-pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
-    if args.timeout == 0 || args.attempts == 0 {
-        return Err(Error::usage("--timeout and --attempts must be at least 1"));
-    }
-    let (agent_id, key) = sender_identity(ctx, &args.to)?;
+pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
+    let (agent_id, key) = identity_key(ctx, &request.identity)?;
     let config = ClientConfig {
-        addr: args.to.addr.clone(),
-        timeout: Duration::from_secs(args.timeout),
-        attempts: args.attempts,
+        addr: request.addr,
+        timeout: request.timeout,
+        attempts: request.attempts,
         ..ClientConfig::default()
     };
     let mut sender = Sender::new(config, agent_id, &key);
 
-    if let Some(path) = &args.file {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::new(format!("{} has no usable file name", path.display())))?
-            .to_string();
-        let meta = std::fs::metadata(path).map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
-        if !meta.is_file() {
-            return Err(Error::new(format!("{} is not a regular file", path.display())));
+    match request.payload {
+        Payload::File { path, name, size } => {
+            let bar = crate::progress::bar(size, ctx.quiet || ctx.json);
+            let delivered = client::send_file(&mut sender, &path, &name, |done, _| bar.set_position(done))?;
+            bar.finish_and_clear();
+            report(ctx, &name, &delivered, JsonStyle::Single)
         }
-        let quiet = ctx.quiet || ctx.json;
-        let bar = crate::progress::bar(meta.len(), quiet);
-        let delivered =
-            client::send_file(&mut sender, path, &name, |done, _| bar.set_position(done)).map_err(|e| match e {
-                client::FileSendError::Send(s) => send_error(s),
-                other => Error::new(other.to_string()),
-            })?;
-        bar.finish_and_clear();
-        return report(ctx, &name, &delivered, JsonStyle::Single);
-    }
-
-    if let Some(text) = &args.text {
-        if text.trim().is_empty() {
-            return Err(Error::new("nothing to send: the message is empty"));
+        Payload::Text(text) => {
+            let header = Header { id: protocol::random_id(), kind: Kind::Text };
+            let delivered = sender.send(&header, text.as_bytes())?;
+            report(ctx, "text", &delivered, JsonStyle::Single)
         }
-        let header = Header { id: protocol::random_id(), kind: Kind::Text };
-        let delivered = sender.send(&header, text.as_bytes()).map_err(send_error)?;
-        return report(ctx, "text", &delivered, JsonStyle::Single);
-    }
-
-    // No TEXT and no --file: every stdin line is a message, over one connection.
-    let stdin = std::io::stdin();
-    let mut sent = 0usize;
-    for line in stdin.lock().lines() {
-        let line = line.map_err(|e| Error::new(format!("cannot read stdin: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
+        Payload::StdinLines => {
+            let stdin = std::io::stdin();
+            let mut sent = 0usize;
+            for line in stdin.lock().lines() {
+                let line = line.map_err(|e| Error::caused("cannot read stdin", e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let header = Header { id: protocol::random_id(), kind: Kind::Text };
+                let delivered = sender
+                    .send(&header, line.as_bytes())
+                    .map_err(|e| Error::from(e).context(format!("after {sent} message(s)")))?;
+                report(ctx, "text", &delivered, JsonStyle::Lines)?;
+                sent += 1;
+            }
+            if sent == 0 {
+                return Err(
+                    Error::failed("nothing to send: no TEXT, no --file, and no lines on stdin").hint(Hint::SendExample)
+                );
+            }
+            Ok(())
         }
-        let header = Header { id: protocol::random_id(), kind: Kind::Text };
-        let delivered = sender.send(&header, line.as_bytes()).map_err(|e| {
-            let err = send_error(e);
-            Error { message: format!("after {sent} message(s): {}", err.message), ..err }
-        })?;
-        report(ctx, "text", &delivered, JsonStyle::Lines)?;
-        sent += 1;
     }
-    if sent == 0 {
-        return Err(Error::new("nothing to send: no TEXT, no --file, and no lines on stdin")
-            .hint("try `spyctl send \"Package delivered\"`"));
-    }
-    Ok(())
 }

@@ -1,102 +1,145 @@
 //! `login`, `logout`, `whoami`, and the gate every role-checked command
 //! passes: a valid session whose agent still exists, at its current level.
 
+use std::path::PathBuf;
+
 use rusqlite::Connection;
 
 use crate::auth::roles::{self, Action, Role};
 use crate::auth::session::{self, Claims};
-use crate::cli::LoginArgs;
+use crate::cli::{LoginArgs, SenderArgs};
 use crate::crypto::fernet::unix_now;
 use crate::crypto::{FernetKey, MasterKey};
 use crate::db;
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::registry::{self, Agent, LoginError, RegistryKeys};
 
 use super::{Ctx, prompt};
 
-/// An open database, the home's keys, and the logged-in agent as it is now.
+/// The home opened once: its master key, the keys derived from it, and the
+/// database.
+pub struct Opened {
+    pub conn: Connection,
+    pub master: MasterKey,
+    pub keys: RegistryKeys,
+}
+
+impl Opened {
+    pub fn open(ctx: &Ctx<'_>) -> Result<Opened> {
+        let master = ctx.home.load_master_key()?;
+        let conn = db::open(&ctx.home.db_path())?;
+        Ok(Opened { conn, keys: RegistryKeys::derive(&master), master })
+    }
+}
+
+/// An open database, the home's keys, the session, and the logged-in agent
+/// as it is now.
 pub struct Gate {
     pub conn: Connection,
     pub master: MasterKey,
     pub keys: RegistryKeys,
+    pub claims: Claims,
     pub agent: Agent,
 }
 
 /// Opens the home and checks the session. The agent is re-read from the
 /// database, so a deleted or demoted agent loses access at once.
 pub fn require_login(ctx: &Ctx<'_>) -> Result<Gate> {
-    let master = ctx.home.load_master_key()?;
-    let conn = db::open(&ctx.home.db_path())?;
+    let Opened { conn, master, keys } = Opened::open(ctx)?;
     let claims = session::read(&ctx.home.session_path(), &master.session_key(), unix_now())?;
-    let keys = RegistryKeys::derive(&master);
     let agent = registry::get(&conn, &keys, claims.agent_id)?
-        .ok_or_else(|| Error::new("your agent record no longer exists").hint("run `spyctl login` again"))?;
-    Ok(Gate { conn, master, keys, agent })
+        .ok_or_else(|| Error::failed("your agent record no longer exists").hint(Hint::LoginAgain))?;
+    Ok(Gate { conn, master, keys, claims, agent })
 }
 
 /// [`require_login`], then a role check for `action`.
 pub fn require(ctx: &Ctx<'_>, action: Action) -> Result<Gate> {
     let gate = require_login(ctx)?;
     if !roles::allows(gate.agent.level, action) {
-        return Err(Error::new(format!(
+        return Err(Error::failed(format!(
             "refused: a {} (level {}) may not {}",
             Role::of_level(gate.agent.level).name(),
             gate.agent.level,
             action.describe()
         ))
-        .hint("log in as a director (level 4-5)"));
+        .hint(Hint::LoginAsDirector));
     }
     Ok(gate)
 }
 
-/// Who is sending (`send`, `boss bench`): an agent id with its exported key
-/// file, which needs no database, or else the logged-in agent.
-pub fn sender_identity(ctx: &Ctx<'_>, to: &crate::cli::SenderArgs) -> Result<(i64, FernetKey)> {
-    if let (Some(agent_id), Some(path)) = (to.agent_id, &to.key_file) {
-        if agent_id < 1 {
-            return Err(Error::usage("--agent-id must be a positive AgentId"));
+/// Who is sending (`send`, `boss bench`), checked.
+pub enum Identity {
+    /// The logged-in agent, with the key the home derives for it.
+    LoggedIn,
+    /// An agent id with its exported key file: needs no database.
+    KeyFile { agent_id: i64, path: PathBuf },
+}
+
+impl Identity {
+    pub fn check(to: &SenderArgs) -> Result<Identity> {
+        match (to.agent_id, &to.key_file) {
+            (Some(agent_id), _) if agent_id < 1 => Err(Error::usage("--agent-id must be a positive AgentId")),
+            (Some(agent_id), Some(path)) => Ok(Identity::KeyFile { agent_id, path: path.clone() }),
+            // clap requires the two flags together.
+            _ => Ok(Identity::LoggedIn),
         }
-        let text = crate::home::read_secret_file(path)?;
-        let key = FernetKey::from_base64(&text).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-        return Ok((agent_id, key));
     }
-    let gate = require(ctx, Action::Send)?;
-    Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
+}
+
+/// The agent id and wire key to send with.
+pub fn identity_key(ctx: &Ctx<'_>, identity: &Identity) -> Result<(i64, FernetKey)> {
+    match identity {
+        Identity::KeyFile { agent_id, path } => {
+            let text = crate::home::read_secret_file(path)?;
+            let key = FernetKey::from_base64(&text).map_err(|e| Error::caused(path.display().to_string(), e))?;
+            Ok((*agent_id, key))
+        }
+        Identity::LoggedIn => {
+            let gate = require(ctx, Action::Send)?;
+            Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
+        }
+    }
+}
+
+/// [`Identity::check`] then [`identity_key`], for commands that need no more.
+pub fn sender_identity(ctx: &Ctx<'_>, to: &SenderArgs) -> Result<(i64, FernetKey)> {
+    identity_key(ctx, &Identity::check(to)?)
 }
 
 pub fn login(ctx: &mut Ctx<'_>, args: LoginArgs) -> Result<()> {
+    if args.name.is_none() && args.password_stdin {
+        return Err(Error::usage("--password-stdin needs --name (stdin carries the password)"));
+    }
     // Fail on a missing home before prompting for anything.
-    ctx.home.load_master_key()?;
-    db::open(&ctx.home.db_path())?;
+    let mut opened = Opened::open(ctx)?;
     let name = match args.name {
         Some(n) => n,
-        None if args.password_stdin => {
-            return Err(Error::usage("--password-stdin needs --name (stdin carries the password)"));
-        }
         None => prompt::visible("Agent name: ")?,
     };
     let password = prompt::password(args.password_stdin, "Password: ")?;
-    login_as(ctx, &name, &password, args.ttl)
+    login_with(ctx, &mut opened, &name, &password, args.ttl)
+}
+
+/// Opens the home, then [`login_with`] (the demo logs in this way).
+pub fn login_as(ctx: &mut Ctx<'_>, name: &str, password: &str, ttl: u64) -> Result<()> {
+    let mut opened = Opened::open(ctx)?;
+    login_with(ctx, &mut opened, name, password, ttl)
 }
 
 /// Checks the credentials, writes the session and greets the agent.
-pub fn login_as(ctx: &mut Ctx<'_>, name: &str, password: &str, ttl: u64) -> Result<()> {
-    let master = ctx.home.load_master_key()?;
-    let mut conn = db::open(&ctx.home.db_path())?;
-    let keys = RegistryKeys::derive(&master);
+fn login_with(ctx: &mut Ctx<'_>, opened: &mut Opened, name: &str, password: &str, ttl: u64) -> Result<()> {
     let now = unix_now();
-    let agent = registry::login(&mut conn, &keys, name, password, now as i64).map_err(|e| match e {
-        LoginError::BadCredentials => Error::new("login failed: unknown name or wrong password"),
-        LoginError::Locked { until } => Error::new(format!(
+    let agent = registry::login(&mut opened.conn, &opened.keys, name, password, now as i64).map_err(|e| match e {
+        LoginError::Locked { until } => Error::failed(format!(
             "login refused: too many failed attempts; try again in {} minute(s)",
             ((until - now as i64).max(1) + 59) / 60
         )),
-        LoginError::Other(e) => e.into(),
+        other => Error::from(other),
     })?;
     let expires_at =
         now.checked_add(ttl.min(session::MAX_TTL_SECS)).ok_or_else(|| Error::usage("--ttl is out of range"))?;
     let claims = Claims { agent_id: agent.id, level: agent.level, expires_at };
-    session::write(&ctx.home.session_path(), &master.session_key(), &claims)?;
+    session::write(&ctx.home.session_path(), &opened.master.session_key(), &claims)?;
     if ctx.json {
         return ctx.json(serde_json::json!({ "agent": agent, "expires_at": claims.expires_at }));
     }
@@ -119,7 +162,7 @@ pub fn logout(ctx: &mut Ctx<'_>) -> Result<()> {
 
 pub fn whoami(ctx: &mut Ctx<'_>) -> Result<()> {
     let gate = require_login(ctx)?;
-    let claims = session::read(&ctx.home.session_path(), &gate.master.session_key(), unix_now())?;
+    let claims = &gate.claims;
     let role = Role::of_level(gate.agent.level).name();
     if ctx.json {
         return ctx.json(serde_json::json!({

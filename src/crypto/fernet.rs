@@ -2,7 +2,7 @@
 //! (names at rest, sessions, every message on the wire).
 //!
 //! Spec: <https://github.com/fernet/spec/blob/master/Spec.md> (vectors in
-//! `../shared/vectors/fernet`). A token is
+//! `tests/vectors/fernet`). A token is
 //! `base64url(0x80 | timestamp u64 BE | IV 16 | AES-128-CBC(PKCS#7(plaintext)) | HMAC-SHA256 32)`,
 //! the HMAC keyed with the first 16 key bytes and covering everything before it,
 //! AES keyed with the last 16 (encrypt-then-MAC).

@@ -21,17 +21,30 @@ pub const LANES: u32 = 1;
 const DUMMY_PHC: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c3B5Y3RsLWR1bW15LXNhbHQ$IwPBRlOPL6nkT3ziZL5RPQJwz5RLhhdMcCvGa9gF/8g";
 
-/// Hashing failed (the OS RNG or the hasher itself).
+/// Hashing failed: the OS RNG (for the salt) or the hasher itself.
 #[derive(Debug)]
-pub struct HashError(String);
+pub enum HashError {
+    Random(getrandom::Error),
+    Argon2(argon2::password_hash::Error),
+}
 
 impl std::fmt::Display for HashError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "password hashing failed: {}", self.0)
+        match self {
+            HashError::Random(_) => f.write_str("password hashing failed: no salt from the OS random number generator"),
+            HashError::Argon2(_) => f.write_str("password hashing failed"),
+        }
     }
 }
 
-impl std::error::Error for HashError {}
+impl std::error::Error for HashError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HashError::Random(e) => Some(e),
+            HashError::Argon2(e) => Some(e),
+        }
+    }
+}
 
 fn hasher() -> Argon2<'static> {
     let params = Params::new(MEMORY_KIB, PASSES, LANES, None).expect("OWASP parameters are valid Argon2 parameters");
@@ -41,8 +54,8 @@ fn hasher() -> Argon2<'static> {
 /// Hashes `password` with a fresh random salt into a PHC string.
 pub fn hash(password: &[u8]) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| HashError(e.to_string()))?;
-    hasher().hash_password_with_salt(password, &salt).map(|phc| phc.to_string()).map_err(|e| HashError(e.to_string()))
+    getrandom::fill(&mut salt).map_err(HashError::Random)?;
+    hasher().hash_password_with_salt(password, &salt).map(|phc| phc.to_string()).map_err(HashError::Argon2)
 }
 
 /// True when `password` matches `phc`. A malformed PHC string is a mismatch.

@@ -1,4 +1,4 @@
-//! The assignment's second SQL script (sql/demo_*.sql): one DELETE, one
+//! The course's second SQL script (sql/demo_*.sql): one DELETE, one
 //! UPDATE, four SELECTs. Each file's first comment line is its title.
 
 pub const DELETE_ONE: &str = include_str!("../../sql/demo_delete.sql");

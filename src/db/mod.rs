@@ -33,10 +33,46 @@ pub enum DbError {
         found: i32,
     },
     /// Not an SQLite database, or damaged.
-    Corrupt(PathBuf, String),
+    Corrupt {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The file (or its directory) cannot be opened as needed: permissions,
+    /// ownership, a read-only file system. Nothing about the data is wrong.
+    CannotOpen {
+        path: PathBuf,
+        source: OpenCause,
+    },
     /// A UNIQUE constraint refused a row.
-    Duplicate,
+    Duplicate(rusqlite::Error),
     Sqlite(rusqlite::Error),
+}
+
+/// What refused to open the database file: the OS or SQLite.
+#[derive(Debug)]
+pub enum OpenCause {
+    Io(std::io::Error),
+    Sqlite(rusqlite::Error),
+}
+
+impl std::fmt::Display for OpenCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenCause::Io(e) => e.fmt(f),
+            OpenCause::Sqlite(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OpenCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // Transparent: its Display is the inner error's, so the inner error's
+        // own causes come next.
+        match self {
+            OpenCause::Io(e) => e.source(),
+            OpenCause::Sqlite(e) => e.source(),
+        }
+    }
 }
 
 impl std::fmt::Display for DbError {
@@ -48,14 +84,23 @@ impl std::fmt::Display for DbError {
                 f,
                 "the database has schema version {found}, newer than this spyctl understands ({SCHEMA_VERSION})"
             ),
-            DbError::Corrupt(p, why) => write!(f, "{} is not a usable spyctl database: {why}", p.display()),
-            DbError::Duplicate => f.write_str("a row with the same key already exists"),
-            DbError::Sqlite(e) => write!(f, "database error: {e}"),
+            DbError::Corrupt { path, .. } => write!(f, "{} is not a usable spyctl database", path.display()),
+            DbError::CannotOpen { path, .. } => write!(f, "cannot open the database {}", path.display()),
+            DbError::Duplicate(_) => f.write_str("a row with the same key already exists"),
+            DbError::Sqlite(_) => f.write_str("database error"),
         }
     }
 }
 
-impl std::error::Error for DbError {}
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DbError::Corrupt { source, .. } | DbError::Duplicate(source) | DbError::Sqlite(source) => Some(source),
+            DbError::CannotOpen { source, .. } => Some(source),
+            DbError::Missing(_) | DbError::NotInitialised(_) | DbError::TooNew { .. } => None,
+        }
+    }
+}
 
 impl From<rusqlite::Error> for DbError {
     fn from(err: rusqlite::Error) -> Self {
@@ -63,7 +108,7 @@ impl From<rusqlite::Error> for DbError {
             && code.code == rusqlite::ErrorCode::ConstraintViolation
             && code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
         {
-            return DbError::Duplicate;
+            return DbError::Duplicate(err);
         }
         DbError::Sqlite(err)
     }
@@ -77,14 +122,11 @@ pub fn create(path: &Path) -> DbResult<Connection> {
     if !path.exists() {
         // Create it ourselves so it is 0600 from the first byte; SQLite would
         // use the umask. Its -wal and -shm files copy these permissions.
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| DbError::Corrupt(path.to_path_buf(), e.to_string()))?;
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| cannot_open(e, path))?;
+    } else {
+        check_access(path, true)?;
     }
-    let conn = Connection::open(path)?;
+    let conn = Connection::open(path).map_err(|e| corrupt_or(e, path))?;
     configure(&conn, path)?;
     Ok(conn)
 }
@@ -95,7 +137,9 @@ pub fn open(path: &Path) -> DbResult<Connection> {
     if !path.is_file() {
         return Err(DbError::Missing(path.to_path_buf()));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    check_access(path, true)?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| corrupt_or(e, path))?;
     // Refuse a file that is not ours before configuring: switching an empty or
     // foreign file to WAL would write to it, and a failed command must not.
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -110,7 +154,9 @@ pub fn open_read_only(path: &Path) -> DbResult<Connection> {
     if !path.is_file() {
         return Err(DbError::Missing(path.to_path_buf()));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    check_access(path, false)?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| corrupt_or(e, path))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     check_version(&conn, path)?;
     conn.pragma_update(None, "query_only", true)?;
@@ -131,13 +177,31 @@ fn configure(conn: &Connection, path: &Path) -> DbResult<()> {
     Ok(())
 }
 
+/// Opens the file as SQLite will (read, and write unless `read_only`) so a
+/// permission problem is reported as one, with the OS's own error, before
+/// SQLite turns it into a vaguer "unable to open database file".
+fn check_access(path: &Path, write: bool) -> DbResult<()> {
+    OpenOptions::new().read(true).write(write).open(path).map(drop).map_err(|e| cannot_open(e, path))
+}
+
+fn cannot_open(err: std::io::Error, path: &Path) -> DbError {
+    DbError::CannotOpen { path: path.to_path_buf(), source: OpenCause::Io(err) }
+}
+
+/// Sorts an SQLite error by what the user must do about it: a damaged file,
+/// one that cannot be opened or written (permissions, read-only media), or
+/// anything else.
 fn corrupt_or(err: rusqlite::Error, path: &Path) -> DbError {
-    if let rusqlite::Error::SqliteFailure(code, _) = &err
-        && matches!(code.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
-    {
-        return DbError::Corrupt(path.to_path_buf(), err.to_string());
+    use rusqlite::ErrorCode::{CannotOpen, DatabaseCorrupt, NotADatabase, PermissionDenied, ReadOnly};
+    match &err {
+        rusqlite::Error::SqliteFailure(code, _) if matches!(code.code, NotADatabase | DatabaseCorrupt) => {
+            DbError::Corrupt { path: path.to_path_buf(), source: err }
+        }
+        rusqlite::Error::SqliteFailure(code, _) if matches!(code.code, CannotOpen | ReadOnly | PermissionDenied) => {
+            DbError::CannotOpen { path: path.to_path_buf(), source: OpenCause::Sqlite(err) }
+        }
+        _ => DbError::from(err),
     }
-    DbError::Sqlite(err)
 }
 
 fn user_version(conn: &Connection, path: &Path) -> DbResult<i32> {

@@ -5,6 +5,7 @@ mod boss_e2e;
 mod cli_docs;
 mod cli_registry;
 mod client_retry;
+mod error_layers;
 mod fernet_vectors;
 mod hardening;
 mod protocol_doc;
