@@ -81,13 +81,13 @@ pub fn line(out: &mut dyn Write, text: &str) -> Result<()> {
 }
 
 pub fn json(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::failed(format!("cannot encode JSON: {e}")))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::caused("cannot encode JSON", e))?;
     writeln!(out, "{text}").map_err(write_err)
 }
 
 /// One compact JSON value and a newline: a JSON Lines record.
 pub fn json_line(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string(value).map_err(|e| Error::failed(format!("cannot encode JSON: {e}")))?;
+    let text = serde_json::to_string(value).map_err(|e| Error::caused("cannot encode JSON", e))?;
     writeln!(out, "{text}").map_err(write_err)
 }
 
@@ -95,7 +95,7 @@ fn write_err(e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         return Error::ClosedOutput;
     }
-    Error::failed(format!("cannot write output: {e}"))
+    Error::caused("cannot write output", e)
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.

@@ -32,7 +32,7 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
 
     // Ctrl-C / SIGTERM: stop accepting, finish in-flight lines, commit, exit 0.
     let mut signals =
-        Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::failed(format!("cannot install signal handlers: {e}")))?;
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| Error::caused("cannot install signal handlers", e))?;
     let signal_handle = signals.handle();
     let shutdown = boss.shutdown_handle();
     let watcher = std::thread::spawn(move || {

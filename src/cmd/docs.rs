@@ -15,7 +15,5 @@ pub fn completions(ctx: &mut Ctx<'_>, shell: clap_complete::Shell) -> Result<()>
 }
 
 pub fn man(ctx: &mut Ctx<'_>) -> Result<()> {
-    clap_mangen::Man::new(Cli::command())
-        .render(ctx.out)
-        .map_err(|e| Error::failed(format!("cannot write the man page: {e}")))
+    clap_mangen::Man::new(Cli::command()).render(ctx.out).map_err(|e| Error::caused("cannot write the man page", e))
 }

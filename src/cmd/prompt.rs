@@ -16,7 +16,7 @@ pub fn password(from_stdin: bool, prompt: &str) -> Result<Zeroizing<String>> {
     if from_stdin {
         let mut line = Zeroizing::new(String::new());
         read_bounded_line(&mut std::io::stdin().lock(), &mut line)
-            .map_err(|e| Error::failed(format!("cannot read the password from stdin: {e}")))?;
+            .map_err(|e| Error::caused("cannot read the password from stdin", e))?;
         if line.len() > MAX_SECRET_LINE {
             return Err(Error::failed("the password on stdin is too long"));
         }
@@ -30,9 +30,7 @@ pub fn password(from_stdin: bool, prompt: &str) -> Result<Zeroizing<String>> {
     if !std::io::stdin().is_terminal() {
         return Err(Error::failed("no terminal to prompt for the password").hint(Hint::UsePasswordStdin));
     }
-    rpassword::prompt_password(prompt)
-        .map(Zeroizing::new)
-        .map_err(|e| Error::failed(format!("cannot read the password: {e}")))
+    rpassword::prompt_password(prompt).map(Zeroizing::new).map_err(|e| Error::caused("cannot read the password", e))
 }
 
 /// A visible answer (a name) from the terminal.
@@ -43,7 +41,7 @@ pub fn visible(prompt: &str) -> Result<String> {
     }
     eprint!("{prompt}");
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::failed(format!("cannot read input: {e}")))?;
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| Error::caused("cannot read input", e))?;
     Ok(line.trim().to_string())
 }
 
