@@ -13,7 +13,8 @@ fn main() -> ExitCode {
         // `spyctl ... | head`: the reader has what it wanted.
         Err(spyctl::Error::ClosedOutput) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("spyctl: error: {err}");
+            // The text may carry a server's words: shown, never obeyed.
+            eprintln!("spyctl: error: {}", spyctl::output::visible(&err.to_string()));
             ExitCode::from(err.exit_code())
         }
     }

@@ -66,13 +66,48 @@ fn cell_text(cell: &serde_json::Value) -> String {
 }
 
 fn shorten(cell: &str) -> String {
-    let one_line = cell.replace(['\n', '\r'], " ");
+    let one_line = visible(&cell.replace(['\n', '\r'], " ")).into_owned();
     if one_line.chars().count() <= MAX_CELL_CHARS {
         return one_line;
     }
     let mut short: String = one_line.chars().take(MAX_CELL_CHARS - 1).collect();
     short.push('…');
     short
+}
+
+/// Whether a terminal would act on `c` instead of showing it: C0 and C1
+/// controls and DEL (escape sequences start with ESC or CSI), the Unicode
+/// Bidi_Control characters (which reorder what follows), and the invisible
+/// zero-width and format characters (which hide or join text).
+fn is_unsafe_to_show(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            | '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+/// Text that came from outside (a message, a file name, an alias, a server's
+/// error text) made safe for a terminal, the way `git` quotes odd paths:
+/// every character a terminal would act on is written as an escape
+/// (`\x1b`, `\u{202e}`), so an agent's bytes cannot move the cursor, erase
+/// lines, set the clipboard or reorder what a director reads. `--json`
+/// output never goes through this: it stays exact.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe_to_show) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => shown.push_str("\\n"),
+            '\r' => shown.push_str("\\r"),
+            '\t' => shown.push_str("\\t"),
+            c if c.is_ascii_control() => shown.push_str(&format!("\\x{:02x}", c as u32)),
+            c if is_unsafe_to_show(c) => shown.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => shown.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(shown)
 }
 
 /// Writes a line to stdout; a closed pipe (`spyctl ... | head`) is not an error.
@@ -124,6 +159,20 @@ mod tests {
         assert_eq!(utc_time(0), "1970-01-01 00:00:00");
         assert_eq!(utc_time(499_162_800), "1985-10-26 08:20:00");
         assert_eq!(utc_time(1_709_210_096), "2024-02-29 12:34:56");
+    }
+
+    #[test]
+    fn terminal_controls_are_shown_not_obeyed() {
+        assert_eq!(visible("plain Zoë"), "plain Zoë");
+        assert_eq!(visible("a\x1b]52;c;aGk=\x07b"), "a\\x1b]52;c;aGk=\\x07b");
+        assert_eq!(visible("\x1b[2K\x1b[1A"), "\\x1b[2K\\x1b[1A");
+        assert_eq!(visible("invoice\u{202E}fdp.exe"), "invoice\\u{202e}fdp.exe");
+        assert_eq!(visible("x\u{9b}y\u{200b}z"), "x\\u{009b}y\\u{200b}z");
+        let mut rows = Rows::new(&["m"]);
+        rows.push(vec!["\x1b[31mred\u{202E}".into()]);
+        let table = rows.to_table();
+        assert!(!table.contains('\x1b') && !table.contains('\u{202E}'), "{table}");
+        assert_eq!(rows.to_json_objects()[0]["m"], "\x1b[31mred\u{202E}", "JSON stays exact");
     }
 
     #[test]

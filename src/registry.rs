@@ -125,6 +125,38 @@ fn check_field(what: &str, value: &str) -> Result<(), RegistryError> {
     if trimmed.chars().any(char::is_control) {
         return Err(RegistryError::Invalid(format!("{what} must not contain control characters")));
     }
+    check_precis(what, trimmed)
+}
+
+/// RFC 8265 section 3.5: a name is userparts separated by single spaces, each
+/// valid under the UsernameCasePreserved profile. That refuses what could make
+/// two names look alike or hide text: zero-width and other default-ignorable
+/// code points, bidirectional overrides, unassigned and symbol code points.
+/// (Letters from different scripts that merely look alike are still allowed.)
+fn check_precis(what: &str, value: &str) -> Result<(), RegistryError> {
+    use precis_core::Error as Precis;
+    use precis_core::profile::PrecisFastInvocation;
+    use precis_profiles::UsernameCasePreserved;
+    for part in value.split(' ') {
+        if part.is_empty() {
+            return Err(RegistryError::Invalid(format!("{what} must separate its words with single spaces")));
+        }
+        match UsernameCasePreserved::prepare(part) {
+            Ok(_) => {}
+            Err(Precis::BadCodepoint(info)) => {
+                return Err(RegistryError::Invalid(format!(
+                    "{what} contains U+{:04X}, which is not allowed (invisible, formatting and symbol characters \
+                     are refused, RFC 8265)",
+                    info.cp
+                )));
+            }
+            Err(_) => {
+                return Err(RegistryError::Invalid(format!(
+                    "{what} is not a valid name under RFC 8265 (mixed text directions?)"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -378,4 +410,33 @@ pub fn apply_demo_changes(conn: &mut Connection, keys: &RegistryKeys) -> Result<
     )?;
     tx.commit()?;
     Ok((deleted, updated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_invisible_and_bidi_characters() {
+        for sample in SAMPLE_AGENTS {
+            assert!(check_field("the name", sample.name).is_ok(), "{}", sample.name);
+            assert!(check_field("the alias", sample.alias).is_ok(), "{}", sample.alias);
+        }
+        for fine in ["Zoë O'Brien", "Agent 86", "José-María", "Harry the Handler"] {
+            assert!(check_field("the name", fine).is_ok(), "{fine}");
+        }
+        for (bad, cp) in [
+            ("Ethan\u{200B} Hunt", "U+200B"),
+            ("Ethan Hunt\u{200D}", "U+200D"),
+            ("invoice\u{202E}fdp", "U+202E"),
+            ("Ethan\u{2066}Hunt", "U+2066"),
+            ("Ethan\u{FEFF}Hunt", "U+FEFF"),
+        ] {
+            match check_field("the name", bad) {
+                Err(RegistryError::Invalid(why)) => assert!(why.contains(cp), "{bad:?}: {why}"),
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
+        assert!(check_field("the name", "Ethan  Hunt").is_err(), "double space");
+    }
 }

@@ -6,7 +6,7 @@ use crate::auth::roles::{Action, Role};
 use crate::cli::AgentAddArgs;
 use crate::error::{Error, Hint, Result};
 use crate::home;
-use crate::output::Rows;
+use crate::output::{Rows, visible};
 use crate::registry::{self, NewAgent};
 
 use super::session::{Gate, require};
@@ -85,7 +85,7 @@ pub fn export_key(ctx: &mut Ctx<'_>, agent_id: i64, out: &Path, force: bool) -> 
     }
     ctx.say(&format!(
         "Wrote {}'s wire key to {} (0600). Send with: spyctl send --agent-id {agent_id} --key-file {} --addr HOST:PORT \"...\"",
-        agent.name,
+        visible(&agent.name),
         out.display(),
         out.display()
     ))

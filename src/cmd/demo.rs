@@ -158,7 +158,7 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
 
         step(ctx, 10, "a tampered message: one character of the token changed in transit")?;
         let reply = send_tampered(ctx, addr)?;
-        ctx.show(&format!("Boss -> {}", reply.trim_end()))?;
+        ctx.show(&format!("Boss -> {}", crate::output::visible(reply.trim_end())))?;
         if !reply.starts_with("ERR auth") {
             return Err(Error::failed(format!("demo step 10 failed: the tampered message got {reply:?}")));
         }

@@ -96,7 +96,7 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
         AckStatus::Stored => "stored",
         AckStatus::Duplicate => "already stored (duplicate)",
     };
-    ctx.show(&format!("Boss: {} [{status}]", delivered.reply))
+    ctx.show(&format!("Boss: {} [{status}]", crate::output::visible(&delivered.reply)))
 }
 
 pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {

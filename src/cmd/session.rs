@@ -15,6 +15,7 @@ use crate::error::{Error, Hint, Result};
 use crate::registry::{self, Agent, LoginError, RegistryKeys};
 
 use super::{Ctx, prompt};
+use crate::output::visible;
 
 /// The home opened once: its master key, the keys derived from it, and the
 /// database.
@@ -145,7 +146,7 @@ fn login_with(ctx: &mut Ctx<'_>, opened: &mut Opened, name: &str, password: &str
     }
     ctx.say(&format!(
         "Welcome, {}. Logged in as a {} (level {}) until {} UTC.",
-        agent.name,
+        visible(&agent.name),
         Role::of_level(agent.level).name(),
         agent.level,
         crate::output::utc_time(claims.expires_at as i64)
@@ -173,8 +174,8 @@ pub fn whoami(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     ctx.show(&format!(
         "{} (alias {}), agent {}, {} (level {}); session ends {} UTC",
-        gate.agent.name,
-        gate.agent.alias,
+        visible(&gate.agent.name),
+        visible(&gate.agent.alias),
         gate.agent.id,
         role,
         gate.agent.level,

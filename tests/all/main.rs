@@ -11,3 +11,4 @@ mod hardening;
 mod protocol_doc;
 mod python_interop;
 mod support;
+mod terminal_safety;
