@@ -57,7 +57,7 @@ fn password_hash(c: &mut Criterion) {
 
 fn protocol_parsers(c: &mut Criterion) {
     let key = key();
-    let header = Header { id: protocol::random_id(), kind: Kind::Text };
+    let header = Header { id: spyctl::net::ids::random_id(), kind: Kind::Text };
     let plaintext = protocol::encode_message(&header, &[b'x'; 64]);
     let line = protocol::format_request(7, &key.seal(&plaintext));
     let ack = protocol::format_ack(&key.seal(&protocol::encode_ack(&header.id, protocol::AckStatus::Stored, "ok")));

@@ -7,18 +7,16 @@ pub mod inbox;
 pub mod service;
 pub mod store;
 
-use std::sync::Arc;
-
 use crate::error::{Error, Result};
 use crate::home::Home;
-use crate::net::server::{Limits, Server, ShutdownHandle, Stats};
+use crate::net::server::{Limits, Server, ServerError, ShutdownHandle, Stats};
 
 pub use service::BossConfig;
 
 /// A bound Boss, ready to run: listener, line handler and database writer.
 pub struct Boss {
     server: Server,
-    service: Arc<service::BossService>,
+    service: service::BossService,
     writer: store::StoreThread,
 }
 
@@ -30,14 +28,17 @@ impl Boss {
         let (store, writer) = store::start(&db_path)?;
         let service = service::BossService::new(master, &db_path, &home.files_dir(), store, config)?;
         let server = Server::bind(bind, limits).map_err(|e| {
-            let error = Error::new(format!("cannot listen on {bind}: {e}"));
-            if e.kind() == std::io::ErrorKind::AddrInUse {
+            let in_use = match &e {
+                ServerError::Bind { source, .. } => source.kind() == std::io::ErrorKind::AddrInUse,
+            };
+            let error = Error::new(e.to_string());
+            if in_use {
                 error.hint("another process uses that port; stop it or pass --bind 127.0.0.1:0 for a free port")
             } else {
                 error
             }
         })?;
-        Ok(Boss { server, service: Arc::new(service), writer })
+        Ok(Boss { server, service, writer })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -51,11 +52,16 @@ impl Boss {
     /// Serves until shut down; returns after every connection has finished and
     /// the writer has committed everything it was given.
     pub fn run(self) -> Stats {
-        let stats = self.server.run(self.service.clone());
-        // Every connection thread has ended, so this is the last handle to the
-        // store: dropping it lets the writer drain its queue and stop.
-        drop(self.service);
-        self.writer.join();
+        let Boss { server, service, writer } = self;
+        let stats = serve(server, service);
+        writer.join();
         stats
     }
+}
+
+/// Runs the server with `service` as its handler. The service is moved in, so
+/// when this returns it is gone, and with it the last handle to the store: the
+/// writer then drains its queue and stops.
+fn serve(server: Server, service: service::BossService) -> Stats {
+    server.run(&service)
 }

@@ -6,24 +6,25 @@ use std::time::Duration;
 
 use crate::cli::SendArgs;
 use crate::error::{Error, Result};
-use crate::net::client::{self, ClientConfig, Delivered, SendError, Sender};
-use crate::net::protocol::{self, AckStatus, Header, Kind};
+use crate::net::client::{self, AttemptError, ClientConfig, Delivered, SendError, Sender};
+use crate::net::ids::random_id;
+use crate::net::protocol::{AckStatus, ErrorCode, Header, Kind};
 
 use super::Ctx;
 use super::session::sender_identity;
 
 fn send_error(err: SendError) -> Error {
     let hint = match &err {
-        // `last` is the final attempt's failure; a Boss at its connection cap
-        // answered `busy`, so it is running and "start it" would mislead.
-        SendError::Unreachable { last, .. } if last.starts_with("busy") => Some(
+        // A Boss at its connection cap answered `busy` to the last attempt:
+        // it is running, so "start it" would mislead.
+        SendError::Unreachable { last: AttemptError::Refused { code: ErrorCode::Busy, .. }, .. } => Some(
             "the Boss is running but at its connection limit: retry later, or ask its operator to raise --max-connections",
         ),
         SendError::Unreachable { .. } => Some("is the Boss running? start it with `spyctl boss serve`, or pass --addr"),
-        SendError::Refused { code: protocol::ErrorCode::Auth, .. } => {
+        SendError::Refused { code: ErrorCode::Auth, .. } => {
             Some("the Boss does not know this agent or key: check --agent-id/--key-file, or log in again")
         }
-        SendError::Refused { code: protocol::ErrorCode::Expired, .. } => Some("check this machine's clock"),
+        SendError::Refused { code: ErrorCode::Expired, .. } => Some("check this machine's clock"),
         _ => None,
     };
     let error = Error::new(err.to_string());
@@ -99,7 +100,7 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
         if text.trim().is_empty() {
             return Err(Error::new("nothing to send: the message is empty"));
         }
-        let header = Header { id: protocol::random_id(), kind: Kind::Text };
+        let header = Header { id: random_id(), kind: Kind::Text };
         let delivered = sender.send(&header, text.as_bytes()).map_err(send_error)?;
         return report(ctx, "text", &delivered, JsonStyle::Single);
     }
@@ -112,7 +113,7 @@ pub fn send(ctx: &mut Ctx<'_>, args: SendArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let header = Header { id: protocol::random_id(), kind: Kind::Text };
+        let header = Header { id: random_id(), kind: Kind::Text };
         let delivered = sender.send(&header, line.as_bytes()).map_err(|e| {
             let err = send_error(e);
             Error { message: format!("after {sent} message(s): {}", err.message), ..err }
