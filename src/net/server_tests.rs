@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::protocol;
@@ -20,25 +20,39 @@ use super::server::{Answer, Limits, LineHandler, Peer, Server, ShutdownHandle, S
 const PATIENCE: Duration = Duration::from_secs(4);
 
 /// Answers `ECHO <line>`; `REFUSE` is answered but not accepted (it does not
-/// restart the idle timer); `PANIC` panics; `WAIT` first tells the test it
-/// has started, then waits until the test lets it go.
+/// restart the idle timer); `PANIC` panics; with a [`Gate`], `WAIT` first
+/// reports [`Event::Started`], then waits until the test releases it.
 struct Echo {
-    started: Mutex<Option<SyncSender<()>>>,
-    release: Mutex<Option<Receiver<()>>>,
+    gate: Option<Gate>,
+}
+
+struct Gate {
+    events: mpsc::Sender<Event>,
+    release: Mutex<Receiver<()>>,
+}
+
+/// What a test waits for: a handler holding a `WAIT` line, or what a client
+/// reader thread saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Started,
+    Line(String),
+    Closed,
 }
 
 impl Echo {
     fn new() -> Echo {
-        Echo { started: Mutex::new(None), release: Mutex::new(None) }
+        Echo { gate: None }
     }
 
-    /// An echo handler whose `WAIT` line blocks: returns it, a receiver told
-    /// when `WAIT` is being handled, and a sender that lets it finish.
-    fn gated() -> (Echo, Receiver<()>, SyncSender<()>) {
-        let (started_tx, started_rx) = mpsc::sync_channel(1);
-        let (release_tx, release_rx) = mpsc::sync_channel(1);
-        let echo = Echo { started: Mutex::new(Some(started_tx)), release: Mutex::new(Some(release_rx)) };
-        (echo, started_rx, release_tx)
+    /// An echo handler whose `WAIT` lines block: returns it, the channel its
+    /// events go to (for a client's reader too), and the sender that lets
+    /// each `WAIT` finish.
+    fn gated() -> (Echo, mpsc::Sender<Event>, Receiver<Event>, mpsc::Sender<()>) {
+        let (events_tx, events) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let gate = Gate { events: events_tx.clone(), release: Mutex::new(release_rx) };
+        (Echo { gate: Some(gate) }, events_tx, events, release)
     }
 }
 
@@ -50,13 +64,9 @@ impl LineHandler for Echo {
                 Answer { line: protocol::format_err(protocol::ErrorCode::BadRequest, "refused"), accepted: false }
             }
             _ => {
-                if line == b"WAIT" {
-                    if let Some(started) = self.started.lock().unwrap().as_ref() {
-                        started.send(()).unwrap();
-                    }
-                    if let Some(release) = self.release.lock().unwrap().as_ref() {
-                        release.recv_timeout(PATIENCE).unwrap();
-                    }
+                if let (b"WAIT", Some(gate)) = (line, &self.gate) {
+                    gate.events.send(Event::Started).unwrap();
+                    gate.release.lock().unwrap().recv_timeout(PATIENCE).unwrap();
                 }
                 Answer { line: format!("ECHO {}\n", String::from_utf8_lossy(line)), accepted: true }
             }
@@ -237,11 +247,11 @@ fn shutdown_closes_quiet_connections_and_run_returns() {
 
 #[test]
 fn shutdown_finishes_the_line_in_hand_and_lines_already_sent() {
-    let (echo, started, release) = Echo::gated();
+    let (echo, _, events, release) = Echo::gated();
     let server = start(relaxed(), echo);
     let mut client = server.connect();
     client.send(b"WAIT\n");
-    started.recv_timeout(PATIENCE).expect("the handler has the line");
+    assert_eq!(events.recv_timeout(PATIENCE), Ok(Event::Started), "the handler has the line");
     // Sent while the first is being handled and before shutdown: in flight.
     client.send(b"after\n");
     server.shutdown.shutdown();
@@ -254,24 +264,37 @@ fn shutdown_finishes_the_line_in_hand_and_lines_already_sent() {
 
 #[test]
 fn a_client_that_keeps_sending_cannot_hold_shutdown_open() {
-    let server = start(Limits { drain_grace: Duration::from_millis(100), ..relaxed() }, Echo::new());
-    let Client { stream: mut writer, mut reader } = server.connect();
-    let mut first = String::new();
-    writer.write_all(b"first\n").expect("write");
-    assert!(matches!(reader.read_line(&mut first), Ok(n) if n > 0), "the server is answering");
-    // A flood of lines, so the server always has unread bytes to drain, and a
-    // reader for the answers, so the server never waits to write them.
-    let flood = std::thread::spawn(move || while writer.write_all(b"more\n").is_ok() {});
-    let answers = std::thread::spawn(move || {
+    let (echo, reader_events, events, release) = Echo::gated();
+    let server = start(Limits { drain_grace: Duration::from_millis(100), ..relaxed() }, echo);
+    let Client { mut stream, mut reader } = server.connect();
+    let reader_thread = std::thread::spawn(move || {
         let mut line = String::new();
         while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-            line.clear();
+            let _ = reader_events.send(Event::Line(std::mem::take(&mut line)));
         }
+        let _ = reader_events.send(Event::Closed);
     });
-    server.stop();
-    // Past the grace the server closed the connection: both ends see it.
-    flood.join().expect("flood thread");
-    answers.join().expect("reader thread");
+    stream.write_all(b"WAIT\n").unwrap();
+    assert_eq!(events.recv_timeout(PATIENCE), Ok(Event::Started));
+    server.shutdown.shutdown();
+    // Each round: while the handler holds one line, the next is sent, so
+    // whenever the server looks for unread bytes it finds some. Only the
+    // drain grace can end this.
+    let began = Instant::now();
+    'rounds: loop {
+        assert!(began.elapsed() < PATIENCE, "a client that keeps sending held shutdown open");
+        stream.write_all(b"WAIT\n").unwrap();
+        release.send(()).unwrap();
+        loop {
+            match events.recv_timeout(PATIENCE).expect("an event") {
+                Event::Started => continue 'rounds,
+                Event::Closed => break 'rounds,
+                Event::Line(_) => {}
+            }
+        }
+    }
+    server.stopped();
+    reader_thread.join().expect("reader thread");
 }
 
 #[test]
