@@ -13,7 +13,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_grou
 use spyctl::crypto::{BlindIndexKey, FernetKey, password};
 use spyctl::net::protocol::{self, Header, Kind};
 
-/// Plaintext sizes for Fernet, as the issue asks: tiny message to 1 MiB.
+/// Plaintext sizes for Fernet: a tiny message up to a 1 MiB one.
 const SIZES: [(usize, &str); 4] = [(64, "64B"), (1024, "1KiB"), (64 * 1024, "64KiB"), (1024 * 1024, "1MiB")];
 
 fn key() -> FernetKey {
