@@ -7,6 +7,12 @@
 //! `From` impls here are the single mapping from those variants to hints: a
 //! hint is chosen by matching a variant (or an `io::ErrorKind`), never by
 //! reading an error's text.
+//!
+//! Every error in the crate follows one rule, so a cause is printed exactly
+//! once: `Display` says what went wrong at that layer *without* the cause's
+//! text, and `source()` returns the cause. A wrapper that shows its inner
+//! error's text as its own (a transparent variant) returns the inner error's
+//! `source()` instead.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -18,7 +24,7 @@ use crate::boss::BossError;
 use crate::boss::store::StoreError;
 use crate::db::DbError;
 use crate::home::HomeError;
-use crate::net::client::{FileSendError, SendError};
+use crate::net::client::{AttemptError, FileSendError, SendError};
 use crate::net::protocol::ErrorCode;
 use crate::registry::{LoginError, RegistryError};
 
@@ -308,7 +314,7 @@ impl From<BossError> for Error {
             BossError::Home(e) => e.into(),
             BossError::Store(e) => e.into(),
             BossError::Db(e) => e.into(),
-            BossError::Listen { .. } => {
+            BossError::Listen(_) => {
                 let hint = (io_kind(&err) == Some(io::ErrorKind::AddrInUse)).then_some(Hint::PortInUse);
                 Error::from_layer(err, hint)
             }
@@ -321,6 +327,9 @@ impl From<SendError> for Error {
         let hint = match &err {
             // A Boss at its connection cap answered `busy`: it is running, so
             // "start it" would mislead.
+            SendError::Unreachable { last: AttemptError::Refused { code: ErrorCode::Busy, .. }, .. } => {
+                Some(Hint::BossBusy)
+            }
             SendError::Unreachable { .. } => Some(Hint::BossNotRunning),
             SendError::Refused { code: ErrorCode::Auth, .. } => Some(Hint::UnknownAgentOrKey),
             SendError::Refused { code: ErrorCode::Expired, .. } => Some(Hint::CheckClock),

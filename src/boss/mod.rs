@@ -7,11 +7,9 @@ pub mod inbox;
 pub mod service;
 pub mod store;
 
-use std::sync::Arc;
-
 use crate::db::DbError;
 use crate::home::{Home, HomeError};
-use crate::net::server::{Limits, Server, ShutdownHandle, Stats};
+use crate::net::server::{Limits, Server, ServerError, ShutdownHandle, Stats};
 
 pub use service::BossConfig;
 
@@ -25,7 +23,7 @@ pub enum BossError {
     /// The database could not be opened for reading.
     Db(DbError),
     /// The listening socket could not be bound.
-    Listen { addr: String, source: std::io::Error },
+    Listen(ServerError),
 }
 
 impl std::fmt::Display for BossError {
@@ -34,7 +32,7 @@ impl std::fmt::Display for BossError {
             BossError::Home(e) => e.fmt(f),
             BossError::Store(e) => e.fmt(f),
             BossError::Db(e) => e.fmt(f),
-            BossError::Listen { addr, .. } => write!(f, "cannot listen on {addr}"),
+            BossError::Listen(e) => e.fmt(f),
         }
     }
 }
@@ -46,7 +44,7 @@ impl std::error::Error for BossError {
             BossError::Home(e) => e.source(),
             BossError::Store(e) => e.source(),
             BossError::Db(e) => e.source(),
-            BossError::Listen { source, .. } => Some(source),
+            BossError::Listen(e) => e.source(),
         }
     }
 }
@@ -54,7 +52,7 @@ impl std::error::Error for BossError {
 /// A bound Boss, ready to run: listener, line handler and database writer.
 pub struct Boss {
     server: Server,
-    service: Arc<service::BossService>,
+    service: service::BossService,
     writer: store::StoreThread,
 }
 
@@ -66,9 +64,8 @@ impl Boss {
         let (store, writer) = store::start(&db_path).map_err(BossError::Store)?;
         let service =
             service::BossService::new(master, &db_path, &home.files_dir(), store, config).map_err(BossError::Db)?;
-        let server =
-            Server::bind(bind, limits).map_err(|source| BossError::Listen { addr: bind.to_string(), source })?;
-        Ok(Boss { server, service: Arc::new(service), writer })
+        let server = Server::bind(bind, limits).map_err(BossError::Listen)?;
+        Ok(Boss { server, service, writer })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -82,11 +79,16 @@ impl Boss {
     /// Serves until shut down; returns after every connection has finished and
     /// the writer has committed everything it was given.
     pub fn run(self) -> Stats {
-        let stats = self.server.run(self.service.clone());
-        // Every connection thread has ended, so this is the last handle to the
-        // store: dropping it lets the writer drain its queue and stop.
-        drop(self.service);
-        self.writer.join();
+        let Boss { server, service, writer } = self;
+        let stats = serve(server, service);
+        writer.join();
         stats
     }
+}
+
+/// Runs the server with `service` as its handler. The service is moved in, so
+/// when this returns it is gone, and with it the last handle to the store: the
+/// writer then drains its queue and stops.
+fn serve(server: Server, service: service::BossService) -> Stats {
+    server.run(&service)
 }

@@ -36,7 +36,7 @@ impl Drop for DemoHome {
 }
 
 fn fresh_home(keep: bool) -> Result<DemoHome> {
-    let nonce = protocol::random_id();
+    let nonce = crate::net::ids::random_id();
     let dir = std::env::temp_dir().join(format!("spyctl-demo-{}", &nonce[..12]));
     let home = Home::at(dir);
     home.ensure()?;
@@ -197,7 +197,7 @@ fn send_tampered(ctx: &Ctx<'_>, addr: std::net::SocketAddr) -> Result<String> {
     let gate = session::require_login(ctx)?;
     let key = gate.master.agent_wire_key(gate.agent.id);
     let plaintext = protocol::encode_message(
-        &Header { id: protocol::random_id(), kind: Kind::Text },
+        &Header { id: crate::net::ids::random_id(), kind: Kind::Text },
         b"Transfer 1M to account 666",
     );
     let mut token = key.seal(&plaintext).into_bytes();

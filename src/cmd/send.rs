@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::cli::SendArgs;
 use crate::error::{Error, Hint, Result};
 use crate::net::client::{self, ClientConfig, Delivered, Sender};
-use crate::net::protocol::{self, AckStatus, Header, Kind};
+use crate::net::ids::random_id;
+use crate::net::protocol::{AckStatus, Header, Kind};
 
 use super::Ctx;
 use super::session::{Identity, identity_key};
@@ -117,7 +118,7 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
             report(ctx, &name, &delivered, JsonStyle::Single)
         }
         Payload::Text(text) => {
-            let header = Header { id: protocol::random_id(), kind: Kind::Text };
+            let header = Header { id: random_id(), kind: Kind::Text };
             let delivered = sender.send(&header, text.as_bytes())?;
             report(ctx, "text", &delivered, JsonStyle::Single)
         }
@@ -129,7 +130,7 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let header = Header { id: protocol::random_id(), kind: Kind::Text };
+                let header = Header { id: random_id(), kind: Kind::Text };
                 let delivered = sender
                     .send(&header, line.as_bytes())
                     .map_err(|e| Error::from(e).context(format!("after {sent} message(s)")))?;

@@ -6,11 +6,13 @@
 //! fresh connection, re-sealed so it stays inside the freshness window, and
 //! the Boss stores it once (`duplicate` on the second arrival).
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use super::protocol::{self, AckStatus, ErrorCode, Header, Reply};
+use super::ids::random_id;
+use super::protocol::{self, AckStatus, ErrorCode, Header, ProtocolError, Reply};
 use crate::crypto::{FernetKey, TokenError};
 
 /// How to reach the Boss and how hard to try.
@@ -46,29 +48,128 @@ pub struct Delivered {
     pub attempts: u32,
 }
 
+/// Why a message was not delivered.
 #[derive(Debug)]
 pub enum SendError {
     /// Never got through; `last` is the final attempt's failure.
-    Unreachable { addr: String, attempts: u32, last: String },
+    Unreachable { addr: String, attempts: u32, last: AttemptError },
     /// The Boss answered `ERR` with a code a retry cannot fix.
     Refused { code: ErrorCode, text: String },
     /// The answer was not a valid ACK for this message under our key.
-    BadAck(String),
+    BadAck(AckError),
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Unreachable { addr, attempts, last } => {
-                write!(f, "cannot reach the Boss at {addr} after {attempts} attempt(s): {last}")
+            // The last failure is `source()`, printed after this by the reporter.
+            SendError::Unreachable { addr, attempts, .. } => {
+                write!(f, "cannot reach the Boss at {addr} after {attempts} attempt(s)")
             }
-            SendError::Refused { code, text } => write!(f, "the Boss refused the message ({}): {text}", code.as_str()),
-            SendError::BadAck(why) => write!(f, "the Boss's answer is not a valid acknowledgement: {why}"),
+            SendError::Refused { code, text } => write!(f, "the Boss refused the message ({code}): {text}"),
+            SendError::BadAck(_) => f.write_str("the Boss's answer is not a valid acknowledgement"),
         }
     }
 }
 
-impl std::error::Error for SendError {}
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Unreachable { last, .. } => Some(last),
+            // The code is in the text already; callers match the typed field.
+            SendError::Refused { .. } => None,
+            SendError::BadAck(why) => Some(why),
+        }
+    }
+}
+
+/// Why one attempt failed in a way a later attempt may not: kept typed so a
+/// caller can tell a Boss at its connection cap (`busy`) from no Boss at all.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// Connecting, writing or reading failed (refused, reset, timed out).
+    Io(io::Error),
+    /// The Boss answered with a retryable `ERR` (busy, internal).
+    Refused { code: ErrorCode, text: String },
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Io(e) => e.fmt(f),
+            AttemptError::Refused { code, text } => write!(f, "{code}: {text}"),
+        }
+    }
+}
+
+impl std::error::Error for AttemptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: shown with the inner error's own text.
+            AttemptError::Io(e) => e.source(),
+            AttemptError::Refused { .. } => None,
+        }
+    }
+}
+
+/// Why an answer is not a valid ACK for the message it answers.
+#[derive(Debug)]
+pub enum AckError {
+    /// The ACK token does not open under this agent's key.
+    Token(TokenError),
+    /// The reply line or the ACK's header does not follow the protocol.
+    Malformed(ProtocolError),
+    /// A valid ACK, for another message.
+    OtherMessage { expected: String, acked: String },
+}
+
+impl std::fmt::Display for AckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckError::Token(TokenError::Expired) => {
+                f.write_str("it is dated more than 60 s in the future: the Boss's clock is ahead of this machine's")
+            }
+            AckError::Token(TokenError::Invalid) => f.write_str("it is not sealed under this agent's key"),
+            AckError::Malformed(e) => e.fmt(f),
+            AckError::OtherMessage { expected, acked } => write!(f, "it acknowledges message {acked}, not {expected}"),
+        }
+    }
+}
+
+impl std::error::Error for AckError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Both are shown in their own words above, so what lies below them follows.
+            AckError::Token(e) => e.source(),
+            AckError::Malformed(e) => e.source(),
+            AckError::OtherMessage { .. } => None,
+        }
+    }
+}
+
+/// A message queued for sending: its header, the plaintext to seal (sealed
+/// afresh on every write, so a resend stays inside the freshness window).
+struct Outgoing {
+    header: Header,
+    plaintext: Vec<u8>,
+    body_len: usize,
+}
+
+/// Messages sent and not yet acknowledged, oldest first. The Boss answers in
+/// order, so each reply belongs to the front one.
+#[derive(Default)]
+struct InFlight {
+    queue: VecDeque<Outgoing>,
+    /// How many of `queue` went out on the current connection.
+    written: usize,
+}
+
+impl InFlight {
+    fn push(&mut self, header: Header, body: &[u8]) {
+        let plaintext = protocol::encode_message(&header, body);
+        self.queue.push_back(Outgoing { header, plaintext, body_len: body.len() });
+    }
+}
 
 /// One agent's connection to the Boss, reused across messages.
 pub struct Sender<'k> {
@@ -83,68 +184,131 @@ impl<'k> Sender<'k> {
         Sender { config, agent_id, key, conn: None }
     }
 
-    /// Sends one message and waits until the Boss has stored it (a stream of
-    /// one: the same retries, re-sealing and ACK checks).
+    /// Sends one message and waits until the Boss has stored it.
     pub fn send(&mut self, header: &Header, body: &[u8]) -> Result<Delivered, SendError> {
-        let mut message = Some((header.clone(), body.to_vec()));
-        match self.send_stream(1, || Ok::<_, std::convert::Infallible>(message.take()), |_, _, _| {}) {
-            Ok(Some(delivered)) => Ok(delivered),
-            Ok(None) => Err(SendError::BadAck("no answer was received".into())),
-            Err(StreamError::Send(e)) => Err(e),
-            Err(StreamError::Source(never)) => match never {},
+        let mut in_flight = InFlight::default();
+        in_flight.push(header.clone(), body);
+        self.next_ack(&mut in_flight).map(|(_, delivered)| delivered)
+    }
+
+    /// Sends a stream of messages with up to `window` in flight on one
+    /// connection (the Boss answers in order), so sealing, the network and the
+    /// Boss's fsync overlap. `delivered` is told of each ACK in order, with
+    /// the message's header and body length. Returns the last ACK, or `None`
+    /// if `messages` yielded nothing. On a lost connection or a retryable
+    /// `ERR`, every unacknowledged message is resent, re-sealed, with its id.
+    pub fn send_stream<E>(
+        &mut self,
+        window: usize,
+        messages: impl IntoIterator<Item = Result<(Header, Vec<u8>), E>>,
+        mut delivered: impl FnMut(&Header, usize, &Delivered),
+    ) -> Result<Option<Delivered>, StreamError<E>> {
+        let mut messages = messages.into_iter().fuse();
+        let mut in_flight = InFlight::default();
+        let mut last = None;
+        loop {
+            while in_flight.queue.len() < window.max(1) {
+                let Some(message) = messages.next() else { break };
+                let (header, body) = message.map_err(StreamError::Source)?;
+                in_flight.push(header, &body);
+            }
+            if in_flight.queue.is_empty() {
+                return Ok(last);
+            }
+            let (done, ack) = self.next_ack(&mut in_flight).map_err(StreamError::Send)?;
+            delivered(&done.header, done.body_len, &ack);
+            last = Some(ack);
         }
+    }
+
+    /// Gets the front message acknowledged: writes whatever this connection
+    /// has not carried yet and reads one reply. A failure a retry may fix
+    /// (lost connection, timeout, retryable `ERR`) starts over on a fresh
+    /// connection with everything in flight, after a doubling backoff, up to
+    /// the configured attempts.
+    fn next_ack(&mut self, in_flight: &mut InFlight) -> Result<(Outgoing, Delivered), SendError> {
+        let mut attempt = 1u32;
+        let mut backoff = self.config.backoff;
+        loop {
+            let failure = match self.exchange(in_flight) {
+                Err(e) => AttemptError::Io(e),
+                Ok(reply) => match protocol::parse_reply(&reply) {
+                    Ok(Reply::Ack { token }) => {
+                        let done = in_flight.queue.pop_front().expect("a reply answers a message in flight");
+                        in_flight.written -= 1;
+                        let ack = self.verify_ack(&done.header.id, token)?;
+                        return Ok((done, Delivered { attempts: attempt, ..ack }));
+                    }
+                    Ok(Reply::Err { code, text }) if code.is_retryable() => AttemptError::Refused { code, text },
+                    Ok(Reply::Err { code, text }) => return Err(SendError::Refused { code, text }),
+                    Err(e) => return Err(SendError::BadAck(AckError::Malformed(e))),
+                },
+            };
+            self.conn = None;
+            in_flight.written = 0;
+            if attempt >= self.config.attempts.max(1) {
+                return Err(SendError::Unreachable {
+                    addr: self.config.addr.clone(),
+                    attempts: attempt,
+                    last: failure,
+                });
+            }
+            tracing::debug!(attempt, error = %failure, in_flight = in_flight.queue.len(), "interrupted; resending");
+            attempt += 1;
+            std::thread::sleep(backoff);
+            backoff = backoff.saturating_mul(2);
+        }
+    }
+
+    /// One exchange: writes each message in flight this connection has not
+    /// carried (sealed now), then reads the next reply line.
+    fn exchange(&mut self, in_flight: &mut InFlight) -> io::Result<Vec<u8>> {
+        for item in in_flight.queue.iter().skip(in_flight.written) {
+            let line = protocol::format_request(self.agent_id, &self.key.seal(&item.plaintext));
+            // Behind unanswered requests, bytes waiting on the socket are
+            // their replies, so the reuse check applies to the first only.
+            self.write_line(line.as_bytes(), in_flight.written == 0)?;
+            in_flight.written += 1;
+        }
+        self.read_reply()
     }
 
     fn verify_ack(&self, id: &str, token: &[u8]) -> Result<Delivered, SendError> {
         // No TTL: the ACK must echo this message's fresh random id, so an old
         // ACK cannot stand in for it, and the Boss's clock need not match ours.
-        let opened = self.key.open(token, None).map_err(|e| match e {
-            TokenError::Expired => SendError::BadAck(
-                "it is dated more than 60 s in the future: the Boss's clock is ahead of this machine's".into(),
-            ),
-            TokenError::Invalid => SendError::BadAck("it is not sealed under this agent's key".into()),
-        })?;
-        let (header, reply) = protocol::decode_ack(&opened.plaintext).map_err(|e| SendError::BadAck(e.0))?;
+        let opened = self.key.open(token, None).map_err(|e| SendError::BadAck(AckError::Token(e)))?;
+        let (header, reply) =
+            protocol::decode_ack(&opened.plaintext).map_err(|e| SendError::BadAck(AckError::Malformed(e)))?;
         if header.id != id {
-            return Err(SendError::BadAck(format!("it acknowledges message {}, not {id}", header.id)));
+            return Err(SendError::BadAck(AckError::OtherMessage { expected: id.to_string(), acked: header.id }));
         }
         Ok(Delivered { status: header.status, reply, attempts: 1 })
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = self.config.addr.to_socket_addrs()?.collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{} resolves to no address", self.config.addr));
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, self.config.timeout) {
-                Ok(s) => {
-                    s.set_nodelay(true)?;
-                    s.set_read_timeout(Some(self.config.timeout))?;
-                    s.set_write_timeout(Some(self.config.timeout))?;
-                    return Ok(s);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        super::try_each_address(self.config.addr.as_str(), |addr| {
+            let s = TcpStream::connect_timeout(&addr, self.config.timeout)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(self.config.timeout))?;
+            s.set_write_timeout(Some(self.config.timeout))?;
+            Ok(s)
+        })
     }
 
-    /// Writes one request line on an idle connection, connecting first if needed.
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.conn.as_ref().is_some_and(|c| !is_reusable(c)) {
+    /// Writes one request line, connecting first if needed. `first` says no
+    /// earlier request on this connection awaits its answer, so anything
+    /// already waiting on a kept connection is unsolicited.
+    fn write_line(&mut self, line: &[u8], first: bool) -> io::Result<()> {
+        if first && self.conn.as_ref().is_some_and(|c| !is_reusable(c)) {
             // The Boss closed the kept connection (idle timeout, shutdown); its
             // goodbye line is not the answer to this request: start afresh.
             self.conn = None;
         }
-        self.write_pipelined(line)
-    }
-
-    /// Writes one request line behind others still awaiting their answers
-    /// (whose replies may already be waiting, so no reuse check).
-    fn write_pipelined(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.conn.is_none() {
-            self.conn = Some(BufReader::new(self.connect()?));
-        }
-        self.conn.as_mut().expect("connected above").get_mut().write_all(line)
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => BufReader::new(self.connect()?),
+        };
+        self.conn.insert(conn).get_mut().write_all(line)
     }
 
     /// Reads the next reply line on the current connection.
@@ -157,88 +321,6 @@ impl<'k> Sender<'k> {
         }
         Ok(reply)
     }
-
-    /// Sends a stream of messages with up to `window` in flight on one
-    /// connection (the Boss answers in order), so sealing, the network and the
-    /// Boss's fsync overlap. `next` yields messages until `None`; `delivered`
-    /// is told of each ACK in order. On a lost connection or a retryable
-    /// `ERR`, every unacknowledged message is resent, re-sealed, with its id.
-    pub fn send_stream<E>(
-        &mut self,
-        window: usize,
-        mut next: impl FnMut() -> Result<Option<(Header, Vec<u8>)>, E>,
-        mut delivered: impl FnMut(&Header, usize, &Delivered),
-    ) -> Result<Option<Delivered>, StreamError<E>> {
-        struct InFlight {
-            header: Header,
-            plaintext: Vec<u8>,
-            body_len: usize,
-        }
-        let window = window.max(1);
-        let mut pending: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
-        let mut written = 0usize; // how many of `pending` went out on this connection
-        let mut exhausted = false;
-        let mut last_ack = None;
-        let mut attempt = 1u32;
-        let mut backoff = self.config.backoff;
-        loop {
-            while !exhausted && pending.len() < window {
-                match next().map_err(StreamError::Source)? {
-                    Some((header, body)) => {
-                        let plaintext = protocol::encode_message(&header, &body);
-                        pending.push_back(InFlight { header, plaintext, body_len: body.len() });
-                    }
-                    None => exhausted = true,
-                }
-            }
-            let Some(front) = pending.front() else { return Ok(last_ack) };
-            let front_id = front.header.id.clone();
-            let outcome = (|| -> io::Result<Vec<u8>> {
-                for item in pending.iter().skip(written) {
-                    let line = protocol::format_request(self.agent_id, &self.key.seal(&item.plaintext));
-                    if written == 0 {
-                        self.write_line(line.as_bytes())?;
-                    } else {
-                        self.write_pipelined(line.as_bytes())?;
-                    }
-                    written += 1;
-                }
-                self.read_reply()
-            })();
-            let retry_reason = match outcome {
-                Err(e) => e.to_string(),
-                Ok(reply) => match protocol::parse_reply(&reply) {
-                    Ok(Reply::Ack { token }) => {
-                        let ack = self.verify_ack(&front_id, token).map_err(StreamError::Send)?;
-                        let done = pending.pop_front().expect("front exists");
-                        written -= 1;
-                        delivered(&done.header, done.body_len, &ack);
-                        last_ack = Some(Delivered { attempts: attempt, ..ack });
-                        attempt = 1;
-                        backoff = self.config.backoff;
-                        continue;
-                    }
-                    Ok(Reply::Err { code, text }) if code.is_retryable() => format!("{}: {text}", code.as_str()),
-                    Ok(Reply::Err { code, text }) => return Err(StreamError::Send(SendError::Refused { code, text })),
-                    Err(e) => return Err(StreamError::Send(SendError::BadAck(e.0))),
-                },
-            };
-            // Start over on a fresh connection with everything unacknowledged.
-            self.conn = None;
-            written = 0;
-            if attempt >= self.config.attempts.max(1) {
-                return Err(StreamError::Send(SendError::Unreachable {
-                    addr: self.config.addr.clone(),
-                    attempts: attempt,
-                    last: retry_reason,
-                }));
-            }
-            tracing::debug!(attempt, error = %retry_reason, in_flight = pending.len(), "stream interrupted; resending");
-            attempt += 1;
-            std::thread::sleep(backoff);
-            backoff = backoff.saturating_mul(2);
-        }
-    }
 }
 
 /// Why a stream of messages stopped.
@@ -249,19 +331,40 @@ pub enum StreamError<E> {
     Send(SendError),
 }
 
+impl<E: std::fmt::Display> std::fmt::Display for StreamError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Source(e) => e.fmt(f),
+            StreamError::Send(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Transparent: each variant's message is its inner error's, so its cause
+/// is the inner error's cause.
+impl<E: std::error::Error> std::error::Error for StreamError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StreamError::Source(e) => e.source(),
+            StreamError::Send(e) => e.source(),
+        }
+    }
+}
+
+/// A stream whose source cannot fail can only fail sending.
+impl From<StreamError<std::convert::Infallible>> for SendError {
+    fn from(e: StreamError<std::convert::Infallible>) -> SendError {
+        match e {
+            StreamError::Source(never) => match never {},
+            StreamError::Send(e) => e,
+        }
+    }
+}
+
 /// Whether a kept connection can carry another request: nothing unsolicited
 /// is waiting on it (that would be the Boss's goodbye) and it is not closed.
 fn is_reusable(conn: &BufReader<TcpStream>) -> bool {
-    if !conn.buffer().is_empty() {
-        return false;
-    }
-    let stream = conn.get_ref();
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let mut probe = [0u8; 1];
-    let quiet = matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-    stream.set_nonblocking(false).is_ok() && quiet
+    conn.buffer().is_empty() && super::peek_unread(conn.get_ref()) == super::Unread::Nothing
 }
 
 /// Why a file could not be sent.
@@ -274,13 +377,21 @@ pub enum FileSendError {
 impl std::fmt::Display for FileSendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FileSendError::Read(e) => write!(f, "cannot read the file: {e}"),
+            FileSendError::Read(_) => f.write_str("cannot read the file"),
             FileSendError::Send(e) => e.fmt(f),
         }
     }
 }
 
-impl std::error::Error for FileSendError {}
+impl std::error::Error for FileSendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FileSendError::Read(e) => Some(e),
+            // Transparent: the message is the send error's own.
+            FileSendError::Send(e) => e.source(),
+        }
+    }
+}
 
 /// Chunks kept in flight by [`send_file`]: enough to overlap sealing, the
 /// network and the Boss's per-chunk fsync, little enough memory (4 x 512 KiB).
@@ -299,11 +410,11 @@ pub fn send_file(
     use sha2::{Digest, Sha256};
     let mut file = std::fs::File::open(path).map_err(FileSendError::Read)?;
     let size = file.metadata().map_err(FileSendError::Read)?.len();
-    let file_id = protocol::random_id();
+    let file_id = random_id();
     let mut hasher = Some(Sha256::new());
     let mut read_to = 0u64;
     let mut acked = 0u64;
-    let next_chunk = || -> Result<Option<(Header, Vec<u8>)>, io::Error> {
+    let mut next_chunk = || -> Result<Option<(Header, Vec<u8>)>, io::Error> {
         // An empty file is one empty chunk; otherwise stop once all is read.
         let Some(running) = hasher.as_mut() else { return Ok(None) };
         let want = (size - read_to).min(protocol::CHUNK_BYTES as u64) as usize;
@@ -315,7 +426,7 @@ pub fn send_file(
         read_to += want as u64;
         let sha256 = if read_to == size { hasher.take().map(|h| hex::encode(h.finalize())) } else { None };
         let header = Header {
-            id: protocol::random_id(),
+            id: random_id(),
             kind: protocol::Kind::FileChunk(protocol::FileChunk {
                 file_id: file_id.clone(),
                 name: name.to_string(),
@@ -326,8 +437,9 @@ pub fn send_file(
         };
         Ok(Some((header, chunk)))
     };
+    let chunks = std::iter::from_fn(|| next_chunk().transpose());
     let last = sender
-        .send_stream(FILE_WINDOW, next_chunk, |_, len, _| {
+        .send_stream(FILE_WINDOW, chunks, |_, len, _| {
             acked += len as u64;
             progress(acked, size);
         })

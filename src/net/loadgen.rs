@@ -13,8 +13,9 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use super::client::{ClientConfig, Sender};
-use super::protocol::{self, AckStatus, Header, Kind};
+use super::client::{ClientConfig, SendError, Sender};
+use super::ids::random_id;
+use super::protocol::{AckStatus, Header, Kind};
 use crate::crypto::FernetKey;
 
 /// How senders use connections.
@@ -163,10 +164,9 @@ pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn
                 let count = share(config.messages, senders, i);
                 scope.spawn(move || {
                     start_line.wait();
-                    if config.mode == Mode::Persistent && config.pipeline > 1 {
-                        send_pipelined(client, agent_id, key, config.pipeline, count, body, on_ack)
-                    } else {
-                        send_many(client, agent_id, key, config.mode, count, body, on_ack)
+                    match config.mode {
+                        Mode::Persistent => send_pipelined(client, agent_id, key, config.pipeline, count, body, on_ack),
+                        Mode::PerMessage => send_per_message(client, agent_id, key, count, body, on_ack),
                     }
                 })
             })
@@ -202,9 +202,10 @@ pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn
     report
 }
 
-/// One persistent connection with up to `window` messages in flight. A
-/// message's latency runs from when it is queued (just before it is sealed
-/// and written) to its verified ACK, as in [`send_many`].
+/// One persistent connection with up to `window` messages in flight (1:
+/// each message waits for the previous ACK). A message's latency runs from
+/// when it is queued (just before it is sealed and written) to its verified
+/// ACK, as in [`send_per_message`].
 fn send_pipelined(
     client: ClientConfig,
     agent_id: i64,
@@ -216,18 +217,13 @@ fn send_pipelined(
 ) -> Tally {
     let mut tally = Tally { latencies: Vec::with_capacity(count.min(1_000_000) as usize), ..Tally::default() };
     let mut sender = Sender::new(client, agent_id, key);
-    let mut queued = 0u64;
     let mut started: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
-    let next = || -> Result<Option<(Header, Vec<u8>)>, std::convert::Infallible> {
-        if queued == count {
-            return Ok(None);
-        }
-        queued += 1;
+    let messages = (0..count).map(|_| {
         started.push_back(Instant::now());
-        Ok(Some((Header { id: protocol::random_id(), kind: Kind::Text }, body.to_vec())))
-    };
+        Ok::<_, std::convert::Infallible>((Header { id: random_id(), kind: Kind::Text }, body.to_vec()))
+    });
     let mut acked: Vec<(Instant, AckStatus)> = Vec::with_capacity(count.min(1_000_000) as usize);
-    let result = sender.send_stream(window, next, |_, _, delivered| {
+    let result = sender.send_stream(window, messages, |_, _, delivered| {
         acked.push((Instant::now(), delivered.status));
         on_ack();
     });
@@ -238,33 +234,26 @@ fn send_pipelined(
     }
     if let Err(e) = result {
         tally.failed += 1;
-        tally.first_error = Some(match e {
-            super::client::StreamError::Send(e) => e.to_string(),
-            super::client::StreamError::Source(never) => match never {},
-        });
+        tally.first_error = Some(SendError::from(e).to_string());
     }
     tally
 }
 
-fn send_many(
+/// A fresh connection for every message: connect, send, ACK, close.
+fn send_per_message(
     client: ClientConfig,
     agent_id: i64,
     key: &FernetKey,
-    mode: Mode,
     count: u64,
     body: &[u8],
     on_ack: &(dyn Fn() + Sync),
 ) -> Tally {
     let mut tally = Tally { latencies: Vec::with_capacity(count.min(1_000_000) as usize), ..Tally::default() };
-    let mut persistent = Sender::new(client.clone(), agent_id, key);
     for _ in 0..count {
-        let header = Header { id: protocol::random_id(), kind: Kind::Text };
+        let header = Header { id: random_id(), kind: Kind::Text };
         let began = Instant::now();
-        let result = match mode {
-            Mode::Persistent => persistent.send(&header, body),
-            // Dropping the Sender closes its connection after the ACK.
-            Mode::PerMessage => Sender::new(client.clone(), agent_id, key).send(&header, body),
-        };
+        // Dropping the Sender closes its connection after the ACK.
+        let result = Sender::new(client.clone(), agent_id, key).send(&header, body);
         let took = began.elapsed();
         match result {
             Ok(delivered) => {

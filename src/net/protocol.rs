@@ -74,6 +74,16 @@ impl ErrorCode {
     }
 }
 
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The code of the Boss's refusal is the typed cause client errors keep, so
+/// callers can match on it (and reach it through `source()`).
+impl std::error::Error for ErrorCode {}
+
 /// A line that does not follow the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError(pub String);
@@ -370,20 +380,10 @@ pub fn decode_ack(plaintext: &[u8]) -> Result<(AckHeader, String), ProtocolError
     Ok((header, reply))
 }
 
-/// A fresh id (128 bits, hex) for messages and files, unique and unguessable.
-///
-/// Laid out like a UUIDv7: 48 bits of Unix milliseconds, then 80 random bits.
-/// Ids made close in time sort close together, so the Boss's unique index on
-/// (agent, message id) grows at its right edge instead of touching a random
-/// page per message: fewer pages written per group commit.
-pub fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    let millis =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    getrandom::fill(&mut bytes[6..]).expect("the operating system's random number generator failed");
-    hex::encode(bytes)
-}
+/// Moved to [`super::ids`] (it reads the OS random number generator, which
+/// this pure module does not); still reachable here for callers outside
+/// `net` that have not switched yet.
+pub use super::ids::random_id;
 
 #[cfg(test)]
 mod tests {
@@ -437,16 +437,16 @@ mod tests {
 
     #[test]
     fn header_round_trip_text_and_file() {
-        let text = Header { id: random_id(), kind: Kind::Text };
+        let text = Header { id: "0190a1b2c3d4e5f60718293a4b5c6d7e".into(), kind: Kind::Text };
         let encoded = encode_message(&text, "hello\nworld".as_bytes());
         let (h, body) = decode_message(&encoded).expect("decodes");
         assert_eq!(h, text);
         assert_eq!(body, b"hello\nworld");
 
         let chunk = Header {
-            id: random_id(),
+            id: "m-2".into(),
             kind: Kind::FileChunk(FileChunk {
-                file_id: random_id(),
+                file_id: "f_1".into(),
                 name: "report.pdf".into(),
                 offset: 10,
                 size: 13,

@@ -10,13 +10,13 @@
 //! cannot pin a thread), and a length cap checked before the buffer grows. Each
 //! line goes to a [`LineHandler`]; its answer is written back. Shutdown stops
 //! the accept loop, lets every connection finish the line it is on, and waits
-//! for the threads.
+//! for the threads: they run inside [`std::thread::scope`], so they borrow the
+//! handler and cannot outlive [`Server::run`].
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::protocol::{self, ErrorCode};
@@ -31,6 +31,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Longest time from a line's first byte to its newline.
     pub line_deadline: Duration,
+    /// How often blocked reads wake to check for shutdown.
+    pub poll: Duration,
+    /// After shutdown starts, how long a connection may keep sending lines
+    /// that were already on their way before it is closed.
+    pub drain_grace: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +45,8 @@ impl Default for Limits {
             max_line_bytes: protocol::MAX_LINE_BYTES,
             idle_timeout: Duration::from_secs(60),
             line_deadline: Duration::from_secs(10),
+            poll: Duration::from_millis(200),
+            drain_grace: Duration::from_secs(5),
         }
     }
 }
@@ -64,7 +71,8 @@ pub struct Answer {
 
 /// Answers lines. Implementations must not panic on any input; a panic is
 /// caught, logged, answered with `ERR internal` and the connection closed.
-pub trait LineHandler: Send + Sync + 'static {
+/// `Sync` because every connection thread borrows the one handler.
+pub trait LineHandler: Sync {
     /// `line` excludes the `\n`.
     fn handle(&self, line: &[u8], peer: &Peer) -> Answer;
 
@@ -79,11 +87,6 @@ pub trait LineHandler: Send + Sync + 'static {
 /// Most pipelined lines answered together.
 const MAX_BATCH_LINES: usize = 64;
 
-/// How often blocked reads wake to check for shutdown.
-const POLL: Duration = Duration::from_millis(200);
-/// After shutdown starts, how long a connection may keep sending lines that
-/// were already on their way before it is closed.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Stack for connection threads: they hold little on the stack, and hundreds
 /// of idle connections should cost little memory.
 const CONNECTION_STACK: usize = 256 * 1024;
@@ -116,6 +119,31 @@ impl ShutdownHandle {
     }
 }
 
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// No address `addr` resolves to could be bound and listened on; `source`
+    /// is the last address's failure (e.g. [`io::ErrorKind::AddrInUse`]).
+    Bind { addr: String, source: io::Error },
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The cause is `source()`, printed after this by whoever reports it.
+            ServerError::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Bind { source, .. } => Some(source),
+        }
+    }
+}
+
 /// Counters for the end-of-run log line.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -125,9 +153,9 @@ pub struct Stats {
 }
 
 impl Server {
-    pub fn bind(addr: impl ToSocketAddrs, limits: Limits) -> io::Result<Server> {
-        let listener = listen(addr, limits.max_connections)?;
-        let local_addr = listener.local_addr()?;
+    pub fn bind(addr: impl ToSocketAddrs + std::fmt::Display, limits: Limits) -> Result<Server, ServerError> {
+        let bound = listen(&addr, limits.max_connections).and_then(|l| Ok((l.local_addr()?, l)));
+        let (local_addr, listener) = bound.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
         Ok(Server { listener, limits, stop: Arc::new(AtomicBool::new(false)), local_addr })
     }
 
@@ -148,64 +176,62 @@ impl Server {
     }
 
     /// Serves until shut down, then waits for every connection to finish.
-    pub fn run<H: LineHandler>(self, handler: Arc<H>) -> Stats {
-        let stats = Arc::new(Stats::default());
-        let live = Arc::new(AtomicUsize::new(0));
-        let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        let mut next_id = 0u64;
-        for incoming in self.listener.incoming() {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let stream = match incoming {
-                Ok(s) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    std::thread::sleep(Duration::from_millis(50));
+    pub fn run<H: LineHandler>(self, handler: &H) -> Stats {
+        let stats = Stats::default();
+        let live = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let mut next_id = 0u64;
+            for incoming in self.listener.incoming() {
+                if self.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let stream = match incoming {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                next_id += 1;
+                let addr = stream.peer_addr().unwrap_or(self.local_addr);
+                let peer = Peer { id: next_id, addr };
+                if live.load(Ordering::SeqCst) >= self.limits.max_connections {
+                    stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(conn = peer.id, %addr, "refused: too many connections");
+                    refuse_busy(stream);
                     continue;
                 }
-            };
-            threads.retain(|t| !t.is_finished());
-            next_id += 1;
-            let addr = stream.peer_addr().unwrap_or(self.local_addr);
-            let peer = Peer { id: next_id, addr };
-            if live.load(Ordering::SeqCst) >= self.limits.max_connections {
-                stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(conn = peer.id, %addr, "refused: too many connections");
-                refuse_busy(stream);
-                continue;
-            }
-            live.fetch_add(1, Ordering::SeqCst);
-            stats.connections.fetch_add(1, Ordering::Relaxed);
-            let ctx = Connection {
-                stream,
-                peer,
-                limits: self.limits.clone(),
-                stop: self.stop.clone(),
-                live: live.clone(),
-                stats: stats.clone(),
-                stopping_since: None,
-                idle_since: Instant::now(),
-            };
-            let handler = handler.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("conn-{next_id}"))
-                .stack_size(CONNECTION_STACK)
-                .spawn(move || ctx.serve(&*handler));
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
+                live.fetch_add(1, Ordering::SeqCst);
+                stats.connections.fetch_add(1, Ordering::Relaxed);
+                let conn = Connection {
+                    stream,
+                    peer,
+                    limits: &self.limits,
+                    stop: &self.stop,
+                    live: &live,
+                    stats: &stats,
+                    stopping_since: None,
+                    idle_since: Instant::now(),
+                };
+                let spawned = std::thread::Builder::new()
+                    .name(format!("conn-{next_id}"))
+                    .stack_size(CONNECTION_STACK)
+                    .spawn_scoped(scope, move || {
+                        // A bug outside the handler (whose panics are answered
+                        // in `serve`) ends this connection, never the server
+                        // or its shutdown.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.serve(handler)));
+                    });
+                if let Err(e) = spawned {
                     // The closure (and its live-count guard) was dropped with the error.
                     tracing::error!(error = %e, "cannot start a connection thread");
                 }
             }
-        }
-        tracing::info!(open = live.load(Ordering::SeqCst), "stopped accepting; finishing open connections");
-        for t in threads {
-            let _ = t.join();
-        }
-        Arc::try_unwrap(stats).unwrap_or_default()
+            tracing::info!(open = live.load(Ordering::SeqCst), "stopped accepting; finishing open connections");
+        });
+        stats
     }
 }
 
@@ -216,21 +242,13 @@ impl Server {
 fn listen(addr: impl ToSocketAddrs, max_connections: usize) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let backlog = i32::try_from(max_connections.max(128)).unwrap_or(i32::MAX);
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing");
-    for addr in addr.to_socket_addrs()? {
-        let attempt = (|| {
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(backlog)?;
-            Ok(TcpListener::from(socket))
-        })();
-        match attempt {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+    super::try_each_address(addr, |addr| {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(backlog)?;
+        Ok(TcpListener::from(socket))
+    })
 }
 
 fn refuse_busy(mut stream: TcpStream) {
@@ -240,20 +258,22 @@ fn refuse_busy(mut stream: TcpStream) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-struct Connection {
+/// One connection's thread state, borrowing the server's shared parts.
+struct Connection<'s> {
     stream: TcpStream,
     peer: Peer,
-    limits: Limits,
-    stop: Arc<AtomicBool>,
-    live: Arc<AtomicUsize>,
-    stats: Arc<Stats>,
+    limits: &'s Limits,
+    stop: &'s AtomicBool,
+    /// Counts live connections; this one's share is given back on drop.
+    live: &'s AtomicUsize,
+    stats: &'s Stats,
     /// When this connection first saw the stop flag.
     stopping_since: Option<Instant>,
     /// The connection's start or its last accepted line: the idle timer's origin.
     idle_since: Instant,
 }
 
-impl Drop for Connection {
+impl Drop for Connection<'_> {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::SeqCst);
     }
@@ -269,7 +289,7 @@ enum ReadEnd {
     Failed(io::Error),
 }
 
-impl Connection {
+impl Connection<'_> {
     fn serve<H: LineHandler + ?Sized>(mut self, handler: &H) {
         tracing::debug!(conn = self.peer.id, addr = %self.peer.addr, "connected");
         let _ = self.stream.set_nodelay(true);
@@ -345,16 +365,6 @@ impl Connection {
         }
     }
 
-    /// Whether the peer has sent bytes this connection has not read yet.
-    fn has_unread_bytes(&self) -> bool {
-        if self.stream.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let unread = matches!(self.stream.peek(&mut [0u8; 1]), Ok(n) if n > 0);
-        let _ = self.stream.set_nonblocking(false);
-        unread
-    }
-
     /// Reads until `buf` holds a whole line; returns its length including `\n`.
     /// Bytes after the newline stay in `buf` for the next call (pipelining).
     fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadEnd> {
@@ -381,10 +391,11 @@ impl Connection {
                     // Stopping: bytes that already reached us are a request in
                     // flight and get finished; only a quiet connection closes now.
                     // A client that keeps sending cannot hold shutdown open:
-                    // after DRAIN_GRACE the connection closes regardless.
+                    // after the drain grace the connection closes regardless.
                     if self.stop.load(Ordering::SeqCst) {
                         let since = *self.stopping_since.get_or_insert_with(Instant::now);
-                        if !self.has_unread_bytes() || since.elapsed() > DRAIN_GRACE {
+                        let unread = super::peek_unread(&self.stream) == super::Unread::Bytes;
+                        if !unread || since.elapsed() > self.limits.drain_grace {
                             return Err(ReadEnd::Stopping);
                         }
                     }
@@ -392,7 +403,7 @@ impl Connection {
                 }
                 Some(start) => self.limits.line_deadline.checked_sub(start.elapsed()).ok_or(ReadEnd::Deadline)?,
             };
-            let wait = remaining.min(POLL).max(Duration::from_millis(1));
+            let wait = remaining.min(self.limits.poll).max(Duration::from_millis(1));
             let _ = self.stream.set_read_timeout(Some(wait));
             // Never read past the cap: the buffer grows at most to max bytes.
             // Reads start at 4 KiB and double with the line up to 64 KiB, so a
