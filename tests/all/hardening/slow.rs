@@ -176,6 +176,6 @@ fn slow_clients_do_not_delay_a_normal_sender() {
         closed_at.first().unwrap().as_secs_f64(),
         closed_at.last().unwrap().as_secs_f64(),
     ));
-    // The one timing requirement, measured above; generous on a shared 2-core machine.
+    // The one timing requirement, measured above; generous on a shared 2-core machine.
     assert!(worst < Duration::from_secs(1), "a normal sender's ACK took {worst:?} with {slow} slow clients");
 }
