@@ -18,6 +18,7 @@ pub mod net;
 pub mod output;
 pub mod progress;
 pub mod registry;
+pub mod stats;
 
 pub use error::{Error, Result};
 

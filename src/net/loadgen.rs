@@ -92,12 +92,9 @@ impl LoadReport {
 }
 
 /// The nearest-rank percentile (`p` in 0..=100) of sorted samples; 0 if none.
+/// The definition lives in [`crate::stats::percentile`], shared with the tests.
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    crate::stats::percentile(sorted, p)
 }
 
 /// Summarises latencies (any order; sorted in place).

@@ -497,3 +497,7 @@ mod tests {
         assert_eq!(reply, "seen it");
     }
 }
+
+#[cfg(test)]
+#[path = "protocol_properties.rs"]
+mod properties;

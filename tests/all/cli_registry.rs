@@ -1,4 +1,4 @@
-//! The agent registry end to end (issue 3): `db init`, `db query`, `agent add`,
+//! The agent registry end to end: `db init`, `db query`, `agent add`,
 //! `agent list`, `login`/`logout`/`whoami` and the roles, each through the real
 //! `spyctl` binary in a temporary home. The database is checked directly with
 //! rusqlite where "nothing changed" or "only this changed" must be proved.
@@ -10,25 +10,21 @@ use std::process::Output;
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::support::{DIRECTOR, FIELD_AGENT, HANDLER, SAMPLES, TestHome, fails, ok, stderr, stdout};
-
-/// The sample agents' levels, written down here independently of the
-/// implementation: 1-2 field agent, 3 handler, 4-5 director.
-const LEVELS: &[(&str, i64)] = &[
-    ("Ethan Hunt", 5),
-    ("Natasha Romanoff", 4),
-    ("George Smiley", 3),
-    ("Emma Peel", 3),
-    ("Harry Palmer", 2),
-    ("Jason Bourne", 2),
-    ("Maxwell Smart", 1),
-    ("Boris Grishenko", 1),
-];
+use crate::support::{
+    DEMO_DELETED, DEMO_NEW_ALIAS, DEMO_PROMOTED, DIRECTOR, FIELD_AGENT, HANDLER, SAMPLE_AGENTS, SampleAgent, TestHome,
+    fails, ok, sample_at, sample_named, stderr, stdout,
+};
 
 /// The demo script deletes this agent and promotes the other.
-const DELETED: &str = "Boris Grishenko";
-const PROMOTED: &str = "Harry Palmer";
-const PROMOTED_ALIAS: &str = "Harry the Handler";
+const DELETED: &str = DEMO_DELETED;
+const PROMOTED: &str = DEMO_PROMOTED;
+const PROMOTED_ALIAS: &str = DEMO_NEW_ALIAS;
+
+/// A director below the top level, and a second handler.
+const DEPUTY: &SampleAgent = sample_at(4, "");
+const SECOND_HANDLER: &SampleAgent = sample_at(3, HANDLER.name);
+/// A director-only agent (the lowest level).
+const LOWEST: &SampleAgent = sample_at(1, DELETED);
 
 /// An agent the tests add.
 const NEW_AGENT: (&str, &str, &str) = ("Felix Leiter", "Langley Liaison", "cia-liaison-1962");
@@ -112,7 +108,7 @@ fn names_of(agents: &[Value]) -> BTreeSet<String> {
 
 /// Sample names at or below `level`.
 fn names_up_to(level: i64) -> BTreeSet<String> {
-    LEVELS.iter().filter(|(_, l)| *l <= level).map(|(n, _)| n.to_string()).collect()
+    SAMPLE_AGENTS.iter().filter(|a| i64::from(a.level) <= level).map(|a| a.name.to_string()).collect()
 }
 
 /// Decrypted rows from an ad-hoc `db query --sql ... --json`: column -> value.
@@ -145,7 +141,7 @@ fn mode(path: &std::path::Path) -> u32 {
 fn db_init_prints_every_sample_decrypted_and_refuses_to_run_twice() {
     let home = TestHome::new();
     let out = ok(home.run(&["db", "init"]));
-    for (name, alias, _) in SAMPLES {
+    for &SampleAgent { name, alias, .. } in SAMPLE_AGENTS {
         assert!(out.contains(name), "db init does not show {name}:\n{out}");
         assert!(out.contains(alias), "db init does not show {alias}:\n{out}");
     }
@@ -188,7 +184,7 @@ fn db_init_raw_shows_ciphertext() {
     let start = out.find("SELECT * FROM Agents").expect("the SELECT is printed");
     let end = start + out[start..].find("(8 rows)").expect("8 rows shown");
     let rows = &out[start..end];
-    for (name, alias, password) in SAMPLES {
+    for &SampleAgent { name, alias, password, .. } in SAMPLE_AGENTS {
         for needle in [name, alias, password] {
             assert!(!rows.to_lowercase().contains(&needle.to_lowercase()), "--raw shows {needle:?}:\n{rows}");
         }
@@ -278,15 +274,10 @@ fn db_query_deletes_one_row_updates_one_and_prints_four_selects() {
     assert!(out.contains(&statement(include_str!("../../sql/demo_update.sql"))), "{out}");
     let sections: Vec<&str> = out.split("\n== ").collect();
     let selects: [(&str, usize, &[&str], &[&str]); 4] = [
-        (
-            include_str!("../../sql/demo_select_all.sql"),
-            7,
-            &["LoginPassword", "Ethan Hunt", "Maxwell Smart"],
-            &[DELETED],
-        ),
-        (include_str!("../../sql/demo_select_columns.sql"), 7, &["Impossible", PROMOTED_ALIAS], &["LoginPassword"]),
-        (include_str!("../../sql/demo_select_rows.sql"), 5, &["Ethan Hunt", PROMOTED], &["Jason Bourne"]),
-        (include_str!("../../sql/demo_select_both.sql"), 2, &["Jason Bourne", "Maxwell Smart"], &["Ethan Hunt"]),
+        (include_str!("../../sql/demo_select_all.sql"), 7, &["LoginPassword", DIRECTOR.name, LOWEST.name], &[DELETED]),
+        (include_str!("../../sql/demo_select_columns.sql"), 7, &[DIRECTOR.alias, PROMOTED_ALIAS], &["LoginPassword"]),
+        (include_str!("../../sql/demo_select_rows.sql"), 5, &[DIRECTOR.name, PROMOTED], &[FIELD_AGENT.name]),
+        (include_str!("../../sql/demo_select_both.sql"), 2, &[FIELD_AGENT.name, LOWEST.name], &[DIRECTOR.name]),
     ];
     for (sql, rows, present, absent) in selects {
         let sql = statement(sql);
@@ -358,7 +349,7 @@ fn ad_hoc_select_runs_and_anything_else_is_refused() {
     assert!(out.contains("│ 8 "), "{out}");
     let rows = ad_hoc_rows(&home, "SELECT AgentName, AgentSecurityLevel FROM Agents WHERE AgentSecurityLevel >= 4");
     let names: BTreeSet<&str> = rows.iter().map(|r| r["AgentName"].as_str().unwrap()).collect();
-    assert_eq!(names, BTreeSet::from(["Ethan Hunt", "Natasha Romanoff"]), "decrypted, filtered rows");
+    assert_eq!(names, BTreeSet::from([DIRECTOR.name, DEPUTY.name]), "decrypted, filtered rows");
 
     let before = snapshot(&home);
     let tables_before = tables(&home);
@@ -419,7 +410,7 @@ fn director_adds_an_agent_who_can_then_log_in() {
     // And the new agent, a handler, sees itself but not the directors.
     let seen = names_of(&list_json(&home));
     assert!(seen.contains(name));
-    assert!(!seen.contains("Ethan Hunt"));
+    assert!(!seen.contains(DIRECTOR.name));
 }
 
 #[test]
@@ -433,7 +424,7 @@ fn agent_add_refuses_bad_input_with_one_line_and_changes_nothing() {
     let long_password = format!("{}\n", "p".repeat(1025));
     let huge_password = format!("{}\n", "p".repeat(1 << 20));
     let cases: Vec<(&str, &str, &str, &[u8], &str)> = vec![
-        ("Ethan Hunt", "Another", "3", good, "already exists"),
+        (DIRECTOR.name, "Another", "3", good, "already exists"),
         (" ethan HUNT ", "Another", "3", good, "already exists"),
         ("ETHAN HUNT", "Another", "3", good, "already exists"),
         ("Q", "Quartermaster", "0", good, "out of range"),
@@ -485,22 +476,22 @@ fn agent_list_shows_each_role_only_its_level_and_below() {
     let err = refused(home.run(&["agent", "list"]));
     assert!(err.contains("spyctl login"), "{err}");
 
-    for (who, level) in [(DIRECTOR, 5), (("Natasha Romanoff", "red-ledger-1984"), 4), (HANDLER, 3), (FIELD_AGENT, 2)] {
+    for (who, level) in [(DIRECTOR, 5), (DEPUTY, 4), (HANDLER, 3), (FIELD_AGENT, 2)] {
         home.login(who);
         let expected = names_up_to(level);
         let text = ok(home.run(&["agent", "list"]));
-        for (name, _) in LEVELS {
-            assert_eq!(text.contains(name), expected.contains(*name), "{} listing {name}:\n{text}", who.0);
+        for SampleAgent { name, .. } in SAMPLE_AGENTS {
+            assert_eq!(text.contains(name), expected.contains(*name), "{} listing {name}:\n{text}", who.name);
         }
         let agents = list_json(&home);
-        assert_eq!(names_of(&agents), expected, "{} (level {level})", who.0);
+        assert_eq!(names_of(&agents), expected, "{} (level {level})", who.name);
         assert_eq!(agents.len(), expected.len());
         for a in &agents {
             let l = a["level"].as_i64().expect("level");
-            assert!(l <= level, "{} sees {a}", who.0);
-            let want = LEVELS.iter().find(|(n, _)| a["name"] == *n).expect("a sample").1;
-            assert_eq!(l, want, "{a}");
-            let alias = SAMPLES.iter().find(|s| a["name"] == s.0).expect("a sample").1;
+            assert!(l <= level, "{} sees {a}", who.name);
+            let sample = SAMPLE_AGENTS.iter().find(|s| a["name"] == s.name).expect("a sample");
+            assert_eq!(l, i64::from(sample.level), "{a}");
+            let alias = sample.alias;
             assert_eq!(a["alias"], alias, "{a}");
             assert!(a["id"].is_i64(), "{a}");
             assert!(text.contains(alias));
@@ -518,31 +509,31 @@ fn login_welcomes_refuses_alike_and_logout_ends_the_session() {
     let home = TestHome::initialised();
     let session = session_path(&home);
 
-    let wrong = refused(login(&home, DIRECTOR.0, "not-the-password"));
+    let wrong = refused(login(&home, DIRECTOR.name, "not-the-password"));
     assert!(!session.exists(), "a failed login wrote a session");
-    let unknown = refused(login(&home, "Austin Powers", DIRECTOR.1));
+    let unknown = refused(login(&home, "Austin Powers", DIRECTOR.password));
     assert_eq!(wrong, unknown, "an unknown name and a wrong password must get the same answer");
-    assert!(!wrong.contains(DIRECTOR.0) && !unknown.contains("Austin"), "{wrong}");
+    assert!(!wrong.contains(DIRECTOR.name) && !unknown.contains("Austin"), "{wrong}");
     assert!(!session.exists());
 
     // The typed name is matched trimmed and case-folded; the stored name greets.
-    let out = ok(login(&home, "  ethan HUNT ", DIRECTOR.1));
-    assert!(out.contains("Welcome, Ethan Hunt"), "{out}");
+    let out = ok(login(&home, "  ethan HUNT ", DIRECTOR.password));
+    assert!(out.contains(&format!("Welcome, {}", DIRECTOR.name)), "{out}");
     assert_eq!(mode(&session), 0o600, "the session file is not 0600");
     let token = std::fs::read_to_string(&session).expect("session");
     assert!(token.starts_with("gAAAA"), "the session is not a Fernet token: {token}");
     assert!(!token.contains("Ethan"));
 
     let who = ok(home.run(&["whoami"]));
-    assert!(who.contains("Ethan Hunt") && who.contains("Impossible") && who.contains("level 5"), "{who}");
+    assert!(who.contains(DIRECTOR.name) && who.contains(DIRECTOR.alias) && who.contains("level 5"), "{who}");
     let value = json(&ok(home.run(&["--json", "whoami"])));
-    assert_eq!(value["agent"]["name"], "Ethan Hunt", "{value}");
+    assert_eq!(value["agent"]["name"], DIRECTOR.name, "{value}");
     assert_eq!(value["agent"]["level"], 5, "{value}");
 
     // Logging in as someone else replaces the session, still 0600.
     home.login(FIELD_AGENT);
     assert_eq!(mode(&session), 0o600);
-    assert!(ok(home.run(&["whoami"])).contains(FIELD_AGENT.0));
+    assert!(ok(home.run(&["whoami"])).contains(FIELD_AGENT.name));
 
     ok(home.run(&["logout"]));
     assert!(!session.exists(), "logout left the session file");
@@ -554,7 +545,7 @@ fn login_welcomes_refuses_alike_and_logout_ends_the_session() {
 #[test]
 fn five_failures_lock_the_name_even_for_the_right_password() {
     let home = TestHome::initialised();
-    let (name, password) = HANDLER;
+    let (name, password) = (HANDLER.name, HANDLER.password);
     for attempt in 1..=4 {
         let err = refused(login(&home, name, "wrong-password"));
         assert!(err.contains("unknown name or wrong password"), "attempt {attempt}: {err}");
@@ -577,7 +568,7 @@ fn five_failures_lock_the_name_even_for_the_right_password() {
     assert!(err.contains("too many failed attempts"), "{err}");
 
     // A success clears the count: 4 + success + 4 failures do not lock.
-    let (emma, emma_password) = ("Emma Peel", "bowler-and-umbrella");
+    let (emma, emma_password) = (SECOND_HANDLER.name, SECOND_HANDLER.password);
     for _ in 0..4 {
         refused(login(&home, emma, "wrong-password"));
     }
@@ -585,7 +576,7 @@ fn five_failures_lock_the_name_even_for_the_right_password() {
     for _ in 0..4 {
         refused(login(&home, emma, "wrong-password"));
     }
-    assert!(ok(login(&home, emma, emma_password)).contains("Welcome, Emma Peel"));
+    assert!(ok(login(&home, emma, emma_password)).contains(&format!("Welcome, {emma}")));
 }
 
 // ------------------------------------------------------------------ roles
@@ -598,11 +589,11 @@ fn only_directors_add_agents_and_read_the_inbox() {
         home.login(who);
         // Refused before any password is asked for (stdin is empty).
         let err = refused(home.run(&["agent", "add", "--name", "Q", "--alias", "Quartermaster", "--level", "1"]));
-        assert!(err.contains("refused") && err.contains("add agents"), "{}: {err}", who.0);
+        assert!(err.contains("refused") && err.contains("add agents"), "{}: {err}", who.name);
         let err = refused(add(&home, "Q", "Quartermaster", "1", b"a-good-password\n"));
         assert!(err.contains("refused"), "{err}");
         let err = refused(home.run(&["boss", "inbox"]));
-        assert!(err.contains("refused") && err.contains("inbox"), "{}: {err}", who.0);
+        assert!(err.contains("refused") && err.contains("inbox"), "{}: {err}", who.name);
         assert_eq!(snapshot(&home), before);
     }
     home.login(DIRECTOR);
@@ -621,7 +612,7 @@ fn a_deleted_agent_loses_access_at_once() {
     refused(home.run(&["whoami"]));
 
     // A stale session never passes to a newer agent: ids are not reused.
-    home.login(("Boris Grishenko", "i-am-invincible"));
+    home.login(sample_named(DELETED));
     let boris = std::fs::read(session_path(&home)).expect("session");
     open_db(&home).execute("DELETE FROM Agents WHERE AgentId = 8", []).expect("delete");
     home.login(DIRECTOR);
@@ -640,7 +631,7 @@ fn a_demoted_director_loses_powers_at_once() {
     open_db(&home).execute("UPDATE Agents SET AgentSecurityLevel = 2 WHERE AgentId = 1", []).expect("demote");
 
     let mut expected = names_up_to(2);
-    expected.insert(DIRECTOR.0.to_string());
+    expected.insert(DIRECTOR.name.to_string());
     assert_eq!(names_of(&list_json(&home)), expected, "the demoted director still sees higher levels");
     let err = refused(add(&home, "Q", "Quartermaster", "1", b"a-good-password\n"));
     assert!(err.contains("refused"), "{err}");
@@ -687,7 +678,10 @@ fn a_tampered_or_loose_session_file_is_refused() {
 #[test]
 fn an_expired_session_is_refused() {
     let home = TestHome::initialised();
-    ok(home.run_stdin(&["login", "--name", DIRECTOR.0, "--password-stdin", "--ttl", "1"], b"mission-accepted-96\n"));
+    ok(home.run_stdin(
+        &["login", "--name", DIRECTOR.name, "--password-stdin", "--ttl", "1"],
+        format!("{}\n", DIRECTOR.password).as_bytes(),
+    ));
     std::thread::sleep(std::time::Duration::from_millis(2200));
     let err = refused(home.run(&["whoami"]));
     assert!(err.contains("expired"), "{err}");
@@ -716,12 +710,12 @@ fn the_database_files_hold_no_name_alias_or_password() {
     home.login(DIRECTOR);
     let (name, alias, password) = NEW_AGENT;
     ok(add(&home, name, alias, "2", format!("{password}\n").as_bytes()));
-    refused(login(&home, "Emma Peel", "not-emmas-password"));
+    refused(login(&home, SECOND_HANDLER.name, "not-emmas-password"));
     ok(home.run(&["db", "query"]));
 
     let mut needles: Vec<&str> = vec![name, alias, password, PROMOTED_ALIAS, "not-emmas-password"];
-    for (n, a, p) in SAMPLES {
-        needles.extend([*n, *a, *p]);
+    for sample in SAMPLE_AGENTS {
+        needles.extend([sample.name, sample.alias, sample.password]);
     }
     let mut checked = 0;
     for suffix in ["", "-wal", "-shm"] {
@@ -795,10 +789,10 @@ fn passwords_are_never_taken_from_argv() {
     }
     // And the flags do not exist: clap refuses them as usage errors.
     for args in [
-        &["login", "--name", "Ethan Hunt", "--password", "mission-accepted-96"][..],
-        &["login", "--name", "Ethan Hunt", "--password=mission-accepted-96"],
-        &["login", "--name", "Ethan Hunt", "-p", "mission-accepted-96"],
-        &["login", "--name", "Ethan Hunt", "--password-stdin=mission-accepted-96"],
+        &["login", "--name", DIRECTOR.name, "--password", DIRECTOR.password][..],
+        &["login", "--name", DIRECTOR.name, &format!("--password={}", DIRECTOR.password)],
+        &["login", "--name", DIRECTOR.name, "-p", DIRECTOR.password],
+        &["login", "--name", DIRECTOR.name, &format!("--password-stdin={}", DIRECTOR.password)],
     ] {
         let out = home.run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stdout(&out));
@@ -826,7 +820,7 @@ fn passwords_are_never_taken_from_argv() {
 #[test]
 fn a_burst_of_parallel_guesses_gets_at_most_five_checks() {
     let home = TestHome::initialised();
-    let name = "Emma Peel";
+    let name = SECOND_HANDLER.name;
     let children: Vec<_> = (0..12)
         .map(|_| {
             let mut child = home
@@ -846,7 +840,7 @@ fn a_burst_of_parallel_guesses_gets_at_most_five_checks() {
     let checked: i64 = open_db(&home).query_row("SELECT COUNT(*) FROM LoginFailures", [], |r| r.get(0)).expect("count");
     assert_eq!(checked, 5, "exactly the threshold of attempts were recorded and checked");
     // The right password is now refused too: the name is locked.
-    let err = refused(login(&home, name, "bowler-and-umbrella"));
+    let err = refused(login(&home, name, SECOND_HANDLER.password));
     assert!(err.contains("too many failed attempts"), "{err}");
 }
 

@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 
+use spyctl::net::protocol::{self, Reply};
+
 use crate::support::{FIELD_AGENT, TestHome, ok};
 
 /// Relays one request line to `boss` and returns the Boss's reply line.
@@ -47,7 +49,8 @@ fn lost_ack_is_retried_with_the_same_id_and_stored_once() {
 
     let out = ok(home.run(&["send", "--addr", &proxy_addr, "--attempts", "3", "--json", "Meet at the bridge."]));
     let replies = relay.join().expect("relay");
-    assert!(replies.iter().all(|r| r.starts_with("ACK ")), "{replies:?}");
+    let acked = |r: &String| matches!(protocol::parse_reply(r.as_bytes()), Ok(Reply::Ack { .. }));
+    assert!(replies.iter().all(acked), "{replies:?}");
     let json: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(json["status"], "duplicate", "the retry must reuse the message id: {json}");
     assert_eq!(json["attempts"], 2);

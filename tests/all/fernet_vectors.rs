@@ -1,7 +1,10 @@
-//! The Fernet spec's test vectors (`../shared/vectors/fernet`, copied into
-//! `tests/vectors/fernet`), one named test per invalid case, plus property tests:
-//! random round trips and every single-bit flip refused.
+//! The Fernet spec's test vectors (`tests/vectors/fernet`), one named test per
+//! invalid case, plus property tests: random round trips, every single-bit flip
+//! refused, and hostile tokens (garbage, edits, truncations, extensions) always
+//! refused with the one opaque error.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
 use proptest::prelude::*;
 use serde_json::Value;
 use spyctl::crypto::{FernetKey, TokenError};
@@ -177,8 +180,6 @@ proptest! {
 /// is refused.
 #[test]
 fn every_bit_flip_is_refused() {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE;
     let key = FernetKey::from_bytes(&[9u8; 32]);
     for plaintext in [&b""[..], b"attack at dawn", &[0x55u8; 40][..]] {
         let token = key.seal(plaintext);
@@ -195,5 +196,42 @@ fn every_bit_flip_is_refused() {
             let again = URL_SAFE.encode(&flipped);
             assert_eq!(key.open(again.as_bytes(), None).err(), Some(TokenError::Invalid), "byte bit {i} flip accepted");
         }
+    }
+}
+
+// Hostile tokens: the Fernet fuzz target's properties. `HARDENING_PROPTEST_CASES`
+// raises the count for long runs (`scripts/hardening-long.sh`).
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(crate::support::env_count("HARDENING_PROPTEST_CASES", 256) as u32))]
+
+    #[test]
+    fn fernet_open_never_panics_and_never_accepts_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let key = FernetKey::from_bytes(&[3u8; 32]);
+        prop_assert!(key.open(&bytes, None).is_err());
+        // The same bytes as a well-formed base64 string of the right shape.
+        let mut raw = vec![0x80];
+        raw.extend_from_slice(&bytes);
+        prop_assert_eq!(key.open(URL_SAFE.encode(&raw).as_bytes(), None).err(), Some(TokenError::Invalid));
+    }
+
+    #[test]
+    fn fernet_mutated_tokens_are_refused(plain in proptest::collection::vec(any::<u8>(), 0..512),
+                                         edits in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..8),
+                                         cut in any::<usize>(), extend in proptest::collection::vec(any::<u8>(), 1..40)) {
+        let key = FernetKey::from_bytes(&[4u8; 32]);
+        let raw = URL_SAFE.decode(key.seal(&plain)).unwrap();
+        let mut edited = raw.clone();
+        for (pos, x) in &edits {
+            let p = pos % edited.len();
+            edited[p] ^= x;
+        }
+        if edited != raw {
+            prop_assert_eq!(key.open(URL_SAFE.encode(&edited).as_bytes(), None).err(), Some(TokenError::Invalid));
+        }
+        let short = &raw[..cut % raw.len()];
+        prop_assert_eq!(key.open(URL_SAFE.encode(short).as_bytes(), None).err(), Some(TokenError::Invalid));
+        let mut long = raw.clone();
+        long.extend_from_slice(&extend);
+        prop_assert_eq!(key.open(URL_SAFE.encode(&long).as_bytes(), None).err(), Some(TokenError::Invalid));
     }
 }

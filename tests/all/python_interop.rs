@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use spyctl::crypto::{FernetKey, TokenError};
 
-use crate::support::pseudo_random;
+use crate::support::random_bytes;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -28,9 +28,9 @@ fn plaintexts() -> Vec<(&'static str, Vec<u8>)> {
         ("16 bytes", b"sixteen bytes!!!".to_vec()),
         ("17 bytes", b"seventeen bytes!!".to_vec()),
         ("every byte value", (0..=255u8).collect()),
-        ("1000 pseudo-random bytes", pseudo_random(1000, 0x5EC2_E7A6_E470_0007)),
+        ("1000 pseudo-random bytes", random_bytes(1000, 0x5EC2_E7A6_E470_0007)),
         ("UTF-8 text with newlines", "Agent 007 \u{2014} «Ω» 🕵\nline two\r\n\nend\n".as_bytes().to_vec()),
-        ("100 KiB", pseudo_random(100 * 1024, 0xB055_0000_0000_0001)),
+        ("100 KiB", random_bytes(100 * 1024, 0xB055_0000_0000_0001)),
     ]
 }
 

@@ -1,29 +1,68 @@
-//! Helpers for end-to-end tests: a temporary home, the real `spyctl` binary
-//! run as a process, and a real `boss serve` on 127.0.0.1 port 0.
+//! The test harness every integration test shares: a temporary home and the
+//! real `spyctl` binary run in it, the sample agents (from the library, not
+//! retyped), the one helper that runs a `boss serve` process on 127.0.0.1
+//! port 0, the one raw line client that speaks the protocol to it and hands
+//! back typed replies, and deterministic random bytes.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A sample director and a sample field agent (public demo passwords).
-pub const DIRECTOR: (&str, &str) = ("Ethan Hunt", "mission-accepted-96");
-pub const HANDLER: (&str, &str) = ("George Smiley", "karla-circus-74");
-pub const FIELD_AGENT: (&str, &str) = ("Jason Bourne", "who-am-i-2002");
+use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestRng};
+use spyctl::net::protocol::{self, ErrorCode, Reply};
+pub use spyctl::registry::{DEMO_DELETED, DEMO_NEW_ALIAS, DEMO_PROMOTED, SAMPLE_AGENTS, SampleAgent};
 
-/// Every sample agent's (name, alias, password), for leak checks.
-pub const SAMPLES: &[(&str, &str, &str)] = &[
-    ("Ethan Hunt", "Impossible", "mission-accepted-96"),
-    ("Natasha Romanoff", "Black Widow", "red-ledger-1984"),
-    ("George Smiley", "Beggarman", "karla-circus-74"),
-    ("Emma Peel", "Mrs Peel", "bowler-and-umbrella"),
-    ("Harry Palmer", "Ipcress", "funeral-in-berlin"),
-    ("Jason Bourne", "Treadstone", "who-am-i-2002"),
-    ("Maxwell Smart", "Agent 86", "missed-it-by-that-much"),
-    ("Boris Grishenko", "Invincible", "i-am-invincible"),
-];
+/// The first sample agent at `level` (`db init` adds them all) other than
+/// `except` (pass "" for none).
+pub const fn sample_at(level: u8, except: &str) -> &'static SampleAgent {
+    let mut i = 0;
+    while i < SAMPLE_AGENTS.len() {
+        if SAMPLE_AGENTS[i].level == level && !same(SAMPLE_AGENTS[i].name, except) {
+            return &SAMPLE_AGENTS[i];
+        }
+        i += 1;
+    }
+    panic!("no sample agent at this level")
+}
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// A sample director (level 5), handler (level 3) and field agent (level 2,
+/// not the one the demo script promotes).
+pub const DIRECTOR: &SampleAgent = sample_at(5, "");
+pub const HANDLER: &SampleAgent = sample_at(3, "");
+pub const FIELD_AGENT: &SampleAgent = sample_at(2, DEMO_PROMOTED);
+
+/// The sample agent called `name`.
+#[track_caller]
+pub fn sample_named(name: &str) -> &'static SampleAgent {
+    SAMPLE_AGENTS.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("no sample agent {name:?}"))
+}
+
+/// The Boss's reply to a stored text message from `agent`.
+pub fn good_work(agent: &SampleAgent) -> String {
+    format!("Message received. Good work, {}.", agent.alias)
+}
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_spyctl")
@@ -121,75 +160,177 @@ impl TestHome {
 
     /// Logs in (password on stdin) and asserts success.
     #[track_caller]
-    pub fn login(&self, who: (&str, &str)) {
-        ok(self.run_stdin(&["login", "--name", who.0, "--password-stdin"], format!("{}\n", who.1).as_bytes()));
+    pub fn login(&self, who: &SampleAgent) {
+        ok(self
+            .run_stdin(&["login", "--name", who.name, "--password-stdin"], format!("{}\n", who.password).as_bytes()));
     }
 
-    /// Starts `boss serve` on 127.0.0.1 port 0 with extra flags.
-    pub fn boss(&self, extra: &[&str]) -> BossProcess {
-        let mut args = vec!["boss", "serve", "--bind", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let mut child =
-            self.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn boss serve");
-        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("boss prints its address");
-        let addr = line
-            .split_whitespace()
-            .find(|w| w.starts_with("127.0.0.1:"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        BossProcess { child: Some(child), addr, stdout: Some(reader) }
+    /// Starts `boss serve` on 127.0.0.1 port 0 with extra flags and the
+    /// Boss's default log level.
+    pub fn boss(&self, extra: &[&str]) -> Boss {
+        Boss::start(self, extra, None)
+    }
+
+    /// Starts `boss serve` with extra flags and `RUST_LOG=log_filter`.
+    pub fn boss_logging(&self, extra: &[&str], log_filter: &str) -> Boss {
+        Boss::start(self, extra, Some(log_filter))
     }
 }
 
-/// A running `spyctl boss serve`; killed on drop if not stopped.
-pub struct BossProcess {
+/// A count from the environment (long runs set them), else the short default.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------
+// The Boss as a process
+// ---------------------------------------------------------------------------
+
+/// A running `spyctl boss serve`, killed on drop if not stopped. Both of its
+/// output streams are drained by threads from the start, so a chatty Boss
+/// never blocks on a full pipe and its whole log can be checked for panics.
+pub struct Boss {
     child: Option<Child>,
     pub addr: String,
-    stdout: Option<BufReader<ChildStdout>>,
+    drains: Vec<JoinHandle<()>>,
+    log: Arc<Mutex<BossLog>>,
+    stdout: Arc<Mutex<String>>,
 }
 
-impl BossProcess {
+#[derive(Default)]
+struct BossLog {
+    lines: usize,
+    /// Lines that mention a panic, kept whole.
+    panics: Vec<String>,
+    /// The last lines, for failure messages.
+    tail: Vec<String>,
+}
+
+/// How a stopped Boss ended.
+pub struct Stopped {
+    pub status: ExitStatus,
+    /// Everything it printed on stdout (the address line, the summary).
+    pub stdout: String,
+    /// Lines it logged on stderr.
+    pub log_lines: usize,
+    /// Logged lines that mention a panic.
+    pub panics: Vec<String>,
+    /// The last logged lines, for failure messages.
+    pub log_tail: String,
+}
+
+impl Boss {
+    fn start(home: &TestHome, extra: &[&str], log_filter: Option<&str>) -> Boss {
+        let mut args = vec!["boss", "serve", "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut cmd = home.cmd(&args);
+        if let Some(filter) = log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn boss serve");
+        let log = Arc::new(Mutex::new(BossLog::default()));
+        let err = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        let stderr_drain = std::thread::spawn(move || {
+            for line in BufReader::new(err).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).into_owned();
+                let mut log = sink.lock().unwrap();
+                log.lines += 1;
+                if line.contains("panicked") {
+                    log.panics.push(line.clone());
+                }
+                log.tail.push(line);
+                if log.tail.len() > 200 {
+                    log.tail.drain(..100);
+                }
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        out.read_line(&mut first).expect("boss prints its address");
+        let Some(addr) = first.split_whitespace().find(|w| w.starts_with("127.0.0.1:")).map(str::to_string) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = stderr_drain.join();
+            panic!("boss did not start: {first:?}; log: {:?}", log.lock().unwrap().tail);
+        };
+        let stdout = Arc::new(Mutex::new(first));
+        let sink = stdout.clone();
+        let stdout_drain = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = out.read_to_string(&mut rest);
+            sink.lock().unwrap().push_str(&rest);
+        });
+        Boss { child: Some(child), addr, drains: vec![stderr_drain, stdout_drain], log, stdout }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Sends SIGTERM and waits (at most 20 s) for the exit; returns the status
-    /// and the rest of stdout and stderr.
-    pub fn stop(mut self) -> (ExitStatus, String, String) {
+    /// Sends `signal` (`TERM`, `KILL`) without waiting for the exit.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status();
+        assert!(status.expect("kill").success(), "kill -{signal}");
+    }
+
+    /// Logged lines that mention a panic, so far.
+    pub fn panics(&self) -> Vec<String> {
+        self.log.lock().unwrap().panics.clone()
+    }
+
+    pub fn tail(&self) -> String {
+        self.log.lock().unwrap().tail.join("\n")
+    }
+
+    /// SIGTERM, wait for the exit (at most 30 s), drain both streams.
+    pub fn stop(mut self) -> Stopped {
+        self.signal("TERM");
         let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let exit = loop {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
             if let Some(s) = child.try_wait().expect("try_wait") {
                 break s;
             }
-            assert!(Instant::now() < deadline, "boss did not stop within 20 s of SIGTERM");
+            assert!(Instant::now() < deadline, "boss did not stop within 30 s of SIGTERM; log:\n{}", self.tail());
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut out = String::new();
-        if let Some(mut r) = self.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut r, &mut out);
+        for d in self.drains.drain(..) {
+            let _ = d.join();
         }
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        let log = self.log.lock().unwrap();
+        Stopped {
+            status,
+            stdout: self.stdout.lock().unwrap().clone(),
+            log_lines: log.lines,
+            panics: log.panics.clone(),
+            log_tail: log.tail.join("\n"),
         }
-        (exit, out, err)
     }
 
-    /// SIGKILL, no goodbye (crash tests).
+    /// [`stop`](Self::stop), asserting a clean exit with no panic anywhere in the log.
+    #[track_caller]
+    pub fn stop_clean(self) -> Stopped {
+        let stopped = self.stop();
+        assert!(stopped.status.success(), "boss exit {:?}; log:\n{}", stopped.status, stopped.log_tail);
+        assert!(stopped.panics.is_empty(), "the Boss panicked: {:?}", stopped.panics);
+        stopped
+    }
+
+    /// SIGKILL: no goodbye, no flush, no commit.
     pub fn kill9(mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for d in self.drains.drain(..) {
+            let _ = d.join();
+        }
     }
 }
 
-impl Drop for BossProcess {
+impl Drop for Boss {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -198,20 +339,146 @@ impl Drop for BossProcess {
     }
 }
 
-/// Bytes of a file, for grepping.
+// ---------------------------------------------------------------------------
+// A raw line client
+// ---------------------------------------------------------------------------
+
+/// What the Boss answered to a line, as parsed by the library's
+/// [`protocol::parse_reply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Ack(Vec<u8>),
+    Err(ErrorCode, String),
+    /// EOF or reset: the Boss closed the connection.
+    Closed,
+    /// A line that is not a protocol reply at all (a Boss bug).
+    Garbage(Vec<u8>),
+}
+
+impl Answer {
+    /// The error code, if this is an `ERR`.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Answer::Err(code, _) => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_ack(&self) -> bool {
+        matches!(self, Answer::Ack(_))
+    }
+
+    /// A short label for tallies: `ACK`, `ERR <code>`, `closed`, `garbage`.
+    pub fn label(&self) -> String {
+        match self {
+            Answer::Ack(_) => "ACK".to_string(),
+            Answer::Err(code, _) => format!("ERR {}", code.as_str()),
+            Answer::Closed => "closed".to_string(),
+            Answer::Garbage(_) => "garbage".to_string(),
+        }
+    }
+}
+
+/// A raw protocol connection, to send what `spyctl send` never would
+/// (duplicates, stale or forged tokens, garbage, half lines, trickles).
+pub struct RawClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl RawClient {
+    /// Connects with 15 s read and write timeouts and no Nagle delay.
+    pub fn connect(addr: &str) -> RawClient {
+        let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        s.set_write_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        RawClient { reader: BufReader::new(s) }
+    }
+
+    /// A second handle on the socket, to write from another thread.
+    pub fn try_clone_stream(&self) -> TcpStream {
+        self.reader.get_ref().try_clone().expect("clone stream")
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
+    /// Writes; false if the Boss has closed or reset the connection.
+    pub fn write(&mut self, bytes: &[u8]) -> bool {
+        self.stream().write_all(bytes).is_ok()
+    }
+
+    /// Writes and asserts the write went through.
+    #[track_caller]
+    pub fn send(&mut self, bytes: &[u8]) {
+        assert!(self.write(bytes), "write to the Boss failed");
+    }
+
+    /// The next reply line, parsed; panics if none comes within the timeout.
+    pub fn read_reply(&mut self) -> Answer {
+        let mut line = Vec::new();
+        match self.reader.by_ref().take(protocol::MAX_LINE_BYTES as u64).read_until(b'\n', &mut line) {
+            Ok(0) => Answer::Closed,
+            Ok(_) if line.last() != Some(&b'\n') => Answer::Closed,
+            Ok(_) => match protocol::parse_reply(&line) {
+                Ok(Reply::Ack { token }) => Answer::Ack(token.to_vec()),
+                Ok(Reply::Err { code, text }) => Answer::Err(code, text),
+                Err(_) => Answer::Garbage(line),
+            },
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the Boss did not answer within the read timeout")
+            }
+            Err(_) => Answer::Closed,
+        }
+    }
+
+    /// Writes `line` (newline included) and returns the reply.
+    #[track_caller]
+    pub fn ask(&mut self, line: &[u8]) -> Answer {
+        self.send(line);
+        self.read_reply()
+    }
+
+    /// Sends `MSG <agent> <token>` and returns the reply.
+    #[track_caller]
+    pub fn msg(&mut self, agent_id: i64, token: &str) -> Answer {
+        self.ask(protocol::format_request(agent_id, token).as_bytes())
+    }
+
+    /// True once the Boss has closed the connection (EOF or reset, no more data).
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => rest.is_empty(),
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files and deterministic data
+// ---------------------------------------------------------------------------
+
+/// Whether the file at `path` contains `needle` (false if unreadable).
 pub fn file_contains(path: &Path, needle: &[u8]) -> bool {
     let data = std::fs::read(path).unwrap_or_default();
     !needle.is_empty() && data.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Bytes of an xorshift64 stream: deterministic "random-looking" data, so a failure reproduces.
-pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 32) as u8
-        })
-        .collect()
+/// proptest's ChaCha generator seeded with `seed`: the same stream on every
+/// run and platform, so a failure reproduces.
+pub fn seeded_rng(seed: u64) -> TestRng {
+    let mut bytes = [0u8; 32];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(seed ^ i as u64).to_le_bytes());
+    }
+    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+}
+
+/// `len` random-looking bytes, the same for the same `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    seeded_rng(seed).fill_bytes(&mut out);
+    out
 }
