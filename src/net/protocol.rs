@@ -380,11 +380,6 @@ pub fn decode_ack(plaintext: &[u8]) -> Result<(AckHeader, String), ProtocolError
     Ok((header, reply))
 }
 
-/// Moved to [`super::ids`] (it reads the OS random number generator, which
-/// this pure module does not); still reachable here for callers outside
-/// `net` that have not switched yet.
-pub use super::ids::random_id;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use spyctl::crypto::FernetKey;
+use spyctl::net::ids::random_id;
 use spyctl::net::protocol::{self, AckStatus, CHUNK_BYTES, ErrorCode, FileChunk, Header, Kind, MAX_LINE_BYTES};
 
 use crate::support::{
@@ -249,7 +250,7 @@ fn multi_mib_file_arrives_intact() {
 fn resent_and_replayed_messages_are_stored_once() {
     let (home, agent, boss) = setup();
     let key = agent_key(&home, agent);
-    let id = protocol::random_id();
+    let id = random_id();
 
     let mut conn = RawClient::connect(&boss.addr);
     let first = text_token(&key, &id, "Rendezvous at midnight");
@@ -304,17 +305,17 @@ fn stale_and_future_tokens_are_refused_as_expired() {
     };
     let now = unix_now();
 
-    let old = protocol::random_id();
+    let old = random_id();
     let reply = conn.msg(agent, &seal_at(&old, now - 1000));
     assert!(reply.code() == Some(ErrorCode::Expired), "1000 s old: {reply:?}");
-    let future = protocol::random_id();
+    let future = random_id();
     let reply = conn.msg(agent, &seal_at(&future, now + 3600));
     assert!(reply.code() == Some(ErrorCode::Expired), "an hour ahead: {reply:?}");
 
     // The window itself is open: a little old, or a little ahead (clock skew), is fine.
-    let recent = protocol::random_id();
+    let recent = random_id();
     assert_eq!(open_ack(&key, &conn.msg(agent, &seal_at(&recent, now - 200)), &recent).0, AckStatus::Stored);
-    let skewed = protocol::random_id();
+    let skewed = random_id();
     assert_eq!(open_ack(&key, &conn.msg(agent, &seal_at(&skewed, now + 30)), &skewed).0, AckStatus::Stored);
 
     assert_eq!(stored_count(&home, agent, &old), 0);
@@ -331,7 +332,7 @@ fn tampered_tokens_and_unknown_agents_get_the_same_auth_error() {
     let (home, agent, boss) = setup();
     let key = agent_key(&home, agent);
     let mut conn = RawClient::connect(&boss.addr);
-    let id = protocol::random_id();
+    let id = random_id();
     let token = text_token(&key, &id, "Authentic orders");
     let data_len = token.trim_end_matches('=').len();
 
@@ -509,7 +510,7 @@ fn only_accepted_lines_keep_a_connection_past_the_idle_timeout() {
         let started = Instant::now();
         let mut sent = 0;
         while started.elapsed() < Duration::from_secs(3) {
-            let id = protocol::random_id();
+            let id = random_id();
             let reply = good.msg(agent, &text_token(&key, &id, &format!("Still here, report {sent}")));
             assert_eq!(
                 open_ack(&key, &reply, &id).0,
@@ -561,7 +562,7 @@ fn a_busy_boss_gets_its_own_hint() {
 fn sigterm_stops_cleanly_after_committing() {
     let (home, agent, boss) = setup();
     let key = agent_key(&home, agent);
-    let id = protocol::random_id();
+    let id = random_id();
     // ACKed over a connection that is still open when SIGTERM arrives.
     let mut conn = RawClient::connect(&boss.addr);
     assert_eq!(open_ack(&key, &conn.msg(agent, &text_token(&key, &id, "Last words")), &id).0, AckStatus::Stored);
@@ -580,14 +581,14 @@ fn sigterm_stops_cleanly_after_committing() {
 fn a_line_in_flight_at_sigterm_is_finished_and_stored() {
     let (home, agent, boss) = setup();
     let key = agent_key(&home, agent);
-    let id = protocol::random_id();
+    let id = random_id();
     let line = protocol::format_request(agent, &text_token(&key, &id, "Caught in the door"));
     let mut conn = RawClient::connect(&boss.addr);
     // A first round trip: the connection is accepted and its thread is blocked in
     // read(), so the partial line below is consumed at once, before any stop check.
     // (Bytes the thread has not read yet when the stop flag is seen are dropped
     // with the connection.)
-    let warm = protocol::random_id();
+    let warm = random_id();
     assert_eq!(open_ack(&key, &conn.msg(agent, &text_token(&key, &warm, "Warm-up")), &warm).0, AckStatus::Stored);
     conn.send(&line.as_bytes()[..20]);
 
@@ -692,7 +693,7 @@ fn exported_key_works_from_another_home() {
 fn chunk_token(key: &FernetKey, file_id: &str, offset: usize, data: &[u8], sha256: Option<String>) -> String {
     let end = (offset + CHUNK_BYTES).min(data.len());
     let header = Header {
-        id: protocol::random_id(),
+        id: random_id(),
         kind: Kind::FileChunk(FileChunk {
             file_id: file_id.into(),
             name: "plans.pdf".into(),
@@ -709,7 +710,7 @@ fn a_file_cut_off_midway_never_shows_as_received() {
     let (home, agent, boss) = setup();
     let key = agent_key(&home, agent);
     let data = random_bytes(CHUNK_BYTES + 1000, 0xC0FF_EE00_0000_0010);
-    let file_id = protocol::random_id();
+    let file_id = random_id();
 
     let mut conn = RawClient::connect(&boss.addr);
     let token = chunk_token(&key, &file_id, 0, &data, None);
@@ -723,7 +724,7 @@ fn a_file_cut_off_midway_never_shows_as_received() {
 
     // A chunk past what the Boss holds is refused.
     let mut conn = RawClient::connect(&boss.addr);
-    let other_id = protocol::random_id();
+    let other_id = random_id();
     let reply = conn.msg(agent, &chunk_token(&key, &other_id, CHUNK_BYTES, &data, Some(sha256_hex(&data))));
     assert!(reply.code() == Some(ErrorCode::BadRequest), "{reply:?}");
 
@@ -734,7 +735,7 @@ fn a_file_cut_off_midway_never_shows_as_received() {
     assert!(inbox(&home).is_empty());
 
     // Sent again whole, with a new file id, it arrives.
-    let fresh = protocol::random_id();
+    let fresh = random_id();
     assert!(conn.msg(agent, &chunk_token(&key, &fresh, 0, &data, None)).is_ack());
     let reply = conn.msg(agent, &chunk_token(&key, &fresh, CHUNK_BYTES, &data, Some(sha256_hex(&data))));
     assert!(reply.is_ack(), "{reply:?}");
@@ -790,7 +791,7 @@ fn a_replayed_earlier_chunk_does_not_spoil_the_upload() {
     let (home, agent, boss) = setup();
     let key = agent_key(&home, agent);
     let data = random_bytes(2 * CHUNK_BYTES + 777, 0x5EED_0000_0000_0011);
-    let file_id = protocol::random_id();
+    let file_id = random_id();
     let mut conn = RawClient::connect(&boss.addr);
 
     let first = chunk_token(&key, &file_id, 0, &data, None);
@@ -817,7 +818,7 @@ fn pipelined_and_concurrent_senders_are_all_stored_once() {
     let key = std::sync::Arc::new(agent_key(&home, agent));
 
     // Pipelining: three requests in one write, three ACKs back in request order.
-    let ids: Vec<String> = (0..3).map(|_| protocol::random_id()).collect();
+    let ids: Vec<String> = (0..3).map(|_| random_id()).collect();
     let batch: String = ids
         .iter()
         .map(|id| protocol::format_request(agent, &text_token(&key, id, &format!("pipelined {id}"))))
@@ -831,7 +832,7 @@ fn pipelined_and_concurrent_senders_are_all_stored_once() {
     // One write mixing a new message, garbage, the same message again and a
     // bad MAC: the Boss answers them together (one commit) but each in order,
     // and the repeat inside the same batch is a duplicate.
-    let fresh = protocol::random_id();
+    let fresh = random_id();
     let token = text_token(&key, &fresh, "mixed batch");
     let mut tampered = token.clone().into_bytes();
     let mid = tampered.len() / 2;
