@@ -58,7 +58,7 @@ bench-load addr="127.0.0.1:5000" connections="8" messages="4000":
 bench-compare: bench-setup
     bash scripts/bench-compare.sh
 
-# Hardening, long runs (issue 5): 64x1000 load, 10 kill -9 crashes, 10k hostile lines, 200 slow clients; figures in target/hardening-figures.txt.
+# Hardening, long runs: 64x1000 load, 10 kill -9 crashes, 10k hostile lines, 200 slow clients; figures in target/hardening-figures.txt.
 hardening:
     bash scripts/hardening-long.sh
 

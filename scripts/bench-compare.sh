@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench-compare.sh: every figure of issue 6 in one run on this machine,
+# scripts/bench-compare.sh: every BENCHMARKS.md figure in one run on this machine,
 # each beside its reference (OpenSSL, Python's cryptography.fernet, a
 # course-style Python Boss, the disk's fsync rate), then the targets as ratios
 # (bench/summarize.py). Everything runs on 127.0.0.1; servers it starts are

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz spyctl's parsers (issue 5) for a bounded time each: the request line
+# Fuzz spyctl's parsers for a bounded time each: the request line
 # (parse_request), the Fernet token (FernetKey::open) and the message header
 # (decode_message). Usage: scripts/hardening-fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 # Needs a nightly toolchain and cargo-fuzz (installed from crates.io if missing).

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The long hardening runs (issue 5): the same tests `cargo test` runs short
+# The long hardening runs: the same tests `cargo test` runs short
 # (tests/all/hardening/, the hostile-token properties in tests/all/fernet_vectors.rs,
-# and the parser properties in src/net/protocol_properties.rs), with the issue's counts, in release mode, one test
+# and the parser properties in src/net/protocol_properties.rs), with the long counts, in release mode, one test
 # at a time so the figures are not skewed by each other. Counts come from the
-# environment; the defaults are the issue's. Figures are printed and written to
+# environment; the defaults are the long ones. Figures are printed and written to
 # target/hardening-figures.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
