@@ -1,4 +1,4 @@
--- spyctl schema, version 1. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 2. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
 DROP TABLE IF EXISTS Files;
@@ -6,6 +6,16 @@ DROP TABLE IF EXISTS Messages;
 DROP TABLE IF EXISTS LoginLockouts;
 DROP TABLE IF EXISTS LoginFailures;
 DROP TABLE IF EXISTS Agents;
+DROP TABLE IF EXISTS Meta;
+
+-- Facts about this database. 'database-id' holds 16 random bytes made at
+-- `db init`: every key is derived with it as the HKDF salt, so nothing made
+-- for an earlier database (a session, an exported wire key, a captured line)
+-- is honoured by a database created later with the same master.key.
+CREATE TABLE Meta (
+    Name  TEXT PRIMARY KEY,
+    Value BLOB NOT NULL
+);
 
 -- One row per agent. Name and alias are Fernet tokens under the at-rest key;
 -- the password is an Argon2id PHC string; AgentNameIndex is the blind index

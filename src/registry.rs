@@ -6,7 +6,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 use zeroize::Zeroizing;
 
-use crate::crypto::{BlindIndexKey, FernetKey, MasterKey, password};
+use crate::crypto::{BlindIndexKey, FernetKey, KeyRing, MasterKey, password};
 use crate::db::{self, DbError, agents, logins};
 
 /// Longest name or alias, in characters.
@@ -29,8 +29,8 @@ pub struct RegistryKeys {
 }
 
 impl RegistryKeys {
-    pub fn derive(master: &MasterKey) -> Self {
-        RegistryKeys { at_rest: master.at_rest_key(), blind_index: master.blind_index_key() }
+    pub fn derive(keyring: &KeyRing) -> Self {
+        RegistryKeys { at_rest: keyring.at_rest_key(), blind_index: keyring.blind_index_key() }
     }
 
     /// Decrypts an at-rest column value.
@@ -70,6 +70,8 @@ pub enum RegistryError {
     Undecryptable,
     Db(DbError),
     Hash(password::HashError),
+    /// The OS random number generator failed (a new database's identifier).
+    Random(getrandom::Error),
 }
 
 impl std::fmt::Display for RegistryError {
@@ -80,6 +82,7 @@ impl std::fmt::Display for RegistryError {
             RegistryError::Undecryptable => f.write_str("a stored value does not decrypt with this home's master key"),
             RegistryError::Db(e) => e.fmt(f),
             RegistryError::Hash(e) => e.fmt(f),
+            RegistryError::Random(_) => f.write_str("the OS random number generator failed"),
         }
     }
 }
@@ -91,6 +94,7 @@ impl std::error::Error for RegistryError {
         match self {
             RegistryError::Db(e) => e.source(),
             RegistryError::Hash(e) => e.source(),
+            RegistryError::Random(e) => Some(e),
             RegistryError::Invalid(_) | RegistryError::DuplicateName | RegistryError::Undecryptable => None,
         }
     }
@@ -365,12 +369,18 @@ pub const SAMPLE_AGENTS: &[SampleAgent] = &[
 /// Drops and recreates every table, then adds the sample agents, all in one
 /// transaction: on any failure the old database is untouched.
 ///
-/// AgentIds keep counting from where the old table stopped: wire keys and
-/// sessions are bound to the id, so a new agent must never get an old one's.
-pub fn init_with_samples(conn: &mut Connection, keys: &RegistryKeys) -> Result<Vec<Agent>, RegistryError> {
+/// The new database gets a fresh random identifier, and every key is bound
+/// to it (returned as the [`KeyRing`]): nothing made for the old database is
+/// honoured by the new one. AgentIds still keep counting from where the old
+/// table stopped, so no log or row ever names two agents with one id.
+pub fn init_with_samples(conn: &mut Connection, master: &MasterKey) -> Result<(Vec<Agent>, KeyRing), RegistryError> {
+    let mut database_id = [0u8; db::DATABASE_ID_BYTES];
+    getrandom::fill(&mut database_id).map_err(RegistryError::Random)?;
+    let keyring = master.bind(&database_id);
+    let keys = &RegistryKeys::derive(&keyring);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let high_water = agents::id_high_water(&tx)?;
-    db::apply_schema(&tx)?;
+    db::apply_schema(&tx, &database_id)?;
     agents::keep_ids_above(&tx, high_water)?;
     let mut added = Vec::with_capacity(SAMPLE_AGENTS.len());
     for sample in SAMPLE_AGENTS {
@@ -384,7 +394,7 @@ pub fn init_with_samples(conn: &mut Connection, keys: &RegistryKeys) -> Result<V
         added.push(Agent { id, name: agent.name, alias: agent.alias, level: agent.level });
     }
     tx.commit()?;
-    Ok(added)
+    Ok((added, keyring))
 }
 
 /// The sample agent the demo script deletes, the one it promotes, and how.

@@ -5,7 +5,7 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::crypto::MasterKey;
+use crate::crypto::KeyRing;
 use crate::db::{DbError, agents, messages};
 use crate::net::protocol;
 use crate::registry::RegistryKeys;
@@ -29,8 +29,8 @@ pub struct InboxEntry {
 }
 
 /// Every message and file, oldest first.
-pub fn read(conn: &Connection, master: &MasterKey) -> Result<Vec<InboxEntry>, DbError> {
-    let keys = RegistryKeys::derive(master);
+pub fn read(conn: &Connection, keyring: &KeyRing) -> Result<Vec<InboxEntry>, DbError> {
+    let keys = RegistryKeys::derive(keyring);
     let mut names = std::collections::HashMap::new();
     let mut name_of = |agent_id: i64| -> Result<Option<String>, DbError> {
         if let Some(name) = names.get(&agent_id) {
@@ -42,7 +42,7 @@ pub fn read(conn: &Connection, master: &MasterKey) -> Result<Vec<InboxEntry>, Db
     };
     let mut entries = Vec::new();
     for m in messages::all_messages(conn)? {
-        let key = master.agent_wire_key(m.agent_id);
+        let key = keyring.agent_wire_key(m.agent_id);
         let content = key
             .open(m.token.as_bytes(), None)
             .ok()

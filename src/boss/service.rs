@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-use crate::crypto::{FernetKey, MasterKey, TokenError};
+use crate::crypto::{FernetKey, KeyRing, MasterKey, TokenError};
 use crate::db::{self, DbError, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
@@ -62,7 +62,7 @@ struct PendingAck {
 
 /// The Boss's line handler.
 pub struct BossService {
-    master: MasterKey,
+    keyring: KeyRing,
     keys: RegistryKeys,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
@@ -80,14 +80,15 @@ impl BossService {
         config: BossConfig,
     ) -> Result<Self, DbError> {
         let reader = db::open_read_only(db_path)?;
+        let keyring = master.bind(&db::database_id(&reader)?);
         let files = FileAssembler::new(files_root.to_path_buf());
         let swept = files.sweep_stale(STALE_UPLOAD);
         if swept > 0 {
             tracing::info!(swept, "removed partial uploads untouched for a day");
         }
         Ok(BossService {
-            keys: RegistryKeys::derive(&master),
-            master,
+            keys: RegistryKeys::derive(&keyring),
+            keyring,
             reader: Mutex::new(reader),
             store,
             files,
@@ -119,7 +120,7 @@ impl BossService {
             tracing::error!(error = %e, "agent lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })?;
-        let key = self.master.agent_wire_key(agent_id);
+        let key = self.keyring.agent_wire_key(agent_id);
         // Derive and check even for unknown agents, so both paths cost the same.
         let opened = key.open(request.token, Some(self.config.ttl_secs));
         let Some(alias) = alias else {

@@ -76,7 +76,7 @@ pub fn export_key(ctx: &mut Ctx<'_>, agent_id: i64, out: &Path, force: bool) -> 
             Error::failed(format!("{} exists; nothing was written", out.display())).hint(Hint::PassForceToOverwrite)
         );
     }
-    let key = gate.master.agent_wire_key(agent_id);
+    let key = gate.keyring.agent_wire_key(agent_id);
     let mut text = key.to_base64();
     text.push('\n');
     home::write_secret_file(out, text.as_bytes())?;

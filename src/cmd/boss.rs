@@ -70,7 +70,7 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
 
 pub fn inbox(ctx: &mut Ctx<'_>) -> Result<()> {
     let gate = require(ctx, Action::ReadInbox)?;
-    let entries = inbox::read(&gate.conn, &gate.master)?;
+    let entries = inbox::read(&gate.conn, &gate.keyring)?;
     if ctx.json {
         return ctx.json(serde_json::json!(entries));
     }

@@ -85,8 +85,8 @@ pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
         .hint(Hint::PassForceToReinit));
     }
     let master = ctx.home.load_or_create_master_key()?;
-    let keys = RegistryKeys::derive(&master);
-    let added = registry::init_with_samples(&mut conn, &keys)?;
+    let (added, keyring) = registry::init_with_samples(&mut conn, &master)?;
+    let keys = RegistryKeys::derive(&keyring);
     if had_agents {
         // The Files table is gone, so the files it listed are orphans.
         let files = ctx.home.files_dir();
@@ -141,8 +141,8 @@ pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
 /// The second script: delete one row, update one row, four SELECTs.
 pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
     let master = ctx.home.load_master_key()?;
-    let keys = RegistryKeys::derive(&master);
     let mut conn = db::open(&ctx.home.db_path())?;
+    let keys = RegistryKeys::derive(&master.bind(&db::database_id(&conn)?));
     let before = db::agents::count(&conn)?;
 
     // Both changes in one transaction: the script applies whole or not at all.
@@ -192,8 +192,8 @@ pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
 /// `db query --sql`: one read-only statement on a read-only connection.
 pub fn ad_hoc(ctx: &mut Ctx<'_>, sql: &str, raw: bool) -> Result<()> {
     let master = ctx.home.load_master_key()?;
-    let keys = RegistryKeys::derive(&master);
     let conn = db::open_read_only(&ctx.home.db_path())?;
+    let keys = RegistryKeys::derive(&master.bind(&db::database_id(&conn)?));
     let stmt = conn.prepare(sql).map_err(|e| match e {
         rusqlite::Error::MultipleStatement => Error::failed("--sql takes one statement"),
         other => Error::failed(format!("the query does not compile: {other}")),

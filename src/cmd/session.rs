@@ -9,7 +9,7 @@ use crate::auth::roles::{self, Action, Role};
 use crate::auth::session::{self, Claims};
 use crate::cli::{LoginArgs, SenderArgs};
 use crate::crypto::fernet::unix_now;
-use crate::crypto::{FernetKey, MasterKey};
+use crate::crypto::{FernetKey, KeyRing};
 use crate::db;
 use crate::error::{Error, Hint, Result};
 use crate::registry::{self, Agent, LoginError, RegistryKeys};
@@ -17,11 +17,11 @@ use crate::registry::{self, Agent, LoginError, RegistryKeys};
 use super::{Ctx, prompt};
 use crate::output::visible;
 
-/// The home opened once: its master key, the keys derived from it, and the
-/// database.
+/// The home opened once: the database, the master key bound to it, and the
+/// registry's keys derived from that.
 pub struct Opened {
     pub conn: Connection,
-    pub master: MasterKey,
+    pub keyring: KeyRing,
     pub keys: RegistryKeys,
 }
 
@@ -29,7 +29,8 @@ impl Opened {
     pub fn open(ctx: &Ctx<'_>) -> Result<Opened> {
         let master = ctx.home.load_master_key()?;
         let conn = db::open(&ctx.home.db_path())?;
-        Ok(Opened { conn, keys: RegistryKeys::derive(&master), master })
+        let keyring = master.bind(&db::database_id(&conn)?);
+        Ok(Opened { conn, keys: RegistryKeys::derive(&keyring), keyring })
     }
 }
 
@@ -37,7 +38,7 @@ impl Opened {
 /// as it is now.
 pub struct Gate {
     pub conn: Connection,
-    pub master: MasterKey,
+    pub keyring: KeyRing,
     pub keys: RegistryKeys,
     pub claims: Claims,
     pub agent: Agent,
@@ -46,11 +47,11 @@ pub struct Gate {
 /// Opens the home and checks the session. The agent is re-read from the
 /// database, so a deleted or demoted agent loses access at once.
 pub fn require_login(ctx: &Ctx<'_>) -> Result<Gate> {
-    let Opened { conn, master, keys } = Opened::open(ctx)?;
-    let claims = session::read(&ctx.home.session_path(), &master.session_key(), unix_now())?;
+    let Opened { conn, keyring, keys } = Opened::open(ctx)?;
+    let claims = session::read(&ctx.home.session_path(), &keyring.session_key(), unix_now())?;
     let agent = registry::get(&conn, &keys, claims.agent_id)?
         .ok_or_else(|| Error::failed("your agent record no longer exists").hint(Hint::LoginAgain))?;
-    Ok(Gate { conn, master, keys, claims, agent })
+    Ok(Gate { conn, keyring, keys, claims, agent })
 }
 
 /// [`require_login`], then a role check for `action`.
@@ -97,7 +98,7 @@ pub fn identity_key(ctx: &Ctx<'_>, identity: &Identity) -> Result<(i64, FernetKe
         }
         Identity::LoggedIn => {
             let gate = require(ctx, Action::Send)?;
-            Ok((gate.agent.id, gate.master.agent_wire_key(gate.agent.id)))
+            Ok((gate.agent.id, gate.keyring.agent_wire_key(gate.agent.id)))
         }
     }
 }
@@ -140,7 +141,7 @@ fn login_with(ctx: &mut Ctx<'_>, opened: &mut Opened, name: &str, password: &str
     let expires_at =
         now.checked_add(ttl.min(session::MAX_TTL_SECS)).ok_or_else(|| Error::usage("--ttl is out of range"))?;
     let claims = Claims { agent_id: agent.id, level: agent.level, expires_at };
-    session::write(&ctx.home.session_path(), &opened.master.session_key(), &claims)?;
+    session::write(&ctx.home.session_path(), &opened.keyring.session_key(), &claims)?;
     if ctx.json {
         return ctx.json(serde_json::json!({ "agent": agent, "expires_at": claims.expires_at }));
     }

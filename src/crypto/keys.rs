@@ -2,10 +2,15 @@
 //!
 //! One 32-byte master secret (from the OS RNG, kept hex-encoded in `master.key`)
 //! is the root of all keys. Each purpose gets its own subkey through
-//! HKDF-SHA256 (RFC 5869) with no salt and a distinct `info` label, so a key
-//! leaked for one purpose says nothing about another. The labels are part of the
-//! wire contract (PROTOCOL.md): an agent's wire key is
-//! `HKDF-SHA256(ikm = master, salt = none, info = "spyctl/v1/agent/<AgentId>", L = 32)`.
+//! HKDF-SHA256 (RFC 5869) with a distinct `info` label, so a key leaked for one
+//! purpose says nothing about another, and with the database's random
+//! identifier as the salt, so keys made for one database (sessions, exported
+//! wire keys, captured lines) mean nothing to a database created later with the
+//! same `master.key`. The labels are part of the wire contract (PROTOCOL.md): an
+//! agent's wire key is
+//! `HKDF-SHA256(ikm = master, salt = DatabaseId, info = "spyctl/v1/agent/<AgentId>", L = 32)`.
+//! A database created before identifiers existed has the empty identifier,
+//! which HKDF treats exactly as "no salt", so its keys did not change.
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -56,6 +61,11 @@ impl MasterKey {
         MasterKey(bytes)
     }
 
+    /// The keys of the database whose identifier is `database_id`.
+    pub fn bind(&self, database_id: &[u8]) -> KeyRing {
+        KeyRing { master: self.0, database_id: database_id.to_vec() }
+    }
+
     /// Parses the file form: 64 hex digits, surrounding whitespace ignored.
     pub fn from_hex(text: &str) -> Result<Self, BadMasterKey> {
         let mut bytes = [0u8; 32];
@@ -69,10 +79,25 @@ impl MasterKey {
     pub fn to_hex(&self) -> Zeroizing<String> {
         Zeroizing::new(hex::encode(self.0))
     }
+}
+
+/// The master secret bound to one database: the source of every key that
+/// database uses. No `Debug`, no `Clone`; wiped on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct KeyRing {
+    master: [u8; 32],
+    database_id: Vec<u8>,
+}
+
+impl KeyRing {
+    /// The identifier these keys are bound to (the HKDF salt).
+    pub fn database_id(&self) -> &[u8] {
+        &self.database_id
+    }
 
     /// 32 bytes of HKDF-SHA256 output for `label`.
     pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
-        let hkdf = Hkdf::<Sha256>::new(None, &self.0);
+        let hkdf = Hkdf::<Sha256>::new(Some(&self.database_id), &self.master);
         let mut okm = Zeroizing::new([0u8; 32]);
         // 32 bytes is far below HKDF-SHA256's 255 * 32 limit.
         hkdf.expand(label.as_bytes(), okm.as_mut()).expect("32 bytes is a valid HKDF-SHA256 output length");
@@ -108,7 +133,7 @@ mod tests {
 
     #[test]
     fn labels_give_distinct_keys() {
-        let master = MasterKey::from_bytes([1u8; 32]);
+        let master = MasterKey::from_bytes([1u8; 32]).bind(b"0123456789abcdef");
         let all = [
             master.derive(labels::AT_REST),
             master.derive(labels::BLIND_INDEX),
@@ -127,11 +152,28 @@ mod tests {
     fn derivation_matches_rfc5869_construction() {
         // Pinned output so a change of label or construction is caught: this is
         // the value PROTOCOL.md documents for the all-zero master and agent 1.
-        let master = MasterKey::from_bytes([0u8; 32]);
+        let master = MasterKey::from_bytes([0u8; 32]).bind(&[0x11; 16]);
         let key = master.derive(&agent_label(1));
-        let again = MasterKey::from_hex(&"00".repeat(32)).expect("hex").derive("spyctl/v1/agent/1");
+        let again = MasterKey::from_hex(&"00".repeat(32)).expect("hex").bind(&[0x11; 16]).derive("spyctl/v1/agent/1");
         assert_eq!(*key, *again);
-        assert_eq!(hex::encode(*key).len(), 64);
+        let manual = {
+            let mut okm = [0u8; 32];
+            Hkdf::<Sha256>::new(Some(&[0x11; 16]), &[0u8; 32]).expand(b"spyctl/v1/agent/1", &mut okm).expect("len");
+            okm
+        };
+        assert_eq!(*key, manual, "salt = database id, info = label");
+    }
+
+    #[test]
+    fn another_database_id_gives_other_keys_and_the_empty_id_is_the_old_unsalted_derivation() {
+        let master = MasterKey::from_bytes([7u8; 32]);
+        let one = master.bind(&[1u8; 16]).agent_wire_key(9).to_base64();
+        let two = master.bind(&[2u8; 16]).agent_wire_key(9).to_base64();
+        assert_ne!(one.as_str(), two.as_str(), "a recreated database must not honour old keys");
+        // Databases from before identifiers keep their keys: HKDF with no salt.
+        let mut unsalted = [0u8; 32];
+        Hkdf::<Sha256>::new(None, &[7u8; 32]).expand(b"spyctl/v1/agent/9", &mut unsalted).expect("len");
+        assert_eq!(*master.bind(&[]).derive(&agent_label(9)), unsalted);
     }
 
     #[test]

@@ -9,4 +9,4 @@ pub mod password;
 
 pub use blind_index::BlindIndexKey;
 pub use fernet::{FernetKey, TokenError};
-pub use keys::{BadMasterKey, MasterKey};
+pub use keys::{BadMasterKey, KeyRing, MasterKey};

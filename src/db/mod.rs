@@ -15,7 +15,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+/// Length of the random identifier `db init` gives each database.
+pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
 pub const SCHEMA_SQL: &str = include_str!("../../sql/schema.sql");
 /// How long a writer waits for another writer's lock before giving up.
@@ -224,17 +226,40 @@ fn check_version(conn: &Connection, path: &Path) -> DbResult<i32> {
 /// yet beyond refusing what this build cannot read.
 fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
     let version = check_version(conn, path)?;
-    // Future steps go here: `if version < 2 { tx: ALTER ...; user_version = 2 }`.
-    debug_assert!(version <= SCHEMA_VERSION);
+    if version < 2 {
+        // Version 2 adds the database identifier. A database from before it
+        // gets the empty identifier: HKDF treats an empty salt as no salt, so
+        // its keys, stored tokens, sessions and exported wire keys stay valid.
+        // (Databases created from now on get random ones at `db init`.)
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS Meta (Name TEXT PRIMARY KEY, Value BLOB NOT NULL)")?;
+        tx.execute("INSERT OR IGNORE INTO Meta (Name, Value) VALUES ('database-id', X'')", [])?;
+        tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 2 (database identifier)");
+    }
     Ok(())
 }
 
-/// Runs the DDL (drop + create every table) and stamps the schema version,
-/// inside the caller's transaction so a failure leaves the old tables.
-pub fn apply_schema(tx: &rusqlite::Transaction<'_>) -> DbResult<()> {
+/// Runs the DDL (drop + create every table), records the new database's
+/// identifier and stamps the schema version, inside the caller's transaction
+/// so a failure leaves the old tables.
+pub fn apply_schema(tx: &rusqlite::Transaction<'_>, database_id: &[u8; DATABASE_ID_BYTES]) -> DbResult<()> {
     tx.execute_batch(SCHEMA_SQL)?;
+    tx.execute("INSERT INTO Meta (Name, Value) VALUES ('database-id', ?1)", [&database_id[..]])?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
+}
+
+/// The database's identifier: the salt of every key derived for it. A
+/// version-1 database opened read-only (so not migrated) has the empty one,
+/// exactly what its migration would give it.
+pub fn database_id(conn: &Connection) -> DbResult<Vec<u8>> {
+    let version: i32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version < 2 {
+        return Ok(Vec::new());
+    }
+    Ok(conn.query_row("SELECT Value FROM Meta WHERE Name = 'database-id'", [], |row| row.get(0))?)
 }
 
 /// True when the database has an Agents table with at least one row.
@@ -248,4 +273,30 @@ pub fn has_agents(conn: &Connection) -> DbResult<bool> {
         return Ok(false);
     }
     Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM Agents)", [], |row| row.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_migrates_to_the_empty_identifier_and_new_ones_get_random_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("spyctl.db");
+        let mut conn = create(&path).expect("create");
+        let tx = conn.transaction().expect("tx");
+        apply_schema(&tx, &[0xAB; DATABASE_ID_BYTES]).expect("schema");
+        tx.commit().expect("commit");
+        assert_eq!(database_id(&conn).expect("id"), vec![0xAB; DATABASE_ID_BYTES]);
+        // What a version-1 database looks like: no Meta table, user_version 1.
+        conn.execute_batch("DROP TABLE Meta; PRAGMA user_version = 1;").expect("downgrade");
+        drop(conn);
+        let read_only = open_read_only(&path).expect("open read-only");
+        assert_eq!(database_id(&read_only).expect("id before migration"), Vec::<u8>::new());
+        drop(read_only);
+        let migrated = open(&path).expect("open migrates");
+        let version: i32 = migrated.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(database_id(&migrated).expect("id"), Vec::<u8>::new(), "old databases keep their keys");
+    }
 }

@@ -387,7 +387,7 @@ fn ad_hoc_select_runs_and_anything_else_is_refused() {
     }
     assert_eq!(tables(&home), tables_before);
     let version: i64 = open_db(&home).query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, i64::from(spyctl::db::SCHEMA_VERSION), "--sql changed user_version");
     assert!(!other.exists() && !copy.exists(), "--sql wrote a file");
 }
 

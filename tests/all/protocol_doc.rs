@@ -6,11 +6,12 @@ use spyctl::crypto::{FernetKey, MasterKey};
 use spyctl::net::protocol::{self, AckStatus, Header, Kind};
 
 const MASTER_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-const AGENT_KEY_HEX: &str = "80bc58abd876b6e98ed4c9b4f0d899b2b6889f1eb4411798f93a755ec34af842";
-const AGENT_KEY_TEXT: &str = "gLxYq9h2tumO1Mm08NiZsraInx60QReY-Tp1XsNK-EI=";
+const DATABASE_ID_HEX: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+const AGENT_KEY_HEX: &str = "a4941b0e53c92a7603799294b44dd4133a76c6af7dff1af7fca6dcb07eec198e";
+const AGENT_KEY_TEXT: &str = "pJQbDlPJKnYDeZKUtE3UEzp2xq99_xr3_KbcsH7sGY4=";
 const MESSAGE_ID: &str = "6f1c2a9e8d7b4c3f9a0e1d2c3b4a5968";
-const REQUEST_LINE: &str = "MSG 1 gAAAAABrSdIAAAECAwQFBgcICQoLDA0OD7xKj6v-ttMMFo28ci6WzRvFqLAL9MDdg6_hHoq81pAoOpU6qfOWja9leJQHu8ENgnwr7XGLqv6bJGWhuu5QCBFvZNrLA7x6lKgYJKxUNmtqVwWxGCEmTXA5w0PsD-5N_b_EW6Aq0lh_1I587dlH-z5M7rwbejPbgECDfgkkOEXh";
-const ACK_LINE: &str = "ACK gAAAAABrSdIBEBESExQVFhcYGRobHB0eH6D_C84F8qu9B1GA6gkdvRRgkrWTe-y6IAxuCRUVjDxKGCeiQDXisPyW2_JjAAJXMmz3E25dx9plpMW2RnZmhgbnuQMQOk3KQwGFm3KY1Za1VYjAbhuIoZF9IoP6siiiJY5Z4XgEIhWnIYAsQl0xreKmW3Sw_t4yGLACuawQ9E7KsgCiE8tV1z4WjSspJujc5w==";
+const REQUEST_LINE: &str = "MSG 1 gAAAAABrSdIAAAECAwQFBgcICQoLDA0OD8Jq87hm8Mt7GhKRKN3RWdQEy8TWi5_SUpeDAZpKFkFOMPySl6PWxmdRJzAXfU9atToXKC7oLt2KGIG6FDZRNbdd7AbkhdwH8wdsDq-ceGVwFxgz6cmmZgHlPLJkEZCYjhLiB7239VC3LBMKZBG9cBsfaAlb1Ny31DTrt7-PKj0w";
+const ACK_LINE: &str = "ACK gAAAAABrSdIBEBESExQVFhcYGRobHB0eH_5XjDG0LQyf8FbQuJAuBpP87x2ZIWRi-Q4_mm5UpIvdtC0KKoC0yta7I37_U_B7J0X-ny3DU0_vnSd4YQZDEyI9s626mwCzhIRrORQZEMPOAONZxSRMf1n9-8DtKOwtOWIGLY21SgSaqO-vE3KidVeqUmWVPflM6gV1nirMflSh1mqkC6BMwKqvw9MHMlK0WQ==";
 
 fn iv(start: u8) -> [u8; 16] {
     std::array::from_fn(|i| start + i as u8)
@@ -18,7 +19,8 @@ fn iv(start: u8) -> [u8; 16] {
 
 #[test]
 fn worked_example_matches_spyctl() {
-    let master = MasterKey::from_hex(MASTER_HEX).expect("master");
+    let database_id = hex::decode(DATABASE_ID_HEX).expect("hex");
+    let master = MasterKey::from_hex(MASTER_HEX).expect("master").bind(&database_id);
     assert_eq!(hex::encode(*master.derive("spyctl/v1/agent/1")), AGENT_KEY_HEX);
     let key = master.agent_wire_key(1);
     assert_eq!(key.to_base64().as_str(), AGENT_KEY_TEXT);
@@ -44,7 +46,7 @@ fn worked_example_matches_spyctl() {
 #[test]
 fn protocol_md_shows_the_same_values() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).expect("PROTOCOL.md");
-    for value in [MASTER_HEX, AGENT_KEY_HEX, AGENT_KEY_TEXT, REQUEST_LINE, ACK_LINE, MESSAGE_ID] {
+    for value in [MASTER_HEX, DATABASE_ID_HEX, AGENT_KEY_HEX, AGENT_KEY_TEXT, REQUEST_LINE, ACK_LINE, MESSAGE_ID] {
         assert!(doc.contains(value), "PROTOCOL.md lacks {value}");
     }
     // Every error code the server can send is documented.

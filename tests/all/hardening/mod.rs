@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRng;
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
-use spyctl::crypto::MasterKey;
+use spyctl::crypto::{KeyRing, MasterKey};
 use spyctl::net::client::ClientConfig;
 use spyctl::net::protocol::{Header, Kind};
 
@@ -53,9 +53,13 @@ fn hardening_rng(stream: u64) -> TestRng {
     seeded_rng(seed.rotate_left(17) ^ stream)
 }
 
-fn master_of(home: &TestHome) -> MasterKey {
+/// The home's keys, as the Boss derives them: master.key bound to the
+/// database's identifier.
+fn master_of(home: &TestHome) -> KeyRing {
     let text = std::fs::read_to_string(home.path().join("master.key")).expect("master.key");
-    MasterKey::from_hex(&text).expect("master key parses")
+    let conn = Connection::open_with_flags(home.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open db");
+    let database_id = spyctl::db::database_id(&conn).expect("database id");
+    MasterKey::from_hex(&text).expect("master key parses").bind(&database_id)
 }
 
 fn agent_ids(home: &TestHome) -> Vec<i64> {
