@@ -1,6 +1,7 @@
--- spyctl schema, version 2. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 3. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
+DROP TABLE IF EXISTS Audit;
 DROP TABLE IF EXISTS Files;
 DROP TABLE IF EXISTS Messages;
 DROP TABLE IF EXISTS LoginLockouts;
@@ -23,13 +24,26 @@ CREATE TABLE Meta (
 -- without storing them. AUTOINCREMENT so an AgentId is never reused: wire keys
 -- are derived from the id, and a new agent must not inherit an old one's key.
 -- (Dropping the table forgets the counter; `db init --force` carries it over.)
+-- KeyGeneration is bumped when a director revokes the agent's key: the wire
+-- key is derived with it and sessions carry it, so a revoked key, session or
+-- captured line stops working.
 CREATE TABLE Agents (
     AgentId            INTEGER PRIMARY KEY AUTOINCREMENT,
     AgentName          TEXT    NOT NULL,
     AgentAlias         TEXT    NOT NULL,
     AgentSecurityLevel INTEGER NOT NULL CHECK (AgentSecurityLevel BETWEEN 1 AND 5),
     LoginPassword      TEXT    NOT NULL,
-    AgentNameIndex     TEXT    NOT NULL UNIQUE
+    AgentNameIndex     TEXT    NOT NULL UNIQUE,
+    KeyGeneration      INTEGER NOT NULL DEFAULT 0
+);
+
+-- Who did what to which agent, when. ActorId is the director's AgentId; Entry
+-- is a Fernet token under the at-rest key holding the action and its details.
+CREATE TABLE Audit (
+    RowId   INTEGER PRIMARY KEY,
+    At      INTEGER NOT NULL,
+    ActorId INTEGER NOT NULL,
+    Entry   TEXT    NOT NULL
 );
 
 -- Failed logins per blind-indexed name (known or not, so lockouts do not

@@ -39,7 +39,7 @@ pub enum Command {
     /// Create the database and run the SQL demos
     #[command(subcommand)]
     Db(DbCommand),
-    /// Add and list agents, export wire keys
+    /// Add, list, re-level, revoke and delete agents; export wire keys; read the audit log
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Log in as an agent (password prompted without echo)
@@ -97,6 +97,29 @@ pub enum AgentCommand {
     /// Manage agents' wire keys
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Delete an agent at or below your level (directors only); its sessions and key stop working
+    Delete {
+        /// The agent to delete
+        #[arg(value_name = "AGENT_ID")]
+        agent_id: i64,
+    },
+    /// Move an agent at or below your level to another level, also at or below yours (directors only)
+    SetLevel {
+        /// The agent to move
+        #[arg(value_name = "AGENT_ID")]
+        agent_id: i64,
+        /// The new security level, 1 to 5
+        #[arg(value_name = "LEVEL", allow_negative_numbers = true)]
+        level: i64,
+    },
+    /// Replace an agent's wire key at once: its old key, sessions and captured lines are refused (directors only)
+    Revoke {
+        /// The agent whose key to revoke
+        #[arg(value_name = "AGENT_ID")]
+        agent_id: i64,
+    },
+    /// Show who added, deleted, re-levelled, revoked or exported whom, and when (directors only)
+    Audit,
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,8 @@ pub struct Agent {
     pub name: String,
     pub alias: String,
     pub level: u8,
+    /// The agent's current key generation (see `agent revoke`).
+    pub key_generation: u32,
 }
 
 /// An agent to add. The password is wiped on drop.
@@ -66,6 +68,13 @@ pub enum RegistryError {
     /// Input that breaks a rule; the text says which.
     Invalid(String),
     DuplicateName,
+    /// No agent has this AgentId.
+    NoSuchAgent(i64),
+    /// The acting director would act on, or grant, a level above their own.
+    AboveCeiling {
+        actor_level: u8,
+        level: u8,
+    },
     /// A stored value does not open with this home's key (wrong master.key?).
     Undecryptable,
     Db(DbError),
@@ -79,6 +88,11 @@ impl std::fmt::Display for RegistryError {
         match self {
             RegistryError::Invalid(why) => f.write_str(why),
             RegistryError::DuplicateName => f.write_str("an agent with that name already exists"),
+            RegistryError::NoSuchAgent(id) => write!(f, "no agent with AgentId {id}"),
+            RegistryError::AboveCeiling { actor_level, level } => write!(
+                f,
+                "refused: level {level} is above your own level {actor_level}; nobody grants more than they hold"
+            ),
             RegistryError::Undecryptable => f.write_str("a stored value does not decrypt with this home's master key"),
             RegistryError::Db(e) => e.fmt(f),
             RegistryError::Hash(e) => e.fmt(f),
@@ -95,7 +109,11 @@ impl std::error::Error for RegistryError {
             RegistryError::Db(e) => e.source(),
             RegistryError::Hash(e) => e.source(),
             RegistryError::Random(e) => Some(e),
-            RegistryError::Invalid(_) | RegistryError::DuplicateName | RegistryError::Undecryptable => None,
+            RegistryError::Invalid(_)
+            | RegistryError::DuplicateName
+            | RegistryError::NoSuchAgent(_)
+            | RegistryError::AboveCeiling { .. }
+            | RegistryError::Undecryptable => None,
         }
     }
 }
@@ -202,12 +220,132 @@ pub fn validate(agent: &NewAgent) -> Result<(), RegistryError> {
 }
 
 /// Adds one agent in its own transaction; returns the new AgentId.
-pub fn add(conn: &mut Connection, keys: &RegistryKeys, agent: &NewAgent) -> Result<i64, RegistryError> {
+pub fn add(conn: &mut Connection, keys: &RegistryKeys, actor: &Agent, agent: &NewAgent) -> Result<i64, RegistryError> {
     validate(agent)?;
+    check_ceiling(actor, agent.level)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let id = insert(&tx, keys, agent)?;
+    record(&tx, keys, actor, AuditAction::Add { target: id, level: agent.level })?;
     tx.commit()?;
     Ok(id)
+}
+
+/// Nobody acts on, or grants, a level above their own.
+pub fn check_ceiling(actor: &Agent, level: u8) -> Result<(), RegistryError> {
+    if level > actor.level {
+        return Err(RegistryError::AboveCeiling { actor_level: actor.level, level });
+    }
+    Ok(())
+}
+
+/// What a director did, as the audit log records it (sealed at rest).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum AuditAction {
+    Add { target: i64, level: u8 },
+    Delete { target: i64 },
+    SetLevel { target: i64, from: u8, to: u8 },
+    Revoke { target: i64, generation: u32 },
+    ExportKey { target: i64, generation: u32 },
+}
+
+/// One audit entry, opened.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor_id: i64,
+    #[serde(flatten)]
+    pub action: AuditAction,
+}
+
+fn now_secs() -> i64 {
+    crate::crypto::fernet::unix_now() as i64
+}
+
+/// Appends an audit entry inside the caller's transaction.
+fn record(conn: &Connection, keys: &RegistryKeys, actor: &Agent, action: AuditAction) -> Result<(), RegistryError> {
+    let json = serde_json::to_string(&action).map_err(|e| RegistryError::Invalid(format!("audit entry: {e}")))?;
+    db::audit::insert(conn, now_secs(), actor.id, &keys.conceal(&json))?;
+    Ok(())
+}
+
+/// Records a key export (the key itself is never stored).
+pub fn record_export(
+    conn: &mut Connection,
+    keys: &RegistryKeys,
+    actor: &Agent,
+    target: &Agent,
+) -> Result<(), RegistryError> {
+    check_ceiling(actor, target.level)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    record(&tx, keys, actor, AuditAction::ExportKey { target: target.id, generation: target.key_generation })?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The target agent, if it exists and is within the actor's ceiling.
+fn target_within_ceiling(
+    conn: &Connection,
+    keys: &RegistryKeys,
+    actor: &Agent,
+    id: i64,
+) -> Result<Agent, RegistryError> {
+    let target = get(conn, keys, id)?.ok_or(RegistryError::NoSuchAgent(id))?;
+    check_ceiling(actor, target.level)?;
+    Ok(target)
+}
+
+/// Removes an agent at or below the actor's level.
+pub fn delete(conn: &mut Connection, keys: &RegistryKeys, actor: &Agent, id: i64) -> Result<Agent, RegistryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let target = target_within_ceiling(&tx, keys, actor, id)?;
+    agents::delete(&tx, id)?;
+    record(&tx, keys, actor, AuditAction::Delete { target: id })?;
+    tx.commit()?;
+    Ok(target)
+}
+
+/// Moves an agent at or below the actor's level to another level, also at
+/// or below it. Takes effect at once: every gated command re-reads the level.
+pub fn set_level(
+    conn: &mut Connection,
+    keys: &RegistryKeys,
+    actor: &Agent,
+    id: i64,
+    level: u8,
+) -> Result<Agent, RegistryError> {
+    let level = check_level(i64::from(level))?;
+    check_ceiling(actor, level)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let target = target_within_ceiling(&tx, keys, actor, id)?;
+    agents::set_level(&tx, id, level)?;
+    record(&tx, keys, actor, AuditAction::SetLevel { target: id, from: target.level, to: level })?;
+    tx.commit()?;
+    Ok(Agent { level, ..target })
+}
+
+/// Replaces an agent's wire key at once by moving it to its next key
+/// generation: the old key, every session and every line sealed before are
+/// refused from the next request on. Returns the new generation.
+pub fn revoke(conn: &mut Connection, keys: &RegistryKeys, actor: &Agent, id: i64) -> Result<u32, RegistryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    target_within_ceiling(&tx, keys, actor, id)?;
+    let generation = agents::bump_key_generation(&tx, id)?;
+    record(&tx, keys, actor, AuditAction::Revoke { target: id, generation })?;
+    tx.commit()?;
+    Ok(generation)
+}
+
+/// The audit log, oldest first, opened.
+pub fn audit_log(conn: &Connection, keys: &RegistryKeys) -> Result<Vec<AuditEntry>, RegistryError> {
+    db::audit::all(conn)?
+        .into_iter()
+        .map(|stored| {
+            let json = keys.reveal(&stored.entry)?;
+            let action = serde_json::from_str(&json).map_err(|_| RegistryError::Undecryptable)?;
+            Ok(AuditEntry { at: stored.at, actor_id: stored.actor_id, action })
+        })
+        .collect()
 }
 
 /// Inserts one validated agent inside the caller's transaction.
@@ -240,6 +378,7 @@ pub fn reveal(keys: &RegistryKeys, stored: &agents::StoredAgent) -> Result<Agent
         name: keys.reveal(&stored.name)?,
         alias: keys.reveal(&stored.alias)?,
         level: stored.level,
+        key_generation: stored.key_generation,
     })
 }
 
@@ -391,7 +530,7 @@ pub fn init_with_samples(conn: &mut Connection, master: &MasterKey) -> Result<(V
             password: Zeroizing::new(sample.password.to_string()),
         };
         let id = insert(&tx, keys, &agent)?;
-        added.push(Agent { id, name: agent.name, alias: agent.alias, level: agent.level });
+        added.push(Agent { id, name: agent.name, alias: agent.alias, level: agent.level, key_generation: 0 });
     }
     tx.commit()?;
     Ok((added, keyring))

@@ -33,6 +33,8 @@ impl Role {
 pub enum Action {
     AddAgent,
     ExportKey,
+    /// Delete, re-level or revoke agents, and read the audit log.
+    ManageAgents,
     ReadInbox,
     ListAgents,
     Send,
@@ -43,6 +45,7 @@ impl Action {
         match self {
             Action::AddAgent => "add agents",
             Action::ExportKey => "export wire keys",
+            Action::ManageAgents => "delete, re-level or revoke agents, or read the audit log",
             Action::ReadInbox => "read the Boss's inbox",
             Action::ListAgents => "list agents",
             Action::Send => "send to the Boss",
@@ -53,7 +56,9 @@ impl Action {
 /// True when an agent at `level` may do `action`.
 pub fn allows(level: u8, action: Action) -> bool {
     match action {
-        Action::AddAgent | Action::ExportKey | Action::ReadInbox => Role::of_level(level) == Role::Director,
+        Action::AddAgent | Action::ExportKey | Action::ManageAgents | Action::ReadInbox => {
+            Role::of_level(level) == Role::Director
+        }
         Action::ListAgents | Action::Send => true,
     }
 }
@@ -82,6 +87,7 @@ mod tests {
             let director = level >= 4;
             assert_eq!(allows(level, Action::AddAgent), director);
             assert_eq!(allows(level, Action::ReadInbox), director);
+            assert_eq!(allows(level, Action::ManageAgents), director);
             assert!(allows(level, Action::ListAgents));
             assert!(allows(level, Action::Send));
         }

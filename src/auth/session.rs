@@ -23,6 +23,10 @@ pub struct Claims {
     pub level: u8,
     /// Unix seconds after which the session is void.
     pub expires_at: u64,
+    /// The agent's key generation at login: `agent revoke` bumps it, which
+    /// voids every session made before. (Absent in older sessions: 0.)
+    #[serde(default)]
+    pub key_generation: u32,
 }
 
 /// Why there is no usable session, or it could not be written or removed.
@@ -114,7 +118,7 @@ mod tests {
         let path = dir.path().join("session");
         let key = FernetKey::from_bytes(&[5u8; 32]);
         let now = crate::crypto::fernet::unix_now();
-        let claims = Claims { agent_id: 3, level: 4, expires_at: now + 100 };
+        let claims = Claims { agent_id: 3, level: 4, expires_at: now + 100, key_generation: 0 };
         write(&path, &key, &claims).expect("write");
         assert_eq!(read(&path, &key, now).expect("read"), claims);
         assert!(matches!(read(&path, &key, now + 100), Err(SessionError::Expired)));

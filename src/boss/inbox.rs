@@ -42,10 +42,10 @@ pub fn read(conn: &Connection, keyring: &KeyRing) -> Result<Vec<InboxEntry>, DbE
     };
     let mut entries = Vec::new();
     for m in messages::all_messages(conn)? {
-        let key = keyring.agent_wire_key(m.agent_id);
-        let content = key
-            .open(m.token.as_bytes(), None)
-            .ok()
+        // Sealed under the generation current when it arrived: any up to now.
+        let newest = agents::by_id(conn, m.agent_id)?.map_or(0, |a| a.key_generation);
+        let content = keyring
+            .open_agent_token(m.agent_id, newest, m.token.as_bytes())
             .and_then(|o| {
                 protocol::decode_message(&o.plaintext).ok().map(|(_, body)| String::from_utf8_lossy(body).into_owned())
             })

@@ -100,9 +100,9 @@ impl BossService {
     /// The agent's stored (encrypted) alias, or None if no such agent (now).
     /// Nothing is decrypted here: known and unknown ids must cost the same
     /// until the token's MAC has been checked.
-    fn stored_alias(&self, agent_id: i64) -> Result<Option<String>, DbError> {
+    fn stored_alias(&self, agent_id: i64) -> Result<Option<(String, u32)>, DbError> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(db::agents::by_id(&reader, agent_id)?.map(|agent| agent.alias))
+        Ok(db::agents::by_id(&reader, agent_id)?.map(|agent| (agent.alias, agent.key_generation)))
     }
 
     fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
@@ -120,7 +120,9 @@ impl BossService {
             tracing::error!(error = %e, "agent lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })?;
-        let key = self.keyring.agent_wire_key(agent_id);
+        // The current key generation only: a revoked key no longer opens.
+        let generation = alias.as_ref().map_or(0, |(_, generation)| *generation);
+        let key = self.keyring.agent_wire_key_at(agent_id, generation);
         // Derive and check even for unknown agents, so both paths cost the same.
         let opened = key.open(request.token, Some(self.config.ttl_secs));
         let Some(alias) = alias else {
@@ -142,7 +144,7 @@ impl BossService {
             }
         };
         // Authentic: now it is safe to spend work on the agent's alias.
-        let alias = self.keys.reveal(&alias).unwrap_or_else(|_| format!("agent {agent_id}"));
+        let alias = self.keys.reveal(&alias.0).unwrap_or_else(|_| format!("agent {agent_id}"));
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {

@@ -1,4 +1,6 @@
-//! `agent add`, `agent list`, `agent key export`.
+//! `agent add`, `agent list`, `agent key export`, and the director commands
+//! `agent delete`, `agent set-level`, `agent revoke`, `agent audit`. Every one
+//! of them stops at the caller's own level (the registry enforces it).
 
 use std::path::Path;
 
@@ -7,7 +9,7 @@ use crate::cli::AgentAddArgs;
 use crate::error::{Error, Hint, Result};
 use crate::home;
 use crate::output::{Rows, visible};
-use crate::registry::{self, NewAgent};
+use crate::registry::{self, AuditAction, NewAgent};
 
 use super::session::{Gate, require};
 use super::{Ctx, prompt};
@@ -30,7 +32,7 @@ pub fn add_agent(ctx: &mut Ctx<'_>, agent: &NewAgent) -> Result<()> {
 
 /// Adds a checked agent through an open gate and prints the result.
 fn add_as(ctx: &mut Ctx<'_>, gate: &mut Gate, agent: &NewAgent) -> Result<()> {
-    let id = registry::add(&mut gate.conn, &gate.keys, agent)?;
+    let id = registry::add(&mut gate.conn, &gate.keys, &gate.agent, agent)?;
     let added = registry::get(&gate.conn, &gate.keys, id)?.ok_or_else(|| Error::failed("the new agent vanished"))?;
     if ctx.json {
         return ctx.json(serde_json::json!({ "added": added }));
@@ -68,15 +70,17 @@ pub fn list(ctx: &mut Ctx<'_>) -> Result<()> {
 }
 
 pub fn export_key(ctx: &mut Ctx<'_>, agent_id: i64, out: &Path, force: bool) -> Result<()> {
-    let gate = require(ctx, Action::ExportKey)?;
+    let mut gate = require(ctx, Action::ExportKey)?;
     let agent = registry::get(&gate.conn, &gate.keys, agent_id)?
         .ok_or_else(|| Error::failed(format!("no agent with AgentId {agent_id}")).hint(Hint::SeeAgentList))?;
+    registry::check_ceiling(&gate.agent, agent.level)?;
     if out.exists() && !force {
         return Err(
             Error::failed(format!("{} exists; nothing was written", out.display())).hint(Hint::PassForceToOverwrite)
         );
     }
-    let key = gate.keyring.agent_wire_key(agent_id);
+    let key = gate.keyring.agent_wire_key_at(agent_id, agent.key_generation);
+    registry::record_export(&mut gate.conn, &gate.keys, &gate.agent, &agent)?;
     let mut text = key.to_base64();
     text.push('\n');
     home::write_secret_file(out, text.as_bytes())?;
@@ -89,4 +93,73 @@ pub fn export_key(ctx: &mut Ctx<'_>, agent_id: i64, out: &Path, force: bool) -> 
         out.display(),
         out.display()
     ))
+}
+
+/// `agent delete N`: removes the agent; its sessions and key stop working at once.
+pub fn delete(ctx: &mut Ctx<'_>, agent_id: i64) -> Result<()> {
+    let mut gate = require(ctx, Action::ManageAgents)?;
+    let removed = registry::delete(&mut gate.conn, &gate.keys, &gate.agent, agent_id)?;
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "deleted": removed }));
+    }
+    ctx.say(&format!("Agent {agent_id} ({}) deleted.", visible(&removed.name)))
+}
+
+/// `agent set-level N L`: moves the agent; takes effect on its next command.
+pub fn set_level(ctx: &mut Ctx<'_>, agent_id: i64, level: i64) -> Result<()> {
+    let level = registry::check_level(level)?;
+    let mut gate = require(ctx, Action::ManageAgents)?;
+    let moved = registry::set_level(&mut gate.conn, &gate.keys, &gate.agent, agent_id, level)?;
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "agent": moved }));
+    }
+    ctx.say(&format!(
+        "Agent {agent_id} ({}) is now level {level}, a {}.",
+        visible(&moved.name),
+        Role::of_level(level).name()
+    ))
+}
+
+/// `agent revoke N`: a new wire key at once; the old key, sessions and
+/// captured lines are refused from now on.
+pub fn revoke(ctx: &mut Ctx<'_>, agent_id: i64) -> Result<()> {
+    let mut gate = require(ctx, Action::ManageAgents)?;
+    let generation = registry::revoke(&mut gate.conn, &gate.keys, &gate.agent, agent_id)?;
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "revoked": agent_id, "key_generation": generation }));
+    }
+    ctx.say(&format!(
+        "Agent {agent_id}'s key and sessions are revoked (key generation {generation}). \
+         Export its new key with: spyctl agent key export {agent_id} --out FILE"
+    ))
+}
+
+/// `agent audit`: who did what to which agent, when.
+pub fn audit(ctx: &mut Ctx<'_>) -> Result<()> {
+    let gate = require(ctx, Action::ManageAgents)?;
+    let entries = registry::audit_log(&gate.conn, &gate.keys)?;
+    if ctx.json {
+        return ctx.json(serde_json::json!(entries));
+    }
+    let mut rows = Rows::new(&["When (UTC)", "Director", "Action", "Agent", "Details"]);
+    for entry in &entries {
+        let (action, target, details) = match &entry.action {
+            AuditAction::Add { target, level } => ("add", target, format!("level {level}")),
+            AuditAction::Delete { target } => ("delete", target, String::new()),
+            AuditAction::SetLevel { target, from, to } => ("set-level", target, format!("{from} -> {to}")),
+            AuditAction::Revoke { target, generation } => ("revoke", target, format!("key generation {generation}")),
+            AuditAction::ExportKey { target, generation } => {
+                ("export key", target, format!("key generation {generation}"))
+            }
+        };
+        rows.push(vec![
+            crate::output::utc_time(entry.at),
+            entry.actor_id.to_string(),
+            action.into(),
+            target.to_string(),
+            details,
+        ]);
+    }
+    ctx.show(&rows.to_table())?;
+    ctx.say(&format!("{} entr{}.", entries.len(), if entries.len() == 1 { "y" } else { "ies" }))
 }

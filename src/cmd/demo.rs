@@ -195,7 +195,7 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
 /// token, sends it over a raw socket and returns the Boss's answer line.
 fn send_tampered(ctx: &Ctx<'_>, addr: std::net::SocketAddr) -> Result<String> {
     let gate = session::require_login(ctx)?;
-    let key = gate.keyring.agent_wire_key(gate.agent.id);
+    let key = gate.keyring.agent_wire_key_at(gate.agent.id, gate.agent.key_generation);
     let plaintext = protocol::encode_message(
         &Header { id: crate::net::ids::random_id(), kind: Kind::Text },
         b"Transfer 1M to account 666",

@@ -64,6 +64,10 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         },
         Command::Agent(AgentCommand::Add(args)) => agent::add(ctx, args),
         Command::Agent(AgentCommand::List) => agent::list(ctx),
+        Command::Agent(AgentCommand::Delete { agent_id }) => agent::delete(ctx, agent_id),
+        Command::Agent(AgentCommand::SetLevel { agent_id, level }) => agent::set_level(ctx, agent_id, level),
+        Command::Agent(AgentCommand::Revoke { agent_id }) => agent::revoke(ctx, agent_id),
+        Command::Agent(AgentCommand::Audit) => agent::audit(ctx),
         Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {
             agent::export_key(ctx, agent_id, &out, force)
         }

@@ -51,6 +51,9 @@ pub fn require_login(ctx: &Ctx<'_>) -> Result<Gate> {
     let claims = session::read(&ctx.home.session_path(), &keyring.session_key(), unix_now())?;
     let agent = registry::get(&conn, &keys, claims.agent_id)?
         .ok_or_else(|| Error::failed("your agent record no longer exists").hint(Hint::LoginAgain))?;
+    if agent.key_generation != claims.key_generation {
+        return Err(Error::failed("your session was revoked by a director").hint(Hint::LoginAgain));
+    }
     Ok(Gate { conn, keyring, keys, claims, agent })
 }
 
@@ -98,7 +101,7 @@ pub fn identity_key(ctx: &Ctx<'_>, identity: &Identity) -> Result<(i64, FernetKe
         }
         Identity::LoggedIn => {
             let gate = require(ctx, Action::Send)?;
-            Ok((gate.agent.id, gate.keyring.agent_wire_key(gate.agent.id)))
+            Ok((gate.agent.id, gate.keyring.agent_wire_key_at(gate.agent.id, gate.agent.key_generation)))
         }
     }
 }
@@ -140,7 +143,7 @@ fn login_with(ctx: &mut Ctx<'_>, opened: &mut Opened, name: &str, password: &str
     })?;
     let expires_at =
         now.checked_add(ttl.min(session::MAX_TTL_SECS)).ok_or_else(|| Error::usage("--ttl is out of range"))?;
-    let claims = Claims { agent_id: agent.id, level: agent.level, expires_at };
+    let claims = Claims { agent_id: agent.id, level: agent.level, expires_at, key_generation: agent.key_generation };
     session::write(&ctx.home.session_path(), &opened.keyring.session_key(), &claims)?;
     if ctx.json {
         return ctx.json(serde_json::json!({ "agent": agent, "expires_at": claims.expires_at }));

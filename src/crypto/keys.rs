@@ -116,15 +116,37 @@ impl KeyRing {
         FernetKey::from_bytes(&self.derive(labels::SESSION))
     }
 
-    /// Agent `agent_id`'s wire key: the Boss derives it, the agent holds only it.
+    /// Agent `agent_id`'s first wire key (generation 0, before any revocation).
     pub fn agent_wire_key(&self, agent_id: i64) -> FernetKey {
-        FernetKey::from_bytes(&self.derive(&agent_label(agent_id)))
+        self.agent_wire_key_at(agent_id, 0)
+    }
+
+    /// Opens a token agent `agent_id` sealed under any of its key generations
+    /// up to `newest` (stored messages outlive a revocation), newest first.
+    pub fn open_agent_token(&self, agent_id: i64, newest: u32, token: &[u8]) -> Option<super::fernet::Opened> {
+        (0..=newest).rev().find_map(|generation| self.agent_wire_key_at(agent_id, generation).open(token, None).ok())
+    }
+
+    /// Agent `agent_id`'s wire key at key generation `generation` (bumped by
+    /// each `agent revoke`): the Boss derives it, the agent holds only it.
+    pub fn agent_wire_key_at(&self, agent_id: i64, generation: u32) -> FernetKey {
+        FernetKey::from_bytes(&self.derive(&agent_label_at(agent_id, generation)))
     }
 }
 
-/// The HKDF label of one agent's wire key.
+/// The HKDF label of one agent's first wire key.
 pub fn agent_label(agent_id: i64) -> String {
-    format!("{}{agent_id}", labels::AGENT_PREFIX)
+    agent_label_at(agent_id, 0)
+}
+
+/// The HKDF label of one agent's wire key at a key generation: generation 0
+/// is `spyctl/v1/agent/<AgentId>` (as before revocation existed), later ones
+/// append `/<generation>`.
+pub fn agent_label_at(agent_id: i64, generation: u32) -> String {
+    match generation {
+        0 => format!("{}{agent_id}", labels::AGENT_PREFIX),
+        g => format!("{}{agent_id}/{g}", labels::AGENT_PREFIX),
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +162,9 @@ mod tests {
             master.derive(labels::SESSION),
             master.derive(&agent_label(1)),
             master.derive(&agent_label(2)),
+            master.derive(&agent_label_at(1, 1)),
+            master.derive(&agent_label_at(1, 2)),
+            master.derive(&agent_label_at(11, 1)),
         ];
         for i in 0..all.len() {
             for j in i + 1..all.len() {

@@ -20,6 +20,8 @@ pub struct StoredAgent {
     /// Argon2id PHC string.
     pub password_hash: String,
     pub name_index: String,
+    /// Bumped by each revocation; part of the wire key's derivation.
+    pub key_generation: u32,
 }
 
 /// A row to insert (no id yet).
@@ -35,7 +37,8 @@ pub struct NewStoredAgent<'a> {
 macro_rules! select_agents {
     ($rest:literal) => {
         concat!(
-            "SELECT AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex FROM Agents ",
+            "SELECT AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex, KeyGeneration \
+             FROM Agents ",
             $rest
         )
     };
@@ -49,6 +52,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredAgent> {
         level: row.get(3)?,
         password_hash: row.get(4)?,
         name_index: row.get(5)?,
+        key_generation: row.get(6)?,
     })
 }
 
@@ -86,6 +90,24 @@ pub fn at_or_below(conn: &Connection, max_level: u8) -> DbResult<Vec<StoredAgent
     let mut stmt = conn.prepare(select_agents!("WHERE AgentSecurityLevel <= ?1 ORDER BY AgentId"))?;
     let rows = stmt.query_map([max_level], from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Deletes one agent; true if there was one.
+pub fn delete(conn: &Connection, id: i64) -> DbResult<bool> {
+    Ok(conn.execute("DELETE FROM Agents WHERE AgentId = ?1", [id])? == 1)
+}
+
+pub fn set_level(conn: &Connection, id: i64, level: u8) -> DbResult<bool> {
+    Ok(conn.execute("UPDATE Agents SET AgentSecurityLevel = ?2 WHERE AgentId = ?1", rusqlite::params![id, level])? == 1)
+}
+
+/// Moves the agent to its next key generation and returns it.
+pub fn bump_key_generation(conn: &Connection, id: i64) -> DbResult<u32> {
+    Ok(conn.query_row(
+        "UPDATE Agents SET KeyGeneration = KeyGeneration + 1 WHERE AgentId = ?1 RETURNING KeyGeneration",
+        [id],
+        |row| row.get(0),
+    )?)
 }
 
 pub fn count(conn: &Connection) -> DbResult<i64> {

@@ -3,6 +3,7 @@
 //! cryptography happens here: callers hand in values already encrypted.
 
 pub mod agents;
+pub mod audit;
 pub mod demo;
 pub mod logins;
 pub mod messages;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -238,6 +239,18 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 2 (database identifier)");
     }
+    if version < 3 {
+        // Version 3: key generations (for `agent revoke`) and the audit log.
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "ALTER TABLE Agents ADD COLUMN KeyGeneration INTEGER NOT NULL DEFAULT 0;
+             CREATE TABLE IF NOT EXISTS Audit (RowId INTEGER PRIMARY KEY, At INTEGER NOT NULL,
+                                               ActorId INTEGER NOT NULL, Entry TEXT NOT NULL);",
+        )?;
+        tx.pragma_update(None, "user_version", 3)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 3 (key generations, audit)");
+    }
     Ok(())
 }
 
@@ -280,7 +293,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_version_1_database_migrates_to_the_empty_identifier_and_new_ones_get_random_ids() {
+    fn a_version_1_database_migrates_to_the_empty_identifier_and_gains_key_generations_and_audit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("spyctl.db");
         let mut conn = create(&path).expect("create");
@@ -288,8 +301,12 @@ mod tests {
         apply_schema(&tx, &[0xAB; DATABASE_ID_BYTES]).expect("schema");
         tx.commit().expect("commit");
         assert_eq!(database_id(&conn).expect("id"), vec![0xAB; DATABASE_ID_BYTES]);
-        // What a version-1 database looks like: no Meta table, user_version 1.
-        conn.execute_batch("DROP TABLE Meta; PRAGMA user_version = 1;").expect("downgrade");
+        // What a version-1 database looks like: no Meta or Audit table, no
+        // KeyGeneration column, user_version 1.
+        conn.execute_batch(
+            "DROP TABLE Meta; DROP TABLE Audit; ALTER TABLE Agents DROP COLUMN KeyGeneration; PRAGMA user_version = 1;",
+        )
+        .expect("downgrade");
         drop(conn);
         let read_only = open_read_only(&path).expect("open read-only");
         assert_eq!(database_id(&read_only).expect("id before migration"), Vec::<u8>::new());
@@ -298,5 +315,9 @@ mod tests {
         let version: i32 = migrated.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(database_id(&migrated).expect("id"), Vec::<u8>::new(), "old databases keep their keys");
+        let generations: i64 =
+            migrated.query_row("SELECT COUNT(KeyGeneration) FROM Agents", [], |r| r.get(0)).expect("v3 column");
+        assert_eq!(generations, 0, "no agents, but the column exists");
+        migrated.query_row("SELECT COUNT(*) FROM Audit", [], |r| r.get::<_, i64>(0)).expect("v3 audit table");
     }
 }

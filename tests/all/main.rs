@@ -1,6 +1,7 @@
 //! The one integration test binary: Fernet vectors and properties, the real
 //! `spyctl` binary end to end in temporary homes, and the Boss over loopback.
 
+mod agent_admin;
 mod boss_e2e;
 mod cli_docs;
 mod cli_registry;
