@@ -8,6 +8,7 @@ mod client_retry;
 mod error_layers;
 mod fernet_vectors;
 mod hardening;
+mod home_checks;
 mod protocol_doc;
 mod python_interop;
 mod support;
