@@ -350,7 +350,7 @@ mod tests {
         home.load_master_key().expect("a home others may only read is fine");
         fs::write(home.db_path(), b"").expect("db");
         fs::set_permissions(home.db_path(), fs::Permissions::from_mode(0o620)).expect("chmod db");
-        let err = home.check_strict().err().expect("refused");
+        let err = home.check_strict().expect_err("refused");
         assert!(matches!(&err, HomeError::Writable { mode: 0o620, dir: false, .. }), "{err}");
     }
 }
