@@ -59,6 +59,13 @@ pub enum Hint {
     RunDbInit,
     RestoreMasterKey,
     Chmod600(PathBuf),
+    Chmod700(PathBuf),
+    /// Give `path` (a directory tree if `dir`) to user `uid`.
+    ChownTo {
+        path: PathBuf,
+        uid: u32,
+        dir: bool,
+    },
     CheckPermissions(PathBuf),
     RestoreDbBackup,
     UseNewerSpyctl,
@@ -89,6 +96,13 @@ impl fmt::Display for Hint {
             Hint::RunDbInit => f.write_str("run `spyctl db init` first"),
             Hint::RestoreMasterKey => f.write_str("restore master.key from your backup"),
             Hint::Chmod600(path) => write!(f, "run `chmod 600 {}`", path.display()),
+            Hint::Chmod700(path) => write!(f, "run `chmod 700 {}`", path.display()),
+            Hint::ChownTo { path, uid, dir } => write!(
+                f,
+                "run `chown {}{uid} {}` as root, or use a home you own (--home DIR)",
+                if *dir { "-R " } else { "" },
+                path.display()
+            ),
             Hint::CheckPermissions(path) => {
                 write!(f, "check that you own {} and may read and write it (ls -l; chown or chmod)", path.display())
             }
@@ -240,7 +254,11 @@ fn home_hint(err: &HomeError) -> Option<Hint> {
         HomeError::NoDefaultHome => Some(Hint::PassHome),
         HomeError::NoDatabase { .. } => Some(Hint::RunDbInit),
         HomeError::MasterKeyMissing { .. } | HomeError::BadMasterKey { .. } => Some(Hint::RestoreMasterKey),
-        HomeError::Loose { path, .. } => Some(Hint::Chmod600(path.clone())),
+        HomeError::Loose { path, .. } | HomeError::Writable { path, dir: false, .. } => {
+            Some(Hint::Chmod600(path.clone()))
+        }
+        HomeError::Writable { path, dir: true, .. } => Some(Hint::Chmod700(path.clone())),
+        HomeError::NotOwned { path, uid, dir, .. } => Some(Hint::ChownTo { path: path.clone(), uid: *uid, dir: *dir }),
         HomeError::Read { path, .. } | HomeError::Write { path, .. } | HomeError::Create { path, .. } => {
             permission_hint(err, path)
         }

@@ -4,10 +4,17 @@
 //! files. It is created 0700 on first use; every file holding a secret is
 //! created 0600 (with `O_EXCL`, then renamed into place) and a secret file that
 //! group or others can read is refused, the way `ssh` refuses a loose key.
+//!
+//! Before the home is used it is checked the way sshd's `StrictModes` checks
+//! `~/.ssh`: the directory, the database (with its WAL files) and the master
+//! key must belong to the user running spyctl (or to root, who could change
+//! them anyway) and must not be writable by group or others. Another user who
+//! can write there could swap the database, plant a symlink among received
+//! files, or replace the key with one they know.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -47,6 +54,21 @@ pub enum HomeError {
         path: PathBuf,
         mode: u32,
     },
+    /// The home, the database or the key belongs to another user (`owner`),
+    /// not to the one running spyctl (`uid`) nor to root.
+    NotOwned {
+        path: PathBuf,
+        owner: u32,
+        uid: u32,
+        dir: bool,
+    },
+    /// Group or others may write the home directory or a file the home's
+    /// safety rests on (`mode` holds its bits).
+    Writable {
+        path: PathBuf,
+        mode: u32,
+        dir: bool,
+    },
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -75,6 +97,12 @@ impl std::fmt::Display for HomeError {
             HomeError::Loose { path, mode } => {
                 write!(f, "{} is accessible by other users (mode {mode:04o}); refusing to use it", path.display())
             }
+            HomeError::NotOwned { path, owner, uid, .. } => {
+                write!(f, "{} belongs to user {owner}, not to you (user {uid}); refusing to use it", path.display())
+            }
+            HomeError::Writable { path, mode, .. } => {
+                write!(f, "{} is writable by other users (mode {mode:04o}); refusing to use it", path.display())
+            }
             HomeError::Read { path, .. } => write!(f, "cannot read {}", path.display()),
             HomeError::NotText { path } => write!(f, "{} is not text", path.display()),
             HomeError::Write { path, .. } => write!(f, "cannot write {}", path.display()),
@@ -95,6 +123,8 @@ impl std::error::Error for HomeError {
             | HomeError::NoDatabase { .. }
             | HomeError::MasterKeyMissing { .. }
             | HomeError::Loose { .. }
+            | HomeError::NotOwned { .. }
+            | HomeError::Writable { .. }
             | HomeError::NotText { .. } => None,
         }
     }
@@ -141,16 +171,37 @@ impl Home {
         self.dir.join(FILES_DIR)
     }
 
-    /// Creates the directory (0700) if it does not exist.
+    /// Creates the directory (0700) if it does not exist, then checks it as
+    /// [`check_strict`](Self::check_strict) does.
     pub fn ensure(&self) -> Result<()> {
-        if self.dir.is_dir() {
-            return Ok(());
+        if !self.dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(|source| HomeError::Create { path: self.dir.clone(), source })?;
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|source| HomeError::Create { path: self.dir.clone(), source })
+        self.check_strict()
+    }
+
+    /// Refuses a home another user could change (sshd's `StrictModes`): the
+    /// directory, `spyctl.db` with its `-wal` and `-shm` files, and
+    /// `master.key` must belong to us or root and not be writable by group or
+    /// others. What does not exist yet is skipped, so a missing home still
+    /// gets its own error. Symlinks are followed: a home that is a link to a
+    /// directory we own is fine; the check is on what would be used.
+    pub fn check_strict(&self) -> Result<()> {
+        let uid = rustix::process::geteuid().as_raw();
+        check_owned_and_closed(&self.dir, true, uid)?;
+        let db = self.db_path();
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        let mut shm = db.clone().into_os_string();
+        shm.push("-shm");
+        for file in [db, PathBuf::from(wal), PathBuf::from(shm), self.master_key_path()] {
+            check_owned_and_closed(&file, false, uid)?;
+        }
+        Ok(())
     }
 
     /// True when a database exists here (nothing is created).
@@ -170,8 +221,11 @@ impl Home {
         self.load_master_key()
     }
 
-    /// Loads an existing master key; never creates one.
+    /// Loads an existing master key after checking the home
+    /// ([`check_strict`](Self::check_strict)); never creates one. Every command
+    /// that uses the home loads the key first, so this is where the check runs.
     pub fn load_master_key(&self) -> Result<MasterKey> {
+        self.check_strict()?;
         let path = self.master_key_path();
         let text = read_secret_file(&path).map_err(|e| match e {
             HomeError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -197,6 +251,26 @@ fn default_home() -> Option<PathBuf> {
     } else {
         Some(home.join(".local/share/spyctl"))
     }
+}
+
+/// One step of [`Home::check_strict`] for `path` (a directory if `dir`).
+fn check_owned_and_closed(path: &Path, dir: bool, uid: u32) -> Result<()> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(HomeError::Read { path: path.to_path_buf(), source }),
+    };
+    // Root may own it, as sshd allows: root can change anything anyway, and a
+    // root-owned file another user cannot write is no risk to us.
+    let owner = meta.uid();
+    if owner != uid && owner != 0 {
+        return Err(HomeError::NotOwned { path: path.to_path_buf(), owner, uid, dir });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(HomeError::Writable { path: path.to_path_buf(), mode, dir });
+    }
+    Ok(())
 }
 
 /// Refuses a secret file that group or others may read or write.
@@ -262,5 +336,21 @@ mod tests {
         fs::set_permissions(home.master_key_path(), fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = home.load_master_key().err().expect("refused");
         assert!(matches!(&err, HomeError::Loose { mode: 0o644, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_home_or_database_others_may_write_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = Home::at(tmp.path());
+        home.load_or_create_master_key().expect("create");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).expect("chmod home");
+        let err = home.load_master_key().err().expect("refused");
+        assert!(matches!(&err, HomeError::Writable { mode: 0o777, dir: true, .. }), "{err}");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod home back");
+        home.load_master_key().expect("a home others may only read is fine");
+        fs::write(home.db_path(), b"").expect("db");
+        fs::set_permissions(home.db_path(), fs::Permissions::from_mode(0o620)).expect("chmod db");
+        let err = home.check_strict().expect_err("refused");
+        assert!(matches!(&err, HomeError::Writable { mode: 0o620, dir: false, .. }), "{err}");
     }
 }

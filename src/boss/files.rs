@@ -9,13 +9,29 @@
 //! (`<file-id>`) and the directory synced: a file is either complete
 //! under its final name or not there at all. The inbox lists only files whose
 //! row the writer committed after the rename.
+//!
+//! No symlink inside the home is ever followed when writing or hashing: the
+//! agent chooses both the bytes and the file id, so a link planted at
+//! `files/`, `files/<agent>/` or a part or final name would otherwise send its
+//! upload (an `authorized_keys`, say) wherever the link points. Each directory
+//! is opened with `O_DIRECTORY | O_NOFOLLOW` relative to its parent's
+//! descriptor, each file with `openat(dir, name, O_NOFOLLOW ...)` and must be
+//! a regular file with one link; renames and directory syncs use the same
+//! descriptors (through `rustix`, since the crate forbids `unsafe`). A link
+//! found in any of those places fails the chunk as an I/O error (`ERR
+//! internal`) and nothing is written. Only the home itself (the parent of
+//! `files/`) is opened by path, following links, as the operator chose it.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 use crate::net::protocol::FileChunk;
@@ -34,7 +50,8 @@ pub enum ChunkOutcome {
 pub enum ChunkError {
     /// The sender broke the rules (order, hash); the text says how.
     Rejected(String),
-    /// The Boss could not read or write its files; the sender may try again.
+    /// The Boss could not read or write its files (or found a symlink or
+    /// other non-regular file where it writes); the sender may try again.
     Io(std::io::Error),
 }
 
@@ -63,29 +80,97 @@ pub struct FileAssembler {
     lock: Mutex<()>,
 }
 
+/// The directories one chunk is written in, opened without following links.
+/// They are reopened for every chunk, so a link swapped in between two chunks
+/// is found too.
+struct AgentDirs {
+    /// The home: the parent of `root`, opened by path.
+    home: OwnedFd,
+    /// `files/`; `new` when this chunk created it.
+    root: OwnedFd,
+    root_new: bool,
+    /// `files/<agent>/`.
+    agent: OwnedFd,
+    agent_new: bool,
+}
+
+impl AgentDirs {
+    /// Makes the new directory entries durable: an ACK promises the part
+    /// file survives a crash, and so must the directories leading to it.
+    fn sync_new(&self) -> std::io::Result<()> {
+        rustix::fs::fsync(&self.agent)?;
+        if self.agent_new {
+            rustix::fs::fsync(&self.root)?;
+        }
+        if self.root_new {
+            rustix::fs::fsync(&self.home)?;
+        }
+        Ok(())
+    }
+}
+
 impl FileAssembler {
+    /// `root` is the home's `files/` directory; it need not exist yet.
     pub fn new(root: PathBuf) -> Self {
         FileAssembler { root, lock: Mutex::new(()) }
     }
 
+    /// Opens the home by path and `files/` inside it with no-follow; creates
+    /// `files/` (0700) if `create`. `None` when it does not exist and
+    /// `create` is false.
+    fn open_root(&self, create: bool) -> std::io::Result<Option<(OwnedFd, OwnedFd, bool)>> {
+        let parent = self.root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = self.root.file_name().ok_or_else(|| std::io::Error::other("the files directory has no name"))?;
+        let home =
+            rustix::fs::openat(CWD, parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let created = if create { make_dir(&home, name)? } else { false };
+        match open_dir(&home, name) {
+            Ok(root) => Ok(Some((home, root, created))),
+            Err(e) if !create && e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens (creating as needed) `files/` and `files/<agent_id>/`.
+    fn agent_dirs(&self, agent_id: i64) -> std::io::Result<AgentDirs> {
+        let Some((home, root, root_new)) = self.open_root(true)? else {
+            return Err(ErrorKind::NotFound.into());
+        };
+        let name = agent_id.to_string();
+        let agent_new = make_dir(&root, OsStr::new(&name))?;
+        let agent = open_dir(&root, OsStr::new(&name))?;
+        Ok(AgentDirs { home, root, root_new, agent, agent_new })
+    }
+
     /// Deletes partial uploads untouched for `max_age`: a sender that gave up
-    /// must not hold disk space forever. Returns how many were removed.
+    /// must not hold disk space forever. Returns how many were removed. Walks
+    /// with the same no-follow opens as writing, so a linked agent directory
+    /// cannot make it delete `.part` files elsewhere.
     pub fn sweep_stale(&self, max_age: std::time::Duration) -> usize {
         let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Ok(agents) = fs::read_dir(&self.root) else { return 0 };
+        let Ok(Some((_home, root, _))) = self.open_root(false) else { return 0 };
+        let Ok(agents) = Dir::read_from(&root) else { return 0 };
         let mut removed = 0;
-        for agent_dir in agents.flatten() {
-            let Ok(entries) = fs::read_dir(agent_dir.path()) else { continue };
+        for agent in agents.flatten() {
+            let name = OsStr::from_bytes(agent.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let Ok(agent_dir) = open_dir(&root, name) else { continue };
+            let Ok(entries) = Dir::read_from(&agent_dir) else { continue };
             for entry in entries.flatten() {
-                let name = entry.file_name();
+                let name = OsStr::from_bytes(entry.file_name().to_bytes());
                 let is_part = name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".part"));
-                let stale = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
+                if !is_part {
+                    continue;
+                }
+                let stale = open_file(&agent_dir, name, OFlags::RDONLY)
+                    .and_then(|f| f.metadata())
                     .ok()
+                    .and_then(|m| m.modified().ok())
                     .and_then(|t| t.elapsed().ok())
                     .is_some_and(|age| age > max_age);
-                if is_part && stale && fs::remove_file(entry.path()).is_ok() {
+                if stale && rustix::fs::unlinkat(&agent_dir, name, AtFlags::empty()).is_ok() {
                     removed += 1;
                 }
             }
@@ -103,34 +188,36 @@ impl FileAssembler {
     /// Writes one chunk; see the module docs for the rules.
     pub fn write_chunk(&self, agent_id: i64, chunk: &FileChunk, body: &[u8]) -> Result<ChunkOutcome, ChunkError> {
         let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let dir = self.root.join(agent_id.to_string());
-        // An agent's first upload also adds the agent's directory to the root.
-        let new_dir = !dir.exists();
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err)?;
+        // The protocol allows only [A-Za-z0-9_-] in ids; checked again here
+        // because a `/` or `..` would make the names below paths.
+        if !crate::net::protocol::valid_id(&chunk.file_id) {
+            return Err(ChunkError::Rejected("invalid file id".into()));
+        }
+        let dirs = self.agent_dirs(agent_id).map_err(io_err)?;
         let relative = Self::final_relative(agent_id, chunk);
-        let final_path = self.root.join(&relative);
+        let final_name = OsStr::new(&chunk.file_id);
         // The leading dot keeps partial names apart from final ones, which
         // are the bare file id (no dots possible): `.<id>.part` vs `<id>`.
-        let part_path = dir.join(format!(".{}.part", chunk.file_id));
+        let part_name = format!(".{}.part", chunk.file_id);
+        let part_name = OsStr::new(&part_name);
         let end = chunk.offset + body.len() as u64;
 
-        if final_path.exists() && !part_path.exists() {
+        if entry_exists(&dirs.agent, final_name).map_err(io_err)?
+            && !entry_exists(&dirs.agent, part_name).map_err(io_err)?
+        {
             // Completed earlier (a retried last chunk after a crash or lost ACK).
-            let sha256 = hash_file(&final_path).map_err(io_err)?;
+            let done = open_file(&dirs.agent, final_name, OFlags::RDONLY).map_err(io_err)?;
+            let sha256 = hash_open_file(&done).map_err(io_err)?;
             if Some(&sha256) == chunk.sha256.as_ref() || chunk.sha256.is_none() {
                 return Ok(ChunkOutcome::Complete { stored_as: relative, sha256 });
             }
             return Err(ChunkError::Rejected("that file id is already complete with other contents".into()));
         }
 
-        let part = if chunk.offset == 0 {
-            OpenOptions::new().write(true).read(true).create(true).truncate(false).mode(0o600).open(&part_path)
-        } else {
-            OpenOptions::new().write(true).read(true).open(&part_path)
-        };
-        let part = match part {
+        let flags = if chunk.offset == 0 { OFlags::RDWR | OFlags::CREATE } else { OFlags::RDWR };
+        let part = match open_file(&dirs.agent, part_name, flags) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(ChunkError::Rejected(
                     "no upload in progress for this file; start again at offset 0".into(),
                 ));
@@ -151,24 +238,20 @@ impl FileAssembler {
                 // Chunk 0 may have created the part file: a new directory entry,
                 // which its ACK promises will survive a crash. Synced on every
                 // chunk 0, so a retry after a failed sync still makes it durable.
-                sync_dir(&dir).map_err(io_err)?;
-                if new_dir {
-                    sync_dir(&self.root).map_err(io_err)?;
-                }
+                dirs.sync_new().map_err(io_err)?;
             }
             return Ok(ChunkOutcome::Partial { received: have.max(end) });
         }
         let expected = chunk.sha256.as_deref().unwrap_or_default();
-        let sha256 = hash_file(&part_path).map_err(io_err)?;
+        let sha256 = hash_open_file(&part).map_err(io_err)?;
         if sha256 != expected {
-            let _ = fs::remove_file(&part_path);
+            let _ = rustix::fs::unlinkat(&dirs.agent, part_name, AtFlags::empty());
             return Err(ChunkError::Rejected("the file's SHA-256 does not match; send the whole file again".into()));
         }
-        fs::rename(&part_path, &final_path).map_err(io_err)?;
-        sync_dir(&dir).map_err(io_err)?;
-        if new_dir {
-            sync_dir(&self.root).map_err(io_err)?;
-        }
+        // renameat replaces whatever is at the final name, a link included,
+        // without following it.
+        rustix::fs::renameat(&dirs.agent, part_name, &dirs.agent, final_name).map_err(|e| io_err(e.into()))?;
+        dirs.sync_new().map_err(io_err)?;
         Ok(ChunkOutcome::Complete { stored_as: relative, sha256 })
     }
 }
@@ -177,21 +260,63 @@ fn io_err(e: std::io::Error) -> ChunkError {
     ChunkError::Io(e)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Creates directory `name` (0700) in `parent`; true if it was created now.
+/// An existing entry of that name is left for [`open_dir`] to judge.
+fn make_dir(parent: impl AsFd, name: &OsStr) -> std::io::Result<bool> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Hex SHA-256 of a file's contents.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
+/// Opens directory `name` in `parent`, refusing a symlink (`O_NOFOLLOW`
+/// fails with `ELOOP`) and anything not a directory (`O_DIRECTORY`).
+fn open_dir(parent: impl AsFd, name: &OsStr) -> std::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(parent, name, flags, Mode::empty())?)
+}
+
+/// Opens file `name` in `dir` with `flags` plus no-follow (new files 0600),
+/// and refuses anything but a regular file with one link: a FIFO or device
+/// is not an upload, and a hard link would let a chunk rewrite another file
+/// in place. `O_NONBLOCK` keeps a planted FIFO from hanging the open.
+fn open_file(dir: impl AsFd, name: &OsStr, flags: OFlags) -> std::io::Result<File> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))?;
+    let stat = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || stat.st_nlink != 1 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file with a single link; refusing to use it",
+            Path::new(name).display()
+        )));
+    }
+    Ok(File::from(fd))
+}
+
+/// Whether `dir` has an entry `name` of any type, links included.
+fn entry_exists(dir: impl AsFd, name: &OsStr) -> std::io::Result<bool> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Hex SHA-256 of an open file's whole contents, read from offset 0.
+fn hash_open_file(file: &File) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
+    let mut offset = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
+        let n = match file.read_at(&mut buf, offset) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         hasher.update(&buf[..n]);
+        offset += n as u64;
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -199,6 +324,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
 
     fn chunk(offset: u64, size: u64, sha256: Option<String>) -> FileChunk {
         FileChunk { file_id: "f1".into(), name: "a.txt".into(), offset, size, sha256 }
@@ -257,5 +384,111 @@ mod tests {
         let err = files.write_chunk(1, &chunk(0, 3, Some("00".repeat(32))), b"abc");
         assert!(matches!(err, Err(ChunkError::Rejected(_))));
         assert_eq!(fs::read_dir(tmp.path().join("1")).expect("dir").count(), 0);
+    }
+
+    /// A home with `files/` inside and a directory outside it, with the
+    /// file an attacker wants to overwrite.
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        files: PathBuf,
+        outside: PathBuf,
+        victim: PathBuf,
+    }
+
+    const VICTIM: &[u8] = b"ssh-ed25519 AAAA the owner's key\n";
+
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join("home");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(home.join("files")).expect("home");
+        fs::create_dir(&outside).expect("outside");
+        let victim = outside.join("authorized_keys");
+        fs::write(&victim, VICTIM).expect("victim");
+        Setup { files: home.join("files"), outside, victim, _tmp: tmp }
+    }
+
+    /// The whole upload of `data` as file id `id`, in one chunk.
+    fn whole(id: &str, data: &[u8]) -> FileChunk {
+        let sha = hex::encode(Sha256::digest(data));
+        FileChunk { file_id: id.into(), name: "x".into(), offset: 0, size: data.len() as u64, sha256: Some(sha) }
+    }
+
+    fn outside_unchanged(s: &Setup) {
+        assert_eq!(fs::read(&s.victim).expect("victim"), VICTIM, "the file outside the home changed");
+        assert_eq!(fs::read_dir(&s.outside).expect("outside").count(), 1, "something was created outside the home");
+    }
+
+    #[test]
+    fn a_symlinked_files_dir_is_not_followed() {
+        let s = setup();
+        fs::remove_dir(&s.files).expect("rm files");
+        symlink(&s.outside, &s.files).expect("link");
+        let files = FileAssembler::new(s.files.clone());
+        let err = files.write_chunk(7, &whole("authorized_keys", b"evil"), b"evil");
+        assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
+        outside_unchanged(&s);
+    }
+
+    #[test]
+    fn a_symlinked_agent_dir_is_not_followed() {
+        let s = setup();
+        symlink(&s.outside, s.files.join("7")).expect("link");
+        let files = FileAssembler::new(s.files.clone());
+        let err = files.write_chunk(7, &whole("authorized_keys", b"evil"), b"evil");
+        assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
+        outside_unchanged(&s);
+    }
+
+    #[test]
+    fn a_symlinked_part_file_is_not_followed_at_any_offset() {
+        let s = setup();
+        fs::create_dir(s.files.join("7")).expect("agent dir");
+        symlink(&s.victim, s.files.join("7/.f1.part")).expect("link");
+        let files = FileAssembler::new(s.files.clone());
+        for offset in [0, 4] {
+            let err = files.write_chunk(7, &chunk(offset, 12, None), b"evil");
+            assert!(matches!(err, Err(ChunkError::Io(_))), "offset {offset}: {err:?}");
+        }
+        outside_unchanged(&s);
+    }
+
+    #[test]
+    fn a_hard_linked_part_file_is_refused() {
+        let s = setup();
+        fs::create_dir(s.files.join("7")).expect("agent dir");
+        // A hard link needs the same file system, so the "victim" is a file
+        // beside the agent directory here.
+        let victim = s.files.join("victim");
+        fs::write(&victim, VICTIM).expect("victim");
+        fs::hard_link(&victim, s.files.join("7/.f1.part")).expect("hard link");
+        let files = FileAssembler::new(s.files.clone());
+        let err = files.write_chunk(7, &chunk(4, 12, None), b"evil");
+        assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
+        assert_eq!(fs::read(&victim).expect("victim"), VICTIM);
+    }
+
+    #[test]
+    fn a_symlinked_final_name_is_neither_hashed_nor_written_through() {
+        let s = setup();
+        fs::create_dir(s.files.join("7")).expect("agent dir");
+        symlink(&s.victim, s.files.join("7/f1")).expect("link");
+        let files = FileAssembler::new(s.files.clone());
+        // A retried last chunk would hash the final file: not through a link.
+        let err = files.write_chunk(7, &whole("f1", VICTIM), VICTIM);
+        assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
+        outside_unchanged(&s);
+    }
+
+    #[test]
+    fn the_sweep_does_not_follow_a_symlinked_agent_dir() {
+        let s = setup();
+        let stale = s.outside.join(".old.part");
+        fs::write(&stale, b"not ours").expect("stale");
+        symlink(&s.outside, s.files.join("7")).expect("link");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let files = FileAssembler::new(s.files.clone());
+        assert_eq!(files.sweep_stale(std::time::Duration::from_millis(1)), 0);
+        assert!(stale.exists(), "a part file outside the home was deleted");
     }
 }

@@ -10,6 +10,7 @@ mod database_identity;
 mod error_layers;
 mod fernet_vectors;
 mod hardening;
+mod home_checks;
 mod protocol_doc;
 mod python_interop;
 mod support;
