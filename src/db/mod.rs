@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod demo;
+pub mod limits;
 pub mod logins;
 pub mod messages;
 
@@ -45,6 +46,8 @@ pub enum DbError {
     },
     /// A UNIQUE constraint refused a row.
     Duplicate(rusqlite::Error),
+    /// A limited read (`db query --sql`) reached one of its limits.
+    Limit(limits::LimitError),
     Sqlite(rusqlite::Error),
 }
 
@@ -87,6 +90,7 @@ impl std::fmt::Display for DbError {
             DbError::Corrupt { path, .. } => write!(f, "{} is not a usable spyctl database", path.display()),
             DbError::CannotOpen { path, .. } => write!(f, "cannot open the database {}", path.display()),
             DbError::Duplicate(_) => f.write_str("a row with the same key already exists"),
+            DbError::Limit(limit) => limit.fmt(f),
             DbError::Sqlite(_) => f.write_str("database error"),
         }
     }
@@ -97,6 +101,8 @@ impl std::error::Error for DbError {
         match self {
             DbError::Corrupt { source, .. } | DbError::Duplicate(source) | DbError::Sqlite(source) => Some(source),
             DbError::CannotOpen { source, .. } => Some(source),
+            // Transparent: the limit's own text is this error's text.
+            DbError::Limit(limit) => std::error::Error::source(limit),
             DbError::Missing(_) | DbError::NotInitialised(_) | DbError::TooNew { .. } => None,
         }
     }
@@ -237,15 +243,21 @@ pub fn apply_schema(tx: &rusqlite::Transaction<'_>) -> DbResult<()> {
     Ok(())
 }
 
-/// True when the database has an Agents table with at least one row.
-pub fn has_agents(conn: &Connection) -> DbResult<bool> {
-    let has_table: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Agents')",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_table {
-        return Ok(false);
+/// Every table (SQLite's own `sqlite_*` aside) that holds at least one row,
+/// with its row count, in name order: what a plain `db init` would destroy.
+pub fn tables_with_rows(conn: &Connection) -> DbResult<Vec<(String, i64)>> {
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut holding = Vec::new();
+    for name in names {
+        // A name from sqlite_master, quoted as an identifier ("" escapes ").
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| row.get(0))?;
+        if rows > 0 {
+            holding.push((name, rows));
+        }
     }
-    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM Agents)", [], |row| row.get(0))?)
+    Ok(holding)
 }
