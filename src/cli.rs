@@ -70,9 +70,12 @@ pub enum Command {
 pub enum DbCommand {
     /// Create the tables (drop + create) and add the sample agents, then print them
     Init {
-        /// Replace a database that already holds agents (everything in it is lost)
+        /// Replace a database that holds data: back it up (and files/) under backups/, then start over
         #[arg(long)]
         force: bool,
+        /// With --force: do not ask for confirmation (for scripts; needed when stdin is not a terminal)
+        #[arg(long, requires = "force")]
+        yes: bool,
         /// Show the rows as stored (ciphertext), not decrypted
         #[arg(long)]
         raw: bool,
@@ -85,7 +88,33 @@ pub enum DbCommand {
         /// Show values as stored (ciphertext), not decrypted
         #[arg(long)]
         raw: bool,
+        /// With --sql: stop the query after this many seconds
+        #[arg(
+            long,
+            requires = "sql",
+            value_name = "SECONDS",
+            default_value_t = crate::db::limits::DEFAULT_TIMEOUT_SECS,
+            value_parser = clap::value_parser!(u64).range(1..=3600)
+        )]
+        timeout: u64,
+        /// With --sql: refuse a result of more than N rows
+        #[arg(
+            long,
+            requires = "sql",
+            value_name = "N",
+            default_value_t = crate::db::limits::DEFAULT_MAX_ROWS,
+            value_parser = parse_max_rows
+        )]
+        max_rows: usize,
     },
+}
+
+/// `--max-rows`: at least 1.
+fn parse_max_rows(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of rows, at least 1".to_string()),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,7 @@ use crate::auth::session::SessionError;
 use crate::boss::BossError;
 use crate::boss::store::StoreError;
 use crate::db::DbError;
+use crate::db::limits::LimitError;
 use crate::home::HomeError;
 use crate::net::client::{AttemptError, FileSendError, SendError};
 use crate::net::protocol::ErrorCode;
@@ -87,6 +88,10 @@ pub enum Hint {
     PassAsFlag,
     BenchConnections,
     DemoHomeInUse,
+    QueryTimeBudget,
+    QueryRowCap,
+    QuerySmaller,
+    PassYes,
 }
 
 impl fmt::Display for Hint {
@@ -111,7 +116,9 @@ impl fmt::Display for Hint {
             }
             Hint::UseNewerSpyctl => f.write_str("use a newer spyctl"),
             Hint::SameHomeKeys => f.write_str("the database and master.key must come from the same home"),
-            Hint::PassForceToReinit => f.write_str("pass --force to drop every table and start over"),
+            Hint::PassForceToReinit => {
+                f.write_str("pass --force to back it up under backups/, drop every table and start over")
+            }
             Hint::PassForceToOverwrite => f.write_str("pass --force to overwrite it"),
             Hint::SeeAgentList => f.write_str("see `spyctl agent list`"),
             Hint::Login => f.write_str("run `spyctl login`"),
@@ -135,6 +142,10 @@ impl fmt::Display for Hint {
             Hint::UsePasswordStdin => f.write_str("use --password-stdin"),
             Hint::PassAsFlag => f.write_str("pass it as a flag, e.g. --name"),
             Hint::BenchConnections => f.write_str("is the Boss running with --max-connections at least --connections?"),
+            Hint::QueryTimeBudget => f.write_str("narrow the query (WHERE, LIMIT) or give it more time with --timeout"),
+            Hint::QueryRowCap => f.write_str("add a WHERE or a LIMIT, or raise --max-rows"),
+            Hint::QuerySmaller => f.write_str("select fewer or smaller values (substr, length, LIMIT)"),
+            Hint::PassYes => f.write_str("pass --yes to confirm without a terminal"),
             Hint::DemoHomeInUse => {
                 f.write_str("omit --home (and SPYCTL_HOME) for a throw-away home, or give an empty directory")
             }
@@ -292,6 +303,11 @@ impl From<DbError> for Error {
             DbError::Corrupt { .. } => Some(Hint::RestoreDbBackup),
             DbError::CannotOpen { path, .. } => Some(Hint::CheckPermissions(path.clone())),
             DbError::TooNew { .. } => Some(Hint::UseNewerSpyctl),
+            DbError::Limit(LimitError::Time(_)) => Some(Hint::QueryTimeBudget),
+            DbError::Limit(LimitError::Rows(_)) => Some(Hint::QueryRowCap),
+            DbError::Limit(LimitError::ValueSize(_) | LimitError::ResultSize(_) | LimitError::Memory(_)) => {
+                Some(Hint::QuerySmaller)
+            }
             DbError::Duplicate(_) | DbError::Sqlite(_) => None,
         };
         Error::from_layer(err, hint)
@@ -363,6 +379,23 @@ impl From<FileSendError> for Error {
             FileSendError::Send(e) => e.into(),
             other => Error::from_layer(other, None),
         }
+    }
+}
+
+impl From<crate::backup::BackupError> for Error {
+    fn from(err: crate::backup::BackupError) -> Self {
+        use crate::backup::BackupError;
+        let hint = match &err {
+            BackupError::CreateDir { path, .. } | BackupError::CopyFiles { path, .. } => permission_hint(&err, path),
+            BackupError::Database { .. } => None,
+        };
+        Error::from_layer(err, hint)
+    }
+}
+
+impl From<crate::core_dumps::CoreDumpError> for Error {
+    fn from(err: crate::core_dumps::CoreDumpError) -> Self {
+        Error::from_layer(err, None)
     }
 }
 

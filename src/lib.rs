@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backup;
 pub mod boss;
 pub mod cli;
 pub mod cmd;
+pub mod core_dumps;
 pub mod crypto;
 pub mod db;
 pub mod error;
@@ -27,6 +29,8 @@ use tracing_subscriber::EnvFilter;
 /// Runs one parsed command line, writing results to `out`.
 pub fn run(cli: cli::Cli, out: &mut dyn std::io::Write) -> Result<()> {
     init_logging(&cli);
+    // Before any key is read: a crash must not write the master key to disk.
+    core_dumps::disable()?;
     let home = home::Home::resolve(cli.home.as_deref())?;
     let mut ctx = cmd::Ctx { home, home_given: cli.home.is_some(), json: cli.json, quiet: cli.quiet, out };
     cmd::dispatch(&mut ctx, cli.command)

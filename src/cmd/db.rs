@@ -1,16 +1,20 @@
 //! `db init` and `db query`: the course's two SQL scripts (DDL, then DML), each statement
-//! printed with its rows affected and its cursor's rows as a table.
+//! printed with its rows affected and its cursor's rows as a table. Nothing is
+//! lost by accident: a plain `db init` never drops a table that holds rows,
+//! `--force` is confirmed and writes a backup first, and ad-hoc reads run
+//! under time, row and memory limits.
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ToSql};
 
-use crate::db;
 use crate::db::demo::{DELETE_ONE, SELECT_ALL, SELECT_BOTH, SELECT_COLUMNS, SELECT_ROWS, UPDATE_ONE, statement, title};
+use crate::db::limits::{LimitError, ReadLimits};
+use crate::db::{self, DbError};
 use crate::error::{Error, Hint, Result};
 use crate::output::Rows;
 use crate::registry::{self, DEMO_DELETED, DEMO_NEW_ALIAS, DEMO_NEW_LEVEL, DEMO_PROMOTED, RegistryKeys};
 
-use super::Ctx;
+use super::{Ctx, prompt};
 
 /// Named parameters for one statement.
 type NamedParams<'a> = &'a [(&'a str, &'a dyn ToSql)];
@@ -24,16 +28,52 @@ pub fn select(
     keys: &RegistryKeys,
     raw: bool,
 ) -> Result<Rows> {
-    let mut stmt = conn.prepare(sql)?;
+    collect(conn, sql, params, keys, raw, None)
+}
+
+/// [`select`], stopping with a [`LimitError`] when the result passes `limits`
+/// (already installed on `conn` by [`db::limits::apply`]).
+fn collect(
+    conn: &Connection,
+    sql: &str,
+    params: &[(&str, &dyn ToSql)],
+    keys: &RegistryKeys,
+    raw: bool,
+    limits: Option<&ReadLimits>,
+) -> Result<Rows> {
+    let limited = |e: rusqlite::Error| -> Error {
+        match limits.and_then(|l| db::limits::breached(&e, l)) {
+            Some(limit) => DbError::Limit(limit).into(),
+            None => e.into(),
+        }
+    };
+    let mut stmt = conn.prepare(sql).map_err(limited)?;
     let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
     let decrypt: Vec<bool> =
         columns.iter().map(|c| !raw && registry::ENCRYPTED_COLUMNS.contains(&c.as_str())).collect();
-    let mut rows = stmt.query(params)?;
+    let mut rows = stmt.query(params).map_err(limited)?;
     let mut out = Rows { columns, rows: Vec::new() };
-    while let Some(row) = rows.next()? {
+    let mut kept_bytes = 0usize;
+    while let Some(row) = rows.next().map_err(limited)? {
+        if let Some(limits) = limits
+            && out.rows.len() >= limits.max_rows
+        {
+            return Err(DbError::Limit(LimitError::Rows(limits.max_rows)).into());
+        }
         let mut cells = Vec::with_capacity(decrypt.len());
         for (i, decrypt) in decrypt.iter().enumerate() {
-            let cell = match row.get_ref(i)? {
+            let value = row.get_ref(i)?;
+            kept_bytes += match value {
+                ValueRef::Text(t) => t.len(),
+                ValueRef::Blob(b) => 2 * b.len() + 3,
+                _ => 8,
+            };
+            if let Some(limits) = limits
+                && kept_bytes > limits.max_result_bytes
+            {
+                return Err(DbError::Limit(LimitError::ResultSize(limits.max_result_bytes)).into());
+            }
+            let cell = match value {
                 ValueRef::Null => serde_json::Value::Null,
                 ValueRef::Integer(v) => serde_json::json!(v),
                 ValueRef::Real(v) => serde_json::json!(v),
@@ -72,27 +112,80 @@ fn print_step(ctx: &mut Ctx<'_>, number: usize, step: &Step) -> Result<()> {
     Ok(())
 }
 
-pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
+/// A checked `db init` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitRequest {
+    force: bool,
+    /// With `force`: ask on the terminal before discarding anything.
+    ask: bool,
+    raw: bool,
+}
+
+impl InitRequest {
+    /// `--force` discards data, so it is confirmed: by `--yes`, or by typing
+    /// `yes` on the terminal. Without a terminal and without `--yes` there is
+    /// no one to ask, and guessing "yes" is how data gets lost.
+    pub fn check(force: bool, yes: bool, raw: bool, stdin_is_terminal: bool) -> Result<InitRequest> {
+        if force && !yes && !stdin_is_terminal {
+            return Err(Error::usage(format!(
+                "db init --force deletes every agent, message and received file and asks first, \
+                 but stdin is not a terminal ({})",
+                Hint::PassYes
+            )));
+        }
+        Ok(InitRequest { force, ask: force && !yes, raw })
+    }
+
+    /// A plain `db init` (the demo, in its own fresh home).
+    pub fn fresh() -> InitRequest {
+        InitRequest { force: false, ask: false, raw: false }
+    }
+}
+
+pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
+    let raw = req.raw;
     ctx.home.ensure()?;
     // Decide before touching the key: a refused init must change nothing.
     let mut conn = db::create(&ctx.home.db_path())?;
-    let had_agents = db::has_agents(&conn)?;
-    if had_agents && !force {
+    let holding = db::tables_with_rows(&conn)?;
+    if !holding.is_empty() && !req.force {
+        let tables: Vec<String> = holding.iter().map(|(name, rows)| format!("{name} ({rows} rows)")).collect();
         return Err(Error::failed(format!(
-            "{} already holds agents; nothing was changed",
-            ctx.home.db_path().display()
+            "{} already holds data in {}; nothing was changed",
+            ctx.home.db_path().display(),
+            tables.join(", ")
         ))
         .hint(Hint::PassForceToReinit));
+    }
+    let files = ctx.home.files_dir();
+    let mut backup = None;
+    if req.force {
+        if req.ask
+            && !prompt::confirm(&format!(
+                "db init --force deletes every agent, message and received file in {} \
+                 (a backup is written first). Type yes to go on: ",
+                ctx.home.dir().display()
+            ))?
+        {
+            return Err(Error::failed("not confirmed; nothing was changed"));
+        }
+        let has_files = std::fs::read_dir(&files).is_ok_and(|mut d| d.next().is_some());
+        if !holding.is_empty() || has_files {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let dir = crate::backup::write(&ctx.home, &conn, now)
+                .map_err(|e| Error::from(e).context("db init --force stopped before changing anything"))?;
+            backup = Some(dir);
+        }
     }
     let master = ctx.home.load_or_create_master_key()?;
     let (added, keyring) = registry::init_with_samples(&mut conn, &master)?;
     let keys = RegistryKeys::derive(&keyring);
-    if had_agents {
-        // The Files table is gone, so the files it listed are orphans.
-        let files = ctx.home.files_dir();
-        if files.exists()
-            && let Err(e) = std::fs::remove_dir_all(&files)
-        {
+    if backup.is_some() && files.exists() {
+        // The Files table is gone, so the files it listed are orphans; their
+        // copies are in the backup.
+        if let Err(e) = std::fs::remove_dir_all(&files) {
             tracing::warn!(error = %e, dir = %files.display(), "could not remove the old received files");
         }
     }
@@ -117,7 +210,13 @@ pub fn init(ctx: &mut Ctx<'_>, force: bool, raw: bool) -> Result<()> {
             .iter()
             .map(|s| serde_json::json!({ "name": s.name, "level": s.level, "password": s.password }))
             .collect();
-        return ctx.json(serde_json::json!({ "steps": steps, "sample_logins": passwords }));
+        return ctx.json(serde_json::json!({ "steps": steps, "sample_logins": passwords, "backup": backup }));
+    }
+    if let Some(dir) = &backup {
+        ctx.show(&format!(
+            "Backup of the old database and received files: {} (it opens with this home's master.key)",
+            dir.display()
+        ))?;
     }
     for (i, step) in steps.iter().enumerate() {
         if step.result.is_some() || !ctx.quiet {
@@ -189,20 +288,25 @@ pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
     ctx.say(&format!("\nAgents before the script: {before}; after: {after}."))
 }
 
-/// `db query --sql`: one read-only statement on a read-only connection.
-pub fn ad_hoc(ctx: &mut Ctx<'_>, sql: &str, raw: bool) -> Result<()> {
+/// `db query --sql`: one read-only statement on a read-only connection,
+/// under `limits` (time, rows, memory), each breach one clear error.
+pub fn ad_hoc(ctx: &mut Ctx<'_>, sql: &str, raw: bool, limits: &ReadLimits) -> Result<()> {
     let master = ctx.home.load_master_key()?;
-    let conn = db::open_read_only(&ctx.home.db_path())?;
+    let mut conn = db::open_read_only(&ctx.home.db_path())?;
     let keys = RegistryKeys::derive(&master.bind(&db::database_id(&conn)?));
+    db::limits::apply(&mut conn, limits)?;
     let stmt = conn.prepare(sql).map_err(|e| match e {
         rusqlite::Error::MultipleStatement => Error::failed("--sql takes one statement"),
-        other => Error::failed(format!("the query does not compile: {other}")),
+        other => match db::limits::breached(&other, limits) {
+            Some(limit) => DbError::Limit(limit).into(),
+            None => Error::failed(format!("the query does not compile: {other}")),
+        },
     })?;
     if !stmt.readonly() || stmt.column_count() == 0 {
         return Err(Error::failed("only read-only queries (SELECT ...) may be run with --sql; nothing was changed"));
     }
     drop(stmt);
-    let rows = select(&conn, sql, &[], &keys, raw)?;
+    let rows = collect(&conn, sql, &[], &keys, raw, Some(limits))?;
     if ctx.json {
         return ctx.json(serde_json::json!({ "sql": sql, "rows": rows.to_json_objects() }));
     }

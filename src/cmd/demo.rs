@@ -85,7 +85,7 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
     ctx.show(&format!("spyctl demo: a throw-away home at {}", ctx.home.dir().display()))?;
 
     step(ctx, 1, "db init: the DDL script creates the tables and adds sample agents (names encrypted)")?;
-    db::init(ctx, false, false)?;
+    db::init(ctx, db::InitRequest::fresh())?;
 
     step(ctx, 2, "db query: delete one row, update one row, then four SELECTs")?;
     db::demo_script(ctx, false)?;

@@ -11,7 +11,7 @@ pub mod prompt;
 pub mod send;
 pub mod session;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use crate::cli::{AgentCommand, BossCommand, Command, DbCommand, KeyCommand};
 use crate::error::Result;
@@ -57,9 +57,18 @@ impl Ctx<'_> {
 
 pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
     match command {
-        Command::Db(DbCommand::Init { force, raw }) => db::init(ctx, force, raw),
-        Command::Db(DbCommand::Query { sql, raw }) => match sql {
-            Some(sql) => db::ad_hoc(ctx, &sql, raw),
+        Command::Db(DbCommand::Init { force, yes, raw }) => {
+            db::init(ctx, db::InitRequest::check(force, yes, raw, std::io::stdin().is_terminal())?)
+        }
+        Command::Db(DbCommand::Query { sql, raw, timeout, max_rows }) => match sql {
+            Some(sql) => {
+                let limits = crate::db::limits::ReadLimits {
+                    time: std::time::Duration::from_secs(timeout),
+                    max_rows,
+                    ..Default::default()
+                };
+                db::ad_hoc(ctx, &sql, raw, &limits)
+            }
             None => db::demo_script(ctx, raw),
         },
         Command::Agent(AgentCommand::Add(args)) => agent::add(ctx, args),

@@ -45,6 +45,15 @@ pub fn visible(prompt: &str) -> Result<String> {
     Ok(line.trim().to_string())
 }
 
+/// Asks on the terminal; true only if the answer is exactly `yes`. The
+/// caller has checked that stdin is a terminal.
+pub fn confirm(question: &str) -> Result<bool> {
+    eprint!("{question}");
+    let mut line = String::new();
+    std::io::stdin().lock().take(64).read_line(&mut line).map_err(|e| Error::caused("cannot read the answer", e))?;
+    Ok(line.trim() == "yes")
+}
+
 /// Reads one line, at most a little over the secret limit, so an endless
 /// stdin cannot exhaust memory.
 fn read_bounded_line(input: &mut impl BufRead, into: &mut String) -> std::io::Result<usize> {

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod audit;
 pub mod demo;
+pub mod limits;
 pub mod logins;
 pub mod messages;
 
@@ -48,6 +49,8 @@ pub enum DbError {
     },
     /// A UNIQUE constraint refused a row.
     Duplicate(rusqlite::Error),
+    /// A limited read (`db query --sql`) reached one of its limits.
+    Limit(limits::LimitError),
     Sqlite(rusqlite::Error),
 }
 
@@ -90,6 +93,7 @@ impl std::fmt::Display for DbError {
             DbError::Corrupt { path, .. } => write!(f, "{} is not a usable spyctl database", path.display()),
             DbError::CannotOpen { path, .. } => write!(f, "cannot open the database {}", path.display()),
             DbError::Duplicate(_) => f.write_str("a row with the same key already exists"),
+            DbError::Limit(limit) => limit.fmt(f),
             DbError::Sqlite(_) => f.write_str("database error"),
         }
     }
@@ -100,6 +104,8 @@ impl std::error::Error for DbError {
         match self {
             DbError::Corrupt { source, .. } | DbError::Duplicate(source) | DbError::Sqlite(source) => Some(source),
             DbError::CannotOpen { source, .. } => Some(source),
+            // Transparent: the limit's own text is this error's text.
+            DbError::Limit(limit) => std::error::Error::source(limit),
             DbError::Missing(_) | DbError::NotInitialised(_) | DbError::TooNew { .. } => None,
         }
     }
@@ -275,17 +281,25 @@ pub fn database_id(conn: &Connection) -> DbResult<Vec<u8>> {
     Ok(conn.query_row("SELECT Value FROM Meta WHERE Name = 'database-id'", [], |row| row.get(0))?)
 }
 
-/// True when the database has an Agents table with at least one row.
-pub fn has_agents(conn: &Connection) -> DbResult<bool> {
-    let has_table: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Agents')",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_table {
-        return Ok(false);
+/// Every table that holds at least one row, with its row count, in name
+/// order: what a plain `db init` would destroy. SQLite's own `sqlite_*`
+/// tables and `Meta` (the database's identity, which `db init` makes anew)
+/// are not data.
+pub fn tables_with_rows(conn: &Connection) -> DbResult<Vec<(String, i64)>> {
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> 'Meta' ORDER BY name")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut holding = Vec::new();
+    for name in names {
+        // A name from sqlite_master, quoted as an identifier ("" escapes ").
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| row.get(0))?;
+        if rows > 0 {
+            holding.push((name, rows));
+        }
     }
-    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM Agents)", [], |row| row.get(0))?)
+    Ok(holding)
 }
 
 #[cfg(test)]

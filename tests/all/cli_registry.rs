@@ -162,7 +162,7 @@ fn db_init_prints_every_sample_decrypted_and_refuses_to_run_twice() {
     // --force starts over: the deleted agent is back, every row is new.
     ok(home.run(&["db", "query"]));
     assert_eq!(count(&home), 7);
-    let out = ok(home.run(&["db", "init", "--force"]));
+    let out = ok(home.run(&["db", "init", "--force", "--yes"]));
     assert!(out.contains(DELETED), "{out}");
     let after = snapshot(&home);
     assert_eq!(after.len(), 8);
@@ -193,7 +193,7 @@ fn db_init_raw_shows_ciphertext() {
     assert!(rows.contains("$argon2id$"), "no Argon2id hashes:\n{rows}");
 
     // --raw --json gives the whole tokens: exactly what the file holds.
-    let value = json(&ok(home.run(&["--json", "db", "init", "--force", "--raw"])));
+    let value = json(&ok(home.run(&["--json", "db", "init", "--force", "--yes", "--raw"])));
     let steps = value["steps"].as_array().expect("steps");
     let table = steps.iter().find(|s| s["rows"].is_array()).expect("a step with rows");
     let columns: Vec<&str> =
@@ -850,7 +850,7 @@ fn a_burst_of_parallel_guesses_gets_at_most_five_checks() {
 fn force_init_never_reuses_agent_ids() {
     let home = TestHome::initialised();
     let high: i64 = open_db(&home).query_row("SELECT MAX(AgentId) FROM Agents", [], |r| r.get(0)).expect("max");
-    ok(home.run(&["db", "init", "--force"]));
+    ok(home.run(&["db", "init", "--force", "--yes"]));
     let low: i64 = open_db(&home).query_row("SELECT MIN(AgentId) FROM Agents", [], |r| r.get(0)).expect("min");
     assert!(low > high, "ids restarted: old max {high}, new min {low}");
 }

@@ -6,6 +6,7 @@ mod boss_e2e;
 mod cli_docs;
 mod cli_registry;
 mod client_retry;
+mod data_safety;
 mod database_identity;
 mod error_layers;
 mod fernet_vectors;
