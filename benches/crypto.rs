@@ -51,7 +51,7 @@ fn password_hash(c: &mut Criterion) {
     let mut group = c.benchmark_group("password");
     group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(100));
     group.measurement_time(Duration::from_millis(500));
-    group.bench_function("argon2id_hash", |b| b.iter(|| password::hash(black_box(b"mission-accepted-96"))));
+    group.bench_function("argon2id_hash", |b| b.iter(|| password::hash(black_box(b"mission-accepted-96"), &[7u8; 32])));
     group.finish();
 }
 

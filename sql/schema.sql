@@ -1,4 +1,4 @@
--- spyctl schema, version 3. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 4. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
 DROP TABLE IF EXISTS Audit;
@@ -26,7 +26,11 @@ CREATE TABLE Meta (
 -- (Dropping the table forgets the counter; `db init --force` carries it over.)
 -- KeyGeneration is bumped when a director revokes the agent's key: the wire
 -- key is derived with it and sessions carry it, so a revoked key, session or
--- captured line stops working.
+-- captured line stops working. PasswordPeppered says the hash was made with
+-- the pepper (Argon2id's secret input). RowMac is the row's integrity tag, an
+-- HMAC under a key derived from the master secret over every field above, set
+-- in the transaction that writes the row: a row changed by anyone without
+-- that key is refused, never trusted.
 CREATE TABLE Agents (
     AgentId            INTEGER PRIMARY KEY AUTOINCREMENT,
     AgentName          TEXT    NOT NULL,
@@ -34,7 +38,9 @@ CREATE TABLE Agents (
     AgentSecurityLevel INTEGER NOT NULL CHECK (AgentSecurityLevel BETWEEN 1 AND 5),
     LoginPassword      TEXT    NOT NULL,
     AgentNameIndex     TEXT    NOT NULL UNIQUE,
-    KeyGeneration      INTEGER NOT NULL DEFAULT 0
+    KeyGeneration      INTEGER NOT NULL DEFAULT 0,
+    PasswordPeppered   INTEGER NOT NULL DEFAULT 0,
+    RowMac             TEXT
 );
 
 -- Who did what to which agent, when. ActorId is the director's AgentId; Entry

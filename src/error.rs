@@ -92,6 +92,7 @@ pub enum Hint {
     QueryRowCap,
     QuerySmaller,
     PassYes,
+    TamperedDatabase,
 }
 
 impl fmt::Display for Hint {
@@ -146,6 +147,9 @@ impl fmt::Display for Hint {
             Hint::QueryRowCap => f.write_str("add a WHERE or a LIMIT, or raise --max-rows"),
             Hint::QuerySmaller => f.write_str("select fewer or smaller values (substr, length, LIMIT)"),
             Hint::PassYes => f.write_str("pass --yes to confirm without a terminal"),
+            Hint::TamperedDatabase => f.write_str(
+                "restore spyctl.db from a backup (db init --force keeps them under backups/) and find out who could write it",
+            ),
             Hint::DemoHomeInUse => {
                 f.write_str("omit --home (and SPYCTL_HOME) for a throw-away home, or give an empty directory")
             }
@@ -319,6 +323,9 @@ impl From<RegistryError> for Error {
         match err {
             RegistryError::Db(db) => db.into(),
             RegistryError::Undecryptable => Error::from_layer(err, Some(Hint::SameHomeKeys)),
+            RegistryError::TamperedRow(_) | RegistryError::UntaggedAgain => {
+                Error::from_layer(err, Some(Hint::TamperedDatabase))
+            }
             other => Error::from_layer(other, None),
         }
     }
@@ -348,6 +355,7 @@ impl From<BossError> for Error {
             BossError::Home(e) => e.into(),
             BossError::Store(e) => e.into(),
             BossError::Db(e) => e.into(),
+            BossError::Registry(e) => e.into(),
             BossError::Listen(_) => {
                 let hint = (io_kind(&err) == Some(io::ErrorKind::AddrInUse)).then_some(Hint::PortInUse);
                 Error::from_layer(err, hint)

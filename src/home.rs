@@ -25,6 +25,8 @@ pub const DB_FILE: &str = "spyctl.db";
 pub const MASTER_KEY_FILE: &str = "master.key";
 pub const SESSION_FILE: &str = "session";
 pub const FILES_DIR: &str = "files";
+/// The databases whose agent rows this home has tagged (one hex id a line).
+pub const TAGGED_FILE: &str = "tagged-databases";
 
 /// What can go wrong finding the home or handling a secret file in it.
 #[derive(Debug)]
@@ -209,6 +211,34 @@ impl Home {
         self.db_path().is_file()
     }
 
+    /// Whether this home recorded tagging the rows of database `database_id`.
+    /// Kept outside the database so that someone who can write only the
+    /// database cannot make it look untagged again.
+    pub fn tagged_before(&self, database_id: &[u8]) -> Result<bool> {
+        let path = self.dir.join(TAGGED_FILE);
+        match read_secret_file(&path) {
+            Ok(text) => Ok(text.lines().any(|line| line.trim() == tagged_line(database_id))),
+            Err(HomeError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records that the rows of database `database_id` are tagged.
+    pub fn record_tagged(&self, database_id: &[u8]) -> Result<()> {
+        if self.tagged_before(database_id)? {
+            return Ok(());
+        }
+        let path = self.dir.join(TAGGED_FILE);
+        let mut text = match read_secret_file(&path) {
+            Ok(text) => text.to_string(),
+            Err(HomeError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        text.push_str(&tagged_line(database_id));
+        text.push('\n');
+        write_secret_file(&path, text.as_bytes())
+    }
+
     /// Loads the master key, creating the home and a fresh key on first use.
     pub fn load_or_create_master_key(&self) -> Result<MasterKey> {
         self.ensure()?;
@@ -239,6 +269,12 @@ impl Home {
         })?;
         MasterKey::from_hex(&text).map_err(|source| HomeError::BadMasterKey { path, source })
     }
+}
+
+/// A database id as the tagged-databases file writes it (`-` for the empty
+/// id of databases from before identifiers).
+fn tagged_line(database_id: &[u8]) -> String {
+    if database_id.is_empty() { "-".to_string() } else { hex::encode(database_id) }
 }
 
 fn default_home() -> Option<PathBuf> {

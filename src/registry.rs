@@ -6,7 +6,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 use zeroize::Zeroizing;
 
-use crate::crypto::{BlindIndexKey, FernetKey, KeyRing, MasterKey, password};
+use crate::crypto::{BlindIndexKey, FernetKey, KeyRing, MasterKey, RowMacKey, password};
 use crate::db::{self, DbError, agents, logins};
 
 /// Longest name or alias, in characters.
@@ -26,11 +26,18 @@ pub const ENCRYPTED_COLUMNS: [&str; 2] = ["AgentName", "AgentAlias"];
 pub struct RegistryKeys {
     pub at_rest: FernetKey,
     pub blind_index: BlindIndexKey,
+    pub row_mac: RowMacKey,
+    pub pepper: Zeroizing<[u8; 32]>,
 }
 
 impl RegistryKeys {
     pub fn derive(keyring: &KeyRing) -> Self {
-        RegistryKeys { at_rest: keyring.at_rest_key(), blind_index: keyring.blind_index_key() }
+        RegistryKeys {
+            at_rest: keyring.at_rest_key(),
+            blind_index: keyring.blind_index_key(),
+            row_mac: keyring.row_mac_key(),
+            pepper: keyring.pepper(),
+        }
     }
 
     /// Decrypts an at-rest column value.
@@ -42,6 +49,73 @@ impl RegistryKeys {
     pub fn conceal(&self, value: &str) -> String {
         self.at_rest.seal(value.as_bytes())
     }
+
+    /// A row's integrity tag over [`row_fields`].
+    fn row_tag(&self, row: &agents::StoredAgent) -> String {
+        let fields = row_fields(row);
+        self.row_mac.tag(&fields.iter().map(Vec::as_slice).collect::<Vec<_>>())
+    }
+}
+
+/// The fields a row's integrity tag covers, in a fixed order: everything
+/// that decides what the agent is and may do.
+fn row_fields(row: &agents::StoredAgent) -> [Vec<u8>; 8] {
+    [
+        row.id.to_be_bytes().to_vec(),
+        vec![row.level],
+        row.key_generation.to_be_bytes().to_vec(),
+        vec![u8::from(row.password_peppered)],
+        row.name_index.as_bytes().to_vec(),
+        row.password_hash.as_bytes().to_vec(),
+        row.name.as_bytes().to_vec(),
+        row.alias.as_bytes().to_vec(),
+    ]
+}
+
+/// Refuses a row whose integrity tag is missing or wrong: someone changed it
+/// without the master key (a raised level, a copied password hash, a
+/// rolled-back revocation). Never silently trusted.
+pub fn check_row(keys: &RegistryKeys, row: &agents::StoredAgent) -> Result<(), RegistryError> {
+    let fields = row_fields(row);
+    let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+    match &row.row_mac {
+        Some(tag) if keys.row_mac.verify(&refs, tag) => Ok(()),
+        _ => Err(RegistryError::TamperedRow(row.id)),
+    }
+}
+
+/// Re-reads row `id` and stores its integrity tag, inside the caller's
+/// transaction: every write to an Agents row ends here.
+fn tag_row(conn: &Connection, keys: &RegistryKeys, id: i64) -> Result<(), RegistryError> {
+    if let Some(row) = agents::by_id(conn, id)? {
+        agents::set_row_mac(conn, id, &keys.row_tag(&row))?;
+    }
+    Ok(())
+}
+
+/// Tags the rows a schema migration left untagged (databases from before row
+/// tags), once. `tagged_before` says the home has recorded tagging this
+/// database already: then untagged rows mean tampering, and are refused
+/// instead of being blessed. Returns how many rows were tagged.
+pub fn seal_untagged_rows(
+    conn: &mut Connection,
+    keys: &RegistryKeys,
+    tagged_before: bool,
+) -> Result<usize, RegistryError> {
+    if !db::rows_untagged(conn)? {
+        return Ok(0);
+    }
+    if tagged_before {
+        return Err(RegistryError::UntaggedAgain);
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let rows = agents::all(&tx)?;
+    for row in &rows {
+        agents::set_row_mac(&tx, row.id, &keys.row_tag(row))?;
+    }
+    db::clear_rows_untagged(&tx)?;
+    tx.commit()?;
+    Ok(rows.len())
 }
 
 /// An agent as users see it: decrypted.
@@ -70,6 +144,10 @@ pub enum RegistryError {
     DuplicateName,
     /// No agent has this AgentId.
     NoSuchAgent(i64),
+    /// The row's integrity tag does not match: changed without the key.
+    TamperedRow(i64),
+    /// A database this home tagged before claims to need tagging again.
+    UntaggedAgain,
     /// The acting director would act on, or grant, a level above their own.
     AboveCeiling {
         actor_level: u8,
@@ -89,6 +167,14 @@ impl std::fmt::Display for RegistryError {
             RegistryError::Invalid(why) => f.write_str(why),
             RegistryError::DuplicateName => f.write_str("an agent with that name already exists"),
             RegistryError::NoSuchAgent(id) => write!(f, "no agent with AgentId {id}"),
+            RegistryError::TamperedRow(id) => write!(
+                f,
+                "agent row {id} fails its integrity check: it was changed outside spyctl; refusing to trust it"
+            ),
+            RegistryError::UntaggedAgain => f.write_str(
+                "the database asks to have its agent rows tagged again, but this home tagged them before: \
+                 it was tampered with; refusing to trust it",
+            ),
             RegistryError::AboveCeiling { actor_level, level } => write!(
                 f,
                 "refused: level {level} is above your own level {actor_level}; nobody grants more than they hold"
@@ -112,6 +198,8 @@ impl std::error::Error for RegistryError {
             RegistryError::Invalid(_)
             | RegistryError::DuplicateName
             | RegistryError::NoSuchAgent(_)
+            | RegistryError::TamperedRow(_)
+            | RegistryError::UntaggedAgain
             | RegistryError::AboveCeiling { .. }
             | RegistryError::Undecryptable => None,
         }
@@ -319,6 +407,7 @@ pub fn set_level(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let target = target_within_ceiling(&tx, keys, actor, id)?;
     agents::set_level(&tx, id, level)?;
+    tag_row(&tx, keys, id)?;
     record(&tx, keys, actor, AuditAction::SetLevel { target: id, from: target.level, to: level })?;
     tx.commit()?;
     Ok(Agent { level, ..target })
@@ -331,6 +420,7 @@ pub fn revoke(conn: &mut Connection, keys: &RegistryKeys, actor: &Agent, id: i64
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     target_within_ceiling(&tx, keys, actor, id)?;
     let generation = agents::bump_key_generation(&tx, id)?;
+    tag_row(&tx, keys, id)?;
     record(&tx, keys, actor, AuditAction::Revoke { target: id, generation })?;
     tx.commit()?;
     Ok(generation)
@@ -357,7 +447,7 @@ pub fn insert(conn: &Connection, keys: &RegistryKeys, agent: &NewAgent) -> Resul
     if agents::by_name_index(conn, &name_index)?.is_some() {
         return Err(RegistryError::DuplicateName);
     }
-    let password_hash = password::hash(agent.password.as_bytes()).map_err(RegistryError::Hash)?;
+    let password_hash = password::hash(agent.password.as_bytes(), &keys.pepper).map_err(RegistryError::Hash)?;
     let id = agents::insert(
         conn,
         &agents::NewStoredAgent {
@@ -368,11 +458,13 @@ pub fn insert(conn: &Connection, keys: &RegistryKeys, agent: &NewAgent) -> Resul
             name_index: &name_index,
         },
     )?;
+    tag_row(conn, keys, id)?;
     Ok(id)
 }
 
 /// Decrypts one stored row.
 pub fn reveal(keys: &RegistryKeys, stored: &agents::StoredAgent) -> Result<Agent, RegistryError> {
+    check_row(keys, stored)?;
     Ok(Agent {
         id: stored.id,
         name: keys.reveal(&stored.name)?,
@@ -467,16 +559,34 @@ pub fn login(
     }
     let stored = agents::by_name_index(&tx, &name_index)?;
     tx.commit()?;
+    // A row changed without the key (a copied hash, a raised level) is
+    // refused before its hash is even tried.
+    if let Some(agent) = &stored {
+        check_row(keys, agent)?;
+    }
 
     // The slow part, outside any transaction so other logins are not blocked.
     let ok = match &stored {
-        Some(agent) => password::verify(password.as_bytes(), &agent.password_hash),
-        None => password::verify_unknown(password.as_bytes()),
+        Some(agent) => {
+            let pepper = agent.password_peppered.then_some(&*keys.pepper);
+            password::verify(password.as_bytes(), &agent.password_hash, pepper)
+        }
+        None => password::verify_unknown(password.as_bytes(), &keys.pepper),
     };
     match stored {
         Some(agent) if ok => {
+            // A hash from before peppering is replaced now that the password is known.
+            let rehash = if agent.password_peppered {
+                None
+            } else {
+                Some(password::hash(password.as_bytes(), &keys.pepper).map_err(RegistryError::Hash)?)
+            };
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             logins::clear(&tx, &name_index)?;
+            if let Some(hash) = &rehash {
+                agents::set_password(&tx, agent.id, hash, true)?;
+                tag_row(&tx, keys, agent.id)?;
+            }
             tx.commit()?;
             Ok(reveal(keys, &agent)?)
         }
@@ -557,6 +667,11 @@ pub fn apply_demo_changes(conn: &mut Connection, keys: &RegistryKeys) -> Result<
         &demo::statement(demo::UPDATE_ONE),
         rusqlite::named_params! { ":level": DEMO_NEW_LEVEL, ":alias": new_alias, ":name_index": promoted_index },
     )?;
+    // The script's UPDATE is the course's plain SQL; the row it changed gets
+    // its integrity tag again in the same transaction.
+    if let Some(promoted) = agents::by_name_index(&tx, &promoted_index)? {
+        tag_row(&tx, keys, promoted.id)?;
+    }
     tx.commit()?;
     Ok((deleted, updated))
 }
@@ -564,6 +679,57 @@ pub fn apply_demo_changes(conn: &mut Connection, keys: &RegistryKeys) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database as a version-3 build left it and its migration to version
+    /// 4 found it: an agent whose hash has no pepper, no row tag, and the
+    /// mark that rows await tagging.
+    fn legacy_database(keys: &RegistryKeys) -> (tempfile::TempDir, Connection) {
+        use argon2::password_hash::PasswordHasher;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = db::create(&dir.path().join("spyctl.db")).expect("create");
+        let tx = conn.transaction().expect("tx");
+        db::apply_schema(&tx, &[7u8; db::DATABASE_ID_BYTES]).expect("schema");
+        tx.commit().expect("commit");
+        let params = argon2::Params::new(password::MEMORY_KIB, password::PASSES, password::LANES, None).expect("p");
+        let unpeppered = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_with_salt(b"an-old-password", b"0123456789abcdef")
+            .expect("hash")
+            .to_string();
+        conn.execute(
+            "INSERT INTO Agents (AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex, \
+             PasswordPeppered, RowMac) VALUES (?1, ?2, 4, ?3, ?4, 0, NULL)",
+            rusqlite::params![
+                keys.conceal("Old Timer"),
+                keys.conceal("Veteran"),
+                unpeppered,
+                keys.blind_index.index("Old Timer")
+            ],
+        )
+        .expect("legacy row");
+        conn.execute("INSERT INTO Meta (Name, Value) VALUES ('rows-untagged', X'01')", []).expect("mark");
+        (dir, conn)
+    }
+
+    #[test]
+    fn migrated_rows_are_tagged_once_and_old_hashes_get_the_pepper_at_the_next_login() {
+        let keys = RegistryKeys::derive(&MasterKey::from_bytes([3u8; 32]).bind(&[7u8; db::DATABASE_ID_BYTES]));
+        let (_dir, mut conn) = legacy_database(&keys);
+        let untagged = agents::by_name_index(&conn, &keys.blind_index.index("Old Timer")).expect("q").expect("row");
+        assert!(matches!(check_row(&keys, &untagged), Err(RegistryError::TamperedRow(_))), "untagged is untrusted");
+        assert!(matches!(seal_untagged_rows(&mut conn, &keys, true), Err(RegistryError::UntaggedAgain)));
+        assert_eq!(seal_untagged_rows(&mut conn, &keys, false).expect("tag"), 1);
+        assert_eq!(seal_untagged_rows(&mut conn, &keys, false).expect("once"), 0, "the mark is gone");
+        let agent = login(&mut conn, &keys, "Old Timer", "an-old-password", 1_000).expect("the old hash still works");
+        assert_eq!(agent.level, 4);
+        let row = agents::by_id(&conn, agent.id).expect("q").expect("row");
+        assert!(row.password_peppered, "re-hashed with the pepper at login");
+        check_row(&keys, &row).expect("and tagged again");
+        login(&mut conn, &keys, "Old Timer", "an-old-password", 1_001).expect("the peppered hash works");
+        assert!(matches!(
+            login(&mut conn, &keys, "Old Timer", "wrong-password", 1_002),
+            Err(LoginError::BadCredentials)
+        ));
+    }
 
     #[test]
     fn names_refuse_invisible_and_bidi_characters() {

@@ -22,6 +22,8 @@ pub enum BossError {
     Store(store::StoreError),
     /// The database could not be opened for reading.
     Db(DbError),
+    /// The agent rows could not be checked or tagged.
+    Registry(crate::registry::RegistryError),
     /// The listening socket could not be bound.
     Listen(ServerError),
 }
@@ -32,6 +34,7 @@ impl std::fmt::Display for BossError {
             BossError::Home(e) => e.fmt(f),
             BossError::Store(e) => e.fmt(f),
             BossError::Db(e) => e.fmt(f),
+            BossError::Registry(e) => e.fmt(f),
             BossError::Listen(e) => e.fmt(f),
         }
     }
@@ -44,6 +47,7 @@ impl std::error::Error for BossError {
             BossError::Home(e) => e.source(),
             BossError::Store(e) => e.source(),
             BossError::Db(e) => e.source(),
+            BossError::Registry(e) => e.source(),
             BossError::Listen(e) => e.source(),
         }
     }
@@ -62,6 +66,18 @@ impl Boss {
         let master = home.load_master_key().map_err(BossError::Home)?;
         let db_path = home.db_path();
         let (store, writer) = store::start(&db_path).map_err(BossError::Store)?;
+        // A database migrated from before row tags is tagged once, by the
+        // first process that opens it with the key; the Boss can be that one.
+        {
+            let mut conn = crate::db::open(&db_path).map_err(BossError::Db)?;
+            let keyring = master.bind(&crate::db::database_id(&conn).map_err(BossError::Db)?);
+            let keys = crate::registry::RegistryKeys::derive(&keyring);
+            let before = home.tagged_before(keyring.database_id()).map_err(BossError::Home)?;
+            crate::registry::seal_untagged_rows(&mut conn, &keys, before).map_err(BossError::Registry)?;
+            if !before {
+                home.record_tagged(keyring.database_id()).map_err(BossError::Home)?;
+            }
+        }
         let service =
             service::BossService::new(master, &db_path, &home.files_dir(), store, config).map_err(BossError::Db)?;
         let server = Server::bind(bind, limits).map_err(BossError::Listen)?;

@@ -100,9 +100,9 @@ impl BossService {
     /// The agent's stored (encrypted) alias, or None if no such agent (now).
     /// Nothing is decrypted here: known and unknown ids must cost the same
     /// until the token's MAC has been checked.
-    fn stored_alias(&self, agent_id: i64) -> Result<Option<(String, u32)>, DbError> {
+    fn stored_alias(&self, agent_id: i64) -> Result<Option<db::agents::StoredAgent>, DbError> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(db::agents::by_id(&reader, agent_id)?.map(|agent| (agent.alias, agent.key_generation)))
+        db::agents::by_id(&reader, agent_id)
     }
 
     fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
@@ -121,7 +121,7 @@ impl BossService {
             (ErrorCode::Internal, "try again later".to_string())
         })?;
         // The current key generation only: a revoked key no longer opens.
-        let generation = alias.as_ref().map_or(0, |(_, generation)| *generation);
+        let generation = alias.as_ref().map_or(0, |row| row.key_generation);
         let key = self.keyring.agent_wire_key_at(agent_id, generation);
         // Derive and check even for unknown agents, so both paths cost the same.
         let opened = key.open(request.token, Some(self.config.ttl_secs));
@@ -143,8 +143,13 @@ impl BossService {
                 ));
             }
         };
-        // Authentic: now it is safe to spend work on the agent's alias.
-        let alias = self.keys.reveal(&alias.0).unwrap_or_else(|_| format!("agent {agent_id}"));
+        // Authentic: now it is safe to spend work on the agent's row. A row
+        // changed without the key (a rolled-back revocation) is not trusted.
+        if let Err(e) = crate::registry::check_row(&self.keys, &alias) {
+            tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
+            return Err(auth_failed());
+        }
+        let alias = self.keys.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {

@@ -181,6 +181,9 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
     }
     let master = ctx.home.load_or_create_master_key()?;
     let (added, keyring) = registry::init_with_samples(&mut conn, &master)?;
+    // Every row of the new database is tagged: record it, so an attacker who
+    // can write only spyctl.db cannot pass tampered rows off as untagged.
+    ctx.home.record_tagged(keyring.database_id())?;
     let keys = RegistryKeys::derive(&keyring);
     if backup.is_some() && files.exists() {
         // The Files table is gone, so the files it listed are orphans; their
@@ -239,9 +242,7 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
 
 /// The second script: delete one row, update one row, four SELECTs.
 pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
-    let master = ctx.home.load_master_key()?;
-    let mut conn = db::open(&ctx.home.db_path())?;
-    let keys = RegistryKeys::derive(&master.bind(&db::database_id(&conn)?));
+    let super::session::Opened { mut conn, keys, .. } = super::session::Opened::open(ctx)?;
     let before = db::agents::count(&conn)?;
 
     // Both changes in one transaction: the script applies whole or not at all.

@@ -12,6 +12,7 @@ use crate::crypto::fernet::unix_now;
 use crate::crypto::{FernetKey, KeyRing};
 use crate::db;
 use crate::error::{Error, Hint, Result};
+use crate::home::Home;
 use crate::registry::{self, Agent, LoginError, RegistryKeys};
 
 use super::{Ctx, prompt};
@@ -28,10 +29,28 @@ pub struct Opened {
 impl Opened {
     pub fn open(ctx: &Ctx<'_>) -> Result<Opened> {
         let master = ctx.home.load_master_key()?;
-        let conn = db::open(&ctx.home.db_path())?;
+        let mut conn = db::open(&ctx.home.db_path())?;
         let keyring = master.bind(&db::database_id(&conn)?);
-        Ok(Opened { conn, keys: RegistryKeys::derive(&keyring), keyring })
+        let keys = RegistryKeys::derive(&keyring);
+        tag_rows_once(&ctx.home, &mut conn, &keyring, &keys)?;
+        Ok(Opened { conn, keys, keyring })
     }
+}
+
+/// Tags the agent rows of a database migrated from before row tags, the
+/// first time this home opens it with the key, and records that it did (see
+/// [`registry::seal_untagged_rows`]).
+pub fn tag_rows_once(home: &Home, conn: &mut Connection, keyring: &KeyRing, keys: &RegistryKeys) -> Result<()> {
+    let id = keyring.database_id();
+    let before = home.tagged_before(id)?;
+    let tagged = registry::seal_untagged_rows(conn, keys, before)?;
+    if tagged > 0 {
+        tracing::info!(rows = tagged, "tagged the agent rows of a database from before row tags");
+    }
+    if !before {
+        home.record_tagged(id)?;
+    }
+    Ok(())
 }
 
 /// An open database, the home's keys, the session, and the logged-in agent

@@ -27,6 +27,10 @@ pub mod labels {
     pub const BLIND_INDEX: &str = "spyctl/v1/blind-index";
     /// Seals session files.
     pub const SESSION: &str = "spyctl/v1/session";
+    /// Keys the integrity tag of each Agents row.
+    pub const ROW_MAC: &str = "spyctl/v1/row-mac";
+    /// Argon2id's secret input (the pepper) for password hashes.
+    pub const PEPPER: &str = "spyctl/v1/pepper";
     /// Prefix of the per-agent wire key label; the AgentId follows in decimal.
     pub const AGENT_PREFIX: &str = "spyctl/v1/agent/";
 }
@@ -112,6 +116,15 @@ impl KeyRing {
         BlindIndexKey::from_bytes(&self.derive(labels::BLIND_INDEX))
     }
 
+    pub fn row_mac_key(&self) -> super::row_mac::RowMacKey {
+        super::row_mac::RowMacKey::from_bytes(&self.derive(labels::ROW_MAC))
+    }
+
+    /// The pepper for password hashes.
+    pub fn pepper(&self) -> Zeroizing<[u8; 32]> {
+        self.derive(labels::PEPPER)
+    }
+
     pub fn session_key(&self) -> FernetKey {
         FernetKey::from_bytes(&self.derive(labels::SESSION))
     }
@@ -160,6 +173,8 @@ mod tests {
             master.derive(labels::AT_REST),
             master.derive(labels::BLIND_INDEX),
             master.derive(labels::SESSION),
+            master.derive(labels::ROW_MAC),
+            master.derive(labels::PEPPER),
             master.derive(&agent_label(1)),
             master.derive(&agent_label(2)),
             master.derive(&agent_label_at(1, 1)),

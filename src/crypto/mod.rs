@@ -6,7 +6,9 @@ pub mod blind_index;
 pub mod fernet;
 pub mod keys;
 pub mod password;
+pub mod row_mac;
 
 pub use blind_index::BlindIndexKey;
 pub use fernet::{FernetKey, TokenError};
 pub use keys::{BadMasterKey, KeyRing, MasterKey};
+pub use row_mac::RowMacKey;

@@ -22,6 +22,10 @@ pub struct StoredAgent {
     pub name_index: String,
     /// Bumped by each revocation; part of the wire key's derivation.
     pub key_generation: u32,
+    /// Whether the hash was made with the pepper.
+    pub password_peppered: bool,
+    /// The row's integrity tag (None only between migration and tagging).
+    pub row_mac: Option<String>,
 }
 
 /// A row to insert (no id yet).
@@ -37,8 +41,8 @@ pub struct NewStoredAgent<'a> {
 macro_rules! select_agents {
     ($rest:literal) => {
         concat!(
-            "SELECT AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex, KeyGeneration \
-             FROM Agents ",
+            "SELECT AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex, KeyGeneration, \
+             PasswordPeppered, RowMac FROM Agents ",
             $rest
         )
     };
@@ -53,6 +57,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredAgent> {
         password_hash: row.get(4)?,
         name_index: row.get(5)?,
         key_generation: row.get(6)?,
+        password_peppered: row.get(7)?,
+        row_mac: row.get(8)?,
     })
 }
 
@@ -89,6 +95,28 @@ pub fn by_name_index(conn: &Connection, name_index: &str) -> DbResult<Option<Sto
 pub fn at_or_below(conn: &Connection, max_level: u8) -> DbResult<Vec<StoredAgent>> {
     let mut stmt = conn.prepare(select_agents!("WHERE AgentSecurityLevel <= ?1 ORDER BY AgentId"))?;
     let rows = stmt.query_map([max_level], from_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Sets a row's integrity tag.
+pub fn set_row_mac(conn: &Connection, id: i64, row_mac: &str) -> DbResult<()> {
+    conn.execute("UPDATE Agents SET RowMac = ?2 WHERE AgentId = ?1", rusqlite::params![id, row_mac])?;
+    Ok(())
+}
+
+/// Replaces a password hash (re-hashed with the pepper after a login).
+pub fn set_password(conn: &Connection, id: i64, hash: &str, peppered: bool) -> DbResult<()> {
+    conn.execute(
+        "UPDATE Agents SET LoginPassword = ?2, PasswordPeppered = ?3 WHERE AgentId = ?1",
+        rusqlite::params![id, hash, peppered],
+    )?;
+    Ok(())
+}
+
+/// Every agent, by id.
+pub fn all(conn: &Connection) -> DbResult<Vec<StoredAgent>> {
+    let mut stmt = conn.prepare(select_agents!("ORDER BY AgentId"))?;
+    let rows = stmt.query_map([], from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -257,6 +257,23 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 3 (key generations, audit)");
     }
+    if version < 4 {
+        // Version 4: row integrity tags and peppered passwords. Computing the
+        // tags needs the master key, which this layer never sees: the rows
+        // are left untagged and marked so, and the registry tags them the
+        // first time it opens the database with the key
+        // (`registry::seal_untagged_rows`, which refuses if this database
+        // was ever tagged before).
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "ALTER TABLE Agents ADD COLUMN PasswordPeppered INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE Agents ADD COLUMN RowMac TEXT;
+             INSERT OR REPLACE INTO Meta (Name, Value) VALUES ('rows-untagged', X'01');",
+        )?;
+        tx.pragma_update(None, "user_version", 4)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 4 (row integrity tags)");
+    }
     Ok(())
 }
 
@@ -267,6 +284,17 @@ pub fn apply_schema(tx: &rusqlite::Transaction<'_>, database_id: &[u8; DATABASE_
     tx.execute_batch(SCHEMA_SQL)?;
     tx.execute("INSERT INTO Meta (Name, Value) VALUES ('database-id', ?1)", [&database_id[..]])?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// Whether a migration left rows to be tagged by the registry.
+pub fn rows_untagged(conn: &Connection) -> DbResult<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM Meta WHERE Name = 'rows-untagged')", [], |row| row.get(0))?)
+}
+
+/// Clears the mark [`rows_untagged`] reads, inside the caller's transaction.
+pub fn clear_rows_untagged(conn: &Connection) -> DbResult<()> {
+    conn.execute("DELETE FROM Meta WHERE Name = 'rows-untagged'", [])?;
     Ok(())
 }
 
@@ -307,7 +335,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_version_1_database_migrates_to_the_empty_identifier_and_gains_key_generations_and_audit() {
+    fn a_version_1_database_migrates_step_by_step_to_the_current_schema() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("spyctl.db");
         let mut conn = create(&path).expect("create");
@@ -318,7 +346,9 @@ mod tests {
         // What a version-1 database looks like: no Meta or Audit table, no
         // KeyGeneration column, user_version 1.
         conn.execute_batch(
-            "DROP TABLE Meta; DROP TABLE Audit; ALTER TABLE Agents DROP COLUMN KeyGeneration; PRAGMA user_version = 1;",
+            "DROP TABLE Meta; DROP TABLE Audit; ALTER TABLE Agents DROP COLUMN KeyGeneration;
+             ALTER TABLE Agents DROP COLUMN PasswordPeppered; ALTER TABLE Agents DROP COLUMN RowMac;
+             PRAGMA user_version = 1;",
         )
         .expect("downgrade");
         drop(conn);
@@ -333,5 +363,6 @@ mod tests {
             migrated.query_row("SELECT COUNT(KeyGeneration) FROM Agents", [], |r| r.get(0)).expect("v3 column");
         assert_eq!(generations, 0, "no agents, but the column exists");
         migrated.query_row("SELECT COUNT(*) FROM Audit", [], |r| r.get::<_, i64>(0)).expect("v3 audit table");
+        assert!(rows_untagged(&migrated).expect("v4 mark"), "rows wait for the registry to tag them with the key");
     }
 }

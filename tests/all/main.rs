@@ -14,5 +14,6 @@ mod hardening;
 mod home_checks;
 mod protocol_doc;
 mod python_interop;
+mod row_integrity;
 mod support;
 mod terminal_safety;
