@@ -10,6 +10,13 @@
 //! under its final name or not there at all. The inbox lists only files whose
 //! row the writer committed after the rename.
 //!
+//! The first chunk pins the file's size and name in a small `.<file-id>.pin`
+//! beside the part file; every later chunk must state the same, no chunk may
+//! be larger than [`CHUNK_BYTES`] or reach past the pinned size, and the size
+//! recorded for a completed file is the bytes on disk. Uploads of different
+//! agents do not wait for each other: each agent has its own lock, so hashing
+//! one agent's finished file never holds up another's chunks.
+//!
 //! No symlink inside the home is ever followed when writing or hashing: the
 //! agent chooses both the bytes and the file id, so a link planted at
 //! `files/`, `files/<agent>/` or a part or final name would otherwise send its
@@ -22,6 +29,7 @@
 //! internal`) and nothing is written. Only the home itself (the parent of
 //! `files/`) is opened by path, following links, as the operator chose it.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::ErrorKind;
@@ -29,20 +37,20 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use crate::net::protocol::FileChunk;
+use crate::net::protocol::{CHUNK_BYTES, FileChunk};
 
 /// Where one chunk left its file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChunkOutcome {
     /// More chunks are expected; this many bytes are on disk.
     Partial { received: u64 },
-    /// The file is complete, hash-checked and in place.
-    Complete { stored_as: String, sha256: String },
+    /// The file is complete, hash-checked and in place; `size` is its bytes on disk.
+    Complete { stored_as: String, sha256: String, size: u64 },
 }
 
 /// Why a chunk was refused.
@@ -75,9 +83,12 @@ impl std::error::Error for ChunkError {
 
 pub struct FileAssembler {
     root: PathBuf,
-    /// One upload is written at a time. Chunks are large and each is synced,
-    /// so the lock costs little and keeps the part-file logic single-threaded.
-    lock: Mutex<()>,
+    /// Writers hold it shared; the sweep holds it alone.
+    sweep: RwLock<()>,
+    /// One lock per agent: one agent's chunks are handled one at a time
+    /// (which keeps its part-file logic single-threaded), while other agents
+    /// go on in parallel.
+    agents: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
 }
 
 /// The directories one chunk is written in, opened without following links.
@@ -112,7 +123,7 @@ impl AgentDirs {
 impl FileAssembler {
     /// `root` is the home's `files/` directory; it need not exist yet.
     pub fn new(root: PathBuf) -> Self {
-        FileAssembler { root, lock: Mutex::new(()) }
+        FileAssembler { root, sweep: RwLock::new(()), agents: Mutex::new(HashMap::new()) }
     }
 
     /// Opens the home by path and `files/` inside it with no-follow; creates
@@ -147,7 +158,7 @@ impl FileAssembler {
     /// with the same no-follow opens as writing, so a linked agent directory
     /// cannot make it delete `.part` files elsewhere.
     pub fn sweep_stale(&self, max_age: std::time::Duration) -> usize {
-        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _alone = self.sweep.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Ok(Some((_home, root, _))) = self.open_root(false) else { return 0 };
         let Ok(agents) = Dir::read_from(&root) else { return 0 };
         let mut removed = 0;
@@ -160,7 +171,8 @@ impl FileAssembler {
             let Ok(entries) = Dir::read_from(&agent_dir) else { continue };
             for entry in entries.flatten() {
                 let name = OsStr::from_bytes(entry.file_name().to_bytes());
-                let is_part = name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".part"));
+                let is_part =
+                    name.to_str().is_some_and(|n| n.starts_with('.') && (n.ends_with(".part") || n.ends_with(".pin")));
                 if !is_part {
                     continue;
                 }
@@ -187,7 +199,20 @@ impl FileAssembler {
 
     /// Writes one chunk; see the module docs for the rules.
     pub fn write_chunk(&self, agent_id: i64, chunk: &FileChunk, body: &[u8]) -> Result<ChunkOutcome, ChunkError> {
-        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _shared = self.sweep.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let agent_lock = {
+            let mut agents = self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            agents.entry(agent_id).or_default().clone()
+        };
+        let _agent = agent_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if body.len() > CHUNK_BYTES {
+            return Err(ChunkError::Rejected(format!("chunks are limited to {CHUNK_BYTES} bytes")));
+        }
+        let end = chunk
+            .offset
+            .checked_add(body.len() as u64)
+            .filter(|end| *end <= chunk.size)
+            .ok_or_else(|| ChunkError::Rejected("the chunk reaches past the file's declared size".into()))?;
         // The protocol allows only [A-Za-z0-9_-] in ids; checked again here
         // because a `/` or `..` would make the names below paths.
         if !crate::net::protocol::valid_id(&chunk.file_id) {
@@ -200,18 +225,47 @@ impl FileAssembler {
         // are the bare file id (no dots possible): `.<id>.part` vs `<id>`.
         let part_name = format!(".{}.part", chunk.file_id);
         let part_name = OsStr::new(&part_name);
-        let end = chunk.offset + body.len() as u64;
+        let pin_name = format!(".{}.pin", chunk.file_id);
+        let pin_name = OsStr::new(&pin_name);
 
         if entry_exists(&dirs.agent, final_name).map_err(io_err)?
             && !entry_exists(&dirs.agent, part_name).map_err(io_err)?
         {
-            // Completed earlier (a retried last chunk after a crash or lost ACK).
+            // Completed, but its row was never committed (a crash between the
+            // rename and the commit): the retried last chunk records it now.
+            // (A file whose row exists is answered from the row by the Boss,
+            // with no file I/O.)
             let done = open_file(&dirs.agent, final_name, OFlags::RDONLY).map_err(io_err)?;
+            let size = done.metadata().map_err(io_err)?.len();
             let sha256 = hash_open_file(&done).map_err(io_err)?;
             if Some(&sha256) == chunk.sha256.as_ref() || chunk.sha256.is_none() {
-                return Ok(ChunkOutcome::Complete { stored_as: relative, sha256 });
+                return Ok(ChunkOutcome::Complete { stored_as: relative, sha256, size });
             }
             return Err(ChunkError::Rejected("that file id is already complete with other contents".into()));
+        }
+        let pin = Pin::of(chunk);
+        if chunk.offset == 0 && !entry_exists(&dirs.agent, part_name).map_err(io_err)? {
+            // A new upload: its first chunk pins the size and the name.
+            let file =
+                open_file(&dirs.agent, pin_name, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC).map_err(io_err)?;
+            file.write_all_at(pin.to_text().as_bytes(), 0).map_err(io_err)?;
+            file.sync_data().map_err(io_err)?;
+        } else {
+            match open_file(&dirs.agent, pin_name, OFlags::RDONLY) {
+                Ok(file) => {
+                    let mut text = vec![0u8; 256];
+                    let n = file.read_at(&mut text, 0).map_err(io_err)?;
+                    if Pin::from_text(&text[..n]) != Some(pin) {
+                        return Err(ChunkError::Rejected(
+                            "this chunk's size or name differs from the first chunk's; send the whole file again with a new file id"
+                                .into(),
+                        ));
+                    }
+                }
+                // No pin and no part: caught below as "no upload in progress".
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(e)),
+            }
         }
 
         let flags = if chunk.offset == 0 { OFlags::RDWR | OFlags::CREATE } else { OFlags::RDWR };
@@ -243,16 +297,43 @@ impl FileAssembler {
             return Ok(ChunkOutcome::Partial { received: have.max(end) });
         }
         let expected = chunk.sha256.as_deref().unwrap_or_default();
+        let size = part.metadata().map_err(io_err)?.len();
         let sha256 = hash_open_file(&part).map_err(io_err)?;
-        if sha256 != expected {
+        if sha256 != expected || size != chunk.size {
             let _ = rustix::fs::unlinkat(&dirs.agent, part_name, AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&dirs.agent, pin_name, AtFlags::empty());
             return Err(ChunkError::Rejected("the file's SHA-256 does not match; send the whole file again".into()));
         }
         // renameat replaces whatever is at the final name, a link included,
         // without following it.
         rustix::fs::renameat(&dirs.agent, part_name, &dirs.agent, final_name).map_err(|e| io_err(e.into()))?;
+        let _ = rustix::fs::unlinkat(&dirs.agent, pin_name, AtFlags::empty());
         dirs.sync_new().map_err(io_err)?;
-        Ok(ChunkOutcome::Complete { stored_as: relative, sha256 })
+        Ok(ChunkOutcome::Complete { stored_as: relative, sha256, size })
+    }
+}
+
+/// What the first chunk of an upload fixes: the file's size and (as its
+/// SHA-256, so the name itself is never written under `files/`) its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pin {
+    size: u64,
+    name_sha256: String,
+}
+
+impl Pin {
+    fn of(chunk: &FileChunk) -> Pin {
+        Pin { size: chunk.size, name_sha256: hex::encode(Sha256::digest(chunk.name.as_bytes())) }
+    }
+
+    fn to_text(&self) -> String {
+        format!("{} {}\n", self.size, self.name_sha256)
+    }
+
+    fn from_text(text: &[u8]) -> Option<Pin> {
+        let text = std::str::from_utf8(text).ok()?;
+        let (size, name_sha256) = text.trim_end().split_once(' ')?;
+        Some(Pin { size: size.parse().ok()?, name_sha256: name_sha256.to_string() })
     }
 }
 
@@ -352,13 +433,61 @@ mod tests {
             Err(ChunkError::Rejected(_))
         ));
         let done = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("completes");
-        let ChunkOutcome::Complete { stored_as, sha256 } = done else { panic!("not complete") };
+        let ChunkOutcome::Complete { stored_as, sha256, size } = done else { panic!("not complete") };
         assert_eq!(sha256, sha);
+        assert_eq!(size, 12, "the size on disk");
         assert_eq!(fs::read(tmp.path().join(&stored_as)).expect("final file"), data);
         assert!(!tmp.path().join("7/.f1.part").exists());
         // The last chunk again (lost ACK): still complete, same file.
         let again = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("idempotent");
         assert!(matches!(again, ChunkOutcome::Complete { .. }));
+    }
+
+    #[test]
+    fn the_first_chunk_pins_size_and_name_and_chunks_are_capped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().join("files"));
+        let data = vec![7u8; 20];
+        let sha = hex::encode(Sha256::digest(&data));
+        files.write_chunk(2, &chunk(0, 20, None), &data[..10]).expect("first chunk pins 20 bytes, a.txt");
+        // A later chunk that claims another size or name is refused.
+        let bigger = FileChunk { size: 600_000, ..chunk(10, 600_000, None) };
+        assert!(
+            matches!(files.write_chunk(2, &bigger, &data[10..]), Err(ChunkError::Rejected(why)) if why.contains("differs"))
+        );
+        let renamed = FileChunk { name: "b.txt".into(), ..chunk(10, 20, Some(sha.clone())) };
+        assert!(
+            matches!(files.write_chunk(2, &renamed, &data[10..]), Err(ChunkError::Rejected(why)) if why.contains("differs"))
+        );
+        // A chunk past the pinned size, or over the cap, is refused.
+        assert!(matches!(
+            files.write_chunk(2, &chunk(10, 20, Some(sha.clone())), &[0u8; 11]),
+            Err(ChunkError::Rejected(why)) if why.contains("past")
+        ));
+        let huge = vec![0u8; CHUNK_BYTES + 1];
+        let big_file = FileChunk { file_id: "f9".into(), ..chunk(0, 10 << 20, None) };
+        assert!(
+            matches!(files.write_chunk(2, &big_file, &huge), Err(ChunkError::Rejected(why)) if why.contains("limited"))
+        );
+        // The agreeing last chunk completes it, with the size on disk.
+        let done = files.write_chunk(2, &chunk(10, 20, Some(sha)), &data[10..]).expect("completes");
+        assert!(matches!(done, ChunkOutcome::Complete { size: 20, .. }), "{done:?}");
+        assert!(!tmp.path().join("files/2/.f1.pin").exists(), "the pin goes with the part file");
+    }
+
+    #[test]
+    fn one_agents_upload_does_not_wait_for_anothers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().join("files"));
+        // Agent 1's lock is held (as while its finished file is hashed)...
+        let lock = files.agents.lock().expect("map").entry(1).or_default().clone();
+        let _held = lock.lock().expect("agent 1");
+        // ...and agent 2's chunk still goes through at once.
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| done.send(files.write_chunk(2, &chunk(0, 12, None), b"hello").is_ok()).expect("send"));
+            assert_eq!(wait.recv_timeout(std::time::Duration::from_secs(5)), Ok(true), "agent 2 was held up");
+        });
     }
 
     #[test]
@@ -372,8 +501,9 @@ mod tests {
         files.write_chunk(3, &done, data).expect("complete");
         assert_eq!(files.sweep_stale(std::time::Duration::from_secs(3600)), 0, "fresh partials stay");
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(files.sweep_stale(std::time::Duration::from_millis(1)), 1);
+        assert_eq!(files.sweep_stale(std::time::Duration::from_millis(1)), 2, "the part file and its pin");
         assert!(!tmp.path().join("3/.f1.part").exists());
+        assert!(!tmp.path().join("3/.f1.pin").exists());
         assert!(tmp.path().join("3/f2").exists(), "complete files are never swept");
     }
 

@@ -105,6 +105,15 @@ impl BossService {
         db::agents::by_id(&reader, agent_id)
     }
 
+    /// The size and SHA-256 of agent `agent_id`'s completed file `file_id`.
+    fn completed_file(&self, agent_id: i64, file_id: &str) -> Result<Option<(i64, String)>, Refusal> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        messages::file_record(&reader, agent_id, file_id).map_err(|e| {
+            tracing::error!(error = %e, "file lookup failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        })
+    }
+
     fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
         protocol::format_ack(&key.seal(&protocol::encode_ack(id, status, reply)))
     }
@@ -176,6 +185,16 @@ impl BossService {
                         format!("files are limited to {} bytes", self.config.max_file_bytes),
                     ));
                 }
+                // A file already received is answered from its row: a replayed
+                // chunk of it costs a lookup, never a read or a hash of the file.
+                if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
+                    return Ok(Step::Reply(Self::ack(
+                        &key,
+                        &header.id,
+                        AckStatus::Duplicate,
+                        &format!("File already received: {size} bytes, SHA-256 {sha256}."),
+                    )));
+                }
                 let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
                     ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
                     ChunkError::Io(why) => {
@@ -193,12 +212,12 @@ impl BossService {
                             &format!("{received} of {} bytes", chunk.size),
                         )))
                     }
-                    ChunkOutcome::Complete { stored_as, sha256 } => Ok(Step::Commit(PendingAck {
+                    ChunkOutcome::Complete { stored_as, sha256, size } => Ok(Step::Commit(PendingAck {
                         op: WriteOp::File(messages::StoredFile {
                             agent_id,
                             file_id: chunk.file_id.clone(),
                             name: self.keys.conceal(&chunk.name),
-                            size: chunk.size as i64,
+                            size: size as i64,
                             sha256,
                             stored_as,
                             received_at: now,

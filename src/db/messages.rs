@@ -51,6 +51,15 @@ pub fn insert_file(conn: &Connection, file: &StoredFile) -> DbResult<bool> {
     Ok(changed == 1)
 }
 
+/// The size and SHA-256 of a completed file, if (agent, file id) has one.
+pub fn file_record(conn: &Connection, agent_id: i64, file_id: &str) -> DbResult<Option<(i64, String)>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached("SELECT Size, Sha256 FROM Files WHERE AgentId = ?1 AND FileId = ?2")?
+        .query_row(params![agent_id, file_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?)
+}
+
 pub fn all_messages(conn: &Connection) -> DbResult<Vec<StoredMessage>> {
     let mut stmt =
         conn.prepare("SELECT AgentId, MessageId, ReceivedAt, Token FROM Messages ORDER BY ReceivedAt, RowId")?;

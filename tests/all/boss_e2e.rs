@@ -718,7 +718,11 @@ fn a_file_cut_off_midway_never_shows_as_received() {
     assert!(reply.is_ack(), "{reply:?}");
     drop(conn); // the sender vanishes before the last chunk
 
-    assert_eq!(agent_files(&home, agent), [format!(".{file_id}.part")], "only the partial file");
+    assert_eq!(
+        agent_files(&home, agent),
+        [format!(".{file_id}.part"), format!(".{file_id}.pin")],
+        "only the partial file and its pinned size and name"
+    );
     assert!(inbox(&home).is_empty(), "a half file is not in the inbox");
     assert_eq!(table_count(&home, "Files"), 0);
 

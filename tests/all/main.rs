@@ -3,6 +3,7 @@
 
 mod agent_admin;
 mod boss_e2e;
+mod boss_files;
 mod cli_docs;
 mod cli_registry;
 mod client_retry;

@@ -1,0 +1,82 @@
+//! Files against replays and lies: a chunk of a file already received is
+//! answered from its stored record (no read, no hash: the stored file can even
+//! be gone), the first chunk pins the size and name, and the 512 KiB chunk
+//! cap is enforced.
+
+use sha2::{Digest, Sha256};
+use spyctl::crypto::FernetKey;
+use spyctl::net::ids::random_id;
+use spyctl::net::protocol::{self, CHUNK_BYTES, ErrorCode, FileChunk, Header, Kind};
+
+use crate::support::{Answer, DIRECTOR, FIELD_AGENT, RawClient, TestHome, ok};
+
+/// The field agent's id and exported wire key, and a running Boss.
+fn setup() -> (TestHome, i64, FernetKey, crate::support::Boss) {
+    let home = TestHome::initialised();
+    home.login(FIELD_AGENT);
+    let who: serde_json::Value = serde_json::from_str(&ok(home.run(&["--json", "whoami"]))).expect("whoami");
+    let agent = who["agent"]["id"].as_i64().expect("id");
+    home.login(DIRECTOR);
+    let out = home.path().join("agent.key");
+    ok(home.run(&["agent", "key", "export", &agent.to_string(), "--out", out.to_str().expect("utf-8")]));
+    let key = FernetKey::from_base64(&std::fs::read_to_string(out).expect("key")).expect("key");
+    let boss = home.boss(&[]);
+    (home, agent, key, boss)
+}
+
+fn chunk_line(key: &FernetKey, agent: i64, file: FileChunk, body: &[u8]) -> String {
+    let header = Header { id: random_id(), kind: Kind::FileChunk(file) };
+    protocol::format_request(agent, &key.seal(&protocol::encode_message(&header, body)))
+}
+
+fn whole(file_id: &str, data: &[u8]) -> FileChunk {
+    FileChunk {
+        file_id: file_id.into(),
+        name: "report.txt".into(),
+        offset: 0,
+        size: data.len() as u64,
+        sha256: Some(hex::encode(Sha256::digest(data))),
+    }
+}
+
+#[test]
+fn a_replayed_chunk_of_a_received_file_is_answered_from_its_record() {
+    let (home, agent, key, boss) = setup();
+    let data = b"the whole file, in one chunk".to_vec();
+    let line = chunk_line(&key, agent, whole("done1", &data), &data);
+    let mut raw = RawClient::connect(&boss.addr);
+    assert!(raw.ask(line.as_bytes()).is_ack(), "stored");
+    // The stored file is gone (moved away by the operator, say): a replay
+    // that re-read or re-hashed it would fail; one answered from the row does not.
+    let stored = home.path().join(format!("files/{agent}/done1"));
+    std::fs::remove_file(&stored).expect("move the stored file away");
+    let Answer::Ack(token) = raw.ask(line.as_bytes()) else { panic!("the replay was not acknowledged") };
+    let opened = key.open(&token, None).expect("ACK under the agent's key");
+    let (header, reply) = protocol::decode_ack(&opened.plaintext).expect("ack");
+    assert_eq!(header.status, protocol::AckStatus::Duplicate, "{reply}");
+    assert!(reply.contains(&format!("{} bytes", data.len())), "{reply}");
+    assert!(!stored.exists(), "the replay wrote nothing");
+    boss.stop();
+}
+
+#[test]
+fn later_chunks_must_agree_with_the_first_and_chunks_are_capped() {
+    let (_home, agent, key, boss) = setup();
+    let mut raw = RawClient::connect(&boss.addr);
+    let data = vec![42u8; 20];
+    let first = FileChunk { sha256: None, ..whole("pinned", &data) };
+    assert!(raw.ask(chunk_line(&key, agent, first, &data[..10]).as_bytes()).is_ack());
+    // The last chunk claims the file is 600,000 bytes long: refused.
+    let liar = FileChunk { offset: 10, size: 600_000, ..whole("pinned", &data) };
+    let answer = raw.ask(chunk_line(&key, agent, liar, &data[10..]).as_bytes());
+    assert_eq!(answer.code(), Some(ErrorCode::BadRequest), "{answer:?}");
+    // A 600 KiB chunk is over the cap: refused, nothing stored.
+    let big = vec![1u8; 600 * 1024];
+    let answer = raw.ask(chunk_line(&key, agent, whole("big", &big), &big).as_bytes());
+    assert_eq!(answer.code(), Some(ErrorCode::BadRequest), "{answer:?}");
+    assert!(big.len() > CHUNK_BYTES);
+    // The honest last chunk still completes the pinned upload.
+    let honest = FileChunk { offset: 10, ..whole("pinned", &data) };
+    assert!(raw.ask(chunk_line(&key, agent, honest, &data[10..]).as_bytes()).is_ack());
+    boss.stop();
+}
