@@ -202,11 +202,33 @@ pub struct LoginArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum InboxAction {
+    /// Write a received file, decrypted and checked, to PATH (0600; directors only)
+    #[command(after_help = "Received files are stored encrypted under the home's files/; this is the only way \
+                      out. Every segment is checked and the SHA-256 compared with the one recorded on arrival; \
+                      on any mismatch nothing is left at PATH.")]
+    Get {
+        /// The file's id, as `boss inbox` shows it
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Where to write it
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Overwrite PATH if it exists
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BossCommand {
     /// Run the Boss's threaded TCP server until Ctrl-C or SIGTERM
     Serve(ServeArgs),
     /// Show received messages and files, decrypted (directors only)
-    Inbox,
+    Inbox {
+        #[command(subcommand)]
+        action: Option<InboxAction>,
+    },
     /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
     Bench(BenchArgs),
 }

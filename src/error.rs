@@ -93,6 +93,7 @@ pub enum Hint {
     QuerySmaller,
     PassYes,
     TamperedDatabase,
+    SeeInbox,
 }
 
 impl fmt::Display for Hint {
@@ -147,6 +148,7 @@ impl fmt::Display for Hint {
             Hint::QueryRowCap => f.write_str("add a WHERE or a LIMIT, or raise --max-rows"),
             Hint::QuerySmaller => f.write_str("select fewer or smaller values (substr, length, LIMIT)"),
             Hint::PassYes => f.write_str("pass --yes to confirm without a terminal"),
+            Hint::SeeInbox => f.write_str("see `spyctl boss inbox` for the ids"),
             Hint::TamperedDatabase => f.write_str(
                 "restore spyctl.db from a backup (db init --force keeps them under backups/) and find out who could write it",
             ),
@@ -403,6 +405,12 @@ impl From<crate::backup::BackupError> for Error {
 
 impl From<crate::core_dumps::CoreDumpError> for Error {
     fn from(err: crate::core_dumps::CoreDumpError) -> Self {
+        Error::from_layer(err, None)
+    }
+}
+
+impl From<crate::boss::files::ChunkError> for Error {
+    fn from(err: crate::boss::files::ChunkError) -> Self {
         Error::from_layer(err, None)
     }
 }

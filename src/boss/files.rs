@@ -1,11 +1,13 @@
 //! Assembling uploaded files from chunks, crash-safely.
 //!
-//! Chunks of one file arrive in order (each is its own message) and are written
-//! into `files/<agent>/.<file-id>.part` at their offset, then `fdatasync`ed
-//! before the chunk is acknowledged (the first chunk also syncs the directory,
-//! so the new part file's entry is as durable as its bytes). Writing at an
-//! offset is idempotent, so a retried chunk is harmless. When the last chunk lands, the SHA-256 of the
-//! whole part file is checked and the file is renamed to its final name
+//! Chunks of one file arrive in order (each is its own message) and are
+//! appended to `files/<agent>/.<file-id>.part`, each sealed as one segment of
+//! the file's STREAM ([`super::sealed_file`]: nothing is stored in
+//! plaintext), then `fdatasync`ed before the chunk is acknowledged (the first
+//! chunk also syncs the directory, so the new part file's entry is as durable
+//! as its bytes). A resent chunk the file already holds is acknowledged and
+//! not written again. When the last chunk lands, the whole file is read back
+//! (every segment's tag checked), its SHA-256 compared, and it is renamed to its final name
 //! (`<file-id>`) and the directory synced: a file is either complete
 //! under its final name or not there at all. The inbox lists only files whose
 //! row the writer committed after the rename.
@@ -33,6 +35,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::ErrorKind;
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -42,6 +45,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
+use super::sealed_file::{FilesKey, SealedError, SealedFile};
 use crate::net::protocol::{CHUNK_BYTES, FileChunk};
 
 /// Where one chunk left its file.
@@ -67,7 +71,7 @@ impl std::fmt::Display for ChunkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ChunkError::Rejected(why) => f.write_str(why),
-            ChunkError::Io(_) => f.write_str("cannot store the file chunk"),
+            ChunkError::Io(_) => f.write_str("cannot read or write the stored file"),
         }
     }
 }
@@ -83,6 +87,8 @@ impl std::error::Error for ChunkError {
 
 pub struct FileAssembler {
     root: PathBuf,
+    /// Seals every stored byte.
+    key: FilesKey,
     /// Writers hold it shared; the sweep holds it alone.
     sweep: RwLock<()>,
     /// One lock per agent: one agent's chunks are handled one at a time
@@ -122,8 +128,8 @@ impl AgentDirs {
 
 impl FileAssembler {
     /// `root` is the home's `files/` directory; it need not exist yet.
-    pub fn new(root: PathBuf) -> Self {
-        FileAssembler { root, sweep: RwLock::new(()), agents: Mutex::new(HashMap::new()) }
+    pub fn new(root: PathBuf, key: FilesKey) -> Self {
+        FileAssembler { root, key, sweep: RwLock::new(()), agents: Mutex::new(HashMap::new()) }
     }
 
     /// Opens the home by path and `files/` inside it with no-follow; creates
@@ -236,8 +242,7 @@ impl FileAssembler {
             // (A file whose row exists is answered from the row by the Boss,
             // with no file I/O.)
             let done = open_file(&dirs.agent, final_name, OFlags::RDONLY).map_err(io_err)?;
-            let size = done.metadata().map_err(io_err)?.len();
-            let sha256 = hash_open_file(&done).map_err(io_err)?;
+            let (size, sha256) = self.hash_sealed(&done, agent_id, &chunk.file_id)?;
             if Some(&sha256) == chunk.sha256.as_ref() || chunk.sha256.is_none() {
                 return Ok(ChunkOutcome::Complete { stored_as: relative, sha256, size });
             }
@@ -268,7 +273,8 @@ impl FileAssembler {
             }
         }
 
-        let flags = if chunk.offset == 0 { OFlags::RDWR | OFlags::CREATE } else { OFlags::RDWR };
+        let new_part = chunk.offset == 0 && !entry_exists(&dirs.agent, part_name).map_err(io_err)?;
+        let flags = if new_part { OFlags::RDWR | OFlags::CREATE } else { OFlags::RDWR };
         let part = match open_file(&dirs.agent, part_name, flags) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -278,14 +284,26 @@ impl FileAssembler {
             }
             Err(e) => return Err(io_err(e)),
         };
-        let have = part.metadata().map_err(io_err)?.len();
+        let sealed = SealedFile::new(&self.key, agent_id, &chunk.file_id);
+        if new_part {
+            sealed.start(&part).map_err(sealed_err)?;
+        }
+        let layout = SealedFile::layout(&part).map_err(sealed_err)?;
+        let have = layout.plaintext_len;
         if chunk.offset > have {
             return Err(ChunkError::Rejected(format!("chunk out of order: expected offset {have}")));
         }
-        // Writing past the end extends the file. A resent or replayed earlier chunk
-        // rewrites its bytes in place and must not cut off the chunks after it.
-        part.write_all_at(body, chunk.offset).map_err(io_err)?;
-        part.sync_data().map_err(io_err)?;
+        if chunk.offset == have && (end > have || new_part) {
+            // The next chunk: sealed as the next segment, the last one if it
+            // completes the file.
+            sealed.append(&part, &layout, end == chunk.size, body).map_err(sealed_err)?;
+            part.sync_data().map_err(io_err)?;
+        } else if end > have {
+            return Err(ChunkError::Rejected(format!(
+                "chunk overlaps what is stored: send chunks in order, the next at offset {have}"
+            )));
+        }
+        // Else a resent chunk the file holds already: nothing to write.
 
         if end < chunk.size {
             if chunk.offset == 0 {
@@ -297,8 +315,7 @@ impl FileAssembler {
             return Ok(ChunkOutcome::Partial { received: have.max(end) });
         }
         let expected = chunk.sha256.as_deref().unwrap_or_default();
-        let size = part.metadata().map_err(io_err)?.len();
-        let sha256 = hash_open_file(&part).map_err(io_err)?;
+        let (size, sha256) = self.hash_sealed(&part, agent_id, &chunk.file_id)?;
         if sha256 != expected || size != chunk.size {
             let _ = rustix::fs::unlinkat(&dirs.agent, part_name, AtFlags::empty());
             let _ = rustix::fs::unlinkat(&dirs.agent, pin_name, AtFlags::empty());
@@ -310,6 +327,48 @@ impl FileAssembler {
         let _ = rustix::fs::unlinkat(&dirs.agent, pin_name, AtFlags::empty());
         dirs.sync_new().map_err(io_err)?;
         Ok(ChunkOutcome::Complete { stored_as: relative, sha256, size })
+    }
+
+    /// Reads a sealed file back, checking every segment, and returns its
+    /// plaintext size and SHA-256 (hex).
+    fn hash_sealed(&self, file: &File, agent_id: i64, file_id: &str) -> Result<(u64, String), ChunkError> {
+        let mut hasher = Sha256::new();
+        let size = SealedFile::new(&self.key, agent_id, file_id)
+            .read(file, |plaintext| {
+                hasher.update(plaintext);
+                Ok(())
+            })
+            .map_err(sealed_err)?;
+        Ok((size, hex::encode(hasher.finalize())))
+    }
+
+    /// Writes agent `agent_id`'s received file `file_id`, decrypted, to
+    /// `out`, checking every segment; returns its size and SHA-256 (hex).
+    /// Reads through the same no-follow opens as writing.
+    pub fn export(&self, agent_id: i64, file_id: &str, out: &mut dyn Write) -> Result<(u64, String), ChunkError> {
+        if !crate::net::protocol::valid_id(file_id) {
+            return Err(ChunkError::Rejected("invalid file id".into()));
+        }
+        let Some((_home, root, _)) = self.open_root(false).map_err(io_err)? else {
+            return Err(io_err(ErrorKind::NotFound.into()));
+        };
+        let agent = open_dir(&root, OsStr::new(&agent_id.to_string())).map_err(io_err)?;
+        let file = open_file(&agent, OsStr::new(file_id), OFlags::RDONLY).map_err(io_err)?;
+        let mut hasher = Sha256::new();
+        let size = SealedFile::new(&self.key, agent_id, file_id)
+            .read(&file, |plaintext| {
+                hasher.update(plaintext);
+                out.write_all(plaintext)
+            })
+            .map_err(sealed_err)?;
+        Ok((size, hex::encode(hasher.finalize())))
+    }
+}
+
+fn sealed_err(e: SealedError) -> ChunkError {
+    match e {
+        SealedError::Io(e) => ChunkError::Io(e),
+        corrupt => ChunkError::Io(std::io::Error::other(corrupt)),
     }
 }
 
@@ -384,29 +443,15 @@ fn entry_exists(dir: impl AsFd, name: &OsStr) -> std::io::Result<bool> {
     }
 }
 
-/// Hex SHA-256 of an open file's whole contents, read from offset 0.
-fn hash_open_file(file: &File) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut offset = 0u64;
-    loop {
-        let n = match file.read_at(&mut buf, offset) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::symlink;
+
+    fn test_key() -> FilesKey {
+        FilesKey::from_bytes(&[6u8; 32])
+    }
 
     fn chunk(offset: u64, size: u64, sha256: Option<String>) -> FileChunk {
         FileChunk { file_id: "f1".into(), name: "a.txt".into(), offset, size, sha256 }
@@ -415,7 +460,7 @@ mod tests {
     #[test]
     fn in_order_chunks_complete_and_retries_are_harmless() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let files = FileAssembler::new(tmp.path().to_path_buf());
+        let files = FileAssembler::new(tmp.path().to_path_buf(), test_key());
         let data = b"hello, boss!";
         let sha = hex::encode(Sha256::digest(data));
         assert_eq!(
@@ -435,8 +480,12 @@ mod tests {
         let done = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("completes");
         let ChunkOutcome::Complete { stored_as, sha256, size } = done else { panic!("not complete") };
         assert_eq!(sha256, sha);
-        assert_eq!(size, 12, "the size on disk");
-        assert_eq!(fs::read(tmp.path().join(&stored_as)).expect("final file"), data);
+        assert_eq!(size, 12, "the plaintext size");
+        let raw = fs::read(tmp.path().join(&stored_as)).expect("final file");
+        assert!(!raw.windows(5).any(|w| w == b"hello"), "stored encrypted, never in plaintext");
+        let mut exported = Vec::new();
+        assert_eq!(files.export(7, "f1", &mut exported).expect("export"), (12, sha.clone()));
+        assert_eq!(exported, data);
         assert!(!tmp.path().join("7/.f1.part").exists());
         // The last chunk again (lost ACK): still complete, same file.
         let again = files.write_chunk(7, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("idempotent");
@@ -446,7 +495,7 @@ mod tests {
     #[test]
     fn the_first_chunk_pins_size_and_name_and_chunks_are_capped() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let files = FileAssembler::new(tmp.path().join("files"));
+        let files = FileAssembler::new(tmp.path().join("files"), test_key());
         let data = vec![7u8; 20];
         let sha = hex::encode(Sha256::digest(&data));
         files.write_chunk(2, &chunk(0, 20, None), &data[..10]).expect("first chunk pins 20 bytes, a.txt");
@@ -478,7 +527,7 @@ mod tests {
     #[test]
     fn one_agents_upload_does_not_wait_for_anothers() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let files = FileAssembler::new(tmp.path().join("files"));
+        let files = FileAssembler::new(tmp.path().join("files"), test_key());
         // Agent 1's lock is held (as while its finished file is hashed)...
         let lock = files.agents.lock().expect("map").entry(1).or_default().clone();
         let _held = lock.lock().expect("agent 1");
@@ -493,7 +542,7 @@ mod tests {
     #[test]
     fn sweep_removes_only_stale_partials() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let files = FileAssembler::new(tmp.path().to_path_buf());
+        let files = FileAssembler::new(tmp.path().to_path_buf(), test_key());
         files.write_chunk(3, &chunk(0, 12, None), b"hello").expect("partial");
         let data = b"abc";
         let sha = hex::encode(Sha256::digest(data));
@@ -510,7 +559,7 @@ mod tests {
     #[test]
     fn bad_hash_leaves_nothing() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let files = FileAssembler::new(tmp.path().to_path_buf());
+        let files = FileAssembler::new(tmp.path().to_path_buf(), test_key());
         let err = files.write_chunk(1, &chunk(0, 3, Some("00".repeat(32))), b"abc");
         assert!(matches!(err, Err(ChunkError::Rejected(_))));
         assert_eq!(fs::read_dir(tmp.path().join("1")).expect("dir").count(), 0);
@@ -554,7 +603,7 @@ mod tests {
         let s = setup();
         fs::remove_dir(&s.files).expect("rm files");
         symlink(&s.outside, &s.files).expect("link");
-        let files = FileAssembler::new(s.files.clone());
+        let files = FileAssembler::new(s.files.clone(), test_key());
         let err = files.write_chunk(7, &whole("authorized_keys", b"evil"), b"evil");
         assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
         outside_unchanged(&s);
@@ -564,7 +613,7 @@ mod tests {
     fn a_symlinked_agent_dir_is_not_followed() {
         let s = setup();
         symlink(&s.outside, s.files.join("7")).expect("link");
-        let files = FileAssembler::new(s.files.clone());
+        let files = FileAssembler::new(s.files.clone(), test_key());
         let err = files.write_chunk(7, &whole("authorized_keys", b"evil"), b"evil");
         assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
         outside_unchanged(&s);
@@ -575,7 +624,7 @@ mod tests {
         let s = setup();
         fs::create_dir(s.files.join("7")).expect("agent dir");
         symlink(&s.victim, s.files.join("7/.f1.part")).expect("link");
-        let files = FileAssembler::new(s.files.clone());
+        let files = FileAssembler::new(s.files.clone(), test_key());
         for offset in [0, 4] {
             let err = files.write_chunk(7, &chunk(offset, 12, None), b"evil");
             assert!(matches!(err, Err(ChunkError::Io(_))), "offset {offset}: {err:?}");
@@ -592,7 +641,7 @@ mod tests {
         let victim = s.files.join("victim");
         fs::write(&victim, VICTIM).expect("victim");
         fs::hard_link(&victim, s.files.join("7/.f1.part")).expect("hard link");
-        let files = FileAssembler::new(s.files.clone());
+        let files = FileAssembler::new(s.files.clone(), test_key());
         let err = files.write_chunk(7, &chunk(4, 12, None), b"evil");
         assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
         assert_eq!(fs::read(&victim).expect("victim"), VICTIM);
@@ -603,7 +652,7 @@ mod tests {
         let s = setup();
         fs::create_dir(s.files.join("7")).expect("agent dir");
         symlink(&s.victim, s.files.join("7/f1")).expect("link");
-        let files = FileAssembler::new(s.files.clone());
+        let files = FileAssembler::new(s.files.clone(), test_key());
         // A retried last chunk would hash the final file: not through a link.
         let err = files.write_chunk(7, &whole("f1", VICTIM), VICTIM);
         assert!(matches!(err, Err(ChunkError::Io(_))), "{err:?}");
@@ -617,7 +666,7 @@ mod tests {
         fs::write(&stale, b"not ours").expect("stale");
         symlink(&s.outside, s.files.join("7")).expect("link");
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let files = FileAssembler::new(s.files.clone());
+        let files = FileAssembler::new(s.files.clone(), test_key());
         assert_eq!(files.sweep_stale(std::time::Duration::from_millis(1)), 0);
         assert!(stale.exists(), "a part file outside the home was deleted");
     }

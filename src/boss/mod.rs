@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod inbox;
+pub mod sealed_file;
 pub mod service;
 pub mod store;
 

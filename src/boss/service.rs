@@ -81,7 +81,7 @@ impl BossService {
     ) -> Result<Self, DbError> {
         let reader = db::open_read_only(db_path)?;
         let keyring = master.bind(&db::database_id(&reader)?);
-        let files = FileAssembler::new(files_root.to_path_buf());
+        let files = FileAssembler::new(files_root.to_path_buf(), keyring.files_key());
         let swept = files.sweep_stale(STALE_UPLOAD);
         if swept > 0 {
             tracing::info!(swept, "removed partial uploads untouched for a day");

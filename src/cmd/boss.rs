@@ -7,9 +7,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::auth::roles::Action;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::boss::files::FileAssembler;
 use crate::boss::{Boss, BossConfig, inbox};
 use crate::cli::ServeArgs;
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::net::server::Limits;
 use crate::output::{Rows, utc_time};
 
@@ -94,4 +98,50 @@ pub fn inbox(ctx: &mut Ctx<'_>) -> Result<()> {
     }
     ctx.show(&rows.to_table())?;
     ctx.say(&format!("{} item(s).", entries.len()))
+}
+
+/// `boss inbox get ID --out PATH`: the one way a received file leaves its
+/// encryption. Every segment is checked while it is written out, then the
+/// SHA-256 is compared with the one recorded on arrival; on any failure the
+/// partial output is removed.
+pub fn inbox_get(ctx: &mut Ctx<'_>, id: &str, out: &Path, force: bool) -> Result<()> {
+    let gate = require(ctx, Action::ReadInbox)?;
+    let rows = crate::db::messages::files_with_id(&gate.conn, id)?;
+    let record = match rows.as_slice() {
+        [] => return Err(Error::failed(format!("no received file has the id {id}")).hint(Hint::SeeInbox)),
+        [one] => one,
+        _ => return Err(Error::failed(format!("{} agents sent a file with the id {id}", rows.len()))),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            Error::failed(format!("{} exists; nothing was written", out.display())).hint(Hint::PassForceToOverwrite)
+        }
+        _ => Error::caused(format!("cannot create {}", out.display()), e),
+    })?;
+    let files = FileAssembler::new(ctx.home.files_dir(), gate.keyring.files_key());
+    let written = files.export(record.agent_id, id, &mut file).map_err(Error::from).and_then(|(size, sha256)| {
+        if sha256 != record.sha256 || size != record.size as u64 {
+            return Err(Error::failed("the stored file does not match the SHA-256 recorded when it arrived"));
+        }
+        file.sync_all().map_err(|e| Error::caused(format!("cannot write {}", out.display()), e))?;
+        Ok((size, sha256))
+    });
+    let (size, sha256) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_file(out);
+            return Err(e.context(format!("nothing was left at {}", out.display())));
+        }
+    };
+    if ctx.json {
+        return ctx.json(serde_json::json!({ "id": id, "out": out, "size": size, "sha256": sha256 }));
+    }
+    ctx.say(&format!("Wrote {} ({size} bytes, SHA-256 {sha256} verified).", out.display()))
 }

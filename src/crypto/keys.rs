@@ -31,6 +31,8 @@ pub mod labels {
     pub const ROW_MAC: &str = "spyctl/v1/row-mac";
     /// Argon2id's secret input (the pepper) for password hashes.
     pub const PEPPER: &str = "spyctl/v1/pepper";
+    /// The root of each received file's encryption key.
+    pub const FILES_AT_REST: &str = "spyctl/v1/files-at-rest";
     /// Prefix of the per-agent wire key label; the AgentId follows in decimal.
     pub const AGENT_PREFIX: &str = "spyctl/v1/agent/";
 }
@@ -120,6 +122,11 @@ impl KeyRing {
         super::row_mac::RowMacKey::from_bytes(&self.derive(labels::ROW_MAC))
     }
 
+    /// The key received files are sealed under at rest.
+    pub fn files_key(&self) -> crate::boss::sealed_file::FilesKey {
+        crate::boss::sealed_file::FilesKey::from_bytes(&self.derive(labels::FILES_AT_REST))
+    }
+
     /// The pepper for password hashes.
     pub fn pepper(&self) -> Zeroizing<[u8; 32]> {
         self.derive(labels::PEPPER)
@@ -175,6 +182,7 @@ mod tests {
             master.derive(labels::SESSION),
             master.derive(labels::ROW_MAC),
             master.derive(labels::PEPPER),
+            master.derive(labels::FILES_AT_REST),
             master.derive(&agent_label(1)),
             master.derive(&agent_label(2)),
             master.derive(&agent_label_at(1, 1)),

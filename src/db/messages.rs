@@ -60,6 +60,25 @@ pub fn file_record(conn: &Connection, agent_id: i64, file_id: &str) -> DbResult<
         .optional()?)
 }
 
+/// Every completed file with this file id (normally one).
+pub fn files_with_id(conn: &Connection, file_id: &str) -> DbResult<Vec<StoredFile>> {
+    let mut stmt = conn.prepare(
+        "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt FROM Files WHERE FileId = ?1 ORDER BY RowId",
+    )?;
+    let rows = stmt.query_map([file_id], |row| {
+        Ok(StoredFile {
+            agent_id: row.get(0)?,
+            file_id: row.get(1)?,
+            name: row.get(2)?,
+            size: row.get(3)?,
+            sha256: row.get(4)?,
+            stored_as: row.get(5)?,
+            received_at: row.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 pub fn all_messages(conn: &Connection) -> DbResult<Vec<StoredMessage>> {
     let mut stmt =
         conn.prepare("SELECT AgentId, MessageId, ReceivedAt, Token FROM Messages ORDER BY ReceivedAt, RowId")?;

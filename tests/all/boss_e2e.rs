@@ -225,7 +225,9 @@ fn multi_mib_file_arrives_intact() {
     assert_eq!(files.len(), 1, "one file, no leftovers: {files:?}");
     // Stored under its file id only: the name lives encrypted in the database.
     assert!(!files[0].contains("dossier") && !files[0].starts_with('.'), "{files:?}");
-    let received = std::fs::read(home.path().join("files").join(agent.to_string()).join(&files[0])).expect("read");
+    let raw = std::fs::read(home.path().join("files").join(agent.to_string()).join(&files[0])).expect("read");
+    assert!(!raw.windows(64).any(|w| data.windows(64).next() == Some(w)), "the stored bytes are not the plaintext");
+    let received = crate::support::stored_file(&home, agent, &files[0]);
     assert_eq!(received.len(), data.len());
     assert_eq!(sha256_hex(&received), sha256_hex(&data));
 
@@ -810,7 +812,7 @@ fn a_replayed_earlier_chunk_does_not_spoil_the_upload() {
 
     let files = agent_files(&home, agent);
     assert_eq!(files, [file_id.to_string()]);
-    let received = std::fs::read(home.path().join("files").join(agent.to_string()).join(&files[0])).expect("read");
+    let received = crate::support::stored_file(&home, agent, &files[0]);
     assert_eq!(sha256_hex(&received), sha256_hex(&data));
     assert_eq!(inbox(&home).len(), 1);
     drop(boss);

@@ -80,3 +80,57 @@ fn later_chunks_must_agree_with_the_first_and_chunks_are_capped() {
     assert!(raw.ask(chunk_line(&key, agent, honest, &data[10..]).as_bytes()).is_ack());
     boss.stop();
 }
+
+#[test]
+fn received_files_are_encrypted_at_rest_and_leave_only_through_inbox_get() {
+    let (home, agent, _key, boss) = setup();
+    let plans = home.path().join("plans.txt");
+    let content = "Operation Lighthouse: the drop is at pier 9, midnight.\n".repeat(20_000);
+    std::fs::write(&plans, &content).expect("write plans");
+    home.login(FIELD_AGENT);
+    let sent: serde_json::Value = serde_json::from_str(&ok(home.run(&[
+        "--json",
+        "send",
+        "--addr",
+        &boss.addr,
+        "--file",
+        plans.to_str().expect("utf-8"),
+    ])))
+    .expect("json");
+    assert_eq!(sent["status"], "stored");
+    boss.stop();
+
+    // Nothing under files/ holds the plaintext, or any 32-byte piece of it.
+    let stored_dir = home.path().join(format!("files/{agent}"));
+    let names: Vec<_> =
+        std::fs::read_dir(&stored_dir).expect("files/<agent>").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let raw = std::fs::read(&names[0]).expect("stored");
+    assert!(!raw.windows(32).any(|w| w == &content.as_bytes()[..32]), "plaintext under files/");
+    let id = names[0].file_name().and_then(|n| n.to_str()).expect("id").to_string();
+
+    home.login(DIRECTOR);
+    let out = home.path().join("exported.txt");
+    let out_str = out.to_str().expect("utf-8");
+    let said = ok(home.run(&["boss", "inbox", "get", &id, "--out", out_str]));
+    assert!(said.contains("verified"), "{said}");
+    assert_eq!(std::fs::read_to_string(&out).expect("exported"), content);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).expect("meta").permissions().mode() & 0o777, 0o600);
+    let err = crate::support::fails(home.run(&["boss", "inbox", "get", &id, "--out", out_str]), 1);
+    assert!(err.contains("exists"), "{err}");
+
+    // One flipped byte in the stored ciphertext: refused, nothing left behind.
+    let mut flipped = raw.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    std::fs::write(&names[0], &flipped).expect("flip");
+    let err = crate::support::fails(home.run(&["boss", "inbox", "get", &id, "--out", out_str, "--force"]), 1);
+    assert!(err.contains("integrity"), "{err}");
+    assert!(!out.exists(), "nothing is left at PATH");
+
+    // Only directors export.
+    home.login(FIELD_AGENT);
+    let err = crate::support::fails(home.run(&["boss", "inbox", "get", &id, "--out", out_str]), 1);
+    assert!(err.contains("refused"), "{err}");
+}

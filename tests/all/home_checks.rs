@@ -162,7 +162,8 @@ impl Upload {
         let id = random_id();
         let reply = conn.msg(self.agent, &self.whole(&id, b"a harmless file"));
         assert!(reply.is_ack(), "{reply:?}");
-        assert_eq!(std::fs::read(self.agent_dir().join(&id)).expect("stored"), b"a harmless file");
+        assert!(self.agent_dir().join(&id).is_file(), "stored under its id");
+        assert_eq!(crate::support::stored_file(&self.home, self.agent, &id), b"a harmless file");
     }
 }
 

@@ -482,3 +482,17 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     seeded_rng(seed).fill_bytes(&mut out);
     out
 }
+
+/// A received file's plaintext, read the way `boss inbox get` reads it (the
+/// home's key bound to its database, every segment checked); the bytes
+/// under `files/` themselves are ciphertext.
+pub fn stored_file(home: &TestHome, agent_id: i64, file_id: &str) -> Vec<u8> {
+    let conn = rusqlite::Connection::open_with_flags(home.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open db");
+    let id = spyctl::db::database_id(&conn).expect("database id");
+    let master = spyctl::home::Home::at(home.path()).load_master_key().expect("master key");
+    let files = spyctl::boss::files::FileAssembler::new(home.path().join("files"), master.bind(&id).files_key());
+    let mut out = Vec::new();
+    files.export(agent_id, file_id, &mut out).expect("the stored file opens and checks");
+    out
+}

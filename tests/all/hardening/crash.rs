@@ -240,7 +240,9 @@ fn crash_kill9_during_ingest_keeps_every_acked_message_once() {
         let rows = files_rows(&db);
         let files_root = home.path().join("files");
         for (fid, (size, sha, stored_as)) in &rows {
-            let bytes = std::fs::read(files_root.join(stored_as)).expect("listed file exists");
+            assert!(files_root.join(stored_as).is_file(), "listed file exists: {fid}");
+            let agent: i64 = stored_as.split('/').next().and_then(|a| a.parse().ok()).expect("files/<agent>/<id>");
+            let bytes = crate::support::stored_file(&home, agent, fid);
             assert_eq!(bytes.len() as i64, *size, "{fid}");
             assert_eq!(&sha256_hex(&bytes), sha, "{fid}");
         }
@@ -288,7 +290,8 @@ fn crash_kill9_during_ingest_keeps_every_acked_message_once() {
     }
     for done in &uploads_done {
         let (_, _, stored_as) = &rows[&done.file_id];
-        assert_eq!(std::fs::read(home.path().join("files").join(stored_as)).unwrap(), done.content);
+        let agent: i64 = stored_as.split('/').next().and_then(|a| a.parse().ok()).expect("files/<agent>/<id>");
+        assert_eq!(crate::support::stored_file(&home, agent, &done.file_id), done.content);
     }
 
     figure(&format!(
