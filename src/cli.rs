@@ -164,10 +164,13 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_BIND", value_name = "ADDR")]
     pub bind: String,
-    /// Most connections served at once; more get `ERR busy`
+    /// Most connections served at once; when full, a connection with no accepted line yet is closed for the newcomer, else it gets `ERR busy`
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
-    /// Seconds a connection may go without an accepted line (ERR answers do not count)
+    /// Most connections from one IP address [default: a quarter of --max-connections]
+    #[arg(long, value_name = "N")]
+    pub max_per_address: Option<usize>,
+    /// Seconds a connection may go without new work, a message or chunk stored (ERR and duplicate answers do not count)
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub idle_timeout: u64,
     /// Seconds a client has to finish a line once it has started it

@@ -10,18 +10,26 @@ use crate::auth::roles::Action;
 use crate::boss::{Boss, BossConfig, inbox};
 use crate::cli::ServeArgs;
 use crate::error::{Error, Result};
-use crate::net::server::Limits;
+use crate::net::server::{Limits, default_per_address};
 use crate::output::{Rows, utc_time};
 
 use super::Ctx;
 use super::session::require;
 
 pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
-    if args.max_connections == 0 || args.idle_timeout == 0 || args.line_deadline == 0 || args.ttl == 0 {
-        return Err(Error::usage("--max-connections, --idle-timeout, --line-deadline and --ttl must be at least 1"));
+    if args.max_connections == 0
+        || args.max_per_address == Some(0)
+        || args.idle_timeout == 0
+        || args.line_deadline == 0
+        || args.ttl == 0
+    {
+        return Err(Error::usage(
+            "--max-connections, --max-per-address, --idle-timeout, --line-deadline and --ttl must be at least 1",
+        ));
     }
     let limits = Limits {
         max_connections: args.max_connections,
+        max_per_address: args.max_per_address.unwrap_or_else(|| default_per_address(args.max_connections)),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         line_deadline: Duration::from_secs(args.line_deadline),
         ..Limits::default()
@@ -61,10 +69,11 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
     signal_handle.close();
     let _ = watcher.join();
     ctx.say(&format!(
-        "Boss stopped: {} connection(s), {} line(s), {} refused as busy.",
+        "Boss stopped: {} connection(s), {} line(s), {} refused as busy, {} closed for newcomers.",
         stats.connections.load(Ordering::Relaxed),
         stats.lines.load(Ordering::Relaxed),
-        stats.refused_busy.load(Ordering::Relaxed)
+        stats.refused_busy.load(Ordering::Relaxed),
+        stats.evicted.load(Ordering::Relaxed)
     ))
 }
 

@@ -363,6 +363,29 @@ fn tampered_tokens_and_unknown_agents_get_the_same_auth_error() {
     drop(boss);
 }
 
+/// A bad MAC is refused before the agent is looked up, so a known and an
+/// unknown id do the same work (a key derivation and a MAC check) and nothing
+/// else. Shown by taking the Agents table away under the running Boss: a
+/// lookup would now fail (`internal`), yet both bad MACs still get `auth`.
+#[test]
+fn a_bad_mac_is_refused_before_the_agent_is_looked_up() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let writer = Connection::open(home.db_path()).expect("open spyctl.db");
+    writer.execute_batch("ALTER TABLE Agents RENAME TO AgentsAway").expect("rename");
+    let mut conn = RawClient::connect(&boss.addr);
+    let stranger = FernetKey::generate().expect("random key");
+    for id in [agent, 999_999] {
+        let reply = conn.msg(id, &text_token(&stranger, &random_id(), "probe"));
+        assert_eq!(reply.code(), Some(ErrorCode::Auth), "agent {id}: {reply:?}");
+    }
+    // An authentic line does reach the lookup, which fails: the table is gone.
+    let reply = conn.msg(agent, &text_token(&key, &random_id(), "real"));
+    assert_eq!(reply.code(), Some(ErrorCode::Internal), "{reply:?}");
+    writer.execute_batch("ALTER TABLE AgentsAway RENAME TO Agents").expect("rename back");
+    boss.stop_clean();
+}
+
 // ---------------------------------------------------------------------------
 // 7. Garbage from one client does not disturb another
 // ---------------------------------------------------------------------------
@@ -418,10 +441,15 @@ fn connection_cap_idle_timeout_and_line_deadline() {
     let home = TestHome::initialised();
     let agent = login_field_agent(&home);
     let boss = home.boss(&["--max-connections", "1", "--idle-timeout", "1", "--line-deadline", "1"]);
+    // Exporting the key logs in as the director; `send` below is the field agent again.
+    let key = agent_key(&home, agent);
+    home.login(FIELD_AGENT);
 
-    // One connection, known to be live (it has had an answer).
+    // One connection, live and accepted (a message stored): a newcomer cannot
+    // take its slot. (An unproven one would be closed to make room.)
     let mut first = RawClient::connect(&boss.addr);
-    assert!(first.ask(b"HELLO\n").code() == Some(ErrorCode::BadRequest));
+    let id = random_id();
+    assert_eq!(open_ack(&key, &first.msg(agent, &text_token(&key, &id, "Holding")), &id).0, AckStatus::Stored);
     // A second one is turned away.
     let mut second = RawClient::connect(&boss.addr);
     assert!(second.read_reply().code() == Some(ErrorCode::Busy));
@@ -450,7 +478,7 @@ fn connection_cap_idle_timeout_and_line_deadline() {
     assert!(out.contains("Good work"), "{out}");
     let boss_out = boss.stop_clean().stdout;
     assert!(boss_out.contains("refused as busy") && !boss_out.contains(" 0 refused"), "{boss_out}");
-    assert_eq!(agent, inbox(&home)[0]["agent_id"].as_i64().unwrap());
+    assert!(inbox(&home).iter().all(|m| m["agent_id"].as_i64() == Some(agent)));
 }
 
 /// Lines the Boss refuses do not restart the idle timer; accepted ones do. A
@@ -532,16 +560,58 @@ fn only_accepted_lines_keep_a_connection_past_the_idle_timeout() {
     boss.stop_clean();
 }
 
+/// A `duplicate` ACK is not new work, so it does not restart the idle timer:
+/// a connection that stores one message and then replays its line every
+/// 0.3 s (as someone holding one captured line, or one agent's key, could)
+/// is closed about 1 s after the message was stored (`--idle-timeout 1`).
+#[test]
+fn duplicates_do_not_keep_a_connection_past_the_idle_timeout() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
+    let boss = home.boss(&["--idle-timeout", "1"]);
+    let bound = Duration::from_secs(5);
+    let mut conn = RawClient::connect(&boss.addr);
+    let id = random_id();
+    let line = protocol::format_request(agent, &text_token(&key, &id, "Once"));
+    assert_eq!(open_ack(&key, &conn.ask(line.as_bytes()), &id).0, AckStatus::Stored);
+    let stored_at = Instant::now();
+    let mut duplicates = 0;
+    loop {
+        assert!(stored_at.elapsed() < bound, "still connected after {bound:?} ({duplicates} duplicate ACKs)");
+        std::thread::sleep(Duration::from_millis(300));
+        if !conn.write(line.as_bytes()) {
+            break;
+        }
+        match conn.read_reply() {
+            Answer::Closed => break,
+            Answer::Err(ErrorCode::BadRequest, text) if text == "idle timeout" => break,
+            reply => {
+                assert_eq!(open_ack(&key, &reply, &id).0, AckStatus::Duplicate);
+                duplicates += 1;
+            }
+        }
+    }
+    let lived = stored_at.elapsed();
+    assert!(duplicates >= 2, "the replays were answered before the close: {duplicates}");
+    assert!(lived < Duration::from_millis(2500), "closed {lived:?} after the last stored message");
+    assert_eq!(stored_count(&home, agent, &id), 1);
+    boss.stop_clean();
+}
+
 /// `send` against a Boss at its connection cap: the hint says so, instead of
 /// suggesting the Boss is not running.
 #[test]
 fn a_busy_boss_gets_its_own_hint() {
     let home = TestHome::initialised();
-    login_field_agent(&home);
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
     let boss = home.boss(&["--max-connections", "1"]);
-    // Hold the only slot (known live: it has had an answer).
+    // Hold the only slot with an accepted connection (an unproven one would
+    // be closed to make room for the sender).
     let mut holder = RawClient::connect(&boss.addr);
-    assert!(holder.ask(b"HELLO\n").code() == Some(ErrorCode::BadRequest));
+    let id = random_id();
+    assert_eq!(open_ack(&key, &holder.msg(agent, &text_token(&key, &id, "Mine")), &id).0, AckStatus::Stored);
 
     let err = fails(home.run(&["send", "Let me in", "--addr", &boss.addr, "--attempts", "2", "--timeout", "2"]), 1);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -551,7 +621,7 @@ fn a_busy_boss_gets_its_own_hint() {
     assert!(!lines[0].contains("boss serve"), "the Boss is running: {err}");
     drop(holder);
     boss.stop_clean();
-    assert_eq!(table_count(&home, "Messages"), 0);
+    assert_eq!(table_count(&home, "Messages"), 1, "only the holder's message");
 }
 
 // ---------------------------------------------------------------------------
