@@ -593,6 +593,9 @@ fn duplicates_do_not_keep_a_connection_past_the_idle_timeout() {
         }
     }
     let lived = stored_at.elapsed();
+    println!(
+        "FIGURE duplicates: closed {lived:?} after the stored message, {duplicates} duplicate ACKs (--idle-timeout 1)"
+    );
     assert!(duplicates >= 2, "the replays were answered before the close: {duplicates}");
     assert!(lived < Duration::from_millis(2500), "closed {lived:?} after the last stored message");
     assert_eq!(stored_count(&home, agent, &id), 1);
