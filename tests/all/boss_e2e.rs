@@ -859,6 +859,55 @@ fn python_client_from_protocol_md_gets_an_ack() {
     drop(boss);
 }
 
+/// A file over `--max-file-bytes` gets `too_long` on its first chunk and the
+/// connection stays open (only a line over 1 MiB closes it).
+#[test]
+fn a_file_over_the_limit_keeps_the_connection_as_protocol_md_says() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
+    let boss = home.boss(&["--max-file-bytes", "100"]);
+    let mut conn = RawClient::connect(&boss.addr);
+    let data = random_bytes(1000, 0x5EED_0000_0000_0021);
+    let reply = conn.msg(agent, &chunk_token(&key, &random_id(), 0, &data, Some(sha256_hex(&data))));
+    assert_eq!(reply.code(), Some(ErrorCode::TooLong), "{reply:?}");
+    let id = random_id();
+    assert_eq!(open_ack(&key, &conn.msg(agent, &text_token(&key, &id, "Still open")), &id).0, AckStatus::Stored);
+    boss.stop_clean();
+}
+
+/// Once a file is complete, its first chunk resent gets `duplicate`; a text
+/// id is deduplicated after its token's TTL too (`--ttl 1`, resent re-sealed
+/// 2 s later).
+#[test]
+fn completed_files_and_old_text_ids_are_duplicates_as_protocol_md_says() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
+    let boss = home.boss(&["--ttl", "1"]);
+    let mut conn = RawClient::connect(&boss.addr);
+    let id = random_id();
+    assert_eq!(open_ack(&key, &conn.msg(agent, &text_token(&key, &id, "First")), &id).0, AckStatus::Stored);
+
+    let data = random_bytes(CHUNK_BYTES + 10, 0x5EED_0000_0000_0022);
+    let file_id = random_id();
+    assert!(conn.msg(agent, &chunk_token(&key, &file_id, 0, &data, None)).is_ack());
+    let last = chunk_token(&key, &file_id, CHUNK_BYTES, &data, Some(sha256_hex(&data)));
+    assert!(conn.msg(agent, &last).is_ack());
+    let first_again = chunk_token(&key, &file_id, 0, &data, None);
+    let opened = match conn.msg(agent, &first_again) {
+        Answer::Ack(token) => key.open(&token, None).expect("ACK opens"),
+        other => panic!("expected an ACK, got {other:?}"),
+    };
+    assert_eq!(protocol::decode_ack(&opened.plaintext).expect("ACK").0.status, AckStatus::Duplicate);
+
+    std::thread::sleep(Duration::from_secs(2));
+    let again = text_token(&key, &id, "First, again");
+    assert_eq!(open_ack(&key, &conn.msg(agent, &again), &id).0, AckStatus::Duplicate);
+    assert_eq!(stored_count(&home, agent, &id), 1);
+    boss.stop_clean();
+}
+
 #[test]
 fn a_replayed_earlier_chunk_does_not_spoil_the_upload() {
     let (home, agent, boss) = setup();
