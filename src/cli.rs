@@ -153,10 +153,44 @@ pub struct LoginArgs {
 pub enum BossCommand {
     /// Run the Boss's threaded TCP server until Ctrl-C or SIGTERM
     Serve(ServeArgs),
-    /// Show received messages and files, decrypted (directors only)
-    Inbox,
+    /// Show received messages and files, decrypted, newest first (directors only)
+    Inbox(InboxArgs),
     /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Entries are read one at a time, so memory stays flat however many and however long they are. \
+                  Long messages are shortened in the table; `boss inbox show ID` prints one whole, and --json \
+                  is never shortened."
+)]
+pub struct InboxArgs {
+    #[command(subcommand)]
+    pub command: Option<InboxCommand>,
+    /// Show at most N entries
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+    /// Show every entry (no --limit)
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
+    /// Only entries received since WHEN: a UTC time (2026-12-03, 2026-12-03 14:00[:00]) or a span ago (90s, 30m, 2h, 7d)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Oldest first instead of newest first
+    #[arg(long)]
+    pub oldest_first: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// Print one message (or file entry) whole, by its id
+    Show {
+        /// The message or file id, as `boss inbox` lists it
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]

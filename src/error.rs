@@ -80,6 +80,8 @@ pub enum Hint {
     PassAsFlag,
     BenchConnections,
     DemoHomeInUse,
+    InboxShowWhole,
+    SeeInboxIds,
 }
 
 impl fmt::Display for Hint {
@@ -124,6 +126,8 @@ impl fmt::Display for Hint {
             Hint::DemoHomeInUse => {
                 f.write_str("omit --home (and SPYCTL_HOME) for a throw-away home, or give an empty directory")
             }
+            Hint::InboxShowWhole => f.write_str("`spyctl boss inbox show ID` prints one whole"),
+            Hint::SeeInboxIds => f.write_str("see the Id column of `spyctl boss inbox`"),
         }
     }
 }

@@ -71,7 +71,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Logout => session::logout(ctx),
         Command::Whoami => session::whoami(ctx),
         Command::Boss(BossCommand::Serve(args)) => boss::serve(ctx, args),
-        Command::Boss(BossCommand::Inbox) => boss::inbox(ctx),
+        Command::Boss(BossCommand::Inbox(args)) => boss::inbox(ctx, args),
         Command::Boss(BossCommand::Bench(args)) => bench::bench(ctx, args),
         Command::Send(args) => send::send(ctx, send::SendRequest::check(args)?),
         Command::Demo(args) => demo::run(ctx, demo::DemoRequest::check(args, ctx.home_given, ctx.json)?),

@@ -69,7 +69,7 @@ fn agent_key(home: &TestHome, agent_id: i64) -> FernetKey {
 /// `boss inbox --json` as the director (this replaces the session).
 fn inbox(home: &TestHome) -> Vec<Value> {
     home.login(DIRECTOR);
-    let out = ok(home.run(&["--json", "boss", "inbox"]));
+    let out = ok(home.run(&["--json", "boss", "inbox", "--all", "--oldest-first"]));
     match serde_json::from_str(&out).unwrap_or_else(|e| panic!("inbox --json is not JSON ({e}): {out}")) {
         Value::Array(entries) => entries,
         other => panic!("inbox --json is not an array: {other}"),

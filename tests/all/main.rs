@@ -9,6 +9,7 @@ mod database_identity;
 mod error_layers;
 mod fernet_vectors;
 mod hardening;
+mod inbox_scale;
 mod protocol_doc;
 mod python_interop;
 mod support;
