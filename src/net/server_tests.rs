@@ -205,6 +205,27 @@ fn a_newcomer_takes_the_slot_of_a_connection_without_an_accepted_line() {
 }
 
 #[test]
+fn a_connection_closed_for_a_newcomer_still_answers_a_line_that_had_arrived() {
+    let (echo, _, events, release) = Echo::gated();
+    let server = start(Limits { max_connections: 1, ..relaxed() }, echo);
+    let mut first = server.connect();
+    first.send(b"WAIT\n");
+    assert_eq!(events.recv_timeout(PATIENCE), Ok(Event::Started), "the handler has the line");
+    // Arrives whole while the first line is handled: not yet read.
+    first.send(b"queued\n");
+    // Nothing of `first` has been accepted yet, so the newcomer takes its slot.
+    let mut newcomer = server.connect();
+    assert_eq!(newcomer.ask("hello\n").as_deref(), Some("ECHO hello\n"));
+    release.send(()).unwrap();
+    assert_eq!(first.line().as_deref(), Some("ECHO WAIT\n"));
+    assert_eq!(first.line().as_deref(), Some("ECHO queued\n"), "a line already there is answered");
+    let goodbye = first.line().expect("a goodbye");
+    assert!(goodbye.starts_with("ERR busy "), "{goodbye}");
+    assert_eq!(first.line(), None);
+    server.stop();
+}
+
+#[test]
 fn one_address_holds_at_most_its_share_and_accepted_connections_keep_theirs() {
     let server = start(Limits { max_per_address: 1, ..relaxed() }, Echo::new());
     let mut holder = server.connect();
