@@ -16,6 +16,9 @@ export HARDENING_HOSTILE_LINES="${HARDENING_HOSTILE_LINES:-10000}"
 export HARDENING_SLOW_CONNECTIONS="${HARDENING_SLOW_CONNECTIONS:-200}"
 export HARDENING_SLOW_SAMPLES="${HARDENING_SLOW_SAMPLES:-100}"
 export HARDENING_PROPTEST_CASES="${HARDENING_PROPTEST_CASES:-5000}"
+export HARDENING_FLOOD_SENDS="${HARDENING_FLOOD_SENDS:-1000}"
+export HARDENING_LOG_FLOOD_MS="${HARDENING_LOG_FLOOD_MS:-5000}"
+export HARDENING_TIMING_PROBES="${HARDENING_TIMING_PROBES:-10000}"
 mkdir -p target
 export HARDENING_REPORT="${HARDENING_REPORT:-$PWD/target/hardening-figures.txt}"
 : > "$HARDENING_REPORT"
@@ -24,7 +27,8 @@ export HARDENING_REPORT="${HARDENING_REPORT:-$PWD/target/hardening-figures.txt}"
     echo "hardening run $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(uname -sr), release build"
     echo "counts: load ${HARDENING_SENDERS}x${HARDENING_MESSAGES}, crashes ${HARDENING_CRASHES}" \
         "(${HARDENING_CRASH_SENDERS} senders), hostile ${HARDENING_HOSTILE_LINES} lines," \
-        "slow ${HARDENING_SLOW_CONNECTIONS} connections, proptest ${HARDENING_PROPTEST_CASES} cases"
+        "slow ${HARDENING_SLOW_CONNECTIONS} connections, proptest ${HARDENING_PROPTEST_CASES} cases," \
+        "flood ${HARDENING_FLOOD_SENDS} sends, log flood ${HARDENING_LOG_FLOOD_MS} ms x2, timing ${HARDENING_TIMING_PROBES} probes"
 } | tee -a "$HARDENING_REPORT"
 
 # The slow-client test holds 200+ sockets on each side.

@@ -202,7 +202,47 @@ pub struct LoginArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum InboxAction {
+pub enum BossCommand {
+    /// Run the Boss's threaded TCP server until Ctrl-C or SIGTERM
+    Serve(ServeArgs),
+    /// Show received messages and files, decrypted, newest first (directors only)
+    Inbox(InboxArgs),
+    /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Entries are read one at a time, so memory stays flat however many and however long they are. \
+                  Long messages are shortened in the table; `boss inbox show ID` prints one whole, and --json \
+                  is never shortened."
+)]
+pub struct InboxArgs {
+    #[command(subcommand)]
+    pub command: Option<InboxCommand>,
+    /// Show at most N entries
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+    /// Show every entry (no --limit)
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
+    /// Only entries received since WHEN: a UTC time (2026-12-03, 2026-12-03 14:00[:00]) or a span ago (90s, 30m, 2h, 7d)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Oldest first instead of newest first
+    #[arg(long)]
+    pub oldest_first: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// Print one message (or file entry) whole, by its id
+    Show {
+        /// The message or file id, as `boss inbox` lists it
+        #[arg(value_name = "ID")]
+        id: String,
+    },
     /// Write a received file, decrypted and checked, to PATH (0600; directors only)
     #[command(after_help = "Received files are stored encrypted under the home's files/; this is the only way \
                       out. Every segment is checked and the SHA-256 compared with the one recorded on arrival; \
@@ -220,28 +260,18 @@ pub enum InboxAction {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BossCommand {
-    /// Run the Boss's threaded TCP server until Ctrl-C or SIGTERM
-    Serve(ServeArgs),
-    /// Show received messages and files, decrypted (directors only)
-    Inbox {
-        #[command(subcommand)]
-        action: Option<InboxAction>,
-    },
-    /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
-    Bench(BenchArgs),
-}
-
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port)
     #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_BIND", value_name = "ADDR")]
     pub bind: String,
-    /// Most connections served at once; more get `ERR busy`
+    /// Most connections served at once; when full, a connection with no accepted line yet is closed for the newcomer, else it gets `ERR busy`
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
-    /// Seconds a connection may go without an accepted line (ERR answers do not count)
+    /// Most connections from one IP address [default: a quarter of --max-connections]
+    #[arg(long, value_name = "N")]
+    pub max_per_address: Option<usize>,
+    /// Seconds a connection may go without new work, a message or chunk stored (ERR and duplicate answers do not count)
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub idle_timeout: u64,
     /// Seconds a client has to finish a line once it has started it

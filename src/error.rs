@@ -93,7 +93,8 @@ pub enum Hint {
     QuerySmaller,
     PassYes,
     TamperedDatabase,
-    SeeInbox,
+    InboxShowWhole,
+    SeeInboxIds,
 }
 
 impl fmt::Display for Hint {
@@ -148,13 +149,14 @@ impl fmt::Display for Hint {
             Hint::QueryRowCap => f.write_str("add a WHERE or a LIMIT, or raise --max-rows"),
             Hint::QuerySmaller => f.write_str("select fewer or smaller values (substr, length, LIMIT)"),
             Hint::PassYes => f.write_str("pass --yes to confirm without a terminal"),
-            Hint::SeeInbox => f.write_str("see `spyctl boss inbox` for the ids"),
             Hint::TamperedDatabase => f.write_str(
                 "restore spyctl.db from a backup (db init --force keeps them under backups/) and find out who could write it",
             ),
             Hint::DemoHomeInUse => {
                 f.write_str("omit --home (and SPYCTL_HOME) for a throw-away home, or give an empty directory")
             }
+            Hint::InboxShowWhole => f.write_str("`spyctl boss inbox show ID` prints one whole"),
+            Hint::SeeInboxIds => f.write_str("see the Id column of `spyctl boss inbox`"),
         }
     }
 }

@@ -120,6 +120,33 @@ pub fn json(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
     writeln!(out, "{text}").map_err(write_err)
 }
 
+/// A JSON array written one element at a time, laid out exactly as
+/// [`json`] lays out a whole array, so a long listing holds one element in
+/// memory, not all of them.
+#[derive(Debug, Default)]
+pub struct JsonArray {
+    written: u64,
+}
+
+impl JsonArray {
+    pub fn push(&mut self, out: &mut dyn Write, value: &impl serde::Serialize) -> Result<()> {
+        let text = serde_json::to_string_pretty(value).map_err(|e| Error::caused("cannot encode JSON", e))?;
+        out.write_all(if self.written == 0 { b"[\n" } else { b",\n" }).map_err(write_err)?;
+        // Pretty JSON has no newline inside a string, so each line is one level in.
+        let mut lines = text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let end = if lines.peek().is_some() { "\n" } else { "" };
+            write!(out, "  {line}{end}").map_err(write_err)?;
+        }
+        self.written += 1;
+        Ok(())
+    }
+
+    pub fn finish(self, out: &mut dyn Write) -> Result<()> {
+        out.write_all(if self.written == 0 { b"[]\n" } else { b"\n]\n" }).map_err(write_err)
+    }
+}
+
 /// One compact JSON value and a newline: a JSON Lines record.
 pub fn json_line(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string(value).map_err(|e| Error::caused("cannot encode JSON", e))?;

@@ -52,7 +52,8 @@ use crate::net::protocol::{CHUNK_BYTES, FileChunk};
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChunkOutcome {
     /// More chunks are expected; this many bytes are on disk.
-    Partial { received: u64 },
+    /// `stored` says whether this chunk added bytes (false for a resend).
+    Partial { received: u64, stored: bool },
     /// The file is complete, hash-checked and in place; `size` is its bytes on disk.
     Complete { stored_as: String, sha256: String, size: u64 },
 }
@@ -309,7 +310,8 @@ impl FileAssembler {
         if chunk.offset > have {
             return Err(ChunkError::Rejected(format!("chunk out of order: expected offset {have}")));
         }
-        if chunk.offset == have && (end > have || new_part) {
+        let stored = chunk.offset == have && (end > have || new_part);
+        if stored {
             // The next chunk: sealed as the next segment, the last one if it
             // completes the file.
             sealed.append(&part, &layout, end == chunk.size, body).map_err(sealed_err)?;
@@ -345,7 +347,7 @@ impl FileAssembler {
                 // chunk 0, so a retry after a failed sync still makes it durable.
                 dirs.sync_new().map_err(io_err)?;
             }
-            return Ok(ChunkOutcome::Partial { received: have.max(end) });
+            return Ok(ChunkOutcome::Partial { received: have.max(end), stored });
         }
         let expected = chunk.sha256.as_deref().unwrap_or_default();
         let hashed = {
@@ -505,12 +507,12 @@ mod tests {
         let sha = hex::encode(Sha256::digest(data));
         assert_eq!(
             files.write_chunk(7, &chunk(0, 12, None), &data[..5]).ok(),
-            Some(ChunkOutcome::Partial { received: 5 })
+            Some(ChunkOutcome::Partial { received: 5, stored: true })
         );
-        // Retry of the first chunk.
+        // Retry of the first chunk: acknowledged, nothing written again.
         assert_eq!(
             files.write_chunk(7, &chunk(0, 12, None), &data[..5]).ok(),
-            Some(ChunkOutcome::Partial { received: 5 })
+            Some(ChunkOutcome::Partial { received: 5, stored: false })
         );
         // Out of order.
         assert!(matches!(

@@ -1,12 +1,20 @@
-//! Reading the Boss's inbox back: each stored token opened with its sender's
-//! wire key, each file name with the at-rest key. No TTL applies here: the
-//! tokens were fresh when they arrived, and the inbox keeps them.
+//! Reading the Boss's inbox back, one entry at a time: each stored token
+//! opened with its sender's wire key, each file name with the at-rest key.
+//! No TTL applies here: the tokens were fresh when they arrived, and the
+//! inbox keeps them.
+//!
+//! Entries are streamed: only the row keys are sorted (by the database), and
+//! each row is read, decrypted, handed to the caller and dropped before the
+//! next, so memory does not grow with the number or the size of messages.
+
+use std::collections::HashMap;
 
 use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::crypto::KeyRing;
-use crate::db::{DbError, agents, messages};
+use crate::db::messages::{self, InboxKey, InboxTable};
+use crate::db::{DbError, agents};
 use crate::net::protocol;
 use crate::registry::RegistryKeys;
 
@@ -28,51 +36,119 @@ pub struct InboxEntry {
     pub id: String,
 }
 
-/// Every message and file, oldest first.
-pub fn read(conn: &Connection, keyring: &KeyRing) -> Result<Vec<InboxEntry>, DbError> {
-    let keys = RegistryKeys::derive(keyring);
-    let mut names = std::collections::HashMap::new();
-    let mut name_of = |agent_id: i64| -> Result<Option<String>, DbError> {
-        if let Some(name) = names.get(&agent_id) {
-            return Ok(Option::<String>::clone(name));
+/// Which entries to read, and in which order.
+#[derive(Debug, Clone, Default)]
+pub struct InboxQuery {
+    /// At most this many; None for all.
+    pub limit: Option<u64>,
+    /// Only entries received at or after this Unix time.
+    pub since: Option<i64>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
+}
+
+/// Decrypts rows into entries, remembering agent names (few) as it goes.
+struct Reader<'c> {
+    conn: &'c Connection,
+    keyring: &'c KeyRing,
+    keys: RegistryKeys,
+    names: HashMap<i64, Option<String>>,
+}
+
+impl<'c> Reader<'c> {
+    fn new(conn: &'c Connection, keyring: &'c KeyRing) -> Self {
+        Reader { conn, keyring, keys: RegistryKeys::derive(keyring), names: HashMap::new() }
+    }
+
+    fn name_of(&mut self, agent_id: i64) -> Result<Option<String>, DbError> {
+        if let Some(name) = self.names.get(&agent_id) {
+            return Ok(name.clone());
         }
-        let name = agents::by_id(conn, agent_id)?.and_then(|a| keys.reveal(&a.name).ok());
-        names.insert(agent_id, name.clone());
+        let name = agents::by_id(self.conn, agent_id)?.and_then(|a| self.keys.reveal(&a.name).ok());
+        self.names.insert(agent_id, name.clone());
         Ok(name)
-    };
-    let mut entries = Vec::new();
-    for m in messages::all_messages(conn)? {
-        // Sealed under the generation current when it arrived: any up to now.
-        let newest = agents::by_id(conn, m.agent_id)?.map_or(0, |a| a.key_generation);
-        let content = keyring
-            .open_agent_token(m.agent_id, newest, m.token.as_bytes())
-            .and_then(|o| {
-                protocol::decode_message(&o.plaintext).ok().map(|(_, body)| String::from_utf8_lossy(body).into_owned())
-            })
-            .unwrap_or_else(|| "(cannot be decrypted with this home's key)".to_string());
-        entries.push(InboxEntry {
-            received_at: m.received_at,
-            agent_id: m.agent_id,
-            agent_name: name_of(m.agent_id)?,
-            kind: "text",
-            content,
-            size: None,
-            stored_as: None,
-            id: m.message_id,
-        });
     }
-    for f in messages::all_files(conn)? {
-        entries.push(InboxEntry {
-            received_at: f.received_at,
-            agent_id: f.agent_id,
-            agent_name: name_of(f.agent_id)?,
-            kind: "file",
-            content: keys.reveal(&f.name).unwrap_or_else(|_| "(name cannot be decrypted)".to_string()),
-            size: Some(f.size),
-            stored_as: Some(f.stored_as),
-            id: f.file_id,
-        });
+
+    /// The entry at `key`, or None if its row is gone (deleted meanwhile).
+    fn entry(&mut self, key: InboxKey) -> Result<Option<InboxEntry>, DbError> {
+        Ok(match key.table {
+            InboxTable::Messages => match messages::message_at(self.conn, key.row_id)? {
+                None => None,
+                Some(m) => {
+                    // Sealed under the key generation current when it
+                    // arrived: any of the agent's generations up to now.
+                    let newest = agents::key_generation_or_zero(self.conn, m.agent_id)?;
+                    let content = self
+                        .keyring
+                        .open_agent_token(m.agent_id, newest, m.token.as_bytes())
+                        .and_then(|o| {
+                            protocol::decode_message(&o.plaintext)
+                                .ok()
+                                .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+                        })
+                        .unwrap_or_else(|| "(cannot be decrypted with this home's key)".to_string());
+                    Some(InboxEntry {
+                        received_at: m.received_at,
+                        agent_id: m.agent_id,
+                        agent_name: self.name_of(m.agent_id)?,
+                        kind: "text",
+                        content,
+                        size: None,
+                        stored_as: None,
+                        id: m.message_id,
+                    })
+                }
+            },
+            InboxTable::Files => match messages::file_at(self.conn, key.row_id)? {
+                None => None,
+                Some(f) => Some(InboxEntry {
+                    received_at: f.received_at,
+                    agent_id: f.agent_id,
+                    agent_name: self.name_of(f.agent_id)?,
+                    kind: "file",
+                    content: self.keys.reveal(&f.name).unwrap_or_else(|_| "(name cannot be decrypted)".to_string()),
+                    size: Some(f.size),
+                    stored_as: Some(f.stored_as),
+                    id: f.file_id,
+                }),
+            },
+        })
     }
-    entries.sort_by_key(|e| e.received_at);
-    Ok(entries)
+}
+
+/// Hands `each` the entries `query` selects, one at a time, in order;
+/// returns how many there were.
+pub fn for_each<E: From<DbError>>(
+    conn: &Connection,
+    keyring: &KeyRing,
+    query: &InboxQuery,
+    mut each: impl FnMut(InboxEntry) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut reader = Reader::new(conn, keyring);
+    let mut count = 0;
+    messages::inbox_keys(
+        conn,
+        query.since.unwrap_or(i64::MIN),
+        query.limit,
+        query.oldest_first,
+        |key| -> Result<(), E> {
+            if let Some(entry) = reader.entry(key)? {
+                count += 1;
+                each(entry)?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(count)
+}
+
+/// Every entry whose message or file id is `id` (ids are chosen by each
+/// sender, so two agents may have used the same one), oldest first.
+pub fn find(conn: &Connection, keyring: &KeyRing, id: &str) -> Result<Vec<InboxEntry>, DbError> {
+    let mut reader = Reader::new(conn, keyring);
+    let mut found = Vec::new();
+    for key in messages::inbox_keys_for_id(conn, id)? {
+        found.extend(reader.entry(key)?);
+    }
+    Ok(found)
 }

@@ -2,7 +2,8 @@
 //! check freshness, file the message durably, and reply with an ACK sealed
 //! under the same agent key.
 //!
-//! An unknown agent and a bad MAC get the same `ERR auth`, so a prober learns
+//! An unknown agent and a bad MAC get the same `ERR auth` after the same work
+//! (the MAC is checked before the agent is looked up), so a prober learns
 //! nothing about which agent ids exist. A resent message id (a retry, or a
 //! replay within the TTL) is stored once and acknowledged as `duplicate`.
 
@@ -43,8 +44,9 @@ type Refusal = (ErrorCode, String);
 
 /// How far [`BossService::prepare`] got with a line.
 enum Step {
-    /// The answer is ready (a file chunk written and synced).
-    Reply(String),
+    /// The answer is ready (a file chunk written and synced); `new` says
+    /// whether the chunk added bytes (a resent earlier chunk does not).
+    Reply { line: String, new: bool },
     /// The answer is an ACK once this write is committed.
     Commit(PendingAck),
 }
@@ -96,13 +98,17 @@ impl BossService {
         })
     }
 
-    /// The agent's alias, or None if no such agent (now).
     /// The agent's stored (encrypted) alias, or None if no such agent (now).
-    /// Nothing is decrypted here: known and unknown ids must cost the same
-    /// until the token's MAC has been checked.
+    /// Called only once the token's MAC has verified.
     fn stored_alias(&self, agent_id: i64) -> Result<Option<db::agents::StoredAgent>, DbError> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         db::agents::by_id(&reader, agent_id)
+    }
+
+    /// Agent `agent_id`'s key generation, or 0 if there is no such agent.
+    fn key_generation(&self, agent_id: i64) -> Result<u32, DbError> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        db::agents::key_generation_or_zero(&reader, agent_id)
     }
 
     /// The size and SHA-256 of agent `agent_id`'s completed file `file_id`.
@@ -125,37 +131,53 @@ impl BossService {
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
+        // The MAC is checked before anything depends on whether agent N
+        // exists: a bad MAC costs one one-integer read (the agent's key
+        // generation, 0 for an id with no agent: the same B-tree walk and the
+        // same one-row answer either way), one key derivation and one MAC
+        // check, so neither the answer nor its timing tells a known id from
+        // an unknown one. Only the current generation's key opens: a revoked
+        // key, or a line sealed under one, is refused.
+        let generation = self.key_generation(agent_id).map_err(|e| {
+            tracing::error!(error = %e, "agent lookup failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        })?;
+        let key = self.keyring.agent_wire_key_at(agent_id, generation);
+        let opened = key.open(request.token, Some(self.config.ttl_secs));
+        if let Err(TokenError::Invalid) = opened {
+            tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth");
+            return Err(auth_failed());
+        }
+        // Sealed under agent N's key, which only the master secret makes: now
+        // it is safe to spend work on the agent. An id with no agent (removed
+        // since) is still `auth`, and only a key holder can reach this branch.
         let alias = self.stored_alias(agent_id).map_err(|e| {
             tracing::error!(error = %e, "agent lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })?;
-        // The current key generation only: a revoked key no longer opens.
-        let generation = alias.as_ref().map_or(0, |row| row.key_generation);
-        let key = self.keyring.agent_wire_key_at(agent_id, generation);
-        // Derive and check even for unknown agents, so both paths cost the same.
-        let opened = key.open(request.token, Some(self.config.ttl_secs));
         let Some(alias) = alias else {
-            tracing::info!(conn = peer.id, agent = agent_id, "refused: auth");
+            tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth (no such agent)");
             return Err(auth_failed());
         };
         let opened = match opened {
             Ok(o) => o,
-            Err(TokenError::Invalid) => {
-                tracing::info!(conn = peer.id, agent = agent_id, "refused: auth");
-                return Err(auth_failed());
-            }
+            Err(TokenError::Invalid) => return Err(auth_failed()),
             Err(TokenError::Expired) => {
-                tracing::info!(conn = peer.id, agent = agent_id, "refused: expired");
+                tracing::debug!(conn = peer.id, agent = agent_id, "refused: expired");
                 return Err((
                     ErrorCode::Expired,
                     format!("the token is outside the {} s freshness window", self.config.ttl_secs),
                 ));
             }
         };
-        // Authentic: now it is safe to spend work on the agent's row. A row
-        // changed without the key (a rolled-back revocation) is not trusted.
+        // A row changed without the key (a rolled-back revocation, say) is
+        // not trusted, whatever the token.
         if let Err(e) = crate::registry::check_row(&self.keys, &alias) {
             tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
+            return Err(auth_failed());
+        }
+        if alias.key_generation != generation {
+            // Revoked between the two reads: the key it was checked under is gone.
             return Err(auth_failed());
         }
         let alias = self.keys.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
@@ -188,12 +210,14 @@ impl BossService {
                 // A file already received is answered from its row: a replayed
                 // chunk of it costs a lookup, never a read or a hash of the file.
                 if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
-                    return Ok(Step::Reply(Self::ack(
+                    let line = Self::ack(
                         &key,
                         &header.id,
                         AckStatus::Duplicate,
                         &format!("File already received: {size} bytes, SHA-256 {sha256}."),
-                    )));
+                    );
+                    // A repeat, not new work: it does not keep the connection alive.
+                    return Ok(Step::Reply { line, new: false });
                 }
                 let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
                     ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
@@ -203,14 +227,18 @@ impl BossService {
                     }
                 })?;
                 match outcome {
-                    ChunkOutcome::Partial { received } => {
+                    ChunkOutcome::Partial { received, stored } => {
                         tracing::debug!(conn = peer.id, agent = agent_id, file = %chunk.file_id, received, "file chunk");
-                        Ok(Step::Reply(Self::ack(
+                        // Only a chunk that added bytes is new work; a resend
+                        // (even of the latest chunk) is a repeat.
+                        let new = stored;
+                        let line = Self::ack(
                             &key,
                             &header.id,
                             AckStatus::Stored,
                             &format!("{received} of {} bytes", chunk.size),
-                        )))
+                        );
+                        Ok(Step::Reply { line, new })
                     }
                     ChunkOutcome::Complete { stored_as, sha256, size } => Ok(Step::Commit(PendingAck {
                         op: WriteOp::File(messages::StoredFile {
@@ -236,31 +264,32 @@ impl BossService {
 
 impl LineHandler for BossService {
     fn handle(&self, line: &[u8], peer: &Peer) -> Answer {
-        self.handle_batch(&[line], peer).pop().unwrap_or_else(|| Answer {
-            line: protocol::format_err(ErrorCode::Internal, "internal error"),
-            accepted: false,
-        })
+        self.handle_batch(&[line], peer).pop().unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
     }
 
     /// Every line's write goes to the store in one job, so a client's
-    /// pipelined messages share one commit. An ACK is accepted (it restarts
-    /// the connection's idle timer); any ERR is not.
+    /// pipelined messages share one commit. Only an ACK for new work (a
+    /// message or chunk stored) is accepted, which restarts the connection's
+    /// idle timer; a `duplicate` ACK is not (a replayed line must not hold a
+    /// slot), and an ERR is refused. Refusals are logged per line at debug
+    /// only: the server counts them and logs a summary each second.
     fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
         let steps: Vec<Result<Step, Refusal>> = lines.iter().map(|line| self.prepare(line, peer)).collect();
         let mut pending = Vec::new();
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(steps.len());
         for step in steps {
             answers.push(match step {
-                Ok(Step::Reply(line)) => Some(Answer { line, accepted: true }),
+                Ok(Step::Reply { line, new: true }) => Some(Answer::accepted(line)),
+                Ok(Step::Reply { line, new: false }) => Some(Answer::repeated(line)),
                 Ok(Step::Commit(ack)) => {
                     pending.push(ack);
                     None
                 }
                 Err((code, text)) => {
                     if code == ErrorCode::BadRequest {
-                        tracing::info!(conn = peer.id, error = %text, "refused: bad request");
+                        tracing::debug!(conn = peer.id, error = %text, "refused: bad request");
                     }
-                    Some(Answer { line: protocol::format_err(code, &text), accepted: false })
+                    Some(Answer::refused(code, &text))
                 }
             });
         }
@@ -272,24 +301,21 @@ impl LineHandler for BossService {
                     Ok(added) => {
                         let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
                         tracing::info!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
-                        Answer { line: Self::ack(&key, &id, status, &reply), accepted: true }
+                        let line = Self::ack(&key, &id, status, &reply);
+                        if added { Answer::accepted(line) } else { Answer::repeated(line) }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "store failed");
-                        Answer {
-                            line: protocol::format_err(ErrorCode::Internal, "could not store the message; try again"),
-                            accepted: false,
-                        }
+                        Answer::refused(ErrorCode::Internal, "could not store the message; try again")
                     }
                 }
             });
         answers
             .into_iter()
             .map(|answer| {
-                answer.or_else(|| committed.next()).unwrap_or_else(|| Answer {
-                    line: protocol::format_err(ErrorCode::Internal, "internal error"),
-                    accepted: false,
-                })
+                answer
+                    .or_else(|| committed.next())
+                    .unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
             })
             .collect()
     }

@@ -165,7 +165,9 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
 
         step(ctx, 11, "boss inbox: a director reads what arrived, decrypted")?;
         session::login_as(ctx, director.name, director.password, 600)?;
-        boss::inbox(ctx)?;
+        // The whole tour's inbox, in the order it arrived.
+        let everything = crate::cli::InboxArgs { command: None, limit: 1, all: true, since: None, oldest_first: true };
+        boss::inbox(ctx, everything)?;
         Ok(())
     })();
 

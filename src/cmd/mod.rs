@@ -13,7 +13,7 @@ pub mod session;
 
 use std::io::{IsTerminal, Write};
 
-use crate::cli::{AgentCommand, BossCommand, Command, DbCommand, InboxAction, KeyCommand};
+use crate::cli::{AgentCommand, BossCommand, Command, DbCommand, KeyCommand};
 use crate::error::Result;
 use crate::home::Home;
 
@@ -84,10 +84,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Logout => session::logout(ctx),
         Command::Whoami => session::whoami(ctx),
         Command::Boss(BossCommand::Serve(args)) => boss::serve(ctx, args),
-        Command::Boss(BossCommand::Inbox { action: None }) => boss::inbox(ctx),
-        Command::Boss(BossCommand::Inbox { action: Some(InboxAction::Get { id, out, force }) }) => {
-            boss::inbox_get(ctx, &id, &out, force)
-        }
+        Command::Boss(BossCommand::Inbox(args)) => boss::inbox(ctx, args),
         Command::Boss(BossCommand::Bench(args)) => bench::bench(ctx, args),
         Command::Send(args) => send::send(ctx, send::SendRequest::check(args)?),
         Command::Demo(args) => demo::run(ctx, demo::DemoRequest::check(args, ctx.home_given, ctx.json)?),

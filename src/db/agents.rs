@@ -98,6 +98,14 @@ pub fn at_or_below(conn: &Connection, max_level: u8) -> DbResult<Vec<StoredAgent
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The agent's key generation, or 0 when there is no such agent: one
+/// integer row either way, so a caller's work does not depend on which.
+pub fn key_generation_or_zero(conn: &Connection, id: i64) -> DbResult<u32> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce((SELECT KeyGeneration FROM Agents WHERE AgentId = ?1), 0)")?
+        .query_row([id], |row| row.get(0))?)
+}
+
 /// Sets a row's integrity tag.
 pub fn set_row_mac(conn: &Connection, id: i64, row_mac: &str) -> DbResult<()> {
     conn.execute("UPDATE Agents SET RowMac = ?2 WHERE AgentId = ?1", rusqlite::params![id, row_mac])?;

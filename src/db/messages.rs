@@ -51,6 +51,107 @@ pub fn insert_file(conn: &Connection, file: &StoredFile) -> DbResult<bool> {
     Ok(changed == 1)
 }
 
+/// Which table an inbox key points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxTable {
+    Messages,
+    Files,
+}
+
+/// One inbox row's place: its table and RowId.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxKey {
+    pub table: InboxTable,
+    pub row_id: i64,
+}
+
+/// Calls `each` with the keys of messages and files received at or after
+/// `since`, newest first (or oldest first), at most `limit` of them. Only
+/// keys are sorted, never tokens, so a listing costs memory for its keys
+/// alone; each row is then read whole with [`message_at`] or [`file_at`].
+/// On equal times a file sorts after a message oldest first, before it
+/// newest first, so the two orders are exact reverses.
+pub fn inbox_keys<E: From<super::DbError>>(
+    conn: &Connection,
+    since: i64,
+    limit: Option<u64>,
+    oldest_first: bool,
+    mut each: impl FnMut(InboxKey) -> Result<(), E>,
+) -> Result<(), E> {
+    let order = if oldest_first { "ReceivedAt, Kind, RowId" } else { "ReceivedAt DESC, Kind DESC, RowId DESC" };
+    let sql = format!(
+        "SELECT 0 AS Kind, RowId, ReceivedAt FROM Messages WHERE ReceivedAt >= ?1
+         UNION ALL SELECT 1, RowId, ReceivedAt FROM Files WHERE ReceivedAt >= ?1
+         ORDER BY {order} LIMIT ?2"
+    );
+    // SQLite reads a negative LIMIT as no limit.
+    let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+    let mut stmt = conn.prepare(&sql).map_err(super::DbError::from)?;
+    let mut rows = stmt.query(params![since, limit]).map_err(super::DbError::from)?;
+    while let Some(row) = rows.next().map_err(super::DbError::from)? {
+        let kind: i64 = row.get(0).map_err(super::DbError::from)?;
+        let table = if kind == 0 { InboxTable::Messages } else { InboxTable::Files };
+        each(InboxKey { table, row_id: row.get(1).map_err(super::DbError::from)? })?;
+    }
+    Ok(())
+}
+
+/// The keys of the messages and files whose message or file id is `id`
+/// (one per agent that used it), oldest first.
+pub fn inbox_keys_for_id(conn: &Connection, id: &str) -> DbResult<Vec<InboxKey>> {
+    let mut stmt = conn.prepare(
+        "SELECT 0 AS Kind, RowId, ReceivedAt FROM Messages WHERE MessageId = ?1
+         UNION ALL SELECT 1, RowId, ReceivedAt FROM Files WHERE FileId = ?1
+         ORDER BY ReceivedAt, Kind, RowId",
+    )?;
+    let rows = stmt.query_map([id], |row| {
+        let kind: i64 = row.get(0)?;
+        let table = if kind == 0 { InboxTable::Messages } else { InboxTable::Files };
+        Ok(InboxKey { table, row_id: row.get(1)? })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The message at `row_id`, if any.
+pub fn message_at(conn: &Connection, row_id: i64) -> DbResult<Option<StoredMessage>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached("SELECT AgentId, MessageId, ReceivedAt, Token FROM Messages WHERE RowId = ?1")?
+        .query_row([row_id], |row| {
+            Ok(StoredMessage {
+                agent_id: row.get(0)?,
+                message_id: row.get(1)?,
+                received_at: row.get(2)?,
+                token: row.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// The file at `row_id`, if any.
+pub fn file_at(conn: &Connection, row_id: i64) -> DbResult<Option<StoredFile>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached(
+            "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt FROM Files WHERE RowId = ?1",
+        )?
+        .query_row([row_id], file_from_row)
+        .optional()?)
+}
+
+/// A Files row selected as `AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt`.
+fn file_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
+    Ok(StoredFile {
+        agent_id: row.get(0)?,
+        file_id: row.get(1)?,
+        name: row.get(2)?,
+        size: row.get(3)?,
+        sha256: row.get(4)?,
+        stored_as: row.get(5)?,
+        received_at: row.get(6)?,
+    })
+}
+
 /// The size and SHA-256 of a completed file, if (agent, file id) has one.
 pub fn file_record(conn: &Connection, agent_id: i64, file_id: &str) -> DbResult<Option<(i64, String)>> {
     use rusqlite::OptionalExtension;
@@ -65,48 +166,6 @@ pub fn files_with_id(conn: &Connection, file_id: &str) -> DbResult<Vec<StoredFil
     let mut stmt = conn.prepare(
         "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt FROM Files WHERE FileId = ?1 ORDER BY RowId",
     )?;
-    let rows = stmt.query_map([file_id], |row| {
-        Ok(StoredFile {
-            agent_id: row.get(0)?,
-            file_id: row.get(1)?,
-            name: row.get(2)?,
-            size: row.get(3)?,
-            sha256: row.get(4)?,
-            stored_as: row.get(5)?,
-            received_at: row.get(6)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-pub fn all_messages(conn: &Connection) -> DbResult<Vec<StoredMessage>> {
-    let mut stmt =
-        conn.prepare("SELECT AgentId, MessageId, ReceivedAt, Token FROM Messages ORDER BY ReceivedAt, RowId")?;
-    let rows = stmt.query_map([], |row| {
-        Ok(StoredMessage {
-            agent_id: row.get(0)?,
-            message_id: row.get(1)?,
-            received_at: row.get(2)?,
-            token: row.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-pub fn all_files(conn: &Connection) -> DbResult<Vec<StoredFile>> {
-    let mut stmt = conn.prepare(
-        "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt FROM Files ORDER BY ReceivedAt, RowId",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        Ok(StoredFile {
-            agent_id: row.get(0)?,
-            file_id: row.get(1)?,
-            name: row.get(2)?,
-            size: row.get(3)?,
-            sha256: row.get(4)?,
-            stored_as: row.get(5)?,
-            received_at: row.get(6)?,
-        })
-    })?;
+    let rows = stmt.query_map([file_id], file_from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

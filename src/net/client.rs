@@ -449,3 +449,30 @@ pub fn send_file(
         })?;
     last.ok_or_else(|| FileSendError::Read(io::Error::other("nothing was sent")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::fernet::unix_now;
+
+    /// PROTOCOL.md and SECURITY.md say so: the ACK's age is not limited (the
+    /// echoed id is what ties it to this message), its future skew is.
+    #[test]
+    fn an_ack_sealed_an_hour_ago_is_accepted_and_one_from_the_future_is_not() {
+        let key = FernetKey::from_bytes(&[3; 32]);
+        let sender = Sender::new(ClientConfig::default(), 1, &key);
+        let ack = protocol::encode_ack("m1", AckStatus::Stored, "Good work.");
+        let old = key.seal_with(&ack, unix_now() - 3600, [1; 16]);
+        assert_eq!(sender.verify_ack("m1", old.as_bytes()).expect("an hour-old ACK").reply, "Good work.");
+        let ahead = key.seal_with(&ack, unix_now() + 120, [1; 16]);
+        assert!(matches!(
+            sender.verify_ack("m1", ahead.as_bytes()),
+            Err(SendError::BadAck(AckError::Token(TokenError::Expired)))
+        ));
+        let other = key.seal_with(&protocol::encode_ack("m2", AckStatus::Stored, "x"), unix_now(), [1; 16]);
+        assert!(matches!(
+            sender.verify_ack("m1", other.as_bytes()),
+            Err(SendError::BadAck(AckError::OtherMessage { .. }))
+        ));
+    }
+}

@@ -2,8 +2,14 @@
 //! `socketserver.ThreadingTCPServer`, with the limits that one lacks.
 //!
 //! An accept loop hands each connection to its own thread, up to
-//! `max_connections` live at once (past that the newcomer gets `ERR busy` and is
-//! closed). Each thread reads `\n`-terminated lines under three limits: an idle
+//! `max_connections` live at once and `max_per_address` from one IP address.
+//! When a newcomer finds no slot, the server makes room OpenSSH-style
+//! (`MaxStartups`): it closes a connection that has not yet had a line
+//! accepted, never one that has, so a client without a key, reconnecting in a
+//! loop, cannot lock out the agents who have one (see [`Admission`]). Only
+//! when every slot is held by accepted connections does the newcomer get
+//! `ERR busy`. Refusals are counted and logged once a second per kind, so no
+//! client can make the log grow with its traffic. Each thread reads `\n`-terminated lines under three limits: an idle
 //! timeout counted from the connection's start or its last *accepted* line (so
 //! a client that only sends lines the handler refuses cannot hold a slot
 //! forever), a deadline for a whole line once it has started (a slow sender
@@ -14,9 +20,9 @@
 //! handler and cannot outlive [`Server::run`].
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::protocol::{self, ErrorCode};
@@ -25,6 +31,9 @@ use super::protocol::{self, ErrorCode};
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Most live connections from one IP address (a client behind one
+    /// address cannot take more than this share of the slots).
+    pub max_per_address: usize,
     pub max_line_bytes: usize,
     /// Longest a connection may go without an accepted line, counted from its
     /// start or its last accepted line, while no line is in progress.
@@ -42,6 +51,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 256,
+            max_per_address: default_per_address(256),
             max_line_bytes: protocol::MAX_LINE_BYTES,
             idle_timeout: Duration::from_secs(60),
             line_deadline: Duration::from_secs(10),
@@ -49,6 +59,12 @@ impl Default for Limits {
             drain_grace: Duration::from_secs(5),
         }
     }
+}
+
+/// The per-address cap when none is given: a quarter of the slots (at least
+/// one), so one address can never hold more than that share.
+pub fn default_per_address(max_connections: usize) -> usize {
+    max_connections.div_ceil(4).max(1)
 }
 
 /// What a connection thread knows about its peer, for logs.
@@ -63,10 +79,36 @@ pub struct Peer {
 pub struct Answer {
     /// The full reply line, `\n` included.
     pub line: String,
-    /// Whether the line was a request the handler acted on. Only accepted
-    /// lines restart the idle timer: refused ones (garbage, bad MACs) do not,
-    /// so they cannot keep a connection slot alive.
-    pub accepted: bool,
+    pub outcome: Outcome,
+}
+
+/// What a line achieved, as far as the server's limits are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New work was done (a message or chunk stored). Only this restarts the
+    /// idle timer, and it marks the connection as one never closed to make
+    /// room for a newcomer.
+    Accepted,
+    /// Answered without new work (a duplicate of something stored): neither
+    /// restarts the idle timer, so a replayed line cannot hold a slot.
+    Repeated,
+    /// Refused with this code; counted for the once-a-second log summary.
+    Refused(ErrorCode),
+}
+
+impl Answer {
+    pub fn accepted(line: String) -> Answer {
+        Answer { line, outcome: Outcome::Accepted }
+    }
+
+    pub fn repeated(line: String) -> Answer {
+        Answer { line, outcome: Outcome::Repeated }
+    }
+
+    /// An `ERR` line with `code` and `text`.
+    pub fn refused(code: ErrorCode, text: &str) -> Answer {
+        Answer { line: protocol::format_err(code, text), outcome: Outcome::Refused(code) }
+    }
 }
 
 /// Answers lines. Implementations must not panic on any input; a panic is
@@ -149,8 +191,204 @@ impl std::error::Error for ServerError {
 pub struct Stats {
     pub connections: AtomicU64,
     pub refused_busy: AtomicU64,
+    /// Connections closed to make room for a newcomer.
+    pub evicted: AtomicU64,
     pub lines: AtomicU64,
 }
+
+/// Where a connection stands, for choosing whom to close when slots run
+/// short. The values only grow ([`AtomicU8::fetch_max`]), so each thread
+/// records its progress without a lock.
+const FRESH: u8 = 0;
+/// A line was answered without new work (refused, or a duplicate).
+const REFUSED: u8 = 1;
+/// A line was accepted: never closed for a newcomer.
+const AUTHENTIC: u8 = 2;
+
+/// One live connection, as the accept loop sees it.
+struct Slot {
+    id: u64,
+    ip: IpAddr,
+    /// FRESH, REFUSED or AUTHENTIC.
+    state: AtomicU8,
+    /// Set when the slot was given to a newcomer; the thread then says
+    /// `busy` and closes.
+    evicted: AtomicBool,
+    /// A handle to shut the socket's read side, which wakes a thread blocked
+    /// in `read` at once.
+    stream: TcpStream,
+}
+
+impl Slot {
+    /// Who goes first when room is needed: lower first, then the oldest
+    /// (slots are kept in arrival order). Connections that proved nothing
+    /// useful (a refused line) go before the others; among those, the oldest
+    /// has had the longest to send an authentic line, and a newcomer (an
+    /// agent's, perhaps) gets the longest to send one.
+    fn eviction_rank(&self) -> Option<u8> {
+        match self.state.load(Ordering::SeqCst) {
+            REFUSED => Some(0),
+            FRESH => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// The live connections and the rules for letting one more in.
+///
+/// A newcomer is admitted if its address holds fewer than `max_per_address`
+/// slots and the server fewer than `max_connections`. Otherwise one slot is
+/// taken back from a connection that has not had a line accepted, chosen by
+/// [`Slot::eviction_rank`] (from the newcomer's own address when that
+/// address is at its cap), and given to the newcomer. A newcomer is itself
+/// unproven, so an accepted connection is never closed for it; if every
+/// candidate slot is held by accepted connections, the newcomer gets `busy`.
+struct Admission {
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Connection threads alive, evicted ones included until they exit. The
+    /// accept loop waits while there are twice `max_connections`, so
+    /// evictions cannot pile up threads.
+    threads: AtomicUsize,
+}
+
+enum Admit {
+    Yes(Arc<Slot>),
+    Busy,
+}
+
+impl Admission {
+    fn new() -> Admission {
+        Admission { slots: Mutex::new(Vec::new()), threads: AtomicUsize::new(0) }
+    }
+
+    fn live(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn admit(
+        &self,
+        id: u64,
+        stream: &TcpStream,
+        ip: IpAddr,
+        limits: &Limits,
+        stats: &Stats,
+        log: &RefusalLog,
+    ) -> Admit {
+        let Ok(handle) = stream.try_clone() else { return Admit::Busy };
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = slots.iter().filter(|s| s.ip == ip).count();
+        let need_room = if from_ip >= limits.max_per_address.max(1) {
+            Some(true)
+        } else if slots.len() >= limits.max_connections {
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(same_ip_only) = need_room {
+            let victim = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !same_ip_only || s.ip == ip)
+                .filter_map(|(i, s)| s.eviction_rank().map(|rank| (rank, i)))
+                .min();
+            let Some((_, index)) = victim else { return Admit::Busy };
+            let victim = slots.remove(index);
+            victim.evicted.store(true, Ordering::SeqCst);
+            let _ = victim.stream.shutdown(Shutdown::Read);
+            stats.evicted.fetch_add(1, Ordering::Relaxed);
+            log.note(Kind::Evicted);
+            tracing::debug!(conn = victim.id, by = id, "closed to make room for a newcomer");
+        }
+        let slot =
+            Arc::new(Slot { id, ip, state: AtomicU8::new(FRESH), evicted: AtomicBool::new(false), stream: handle });
+        slots.push(slot.clone());
+        self.threads.fetch_add(1, Ordering::SeqCst);
+        Admit::Yes(slot)
+    }
+
+    /// Gives a connection's slot back (if it still holds it) as its thread ends.
+    fn release(&self, slot: &Slot) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = slots.iter().position(|s| s.id == slot.id) {
+            slots.remove(i);
+        }
+        drop(slots);
+        self.threads.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the server refuses or cuts off, for the log summary.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A line answered `ERR` with this code.
+    Line(ErrorCode),
+    /// A newcomer turned away with `busy`.
+    Busy,
+    /// A connection closed to make room for a newcomer.
+    Evicted,
+    /// A connection closed for a line over the length cap.
+    TooLong,
+    /// A connection closed for a line not finished in time.
+    Deadline,
+}
+
+/// Summary kinds after the per-code ones.
+const SERVER_KINDS: [(&str, Kind); 4] = [
+    ("busy", Kind::Busy),
+    ("evicted", Kind::Evicted),
+    ("closed: line too long", Kind::TooLong),
+    ("closed: line deadline passed", Kind::Deadline),
+];
+
+/// Refusals, counted and written to the log as one line per kind and second
+/// (with the count), instead of one line per refusal: a client without a key
+/// can make a refusal per microsecond, and must not be able to fill the disk
+/// through the log. Each line is at most a hundred bytes or so, so refusals
+/// cost the log at most about `kinds x 100` bytes a second.
+struct RefusalLog {
+    counts: [AtomicU64; ErrorCode::ALL.len() + SERVER_KINDS.len()],
+}
+
+impl RefusalLog {
+    fn new() -> RefusalLog {
+        RefusalLog { counts: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+
+    fn index(kind: Kind) -> usize {
+        let code_index = |code| ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
+        match kind {
+            Kind::Line(code) => code_index(code),
+            Kind::Busy => ErrorCode::ALL.len(),
+            Kind::Evicted => ErrorCode::ALL.len() + 1,
+            Kind::TooLong => ErrorCode::ALL.len() + 2,
+            Kind::Deadline => ErrorCode::ALL.len() + 3,
+        }
+    }
+
+    fn note(&self, kind: Kind) {
+        self.counts[Self::index(kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs one line for each kind counted since the last flush, with its count.
+    fn flush(&self) {
+        for (i, count) in self.counts.iter().enumerate() {
+            let n = count.swap(0, Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            match ErrorCode::ALL.get(i) {
+                Some(code) => tracing::info!(kind = code.as_str(), count = n, "refused lines since the last summary"),
+                None => {
+                    let (what, _) = SERVER_KINDS[i - ErrorCode::ALL.len()];
+                    tracing::warn!(kind = what, count = n, "connections refused or cut since the last summary");
+                }
+            }
+        }
+    }
+}
+
+/// How often refusals are summarised in the log.
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 
 impl Server {
     pub fn bind(addr: impl ToSocketAddrs + std::fmt::Display, limits: Limits) -> Result<Server, ServerError> {
@@ -178,60 +416,106 @@ impl Server {
     /// Serves until shut down, then waits for every connection to finish.
     pub fn run<H: LineHandler>(self, handler: &H) -> Stats {
         let stats = Stats::default();
-        let live = AtomicUsize::new(0);
+        let admission = Admission::new();
+        let refusals = RefusalLog::new();
+        let accepting = AtomicBool::new(true);
         std::thread::scope(|scope| {
-            let mut next_id = 0u64;
-            for incoming in self.listener.incoming() {
-                if self.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let stream = match incoming {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
+            // Writes the refusal summaries; ends (with a last summary) once
+            // the accept loop has stopped and every connection has ended.
+            let summariser = std::thread::Builder::new().name("refusal-log".into()).spawn_scoped(scope, || {
+                let mut last = Instant::now();
+                loop {
+                    let finished = !accepting.load(Ordering::SeqCst) && admission.threads.load(Ordering::SeqCst) == 0;
+                    if finished || last.elapsed() >= SUMMARY_EVERY {
+                        refusals.flush();
+                        last = Instant::now();
                     }
-                };
-                next_id += 1;
-                let addr = stream.peer_addr().unwrap_or(self.local_addr);
-                let peer = Peer { id: next_id, addr };
-                if live.load(Ordering::SeqCst) >= self.limits.max_connections {
+                    if finished {
+                        break;
+                    }
+                    std::thread::sleep(self.limits.poll.min(SUMMARY_EVERY));
+                }
+            });
+            if let Err(e) = summariser {
+                tracing::error!(error = %e, "cannot start the refusal summary thread; refusals go unlogged");
+            }
+            self.accept_loop(scope, handler, &stats, &admission, &refusals);
+            tracing::info!(open = admission.live(), "stopped accepting; finishing open connections");
+            accepting.store(false, Ordering::SeqCst);
+        });
+        stats
+    }
+
+    fn accept_loop<'scope, 'env, H: LineHandler>(
+        &'env self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        handler: &'env H,
+        stats: &'env Stats,
+        admission: &'env Admission,
+        refusals: &'env RefusalLog,
+    ) {
+        let mut next_id = 0u64;
+        for incoming in self.listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let stream = match incoming {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            // Threads of connections closed for newcomers are still ending:
+            // wait for them (newcomers wait in the listen backlog) rather than
+            // let a flood of evictions pile threads up.
+            let thread_cap = self.limits.max_connections.saturating_mul(2);
+            while admission.threads.load(Ordering::SeqCst) >= thread_cap && !self.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            next_id += 1;
+            let addr = stream.peer_addr().unwrap_or(self.local_addr);
+            let peer = Peer { id: next_id, addr };
+            let slot = match admission.admit(peer.id, &stream, addr.ip(), &self.limits, stats, refusals) {
+                Admit::Yes(slot) => slot,
+                Admit::Busy => {
                     stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(conn = peer.id, %addr, "refused: too many connections");
+                    refusals.note(Kind::Busy);
+                    tracing::debug!(conn = peer.id, %addr, "refused: too many connections");
                     refuse_busy(stream);
                     continue;
                 }
-                live.fetch_add(1, Ordering::SeqCst);
-                stats.connections.fetch_add(1, Ordering::Relaxed);
-                let conn = Connection {
-                    stream,
-                    peer,
-                    limits: &self.limits,
-                    stop: &self.stop,
-                    live: &live,
-                    stats: &stats,
-                    stopping_since: None,
-                    idle_since: Instant::now(),
-                };
-                let spawned = std::thread::Builder::new()
-                    .name(format!("conn-{next_id}"))
-                    .stack_size(CONNECTION_STACK)
-                    .spawn_scoped(scope, move || {
-                        // A bug outside the handler (whose panics are answered
-                        // in `serve`) ends this connection, never the server
-                        // or its shutdown.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.serve(handler)));
-                    });
-                if let Err(e) = spawned {
-                    // The closure (and its live-count guard) was dropped with the error.
-                    tracing::error!(error = %e, "cannot start a connection thread");
-                }
+            };
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            let conn = Connection {
+                stream,
+                peer,
+                limits: &self.limits,
+                stop: &self.stop,
+                admission,
+                slot,
+                stats,
+                refusals,
+                stopping_since: None,
+                drained: false,
+                idle_since: Instant::now(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("conn-{next_id}"))
+                .stack_size(CONNECTION_STACK)
+                .spawn_scoped(scope, move || {
+                    // A bug outside the handler (whose panics are answered
+                    // in `serve`) ends this connection, never the server
+                    // or its shutdown.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.serve(handler)));
+                });
+            if let Err(e) = spawned {
+                // The closure (and the connection's slot guard) was dropped with the error.
+                tracing::error!(error = %e, "cannot start a connection thread");
             }
-            tracing::info!(open = live.load(Ordering::SeqCst), "stopped accepting; finishing open connections");
-        });
-        stats
+        }
     }
 }
 
@@ -251,10 +535,11 @@ fn listen(addr: impl ToSocketAddrs, max_connections: usize) -> io::Result<TcpLis
     })
 }
 
+const BUSY_TEXT: &str = "too many connections; try again shortly";
+
 fn refuse_busy(mut stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ =
-        stream.write_all(protocol::format_err(ErrorCode::Busy, "too many connections; try again shortly").as_bytes());
+    let _ = stream.write_all(protocol::format_err(ErrorCode::Busy, BUSY_TEXT).as_bytes());
     let _ = stream.shutdown(Shutdown::Both);
 }
 
@@ -264,18 +549,22 @@ struct Connection<'s> {
     peer: Peer,
     limits: &'s Limits,
     stop: &'s AtomicBool,
-    /// Counts live connections; this one's share is given back on drop.
-    live: &'s AtomicUsize,
+    /// The live connections; this one's slot is given back on drop.
+    admission: &'s Admission,
+    slot: Arc<Slot>,
     stats: &'s Stats,
+    refusals: &'s RefusalLog,
     /// When this connection first saw the stop flag.
     stopping_since: Option<Instant>,
+    /// Whether what had arrived before an eviction has been read.
+    drained: bool,
     /// The connection's start or its last accepted line: the idle timer's origin.
     idle_since: Instant,
 }
 
 impl Drop for Connection<'_> {
     fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
+        self.admission.release(&self.slot);
     }
 }
 
@@ -286,6 +575,8 @@ enum ReadEnd {
     Deadline,
     TooLong,
     Stopping,
+    /// Its slot was given to a newcomer.
+    Evicted,
     Failed(io::Error),
 }
 
@@ -333,10 +624,20 @@ impl Connection<'_> {
             if buf.is_empty() && buf.capacity() > 64 * 1024 {
                 buf.shrink_to(8 * 1024);
             }
-            if answers.iter().any(|a| a.accepted) {
+            let mut reply = String::new();
+            let mut accepted = false;
+            for answer in answers {
+                match answer.outcome {
+                    Outcome::Accepted => accepted = true,
+                    Outcome::Repeated => {}
+                    Outcome::Refused(code) => self.refusals.note(Kind::Line(code)),
+                }
+                reply.push_str(&answer.line);
+            }
+            if accepted {
                 self.idle_since = Instant::now();
             }
-            let reply: String = answers.into_iter().map(|a| a.line).collect();
+            self.slot.state.fetch_max(if accepted { AUTHENTIC } else { REFUSED }, Ordering::SeqCst);
             if let Err(e) = self.stream.write_all(reply.as_bytes()) {
                 break ReadEnd::Failed(e);
             }
@@ -348,6 +649,7 @@ impl Connection<'_> {
             )),
             ReadEnd::Deadline => Some(protocol::format_err(ErrorCode::BadRequest, "line not completed in time")),
             ReadEnd::Idle => Some(protocol::format_err(ErrorCode::BadRequest, "idle timeout")),
+            ReadEnd::Evicted => Some(protocol::format_err(ErrorCode::Busy, BUSY_TEXT)),
             _ => None,
         };
         if let Some(goodbye) = goodbye {
@@ -355,14 +657,42 @@ impl Connection<'_> {
             let _ = self.stream.write_all(goodbye.as_bytes());
         }
         let _ = self.stream.shutdown(Shutdown::Both);
+        // Per connection at debug only; the kinds a client can cause at will
+        // are counted for the summary instead.
         match end {
             ReadEnd::Failed(e) => tracing::debug!(conn = self.peer.id, error = %e, "connection failed"),
-            ReadEnd::TooLong => tracing::warn!(conn = self.peer.id, "closed: line too long"),
-            ReadEnd::Deadline => tracing::warn!(conn = self.peer.id, "closed: line deadline passed"),
+            ReadEnd::TooLong => {
+                self.refusals.note(Kind::TooLong);
+                tracing::debug!(conn = self.peer.id, "closed: line too long");
+            }
+            ReadEnd::Deadline => {
+                self.refusals.note(Kind::Deadline);
+                tracing::debug!(conn = self.peer.id, "closed: line deadline passed");
+            }
             ReadEnd::Idle => tracing::debug!(conn = self.peer.id, "closed: idle"),
             ReadEnd::Stopping => tracing::debug!(conn = self.peer.id, "closed: server stopping"),
+            ReadEnd::Evicted => tracing::debug!(conn = self.peer.id, "closed: slot given to a newcomer"),
             ReadEnd::Closed => tracing::debug!(conn = self.peer.id, "closed by peer"),
         }
+    }
+
+    /// Appends to `buf` what the socket already holds, without waiting, up to
+    /// the line cap.
+    fn read_queued(&mut self, buf: &mut Vec<u8>) {
+        if self.stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let max = self.limits.max_line_bytes;
+        while buf.len() < max {
+            let old = buf.len();
+            buf.resize(old + (max - old).min(64 * 1024), 0);
+            let n = self.stream.read(&mut buf[old..]).unwrap_or(0);
+            buf.truncate(old + n);
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = self.stream.set_nonblocking(false);
     }
 
     /// Reads until `buf` holds a whole line; returns its length including `\n`.
@@ -380,6 +710,17 @@ impl Connection<'_> {
         loop {
             if let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
                 return Ok(scanned + pos + 1);
+            }
+            // Given to a newcomer (its read side is shut, which also woke this
+            // thread): a line that had already arrived whole is still
+            // answered, since an agent's first line is usually in the socket
+            // before its thread first runs; nothing is waited for.
+            if self.slot.evicted.load(Ordering::SeqCst) {
+                if std::mem::replace(&mut self.drained, true) {
+                    return Err(ReadEnd::Evicted);
+                }
+                self.read_queued(buf);
+                continue;
             }
             scanned = buf.len();
             if buf.len() >= max {
@@ -414,7 +755,8 @@ impl Connection<'_> {
             let n = match self.stream.read(&mut buf[old..]) {
                 Ok(0) => {
                     buf.truncate(old);
-                    return Err(ReadEnd::Closed);
+                    let evicted = self.slot.evicted.load(Ordering::SeqCst);
+                    return Err(if evicted { ReadEnd::Evicted } else { ReadEnd::Closed });
                 }
                 Ok(n) => n,
                 Err(e)

@@ -60,15 +60,13 @@ impl LineHandler for Echo {
     fn handle(&self, line: &[u8], _peer: &Peer) -> Answer {
         match line {
             b"PANIC" => panic!("the handler was asked to panic"),
-            b"REFUSE" => {
-                Answer { line: protocol::format_err(protocol::ErrorCode::BadRequest, "refused"), accepted: false }
-            }
+            b"REFUSE" => Answer::refused(protocol::ErrorCode::BadRequest, "refused"),
             _ => {
                 if let (b"WAIT", Some(gate)) = (line, &self.gate) {
                     gate.events.send(Event::Started).unwrap();
                     gate.release.lock().unwrap().recv_timeout(PATIENCE).unwrap();
                 }
-                Answer { line: format!("ECHO {}\n", String::from_utf8_lossy(line)), accepted: true }
+                Answer::accepted(format!("ECHO {}\n", String::from_utf8_lossy(line)))
             }
         }
     }
@@ -147,6 +145,7 @@ impl Client {
 fn relaxed() -> Limits {
     Limits {
         max_connections: 16,
+        max_per_address: 16,
         max_line_bytes: 1024,
         idle_timeout: Duration::from_secs(60),
         line_deadline: Duration::from_secs(60),
@@ -182,6 +181,62 @@ fn a_connection_past_the_cap_is_answered_busy_and_closed() {
     assert_eq!(holder.ask("still\n").as_deref(), Some("ECHO still\n"));
     let stats = server.stop();
     assert_eq!(stats.refused_busy.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_newcomer_takes_the_slot_of_a_connection_without_an_accepted_line() {
+    let server = start(Limits { max_connections: 2, ..relaxed() }, Echo::new());
+    let mut holder = server.connect();
+    assert_eq!(holder.ask("mine\n").as_deref(), Some("ECHO mine\n"));
+    // Admitted (it has an answer), but nothing it sent was accepted.
+    let mut unproven = server.connect();
+    assert_eq!(unproven.ask("REFUSE\n").as_deref(), Some("ERR bad_request refused\n"));
+    // Both slots are taken: the newcomer gets the unproven one's.
+    let mut newcomer = server.connect();
+    assert_eq!(newcomer.ask("hello\n").as_deref(), Some("ECHO hello\n"));
+    let goodbye = unproven.line().expect("a goodbye");
+    assert!(goodbye.starts_with("ERR busy "), "{goodbye}");
+    assert_eq!(unproven.line(), None, "closed after busy");
+    // The accepted connection was never a candidate.
+    assert_eq!(holder.ask("still\n").as_deref(), Some("ECHO still\n"));
+    let stats = server.stop();
+    assert_eq!(stats.evicted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.refused_busy.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_connection_closed_for_a_newcomer_still_answers_a_line_that_had_arrived() {
+    let (echo, _, events, release) = Echo::gated();
+    let server = start(Limits { max_connections: 1, ..relaxed() }, echo);
+    let mut first = server.connect();
+    first.send(b"WAIT\n");
+    assert_eq!(events.recv_timeout(PATIENCE), Ok(Event::Started), "the handler has the line");
+    // Arrives whole while the first line is handled: not yet read.
+    first.send(b"queued\n");
+    // Nothing of `first` has been accepted yet, so the newcomer takes its slot.
+    let mut newcomer = server.connect();
+    assert_eq!(newcomer.ask("hello\n").as_deref(), Some("ECHO hello\n"));
+    release.send(()).unwrap();
+    assert_eq!(first.line().as_deref(), Some("ECHO WAIT\n"));
+    assert_eq!(first.line().as_deref(), Some("ECHO queued\n"), "a line already there is answered");
+    let goodbye = first.line().expect("a goodbye");
+    assert!(goodbye.starts_with("ERR busy "), "{goodbye}");
+    assert_eq!(first.line(), None);
+    server.stop();
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_and_accepted_connections_keep_theirs() {
+    let server = start(Limits { max_per_address: 1, ..relaxed() }, Echo::new());
+    let mut holder = server.connect();
+    assert_eq!(holder.ask("mine\n").as_deref(), Some("ECHO mine\n"));
+    // Fifteen slots are free, but not for this address, and the one it holds is accepted.
+    let mut extra = server.connect();
+    let busy = extra.line().expect("an answer");
+    assert!(busy.starts_with("ERR busy "), "{busy}");
+    assert_eq!(extra.line(), None);
+    assert_eq!(holder.ask("still\n").as_deref(), Some("ECHO still\n"));
+    server.stop();
 }
 
 #[test]

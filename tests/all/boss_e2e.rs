@@ -69,7 +69,7 @@ fn agent_key(home: &TestHome, agent_id: i64) -> FernetKey {
 /// `boss inbox --json` as the director (this replaces the session).
 fn inbox(home: &TestHome) -> Vec<Value> {
     home.login(DIRECTOR);
-    let out = ok(home.run(&["--json", "boss", "inbox"]));
+    let out = ok(home.run(&["--json", "boss", "inbox", "--all", "--oldest-first"]));
     match serde_json::from_str(&out).unwrap_or_else(|e| panic!("inbox --json is not JSON ({e}): {out}")) {
         Value::Array(entries) => entries,
         other => panic!("inbox --json is not an array: {other}"),
@@ -365,6 +365,31 @@ fn tampered_tokens_and_unknown_agents_get_the_same_auth_error() {
     drop(boss);
 }
 
+/// Before its MAC is checked, a line costs the same for a known and an
+/// unknown id: one read of the agent's key generation (one integer row
+/// either way), a key derivation and a MAC check, and never a read of the
+/// agent's row. Shown by taking the row's other columns away under the
+/// running Boss: the generation read still works for both ids, so both bad
+/// MACs get `auth`; an authentic line then reaches the row read, which fails.
+#[test]
+fn a_bad_mac_is_refused_before_the_agent_row_is_read() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let writer = Connection::open(home.db_path()).expect("open spyctl.db");
+    writer.execute_batch("ALTER TABLE Agents RENAME COLUMN AgentAlias TO AliasAway").expect("rename");
+    let mut conn = RawClient::connect(&boss.addr);
+    let stranger = FernetKey::generate().expect("random key");
+    for id in [agent, 999_999] {
+        let reply = conn.msg(id, &text_token(&stranger, &random_id(), "probe"));
+        assert_eq!(reply.code(), Some(ErrorCode::Auth), "agent {id}: {reply:?}");
+    }
+    // An authentic line does reach the row read, which fails: a column is gone.
+    let reply = conn.msg(agent, &text_token(&key, &random_id(), "real"));
+    assert_eq!(reply.code(), Some(ErrorCode::Internal), "{reply:?}");
+    writer.execute_batch("ALTER TABLE Agents RENAME COLUMN AliasAway TO AgentAlias").expect("rename back");
+    boss.stop_clean();
+}
+
 // ---------------------------------------------------------------------------
 // 7. Garbage from one client does not disturb another
 // ---------------------------------------------------------------------------
@@ -420,10 +445,15 @@ fn connection_cap_idle_timeout_and_line_deadline() {
     let home = TestHome::initialised();
     let agent = login_field_agent(&home);
     let boss = home.boss(&["--max-connections", "1", "--idle-timeout", "1", "--line-deadline", "1"]);
+    // Exporting the key logs in as the director; `send` below is the field agent again.
+    let key = agent_key(&home, agent);
+    home.login(FIELD_AGENT);
 
-    // One connection, known to be live (it has had an answer).
+    // One connection, live and accepted (a message stored): a newcomer cannot
+    // take its slot. (An unproven one would be closed to make room.)
     let mut first = RawClient::connect(&boss.addr);
-    assert!(first.ask(b"HELLO\n").code() == Some(ErrorCode::BadRequest));
+    let id = random_id();
+    assert_eq!(open_ack(&key, &first.msg(agent, &text_token(&key, &id, "Holding")), &id).0, AckStatus::Stored);
     // A second one is turned away.
     let mut second = RawClient::connect(&boss.addr);
     assert!(second.read_reply().code() == Some(ErrorCode::Busy));
@@ -452,7 +482,7 @@ fn connection_cap_idle_timeout_and_line_deadline() {
     assert!(out.contains("Good work"), "{out}");
     let boss_out = boss.stop_clean().stdout;
     assert!(boss_out.contains("refused as busy") && !boss_out.contains(" 0 refused"), "{boss_out}");
-    assert_eq!(agent, inbox(&home)[0]["agent_id"].as_i64().unwrap());
+    assert!(inbox(&home).iter().all(|m| m["agent_id"].as_i64() == Some(agent)));
 }
 
 /// Lines the Boss refuses do not restart the idle timer; accepted ones do. A
@@ -534,16 +564,61 @@ fn only_accepted_lines_keep_a_connection_past_the_idle_timeout() {
     boss.stop_clean();
 }
 
+/// A `duplicate` ACK is not new work, so it does not restart the idle timer:
+/// a connection that stores one message and then replays its line every
+/// 0.3 s (as someone holding one captured line, or one agent's key, could)
+/// is closed about 1 s after the message was stored (`--idle-timeout 1`).
+#[test]
+fn duplicates_do_not_keep_a_connection_past_the_idle_timeout() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
+    let boss = home.boss(&["--idle-timeout", "1"]);
+    let bound = Duration::from_secs(5);
+    let mut conn = RawClient::connect(&boss.addr);
+    let id = random_id();
+    let line = protocol::format_request(agent, &text_token(&key, &id, "Once"));
+    assert_eq!(open_ack(&key, &conn.ask(line.as_bytes()), &id).0, AckStatus::Stored);
+    let stored_at = Instant::now();
+    let mut duplicates = 0;
+    loop {
+        assert!(stored_at.elapsed() < bound, "still connected after {bound:?} ({duplicates} duplicate ACKs)");
+        std::thread::sleep(Duration::from_millis(300));
+        if !conn.write(line.as_bytes()) {
+            break;
+        }
+        match conn.read_reply() {
+            Answer::Closed => break,
+            Answer::Err(ErrorCode::BadRequest, text) if text == "idle timeout" => break,
+            reply => {
+                assert_eq!(open_ack(&key, &reply, &id).0, AckStatus::Duplicate);
+                duplicates += 1;
+            }
+        }
+    }
+    let lived = stored_at.elapsed();
+    println!(
+        "FIGURE duplicates: closed {lived:?} after the stored message, {duplicates} duplicate ACKs (--idle-timeout 1)"
+    );
+    assert!(duplicates >= 2, "the replays were answered before the close: {duplicates}");
+    assert!(lived < Duration::from_millis(2500), "closed {lived:?} after the last stored message");
+    assert_eq!(stored_count(&home, agent, &id), 1);
+    boss.stop_clean();
+}
+
 /// `send` against a Boss at its connection cap: the hint says so, instead of
 /// suggesting the Boss is not running.
 #[test]
 fn a_busy_boss_gets_its_own_hint() {
     let home = TestHome::initialised();
-    login_field_agent(&home);
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
     let boss = home.boss(&["--max-connections", "1"]);
-    // Hold the only slot (known live: it has had an answer).
+    // Hold the only slot with an accepted connection (an unproven one would
+    // be closed to make room for the sender).
     let mut holder = RawClient::connect(&boss.addr);
-    assert!(holder.ask(b"HELLO\n").code() == Some(ErrorCode::BadRequest));
+    let id = random_id();
+    assert_eq!(open_ack(&key, &holder.msg(agent, &text_token(&key, &id, "Mine")), &id).0, AckStatus::Stored);
 
     let err = fails(home.run(&["send", "Let me in", "--addr", &boss.addr, "--attempts", "2", "--timeout", "2"]), 1);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -553,7 +628,7 @@ fn a_busy_boss_gets_its_own_hint() {
     assert!(!lines[0].contains("boss serve"), "the Boss is running: {err}");
     drop(holder);
     boss.stop_clean();
-    assert_eq!(table_count(&home, "Messages"), 0);
+    assert_eq!(table_count(&home, "Messages"), 1, "only the holder's message");
 }
 
 // ---------------------------------------------------------------------------
@@ -790,6 +865,55 @@ fn python_client_from_protocol_md_gets_an_ack() {
     assert!(stderr(&out).contains("ERR auth"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
     drop(boss);
+}
+
+/// A file over `--max-file-bytes` gets `too_long` on its first chunk and the
+/// connection stays open (only a line over 1 MiB closes it).
+#[test]
+fn a_file_over_the_limit_keeps_the_connection_as_protocol_md_says() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
+    let boss = home.boss(&["--max-file-bytes", "100"]);
+    let mut conn = RawClient::connect(&boss.addr);
+    let data = random_bytes(1000, 0x5EED_0000_0000_0021);
+    let reply = conn.msg(agent, &chunk_token(&key, &random_id(), 0, &data, Some(sha256_hex(&data))));
+    assert_eq!(reply.code(), Some(ErrorCode::TooLong), "{reply:?}");
+    let id = random_id();
+    assert_eq!(open_ack(&key, &conn.msg(agent, &text_token(&key, &id, "Still open")), &id).0, AckStatus::Stored);
+    boss.stop_clean();
+}
+
+/// Once a file is complete, its first chunk resent gets `duplicate`; a text
+/// id is deduplicated after its token's TTL too (`--ttl 1`, resent re-sealed
+/// 2 s later).
+#[test]
+fn completed_files_and_old_text_ids_are_duplicates_as_protocol_md_says() {
+    let home = TestHome::initialised();
+    let agent = login_field_agent(&home);
+    let key = agent_key(&home, agent);
+    let boss = home.boss(&["--ttl", "1"]);
+    let mut conn = RawClient::connect(&boss.addr);
+    let id = random_id();
+    assert_eq!(open_ack(&key, &conn.msg(agent, &text_token(&key, &id, "First")), &id).0, AckStatus::Stored);
+
+    let data = random_bytes(CHUNK_BYTES + 10, 0x5EED_0000_0000_0022);
+    let file_id = random_id();
+    assert!(conn.msg(agent, &chunk_token(&key, &file_id, 0, &data, None)).is_ack());
+    let last = chunk_token(&key, &file_id, CHUNK_BYTES, &data, Some(sha256_hex(&data)));
+    assert!(conn.msg(agent, &last).is_ack());
+    let first_again = chunk_token(&key, &file_id, 0, &data, None);
+    let opened = match conn.msg(agent, &first_again) {
+        Answer::Ack(token) => key.open(&token, None).expect("ACK opens"),
+        other => panic!("expected an ACK, got {other:?}"),
+    };
+    assert_eq!(protocol::decode_ack(&opened.plaintext).expect("ACK").0.status, AckStatus::Duplicate);
+
+    std::thread::sleep(Duration::from_secs(2));
+    let again = text_token(&key, &id, "First, again");
+    assert_eq!(open_ack(&key, &conn.msg(agent, &again), &id).0, AckStatus::Duplicate);
+    assert_eq!(stored_count(&home, agent, &id), 1);
+    boss.stop_clean();
 }
 
 #[test]

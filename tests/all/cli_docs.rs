@@ -41,6 +41,7 @@ const HELP_PAGES: &[&[&str]] = &[
     &["boss"],
     &["boss", "serve"],
     &["boss", "inbox"],
+    &["boss", "inbox", "show"],
     &["boss", "bench"],
     &["send"],
     &["demo"],

@@ -54,3 +54,37 @@ fn protocol_md_shows_the_same_values() {
         assert!(doc.contains(&format!("`{}`", code.as_str())), "PROTOCOL.md lacks error code {}", code.as_str());
     }
 }
+
+/// A document's text with every run of whitespace made one space, so a
+/// sentence can be found whatever the line breaks.
+fn flat(path: &str) -> String {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).expect(path);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The rules PROTOCOL.md states that the server's behaviour decides; each is
+/// also checked against a running Boss (`boss_e2e::*_as_protocol_md_says`) or
+/// the code it names. The ACK's age is not limited by spyctl, and neither
+/// document may say it is.
+#[test]
+fn protocol_md_states_what_the_boss_does() {
+    let doc = flat("PROTOCOL.md");
+    for statement in [
+        "A file over the Boss's size limit also gets `too_long`, but as the answer to its first chunk: that connection stays open.",
+        "deduplication is permanent",
+        "once the file is complete, any of its chunks resent (the first as well as the last) gets `duplicate`",
+        "A file chunk missing `file_id`, `name`, `offset` or `size` is `bad_request`.",
+        "The name recorded is the one on the last chunk",
+        "the file's SHA-256 does not match; send the whole file again",
+        "at most 9223372036854775807",
+        "spyctl puts no age limit on an ACK",
+        "lines answered `ERR` or `duplicate` do not restart it",
+    ] {
+        assert!(doc.contains(statement), "PROTOCOL.md does not state: {statement}");
+    }
+    assert_eq!(spyctl::net::protocol::parse_agent_id(b"9223372036854775807"), Some(i64::MAX));
+    assert_eq!(spyctl::net::protocol::parse_agent_id(b"9223372036854775808"), None);
+    for (name, doc) in [("PROTOCOL.md", &doc), ("SECURITY.md", &flat("SECURITY.md"))] {
+        assert!(!doc.contains("ACK older than 300 s"), "{name} claims ACKs older than 300 s are refused");
+    }
+}

@@ -197,9 +197,16 @@ pub struct Boss {
     stdout: Arc<Mutex<String>>,
 }
 
+/// Log lines kept whole for [`Stopped::log`]; a flood past this only counts.
+const KEPT_LOG_LINES: usize = 20_000;
+
 #[derive(Default)]
 struct BossLog {
     lines: usize,
+    /// Bytes logged, newlines included.
+    bytes: usize,
+    /// The first [`KEPT_LOG_LINES`] lines.
+    kept: Vec<String>,
     /// Lines that mention a panic, kept whole.
     panics: Vec<String>,
     /// The last lines, for failure messages.
@@ -213,6 +220,10 @@ pub struct Stopped {
     pub stdout: String,
     /// Lines it logged on stderr.
     pub log_lines: usize,
+    /// Bytes it logged on stderr.
+    pub log_bytes: usize,
+    /// The first lines it logged (up to 20,000).
+    pub log: Vec<String>,
     /// Logged lines that mention a panic.
     pub panics: Vec<String>,
     /// The last logged lines, for failure messages.
@@ -237,6 +248,10 @@ impl Boss {
                 let line = String::from_utf8_lossy(&line).into_owned();
                 let mut log = sink.lock().unwrap();
                 log.lines += 1;
+                log.bytes += line.len() + 1;
+                if log.kept.len() < KEPT_LOG_LINES {
+                    log.kept.push(line.clone());
+                }
                 if line.contains("panicked") {
                     log.panics.push(line.clone());
                 }
@@ -304,6 +319,8 @@ impl Boss {
             status,
             stdout: self.stdout.lock().unwrap().clone(),
             log_lines: log.lines,
+            log_bytes: log.bytes,
+            log: log.kept.clone(),
             panics: log.panics.clone(),
             log_tail: log.tail.join("\n"),
         }

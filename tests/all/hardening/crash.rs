@@ -278,7 +278,8 @@ fn crash_kill9_during_ingest_keeps_every_acked_message_once() {
 
     // The inbox (what a director sees) agrees: whole files only, no duplicates.
     home.login(DIRECTOR);
-    let inbox: serde_json::Value = serde_json::from_str(&ok(home.run(&["--json", "boss", "inbox"]))).expect("json");
+    let inbox: serde_json::Value =
+        serde_json::from_str(&ok(home.run(&["--json", "boss", "inbox", "--all"]))).expect("json");
     let entries = inbox.as_array().expect("array");
     let files: Vec<&serde_json::Value> = entries.iter().filter(|e| e["kind"] == "file").collect();
     assert_eq!(entries.len() - files.len(), l.acked.len(), "inbox messages");

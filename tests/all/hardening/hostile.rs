@@ -489,3 +489,67 @@ fn unknown_agent_and_bad_mac_answer_identically() {
     assert_eq!(answers[0], answers[1]);
     boss.stop_clean();
 }
+
+/// The median time of one refusal, in µs, of `samples` (which it reorders).
+fn median_us(samples: &mut [f64]) -> f64 {
+    let mid = samples.len() / 2;
+    *samples.select_nth_unstable_by(mid, f64::total_cmp).1
+}
+
+/// Answer timing, a bad MAC for a known agent against one for an unknown
+/// agent: N probes of each (10,000 in the long run), alternating on one connection,
+/// each the round trip of one line; the difference of the medians with a
+/// bootstrap 99% interval (2,000 resamples). A figure only: no speed is
+/// asserted (`boss_e2e::a_bad_mac_is_refused_before_the_agent_is_looked_up`
+/// shows the two paths do the same work).
+#[test]
+fn unknown_agent_and_bad_mac_take_the_same_time() {
+    let probes = env_count("HARDENING_TIMING_PROBES", 1000);
+    let home = TestHome::initialised();
+    let agents = agent_ids(&home);
+    let boss = home.boss_logging(&[], "spyctl=warn");
+    let mut conn = RawClient::connect(&boss.addr);
+    // What a prober without keys can send: one token under a key of its own,
+    // with a known id and with an unknown one, so only the id differs. (A
+    // valid token for an id with no agent takes longer, since it is
+    // decrypted and looked up, but only the master secret makes one.)
+    let token =
+        spyctl::crypto::FernetKey::from_bytes(&[7; 32]).seal(&protocol::encode_message(&text_header("probe"), b"x"));
+    let unknown = 999_999;
+    assert!(!agents.contains(&unknown));
+    let lines = [msg_line(agents[0], &token), msg_line(unknown, &token)];
+    let mut times: [Vec<f64>; 2] = [Vec::with_capacity(probes), Vec::with_capacity(probes)];
+    for round in 0..probes + 200 {
+        // Alternate which goes first, so neither always follows the other.
+        for k in [round % 2, 1 - round % 2] {
+            let t = Instant::now();
+            assert!(conn.write(&lines[k]));
+            assert_eq!(conn.read_reply().code(), Some(ErrorCode::Auth));
+            // The first 200 rounds warm caches and the connection up.
+            if round >= 200 {
+                times[k].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    boss.stop_clean();
+    let [mut known, mut unknown_t] = times;
+    let diff = median_us(&mut known) - median_us(&mut unknown_t);
+    let mut rng = hardening_rng(7);
+    let mut boot: Vec<f64> = (0..2000)
+        .map(|_| {
+            let mut resample = |from: &[f64]| -> f64 {
+                let mut r: Vec<f64> = (0..from.len()).map(|_| from[rng.random_range(0..from.len())]).collect();
+                median_us(&mut r)
+            };
+            resample(&known) - resample(&unknown_t)
+        })
+        .collect();
+    boot.sort_by(f64::total_cmp);
+    let (low, high) = (boot[boot.len() / 200], boot[boot.len() - 1 - boot.len() / 200]);
+    figure(&format!(
+        "auth timing: median {:.2} µs for a known id with a bad MAC, {:.2} µs for an unknown id ({probes} probes \
+         each, alternating, one connection); difference {diff:+.2} µs, bootstrap 99% interval [{low:+.2}, {high:+.2}] µs",
+        median_us(&mut known),
+        median_us(&mut unknown_t),
+    ));
+}

@@ -29,7 +29,8 @@ fn load_concurrent_senders_every_message_stored_once() {
     assert_eq!(exported.to_base64().as_str(), master.agent_wire_key(agents[1]).to_base64().as_str());
 
     let max_conn = (senders + 16).to_string();
-    let boss = home.boss_logging(&["--max-connections", &max_conn], "spyctl=warn");
+    // Every sender comes from 127.0.0.1: one address may hold every slot.
+    let boss = home.boss_logging(&["--max-connections", &max_conn, "--max-per-address", &max_conn], "spyctl=warn");
     let addr = boss.addr.clone();
     let started = Instant::now();
     let latencies: Vec<Duration> = std::thread::scope(|s| {

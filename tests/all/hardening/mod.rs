@@ -11,6 +11,7 @@
 
 mod cli_input;
 mod crash;
+mod flood;
 mod hostile;
 mod load;
 mod slow;
