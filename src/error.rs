@@ -59,6 +59,8 @@ pub enum Hint {
     PassHome,
     RunDbInit,
     RestoreMasterKey,
+    RestoreIdentity,
+    JoinAgain,
     Chmod600(PathBuf),
     Chmod700(PathBuf),
     /// Give `path` (a directory tree if `dir`) to user `uid`.
@@ -100,6 +102,10 @@ impl fmt::Display for Hint {
             Hint::PassHome => f.write_str("pass --home DIR or set SPYCTL_HOME"),
             Hint::RunDbInit => f.write_str("run `spyctl db init` first"),
             Hint::RestoreMasterKey => f.write_str("restore master.key from your backup"),
+            Hint::RestoreIdentity => f.write_str(
+                "restore identity.key from your backup; without it this identity is lost and must be enrolled anew",
+            ),
+            Hint::JoinAgain => f.write_str("ask a director for a new code (`spyctl agent enroll N`) and run `spyctl join` again"),
             Hint::Chmod600(path) => write!(f, "run `chmod 600 {}`", path.display()),
             Hint::Chmod700(path) => write!(f, "run `chmod 700 {}`", path.display()),
             Hint::ChownTo { path, uid, dir } => write!(
@@ -265,6 +271,8 @@ fn home_hint(err: &HomeError) -> Option<Hint> {
         HomeError::NoDefaultHome => Some(Hint::PassHome),
         HomeError::NoDatabase { .. } => Some(Hint::RunDbInit),
         HomeError::MasterKeyMissing { .. } | HomeError::BadMasterKey { .. } => Some(Hint::RestoreMasterKey),
+        HomeError::BadIdentity { .. } => Some(Hint::RestoreIdentity),
+        HomeError::BadPin { .. } => Some(Hint::JoinAgain),
         HomeError::Loose { path, .. } | HomeError::Writable { path, dir: false, .. } => {
             Some(Hint::Chmod600(path.clone()))
         }

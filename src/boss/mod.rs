@@ -60,12 +60,19 @@ impl Boss {
     /// Opens the home's database and key and binds `bind`.
     pub fn bind(home: &Home, bind: &str, limits: Limits, config: BossConfig) -> Result<Boss, BossError> {
         let master = home.load_master_key().map_err(BossError::Home)?;
+        // Made on first use for a database created before identities existed.
+        let identity = home.load_or_create_identity().map_err(BossError::Home)?;
         let db_path = home.db_path();
         let (store, writer) = store::start(&db_path).map_err(BossError::Store)?;
-        let service =
-            service::BossService::new(master, &db_path, &home.files_dir(), store, config).map_err(BossError::Db)?;
+        let service = service::BossService::new(master, identity, &db_path, &home.files_dir(), store, config)
+            .map_err(BossError::Db)?;
         let server = Server::bind(bind, limits).map_err(BossError::Listen)?;
         Ok(Boss { server, service, writer })
+    }
+
+    /// The Boss's public identity (its fingerprint is printed at start).
+    pub fn identity(&self) -> crate::crypto::PublicIdentity {
+        self.service.identity()
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

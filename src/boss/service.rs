@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-use crate::crypto::{FernetKey, KeyRing, MasterKey, TokenError};
+use crate::crypto::{FernetKey, IdentityKeys, KeyRing, MasterKey, PublicIdentity, TokenError};
 use crate::db::{self, DbError, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
@@ -63,6 +63,8 @@ struct PendingAck {
 /// The Boss's line handler.
 pub struct BossService {
     keyring: KeyRing,
+    /// The Boss's own identity (identity.key): channel keys with enrolled agents.
+    identity: IdentityKeys,
     keys: RegistryKeys,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
@@ -74,6 +76,7 @@ pub struct BossService {
 impl BossService {
     pub fn new(
         master: MasterKey,
+        identity: IdentityKeys,
         db_path: &Path,
         files_root: &Path,
         store: Store,
@@ -89,6 +92,7 @@ impl BossService {
         Ok(BossService {
             keys: RegistryKeys::derive(&keyring),
             keyring,
+            identity,
             reader: Mutex::new(reader),
             store,
             files,
@@ -96,7 +100,10 @@ impl BossService {
         })
     }
 
-    /// The agent's alias, or None if no such agent (now).
+    pub fn identity(&self) -> PublicIdentity {
+        self.identity.public()
+    }
+
     /// The agent's stored (encrypted) alias, or None if no such agent (now).
     /// Nothing is decrypted here: known and unknown ids must cost the same
     /// until the token's MAC has been checked.

@@ -29,6 +29,7 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
     let config = BossConfig { ttl_secs: args.ttl, max_file_bytes: args.max_file_bytes };
     let boss = Boss::bind(&ctx.home, &args.bind, limits, config)?;
     let addr = boss.local_addr();
+    let fingerprint = boss.identity().fingerprint();
 
     // Ctrl-C / SIGTERM: stop accepting, finish in-flight lines, commit, exit 0.
     let mut signals =
@@ -51,10 +52,11 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
     });
 
     if ctx.json {
-        ctx.json(serde_json::json!({ "listening": addr.to_string() }))?;
+        ctx.json(serde_json::json!({ "listening": addr.to_string(), "boss_fingerprint": fingerprint }))?;
     } else {
         // Always printed (even with -q): scripts read the port from it.
         crate::output::line(ctx.out, &format!("Boss listening on {addr} (Ctrl-C to stop)"))?;
+        ctx.say(&format!("Boss identity: {fingerprint}"))?;
     }
     ctx.out.flush().ok();
     let stats = boss.run();
