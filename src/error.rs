@@ -61,6 +61,11 @@ pub enum Hint {
     RestoreMasterKey,
     RestoreIdentity,
     JoinAgain,
+    CodeForm,
+    AgentHome,
+    AskNewCode,
+    PinnedBossChanged,
+    SeeInbox,
     Chmod600(PathBuf),
     Chmod700(PathBuf),
     /// Give `path` (a directory tree if `dir`) to user `uid`.
@@ -105,6 +110,16 @@ impl fmt::Display for Hint {
             Hint::RestoreIdentity => f.write_str(
                 "restore identity.key from your backup; without it this identity is lost and must be enrolled anew",
             ),
+            Hint::CodeForm => {
+                f.write_str("a code looks like 6-maple-otter-violin: the AgentId, then three words from `agent enroll`")
+            }
+            Hint::AgentHome => f.write_str("pass --home DIR with the agent's own (empty or joined) home"),
+            Hint::AskNewCode => f.write_str("ask a director for a new code: spyctl agent enroll N"),
+            Hint::PinnedBossChanged => f.write_str(
+                "check the address; if the Boss really has a new identity, compare fingerprints with its operator, \
+                 remove boss.pin and join again with a new code",
+            ),
+            Hint::SeeInbox => f.write_str("see `spyctl boss inbox --json` for message ids"),
             Hint::JoinAgain => f.write_str("ask a director for a new code (`spyctl agent enroll N`) and run `spyctl join` again"),
             Hint::Chmod600(path) => write!(f, "run `chmod 600 {}`", path.display()),
             Hint::Chmod700(path) => write!(f, "run `chmod 700 {}`", path.display()),
@@ -375,6 +390,20 @@ impl From<SendError> for Error {
             SendError::Unreachable { .. } => Some(Hint::BossNotRunning),
             SendError::Refused { code: ErrorCode::Auth, .. } => Some(Hint::UnknownAgentOrKey),
             SendError::Refused { code: ErrorCode::Expired, .. } => Some(Hint::CheckClock),
+            _ => None,
+        };
+        Error::from_layer(err, hint)
+    }
+}
+
+impl From<crate::net::join::JoinError> for Error {
+    fn from(err: crate::net::join::JoinError) -> Self {
+        use crate::net::join::JoinError;
+        let hint = match &err {
+            JoinError::Io { .. } => Some(Hint::BossNotRunning),
+            JoinError::WrongCode | JoinError::Refused { code: ErrorCode::Auth, .. } => Some(Hint::AskNewCode),
+            JoinError::PinMismatch { .. } => Some(Hint::PinnedBossChanged),
+            JoinError::Refused { code: ErrorCode::Busy, .. } => Some(Hint::BossBusy),
             _ => None,
         };
         Error::from_layer(err, hint)

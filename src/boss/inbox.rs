@@ -5,9 +5,8 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::crypto::KeyRing;
+use crate::crypto::{IdentityKeys, KeyRing};
 use crate::db::{DbError, agents, messages};
-use crate::net::protocol;
 use crate::registry::RegistryKeys;
 
 /// One inbox entry, decrypted.
@@ -26,10 +25,14 @@ pub struct InboxEntry {
     /// Where the file is, relative to the home's files/ (files only).
     pub stored_as: Option<String>,
     pub id: String,
+    /// Messages: "unsigned" (v1 PSK channel), "verified FINGERPRINT", or
+    /// "INVALID: why" (see `boss::verify`). Files: not signed yet.
+    pub signature: String,
 }
 
-/// Every message and file, oldest first.
-pub fn read(conn: &Connection, keyring: &KeyRing) -> Result<Vec<InboxEntry>, DbError> {
+/// Every message and file, oldest first. `boss` (the home's identity) opens
+/// and checks enrolled agents' signed messages.
+pub fn read(conn: &Connection, keyring: &KeyRing, boss: Option<&IdentityKeys>) -> Result<Vec<InboxEntry>, DbError> {
     let keys = RegistryKeys::derive(keyring);
     let mut names = std::collections::HashMap::new();
     let mut name_of = |agent_id: i64| -> Result<Option<String>, DbError> {
@@ -42,13 +45,10 @@ pub fn read(conn: &Connection, keyring: &KeyRing) -> Result<Vec<InboxEntry>, DbE
     };
     let mut entries = Vec::new();
     for m in messages::all_messages(conn)? {
-        // Sealed under the generation current when it arrived: any up to now.
-        let newest = agents::by_id(conn, m.agent_id)?.map_or(0, |a| a.key_generation);
-        let content = keyring
-            .open_agent_token(m.agent_id, newest, m.token.as_bytes())
-            .and_then(|o| {
-                protocol::decode_message(&o.plaintext).ok().map(|(_, body)| String::from_utf8_lossy(body).into_owned())
-            })
+        let checked = super::verify::check(conn, keyring, boss, &m)?;
+        let content = checked
+            .body
+            .map(|body| String::from_utf8_lossy(&body).into_owned())
             .unwrap_or_else(|| "(cannot be decrypted with this home's key)".to_string());
         entries.push(InboxEntry {
             received_at: m.received_at,
@@ -59,6 +59,7 @@ pub fn read(conn: &Connection, keyring: &KeyRing) -> Result<Vec<InboxEntry>, DbE
             size: None,
             stored_as: None,
             id: m.message_id,
+            signature: checked.status.label(),
         });
     }
     for f in messages::all_files(conn)? {
@@ -71,6 +72,7 @@ pub fn read(conn: &Connection, keyring: &KeyRing) -> Result<Vec<InboxEntry>, DbE
             size: Some(f.size),
             stored_as: Some(f.stored_as),
             id: f.file_id,
+            signature: "unsigned".into(),
         });
     }
     entries.sort_by_key(|e| e.received_at);

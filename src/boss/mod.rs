@@ -2,10 +2,12 @@
 //! answers protocol lines, `store` commits them in groups, `files` assembles
 //! uploads, `inbox` reads back what arrived.
 
+pub mod enroll;
 pub mod files;
 pub mod inbox;
 pub mod service;
 pub mod store;
+pub mod verify;
 
 use crate::db::DbError;
 use crate::home::{Home, HomeError};

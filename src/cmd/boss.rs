@@ -9,7 +9,7 @@ use signal_hook::iterator::Signals;
 use crate::auth::roles::Action;
 use crate::boss::{Boss, BossConfig, inbox};
 use crate::cli::ServeArgs;
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::net::server::Limits;
 use crate::output::{Rows, utc_time};
 
@@ -72,11 +72,12 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
 
 pub fn inbox(ctx: &mut Ctx<'_>) -> Result<()> {
     let gate = require(ctx, Action::ReadInbox)?;
-    let entries = inbox::read(&gate.conn, &gate.keyring)?;
+    let identity = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?;
+    let entries = inbox::read(&gate.conn, &gate.keyring, identity.as_ref())?;
     if ctx.json {
         return ctx.json(serde_json::json!(entries));
     }
-    let mut rows = Rows::new(&["Received (UTC)", "Agent", "Kind", "Message / file", "Size"]);
+    let mut rows = Rows::new(&["Received (UTC)", "Agent", "Kind", "Message / file", "Size", "Signature"]);
     for e in &entries {
         let who = match &e.agent_name {
             Some(name) => format!("{} ({name})", e.agent_id),
@@ -92,8 +93,47 @@ pub fn inbox(ctx: &mut Ctx<'_>) -> Result<()> {
             e.kind.into(),
             content,
             e.size.map(|s| s.to_string()).unwrap_or_default(),
+            e.signature.clone(),
         ]);
     }
     ctx.show(&rows.to_table())?;
     ctx.say(&format!("{} item(s).", entries.len()))
+}
+
+/// `boss verify ID`: opens the stored message and checks its signature again
+/// with the key it names (revoked since, or not). Fails unless it verifies.
+pub fn verify(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
+    use crate::boss::verify::{self, SignatureStatus};
+    let gate = require(ctx, Action::ReadInbox)?;
+    let identity = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?;
+    let found = crate::db::messages::by_message_id(&gate.conn, id)?;
+    if found.is_empty() {
+        return Err(Error::failed(format!("no message with id {}", crate::output::visible(id))).hint(Hint::SeeInbox));
+    }
+    let mut results = Vec::new();
+    for m in &found {
+        let checked = verify::check(&gate.conn, &gate.keyring, identity.as_ref(), m)?;
+        results.push((m.agent_id, checked.status));
+    }
+    if ctx.json {
+        let list: Vec<_> = results
+            .iter()
+            .map(|(agent, status)| serde_json::json!({ "agent_id": agent, "id": id, "signature": status.label() }))
+            .collect();
+        ctx.json(serde_json::json!(list))?;
+    } else {
+        for (agent, status) in &results {
+            ctx.show(&format!("message {} from agent {agent}: {}", crate::output::visible(id), status.label()))?;
+        }
+    }
+    match results.iter().find(|(_, s)| !matches!(s, SignatureStatus::Verified { .. })) {
+        None => Ok(()),
+        Some((agent, SignatureStatus::Unsigned)) => Err(Error::failed(format!(
+            "message {} from agent {agent} is not signed (it came over the v1 PSK channel)",
+            crate::output::visible(id)
+        ))),
+        Some((agent, status)) => {
+            Err(Error::failed(format!("message {} from agent {agent}: {}", crate::output::visible(id), status.label())))
+        }
+    }
 }

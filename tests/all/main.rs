@@ -12,6 +12,7 @@ mod error_layers;
 mod fernet_vectors;
 mod hardening;
 mod home_checks;
+mod identities;
 mod protocol_doc;
 mod python_interop;
 mod support;
