@@ -309,3 +309,30 @@ fn directors_enrol_only_at_or_below_their_level_and_others_not_at_all() {
     fails(home.run(&["agent", "enroll", &AGENT.to_string()]), 1);
     assert_eq!(count(&home, "SELECT COUNT(*) FROM EnrolCodes"), 0);
 }
+
+/// PyPI `spake2` (python-spake2 0.9) and the Rust `spake2` crate agree: a
+/// client written from PROTOCOL.md in Python (tests/python/join_client.py,
+/// with `cryptography` for X25519, Ed25519, HKDF and Fernet) enrols against
+/// the real Boss and sends a signed message that the Boss verifies.
+#[test]
+fn a_python_client_with_pypi_spake2_enrols_and_sends_a_signed_message() {
+    let (home, boss) = boss_home();
+    let code = enroll(&home, AGENT);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/join_client.py");
+    let python = crate::python_interop::python();
+    let out = crate::python_interop::python_command(python)
+        .args([script, &boss.addr, &code, "Hello from Python"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run python");
+    let printed = ok(out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 3, "{printed}");
+    assert_eq!(lines[2], "stored");
+    let boss_fp = json(home.run(&["--json", "whoami"]))["boss_fingerprint"].as_str().expect("fp").to_string();
+    assert_eq!(lines[1], boss_fp, "Python computes the same Boss fingerprint");
+    let inbox = json(home.run(&["--json", "boss", "inbox"]));
+    assert_eq!(inbox[0]["content"], "Hello from Python");
+    assert_eq!(inbox[0]["signature"], format!("verified {}", lines[0]), "same agent fingerprint on both sides");
+    boss.stop_clean();
+}
