@@ -35,7 +35,7 @@ pub fn join(ctx: &mut Ctx<'_>, args: JoinArgs) -> Result<()> {
             "fingerprint": mine,
             "boss_fingerprint": boss.fingerprint(),
             "addr": args.addr,
-            "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+            "elapsed_ms": (elapsed.as_secs_f64() * 1e5).round() / 100.0,
         }));
     }
     ctx.say(&format!(

@@ -49,8 +49,8 @@ fn word(index: u8) -> &'static str {
     words().nth(usize::from(index)).unwrap_or("?")
 }
 
-/// A one-time code: `N-word-word-word`.
-#[derive(Clone, PartialEq, Eq)]
+/// A one-time code: `N-word-word-word`. A secret: no `Debug`, wiped on drop.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct JoinCode {
     pub agent_id: i64,
     words: [u8; CODE_WORDS],

@@ -78,8 +78,11 @@ fn an_agent_joins_from_its_own_home_and_sends_signed_messages_with_no_key_file_c
     let code = enroll(&home, AGENT);
     assert!(code.starts_with("6-") && code.split('-').count() == 4, "{code}");
     assert_eq!(count(&home, "SELECT COUNT(*) FROM EnrolCodes"), 1);
-    let db = std::fs::read(home.db_path()).unwrap_or_default();
-    assert!(!file_contains(&home.db_path(), code.as_bytes()) && !db.is_empty(), "the code is stored in plaintext");
+    // The database and its write-ahead log (where a fresh row may still be).
+    let wal = home.path().join("spyctl.db-wal");
+    for file in [home.db_path(), wal] {
+        assert!(!file_contains(&file, code.as_bytes()), "the code is stored in plaintext in {}", file.display());
+    }
 
     let agent = TestHome::new();
     let joined = json(agent.run(&["--json", "join", &code, "--addr", &boss.addr]));
