@@ -1,6 +1,8 @@
--- spyctl schema, version 4. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 5. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
+DROP TABLE IF EXISTS EnrolCodes;
+DROP TABLE IF EXISTS AgentIdentities;
 DROP TABLE IF EXISTS Audit;
 DROP TABLE IF EXISTS Files;
 DROP TABLE IF EXISTS Messages;
@@ -74,6 +76,12 @@ CREATE TABLE Messages (
     MessageId  TEXT    NOT NULL,
     ReceivedAt INTEGER NOT NULL,
     Token      TEXT    NOT NULL,
+    -- Enrolled agents' messages (PROTOCOL.md, "Signed messages"): the Ed25519
+    -- signature over the canonical statement, its time field, and the
+    -- AgentIdentities row whose key made it. NULL for v1 (PSK) messages.
+    Signature  BLOB,
+    SignedAt   INTEGER,
+    SignerRow  INTEGER,
     UNIQUE (AgentId, MessageId)
 );
 
@@ -89,4 +97,30 @@ CREATE TABLE Files (
     StoredAs   TEXT    NOT NULL,
     ReceivedAt INTEGER NOT NULL,
     UNIQUE (AgentId, FileId)
+);
+
+-- Agents' public identities (X25519 + Ed25519), received at enrolment
+-- (`spyctl join`). Never deleted: a revoked or replaced key keeps its row
+-- (RevokedAt set), so signatures it made still verify as "signed by a
+-- since-revoked key". At most one current (unrevoked) key per agent.
+CREATE TABLE AgentIdentities (
+    RowId      INTEGER PRIMARY KEY,
+    AgentId    INTEGER NOT NULL,
+    X25519     BLOB    NOT NULL CHECK (length(X25519) = 32),
+    Ed25519    BLOB    NOT NULL CHECK (length(Ed25519) = 32),
+    EnrolledAt INTEGER NOT NULL,
+    RevokedAt  INTEGER
+);
+CREATE UNIQUE INDEX AgentIdentitiesCurrent ON AgentIdentities (AgentId) WHERE RevokedAt IS NULL;
+
+-- One-time enrolment codes (`agent enroll N`), one live code per agent.
+-- CodeHash is the SHA-256 of the code (the SPAKE2 password), sealed under the
+-- at-rest key: the code itself is never stored. The row is deleted by the
+-- first JOIN that names the agent, whatever its outcome (single use, and one
+-- failed try kills it), and is refused after ExpiresAt.
+CREATE TABLE EnrolCodes (
+    AgentId   INTEGER PRIMARY KEY,
+    CodeHash  TEXT    NOT NULL,
+    ExpiresAt INTEGER NOT NULL,
+    IssuedBy  INTEGER NOT NULL
 );

@@ -53,6 +53,8 @@ pub enum Command {
     Boss(BossCommand),
     /// Send an encrypted, authenticated message or file to the Boss
     Send(SendArgs),
+    /// On the agent's machine: enrol this home with a one-time code from `agent enroll`
+    Join(JoinArgs),
     /// Run the whole tour in a throw-away home, narrating each step
     Demo(DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, ...) to stdout
@@ -149,6 +151,17 @@ pub enum AgentCommand {
     },
     /// Show who added, deleted, re-levelled, revoked or exported whom, and when (directors only)
     Audit,
+    /// Issue a one-time enrolment code for an agent at or below your level (directors only)
+    #[command(after_help = "The code works once, dies after one wrong try and expires. On the agent's own machine, \
+                  in its own home: spyctl join CODE --addr HOST:PORT")]
+    Enroll {
+        /// The agent to enrol
+        #[arg(value_name = "AGENT_ID")]
+        agent_id: i64,
+        /// Minutes the code stays valid
+        #[arg(long, default_value_t = 10, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..=1440))]
+        ttl: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,8 +218,14 @@ pub struct LoginArgs {
 pub enum BossCommand {
     /// Run the Boss's threaded TCP server until Ctrl-C or SIGTERM
     Serve(ServeArgs),
-    /// Show received messages and files, decrypted, newest first (directors only)
+    /// Show received messages and files, decrypted, newest first, with each signature's status (directors only)
     Inbox(InboxArgs),
+    /// Check a received message's signature again (directors only)
+    Verify {
+        /// The message id (as `boss inbox` shows it)
+        #[arg(value_name = "MESSAGE_ID")]
+        id: String,
+    },
     /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
     Bench(BenchArgs),
 }
@@ -301,6 +320,22 @@ pub struct SendArgs {
     /// Attempts per message before giving up
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Run it in the agent's own home (--home DIR or SPYCTL_HOME), not the Boss's. The home's \
+                  identity (identity.key) is made if missing and never leaves it; the Boss's public keys are \
+                  pinned in boss.pin. Then `spyctl send --addr HOST:PORT TEXT` works from this home.")]
+pub struct JoinArgs {
+    /// The one-time code from `spyctl agent enroll` (AGENT_ID-word-word-word)
+    #[arg(value_name = "CODE")]
+    pub code: String,
+    /// The Boss's address
+    #[arg(long, env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Seconds to wait for each answer
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

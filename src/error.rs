@@ -59,6 +59,12 @@ pub enum Hint {
     PassHome,
     RunDbInit,
     RestoreMasterKey,
+    RestoreIdentity,
+    JoinAgain,
+    CodeForm,
+    AgentHome,
+    AskNewCode,
+    PinnedBossChanged,
     Chmod600(PathBuf),
     Chmod700(PathBuf),
     /// Give `path` (a directory tree if `dir`) to user `uid`.
@@ -103,6 +109,19 @@ impl fmt::Display for Hint {
             Hint::PassHome => f.write_str("pass --home DIR or set SPYCTL_HOME"),
             Hint::RunDbInit => f.write_str("run `spyctl db init` first"),
             Hint::RestoreMasterKey => f.write_str("restore master.key from your backup"),
+            Hint::RestoreIdentity => f.write_str(
+                "restore identity.key from your backup; without it this identity is lost and must be enrolled anew",
+            ),
+            Hint::CodeForm => {
+                f.write_str("a code looks like 6-maple-otter-violin: the AgentId, then three words from `agent enroll`")
+            }
+            Hint::AgentHome => f.write_str("pass --home DIR with the agent's own (empty or joined) home"),
+            Hint::AskNewCode => f.write_str("ask a director for a new code: spyctl agent enroll N"),
+            Hint::PinnedBossChanged => f.write_str(
+                "check the address; if the Boss really has a new identity, compare fingerprints with its operator, \
+                 remove boss.pin and join again with a new code",
+            ),
+            Hint::JoinAgain => f.write_str("ask a director for a new code (`spyctl agent enroll N`) and run `spyctl join` again"),
             Hint::Chmod600(path) => write!(f, "run `chmod 600 {}`", path.display()),
             Hint::Chmod700(path) => write!(f, "run `chmod 700 {}`", path.display()),
             Hint::ChownTo { path, uid, dir } => write!(
@@ -273,6 +292,8 @@ fn home_hint(err: &HomeError) -> Option<Hint> {
         HomeError::NoDefaultHome => Some(Hint::PassHome),
         HomeError::NoDatabase { .. } => Some(Hint::RunDbInit),
         HomeError::MasterKeyMissing { .. } | HomeError::BadMasterKey { .. } => Some(Hint::RestoreMasterKey),
+        HomeError::BadIdentity { .. } => Some(Hint::RestoreIdentity),
+        HomeError::BadPin { .. } => Some(Hint::JoinAgain),
         HomeError::Loose { path, .. } | HomeError::Writable { path, dir: false, .. } => {
             Some(Hint::Chmod600(path.clone()))
         }
@@ -379,6 +400,20 @@ impl From<SendError> for Error {
             SendError::Unreachable { .. } => Some(Hint::BossNotRunning),
             SendError::Refused { code: ErrorCode::Auth, .. } => Some(Hint::UnknownAgentOrKey),
             SendError::Refused { code: ErrorCode::Expired, .. } => Some(Hint::CheckClock),
+            _ => None,
+        };
+        Error::from_layer(err, hint)
+    }
+}
+
+impl From<crate::net::join::JoinError> for Error {
+    fn from(err: crate::net::join::JoinError) -> Self {
+        use crate::net::join::JoinError;
+        let hint = match &err {
+            JoinError::Io { .. } => Some(Hint::BossNotRunning),
+            JoinError::WrongCode | JoinError::Refused { code: ErrorCode::Auth, .. } => Some(Hint::AskNewCode),
+            JoinError::PinMismatch { .. } => Some(Hint::PinnedBossChanged),
+            JoinError::Refused { code: ErrorCode::Busy, .. } => Some(Hint::BossBusy),
             _ => None,
         };
         Error::from_layer(err, hint)

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{BadMasterKey, MasterKey};
+use crate::crypto::identity::BadIdentity;
+use crate::crypto::{BadMasterKey, IdentityKeys, MasterKey, PublicIdentity};
 
 pub const DB_FILE: &str = "spyctl.db";
 pub const MASTER_KEY_FILE: &str = "master.key";
@@ -27,6 +28,11 @@ pub const SESSION_FILE: &str = "session";
 pub const FILES_DIR: &str = "files";
 /// The databases whose agent rows this home has tagged (one hex id a line).
 pub const TAGGED_FILE: &str = "tagged-databases";
+/// This home's own identity (X25519 + Ed25519 private keys): the Boss's in a
+/// Boss home, the agent's in a joined agent's home. Independent of master.key.
+pub const IDENTITY_FILE: &str = "identity.key";
+/// In a joined agent's home: the Boss's public keys, pinned at `spyctl join`.
+pub const BOSS_PIN_FILE: &str = "boss.pin";
 
 /// What can go wrong finding the home or handling a secret file in it.
 #[derive(Debug)]
@@ -50,6 +56,15 @@ pub enum HomeError {
     BadMasterKey {
         path: PathBuf,
         source: BadMasterKey,
+    },
+    /// `identity.key` does not hold an identity.
+    BadIdentity {
+        path: PathBuf,
+        source: BadIdentity,
+    },
+    /// `boss.pin` does not hold a pinned Boss.
+    BadPin {
+        path: PathBuf,
     },
     /// Group or others may access a secret file (`mode` holds its bits).
     Loose {
@@ -96,6 +111,8 @@ impl std::fmt::Display for HomeError {
                 write!(f, "{} is missing; the database cannot be read without it", path.display())
             }
             HomeError::BadMasterKey { path, .. } => write!(f, "{} does not hold a master key", path.display()),
+            HomeError::BadIdentity { path, .. } => write!(f, "{} does not hold an identity", path.display()),
+            HomeError::BadPin { path } => write!(f, "{} does not hold a pinned Boss", path.display()),
             HomeError::Loose { path, mode } => {
                 write!(f, "{} is accessible by other users (mode {mode:04o}); refusing to use it", path.display())
             }
@@ -120,10 +137,12 @@ impl std::error::Error for HomeError {
                 Some(source)
             }
             HomeError::BadMasterKey { source, .. } => Some(source),
+            HomeError::BadIdentity { source, .. } => Some(source),
             HomeError::Random(source) => Some(source),
             HomeError::NoDefaultHome
             | HomeError::NoDatabase { .. }
             | HomeError::MasterKeyMissing { .. }
+            | HomeError::BadPin { .. }
             | HomeError::Loose { .. }
             | HomeError::NotOwned { .. }
             | HomeError::Writable { .. }
@@ -173,6 +192,14 @@ impl Home {
         self.dir.join(FILES_DIR)
     }
 
+    pub fn identity_path(&self) -> PathBuf {
+        self.dir.join(IDENTITY_FILE)
+    }
+
+    pub fn pin_path(&self) -> PathBuf {
+        self.dir.join(BOSS_PIN_FILE)
+    }
+
     /// Creates the directory (0700) if it does not exist, then checks it as
     /// [`check_strict`](Self::check_strict) does.
     pub fn ensure(&self) -> Result<()> {
@@ -200,7 +227,9 @@ impl Home {
         wal.push("-wal");
         let mut shm = db.clone().into_os_string();
         shm.push("-shm");
-        for file in [db, PathBuf::from(wal), PathBuf::from(shm), self.master_key_path()] {
+        for file in
+            [db, PathBuf::from(wal), PathBuf::from(shm), self.master_key_path(), self.identity_path(), self.pin_path()]
+        {
             check_owned_and_closed(&file, false, uid)?;
         }
         Ok(())
@@ -268,6 +297,95 @@ impl Home {
             other => other,
         })?;
         MasterKey::from_hex(&text).map_err(|source| HomeError::BadMasterKey { path, source })
+    }
+}
+
+impl Home {
+    /// This home's identity, made (0600) on first use: the Boss's at `db init`
+    /// or when it first serves, an agent's at `spyctl join`.
+    pub fn load_or_create_identity(&self) -> Result<IdentityKeys> {
+        self.ensure()?;
+        let path = self.identity_path();
+        if !path.exists() {
+            let keys = IdentityKeys::generate().map_err(HomeError::Random)?;
+            write_secret_file(&path, keys.to_file_text().as_bytes())?;
+            tracing::info!(path = %path.display(), fingerprint = %keys.public().fingerprint(), "created a new identity");
+            return Ok(keys);
+        }
+        self.load_identity()
+    }
+
+    /// This home's identity, if it has one (checked like master.key).
+    pub fn load_identity(&self) -> Result<IdentityKeys> {
+        self.check_strict()?;
+        let path = self.identity_path();
+        let text = read_secret_file(&path)?;
+        IdentityKeys::from_file_text(&text).map_err(|source| HomeError::BadIdentity { path, source })
+    }
+
+    pub fn has_identity(&self) -> bool {
+        self.identity_path().is_file()
+    }
+
+    /// The Boss this (agent's) home joined, if any.
+    pub fn load_pin(&self) -> Result<Option<BossPin>> {
+        let path = self.pin_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        self.check_strict()?;
+        let text = read_secret_file(&path)?;
+        serde_json::from_str::<BossPin>(&text)
+            .ok()
+            .filter(BossPin::is_valid)
+            .map(Some)
+            .ok_or(HomeError::BadPin { path })
+    }
+
+    /// Pins the Boss (0600, atomically).
+    pub fn write_pin(&self, pin: &BossPin) -> Result<()> {
+        let text = serde_json::to_string_pretty(pin).expect("a pin serialises");
+        write_secret_file(&self.pin_path(), format!("{text}\n").as_bytes())
+    }
+}
+
+/// What `spyctl join` pins in the agent's home: who this agent is to the Boss
+/// and the Boss's public keys (hex). Later commands refuse a Boss whose keys
+/// differ, naming both fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BossPin {
+    pub agent_id: i64,
+    pub boss_x25519: String,
+    pub boss_ed25519: String,
+    pub boss_fingerprint: String,
+    /// The address joined, the default for `send --addr`.
+    pub addr: String,
+    pub enrolled_at: i64,
+}
+
+impl BossPin {
+    pub fn new(agent_id: i64, boss: &PublicIdentity, addr: &str, enrolled_at: i64) -> BossPin {
+        BossPin {
+            agent_id,
+            boss_x25519: hex::encode(boss.x25519),
+            boss_ed25519: hex::encode(boss.ed25519),
+            boss_fingerprint: boss.fingerprint(),
+            addr: addr.to_string(),
+            enrolled_at,
+        }
+    }
+
+    /// The pinned public keys.
+    pub fn boss(&self) -> Option<PublicIdentity> {
+        let mut x25519 = [0u8; 32];
+        let mut ed25519 = [0u8; 32];
+        hex::decode_to_slice(&self.boss_x25519, &mut x25519).ok()?;
+        hex::decode_to_slice(&self.boss_ed25519, &mut ed25519).ok()?;
+        Some(PublicIdentity { x25519, ed25519 })
+    }
+
+    fn is_valid(&self) -> bool {
+        self.agent_id > 0 && self.boss().is_some()
     }
 }
 

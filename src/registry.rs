@@ -335,6 +335,7 @@ pub enum AuditAction {
     SetLevel { target: i64, from: u8, to: u8 },
     Revoke { target: i64, generation: u32 },
     ExportKey { target: i64, generation: u32 },
+    Enroll { target: i64, expires_at: i64 },
 }
 
 /// One audit entry, opened.
@@ -421,9 +422,33 @@ pub fn revoke(conn: &mut Connection, keys: &RegistryKeys, actor: &Agent, id: i64
     target_within_ceiling(&tx, keys, actor, id)?;
     let generation = agents::bump_key_generation(&tx, id)?;
     tag_row(&tx, keys, id)?;
+    // An enrolled identity goes too (kept in its history as revoked).
+    db::identities::revoke(&tx, id, now_secs())?;
     record(&tx, keys, actor, AuditAction::Revoke { target: id, generation })?;
     tx.commit()?;
     Ok(generation)
+}
+
+/// Issues a one-time enrolment code for agent `id` (at or below the actor's
+/// level), valid for `ttl_secs`. Only the code's hash is stored, sealed under
+/// the at-rest key; a new code replaces any earlier one.
+pub fn issue_code(
+    conn: &mut Connection,
+    keys: &RegistryKeys,
+    actor: &Agent,
+    id: i64,
+    ttl_secs: u64,
+) -> Result<(crate::net::join::JoinCode, i64), RegistryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    target_within_ceiling(&tx, keys, actor, id)?;
+    let code = crate::net::join::JoinCode::generate(id)
+        .map_err(|_| RegistryError::Invalid("the OS random number generator failed".into()))?;
+    let expires_at = now_secs().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
+    let sealed = keys.conceal(&zeroize::Zeroizing::new(hex::encode(code.password().as_ref())));
+    db::identities::put_code(&tx, id, &sealed, expires_at, actor.id)?;
+    record(&tx, keys, actor, AuditAction::Enroll { target: id, expires_at })?;
+    tx.commit()?;
+    Ok((code, expires_at))
 }
 
 /// The audit log, oldest first, opened.

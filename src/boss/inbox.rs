@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::crypto::KeyRing;
+use crate::crypto::{IdentityKeys, KeyRing};
 use crate::db::messages::{self, InboxKey, InboxTable};
 use crate::db::{DbError, agents};
-use crate::net::protocol;
 use crate::registry::RegistryKeys;
 
 /// One inbox entry, decrypted.
@@ -34,6 +33,9 @@ pub struct InboxEntry {
     /// Where the file is, relative to the home's files/ (files only).
     pub stored_as: Option<String>,
     pub id: String,
+    /// Messages: "unsigned" (v1 PSK channel), "verified FINGERPRINT", or
+    /// "INVALID: why" (see `boss::verify`). Files: not signed yet.
+    pub signature: String,
 }
 
 /// Which entries to read, and in which order.
@@ -51,13 +53,15 @@ pub struct InboxQuery {
 struct Reader<'c> {
     conn: &'c Connection,
     keyring: &'c KeyRing,
+    /// The Boss's identity, which opens and checks enrolled agents' signed messages.
+    boss: Option<&'c IdentityKeys>,
     keys: RegistryKeys,
     names: HashMap<i64, Option<String>>,
 }
 
 impl<'c> Reader<'c> {
-    fn new(conn: &'c Connection, keyring: &'c KeyRing) -> Self {
-        Reader { conn, keyring, keys: RegistryKeys::derive(keyring), names: HashMap::new() }
+    fn new(conn: &'c Connection, keyring: &'c KeyRing, boss: Option<&'c IdentityKeys>) -> Self {
+        Reader { conn, keyring, boss, keys: RegistryKeys::derive(keyring), names: HashMap::new() }
     }
 
     fn name_of(&mut self, agent_id: i64) -> Result<Option<String>, DbError> {
@@ -75,17 +79,10 @@ impl<'c> Reader<'c> {
             InboxTable::Messages => match messages::message_at(self.conn, key.row_id)? {
                 None => None,
                 Some(m) => {
-                    // Sealed under the key generation current when it
-                    // arrived: any of the agent's generations up to now.
-                    let newest = agents::key_generation_or_zero(self.conn, m.agent_id)?;
-                    let content = self
-                        .keyring
-                        .open_agent_token(m.agent_id, newest, m.token.as_bytes())
-                        .and_then(|o| {
-                            protocol::decode_message(&o.plaintext)
-                                .ok()
-                                .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
-                        })
+                    let checked = super::verify::check(self.conn, self.keyring, self.boss, &m)?;
+                    let content = checked
+                        .body
+                        .map(|body| String::from_utf8_lossy(&body).into_owned())
                         .unwrap_or_else(|| "(cannot be decrypted with this home's key)".to_string());
                     Some(InboxEntry {
                         received_at: m.received_at,
@@ -96,6 +93,7 @@ impl<'c> Reader<'c> {
                         size: None,
                         stored_as: None,
                         id: m.message_id,
+                        signature: checked.status.label(),
                     })
                 }
             },
@@ -110,6 +108,7 @@ impl<'c> Reader<'c> {
                     size: Some(f.size),
                     stored_as: Some(f.stored_as),
                     id: f.file_id,
+                    signature: "unsigned".into(),
                 }),
             },
         })
@@ -121,10 +120,11 @@ impl<'c> Reader<'c> {
 pub fn for_each<E: From<DbError>>(
     conn: &Connection,
     keyring: &KeyRing,
+    boss: Option<&IdentityKeys>,
     query: &InboxQuery,
     mut each: impl FnMut(InboxEntry) -> Result<(), E>,
 ) -> Result<u64, E> {
-    let mut reader = Reader::new(conn, keyring);
+    let mut reader = Reader::new(conn, keyring, boss);
     let mut count = 0;
     messages::inbox_keys(
         conn,
@@ -144,8 +144,13 @@ pub fn for_each<E: From<DbError>>(
 
 /// Every entry whose message or file id is `id` (ids are chosen by each
 /// sender, so two agents may have used the same one), oldest first.
-pub fn find(conn: &Connection, keyring: &KeyRing, id: &str) -> Result<Vec<InboxEntry>, DbError> {
-    let mut reader = Reader::new(conn, keyring);
+pub fn find(
+    conn: &Connection,
+    keyring: &KeyRing,
+    boss: Option<&IdentityKeys>,
+    id: &str,
+) -> Result<Vec<InboxEntry>, DbError> {
+    let mut reader = Reader::new(conn, keyring, boss);
     let mut found = Vec::new();
     for key in messages::inbox_keys_for_id(conn, id)? {
         found.extend(reader.entry(key)?);

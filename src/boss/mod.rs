@@ -2,11 +2,13 @@
 //! answers protocol lines, `store` commits them in groups, `files` assembles
 //! uploads, `inbox` reads back what arrived.
 
+pub mod enroll;
 pub mod files;
 pub mod inbox;
 pub mod sealed_file;
 pub mod service;
 pub mod store;
+pub mod verify;
 
 use crate::db::DbError;
 use crate::home::{Home, HomeError};
@@ -65,6 +67,8 @@ impl Boss {
     /// Opens the home's database and key and binds `bind`.
     pub fn bind(home: &Home, bind: &str, limits: Limits, config: BossConfig) -> Result<Boss, BossError> {
         let master = home.load_master_key().map_err(BossError::Home)?;
+        // Made on first use for a database created before identities existed.
+        let identity = home.load_or_create_identity().map_err(BossError::Home)?;
         let db_path = home.db_path();
         let (store, writer) = store::start(&db_path).map_err(BossError::Store)?;
         // A database migrated from before row tags is tagged once, by the
@@ -79,10 +83,15 @@ impl Boss {
                 home.record_tagged(keyring.database_id()).map_err(BossError::Home)?;
             }
         }
-        let service =
-            service::BossService::new(master, &db_path, &home.files_dir(), store, config).map_err(BossError::Db)?;
+        let service = service::BossService::new(master, identity, &db_path, &home.files_dir(), store, config)
+            .map_err(BossError::Db)?;
         let server = Server::bind(bind, limits).map_err(BossError::Listen)?;
         Ok(Boss { server, service, writer })
+    }
+
+    /// The Boss's public identity (its fingerprint is printed at start).
+    pub fn identity(&self) -> crate::crypto::PublicIdentity {
+        self.service.identity()
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {

@@ -12,8 +12,9 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-use crate::crypto::{FernetKey, KeyRing, MasterKey, TokenError};
-use crate::db::{self, DbError, messages};
+use crate::crypto::identity::Side;
+use crate::crypto::{FernetKey, IdentityKeys, KeyRing, MasterKey, PublicIdentity, TokenError};
+use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
@@ -65,9 +66,13 @@ struct PendingAck {
 /// The Boss's line handler.
 pub struct BossService {
     keyring: KeyRing,
+    /// The Boss's own identity (identity.key): channel keys with enrolled agents.
+    identity: IdentityKeys,
     keys: RegistryKeys,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
+    /// `JOIN`, `JOIN2` and `WHOIS` lines (enrolment by one-time code).
+    enrolment: super::enroll::Enrolment,
     store: Store,
     files: FileAssembler,
     config: BossConfig,
@@ -76,6 +81,7 @@ pub struct BossService {
 impl BossService {
     pub fn new(
         master: MasterKey,
+        identity: IdentityKeys,
         db_path: &Path,
         files_root: &Path,
         store: Store,
@@ -88,14 +94,21 @@ impl BossService {
         if swept > 0 {
             tracing::info!(swept, "removed partial uploads untouched for a day");
         }
+        let enrolment = super::enroll::Enrolment::new(db_path, RegistryKeys::derive(&keyring), identity.public())?;
         Ok(BossService {
+            enrolment,
             keys: RegistryKeys::derive(&keyring),
             keyring,
+            identity,
             reader: Mutex::new(reader),
             store,
             files,
             config,
         })
+    }
+
+    pub fn identity(&self) -> PublicIdentity {
+        self.identity.public()
     }
 
     /// The agent's stored (encrypted) alias, or None if no such agent (now).
@@ -120,6 +133,48 @@ impl BossService {
         })
     }
 
+    /// The agent's current identity, if it is enrolled.
+    fn enrolled(&self, agent_id: i64) -> Result<Option<identities::StoredIdentity>, DbError> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        identities::current(&reader, agent_id)
+    }
+
+    /// An enrolled agent's text message must carry a signature by its current
+    /// key over the canonical statement (PROTOCOL.md): checked before storing.
+    fn check_signature(
+        &self,
+        identity: &identities::StoredIdentity,
+        id: &str,
+        body: &[u8],
+        plaintext: &[u8],
+        peer: &Peer,
+    ) -> Result<messages::MessageSignature, Refusal> {
+        let refuse = |why: &str| {
+            tracing::info!(conn = peer.id, agent = identity.agent_id, "refused: {why}");
+            (ErrorCode::Auth, why.to_string())
+        };
+        let sig = protocol::decode_signature(plaintext)
+            .map_err(|e| (ErrorCode::BadRequest, e.0))?
+            .ok_or_else(|| refuse("an enrolled agent must sign every message"))?;
+        let statement = crate::crypto::identity::statement(
+            &self.identity.public().ed25519,
+            identity.agent_id,
+            id,
+            "text",
+            body,
+            sig.time,
+        );
+        identity
+            .public
+            .verify(&statement, &sig.signature)
+            .map_err(|_| refuse("the message's signature does not verify"))?;
+        Ok(messages::MessageSignature {
+            signature: sig.signature.to_vec(),
+            signed_at: sig.time as i64,
+            signer_row: identity.row_id,
+        })
+    }
+
     fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
         protocol::format_ack(&key.seal(&protocol::encode_ack(id, status, reply)))
     }
@@ -128,6 +183,10 @@ impl BossService {
     /// freshness, decode, write file chunks. Returns the reply, or the write
     /// the reply waits for.
     fn prepare(&self, line: &[u8], peer: &Peer) -> Result<Step, Refusal> {
+        if super::enroll::is_enrolment_line(line) {
+            // Enrolment steps are not stored work: they do not keep a connection alive.
+            return self.enrolment.handle(line, peer).map(|line| Step::Reply { line, new: false });
+        }
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
@@ -142,7 +201,19 @@ impl BossService {
             tracing::error!(error = %e, "agent lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })?;
-        let key = self.keyring.agent_wire_key_at(agent_id, generation);
+        // An enrolled agent has one key: the channel key of the two
+        // identities (an X25519 agreement, so an enrolled id costs more than
+        // a v1 one; both kinds cost the same whether the MAC is good or bad).
+        let enrolled = self.enrolled(agent_id).map_err(|e| {
+            tracing::error!(error = %e, "identity lookup failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        })?;
+        let key = match &enrolled {
+            Some(identity) => {
+                self.identity.channel_key(Side::Boss, &identity.public, agent_id).ok_or_else(auth_failed)?
+            }
+            None => self.keyring.agent_wire_key_at(agent_id, generation),
+        };
         let opened = key.open(request.token, Some(self.config.ttl_secs));
         if let Err(TokenError::Invalid) = opened {
             tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth");
@@ -190,6 +261,12 @@ impl BossService {
                     message_id: header.id.clone(),
                     received_at: now,
                     token: String::from_utf8_lossy(request.token).into_owned(),
+                    signature: match &enrolled {
+                        Some(identity) => {
+                            Some(self.check_signature(identity, &header.id, body, &opened.plaintext, peer)?)
+                        }
+                        None => None,
+                    },
                 }),
                 key,
                 agent_id,

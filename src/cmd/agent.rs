@@ -52,10 +52,23 @@ fn add_as(ctx: &mut Ctx<'_>, gate: &mut Gate, agent: &NewAgent) -> Result<()> {
 pub fn list(ctx: &mut Ctx<'_>) -> Result<()> {
     let gate = require(ctx, Action::ListAgents)?;
     let agents = registry::visible_to(&gate.conn, &gate.keys, gate.agent.level)?;
+    // Enrolled agents' identity fingerprints, where known.
+    let fingerprints: std::collections::HashMap<i64, String> = crate::db::identities::all_current(&gate.conn)?
+        .into_iter()
+        .map(|i| (i.agent_id, i.public.fingerprint()))
+        .collect();
     if ctx.json {
-        return ctx.json(serde_json::json!(agents));
+        let listed: Vec<serde_json::Value> = agents
+            .iter()
+            .map(|a| {
+                let mut value = serde_json::json!(a);
+                value["fingerprint"] = serde_json::json!(fingerprints.get(&a.id));
+                value
+            })
+            .collect();
+        return ctx.json(serde_json::json!(listed));
     }
-    let mut rows = Rows::new(&["AgentId", "Name", "Alias", "Level", "Role"]);
+    let mut rows = Rows::new(&["AgentId", "Name", "Alias", "Level", "Role", "Identity"]);
     for a in &agents {
         rows.push(vec![
             a.id.to_string(),
@@ -63,6 +76,7 @@ pub fn list(ctx: &mut Ctx<'_>) -> Result<()> {
             a.alias.clone(),
             a.level.to_string(),
             Role::of_level(a.level).name().into(),
+            fingerprints.get(&a.id).cloned().unwrap_or_else(|| "-".into()),
         ]);
     }
     ctx.show(&rows.to_table())?;
@@ -134,6 +148,30 @@ pub fn revoke(ctx: &mut Ctx<'_>, agent_id: i64) -> Result<()> {
     ))
 }
 
+/// `agent enroll N`: a one-time code for agent N (at or below the caller's level).
+pub fn enroll(ctx: &mut Ctx<'_>, agent_id: i64, ttl_minutes: u64) -> Result<()> {
+    let mut gate = require(ctx, Action::ManageAgents)?;
+    let (code, expires_at) = registry::issue_code(&mut gate.conn, &gate.keys, &gate.agent, agent_id, ttl_minutes * 60)?;
+    let boss = ctx.home.load_or_create_identity()?.public().fingerprint();
+    let code = zeroize::Zeroizing::new(code.to_string());
+    if ctx.json {
+        return ctx.json(serde_json::json!({
+            "agent_id": agent_id,
+            "code": code.as_str(),
+            "expires_at": expires_at,
+            "boss_fingerprint": boss,
+        }));
+    }
+    ctx.show(code.as_str())?;
+    ctx.say(&format!(
+        "One-time code for agent {agent_id}: it works once, dies after one wrong try and expires at {} UTC.\n\
+         On the agent's own machine: spyctl join {} --addr HOST:PORT\n\
+         The agent should see the Boss's identity {boss}.",
+        crate::output::utc_time(expires_at),
+        code.as_str()
+    ))
+}
+
 /// `agent audit`: who did what to which agent, when.
 pub fn audit(ctx: &mut Ctx<'_>) -> Result<()> {
     let gate = require(ctx, Action::ManageAgents)?;
@@ -148,6 +186,9 @@ pub fn audit(ctx: &mut Ctx<'_>) -> Result<()> {
             AuditAction::Delete { target } => ("delete", target, String::new()),
             AuditAction::SetLevel { target, from, to } => ("set-level", target, format!("{from} -> {to}")),
             AuditAction::Revoke { target, generation } => ("revoke", target, format!("key generation {generation}")),
+            AuditAction::Enroll { target, expires_at } => {
+                ("enroll", target, format!("code expires {} UTC", crate::output::utc_time(*expires_at)))
+            }
             AuditAction::ExportKey { target, generation } => {
                 ("export key", target, format!("key generation {generation}"))
             }

@@ -42,6 +42,7 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
     let config = BossConfig { ttl_secs: args.ttl, max_file_bytes: args.max_file_bytes };
     let boss = Boss::bind(&ctx.home, &args.bind, limits, config)?;
     let addr = boss.local_addr();
+    let fingerprint = boss.identity().fingerprint();
 
     // Ctrl-C / SIGTERM: stop accepting, finish in-flight lines, commit, exit 0.
     let mut signals =
@@ -64,10 +65,11 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
     });
 
     if ctx.json {
-        ctx.json(serde_json::json!({ "listening": addr.to_string() }))?;
+        ctx.json(serde_json::json!({ "listening": addr.to_string(), "boss_fingerprint": fingerprint }))?;
     } else {
         // Always printed (even with -q): scripts read the port from it.
         crate::output::line(ctx.out, &format!("Boss listening on {addr} (Ctrl-C to stop)"))?;
+        ctx.say(&format!("Boss identity: {fingerprint}"))?;
     }
     ctx.out.flush().ok();
     let stats = boss.run();
@@ -99,15 +101,17 @@ pub fn inbox(ctx: &mut Ctx<'_>, args: InboxArgs) -> Result<()> {
     let since = args.since.as_deref().map(|when| parse_since(when, unix_now())).transpose()?;
     let query = InboxQuery { limit: (!args.all).then_some(args.limit), since, oldest_first: args.oldest_first };
     let gate = require(ctx, Action::ReadInbox)?;
+    let identity = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?;
+    let boss = identity.as_ref();
     if ctx.json {
         // Streamed: each entry is written and dropped before the next is read.
         let mut array = JsonArray::default();
-        inbox::for_each(&gate.conn, &gate.keyring, &query, |entry| array.push(ctx.out, &entry))?;
+        inbox::for_each(&gate.conn, &gate.keyring, boss, &query, |entry| array.push(ctx.out, &entry))?;
         return array.finish(ctx.out);
     }
-    let mut rows = Rows::new(&["Received (UTC)", "Agent", "Kind", "Message / file", "Size", "Id"]);
+    let mut rows = Rows::new(&["Received (UTC)", "Agent", "Kind", "Message / file", "Size", "Id", "Signature"]);
     let mut shortened = 0u64;
-    let count = inbox::for_each(&gate.conn, &gate.keyring, &query, |e| {
+    let count = inbox::for_each(&gate.conn, &gate.keyring, boss, &query, |e| {
         let who = match &e.agent_name {
             Some(name) => format!("{} ({name})", e.agent_id),
             None => format!("{} (removed)", e.agent_id),
@@ -126,6 +130,7 @@ pub fn inbox(ctx: &mut Ctx<'_>, args: InboxArgs) -> Result<()> {
             content.chars().take(TABLE_CONTENT_CHARS).collect(),
             e.size.map(|s| s.to_string()).unwrap_or_default(),
             e.id,
+            e.signature,
         ]);
         Ok::<_, Error>(())
     })?;
@@ -141,7 +146,8 @@ pub fn inbox(ctx: &mut Ctx<'_>, args: InboxArgs) -> Result<()> {
 /// line, each line made safe for the terminal; `--json` is exact.
 fn inbox_show(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
     let gate = require(ctx, Action::ReadInbox)?;
-    let found = inbox::find(&gate.conn, &gate.keyring, id)?;
+    let identity = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?;
+    let found = inbox::find(&gate.conn, &gate.keyring, identity.as_ref(), id)?;
     if found.is_empty() {
         return Err(Error::failed(format!("no message or file with id {}", visible(id))).hint(Hint::SeeInboxIds));
     }
@@ -276,6 +282,44 @@ pub fn inbox_get(ctx: &mut Ctx<'_>, id: &str, out: &Path, force: bool) -> Result
         return ctx.json(serde_json::json!({ "id": id, "out": out, "size": size, "sha256": sha256 }));
     }
     ctx.say(&format!("Wrote {} ({size} bytes, SHA-256 {sha256} verified).", out.display()))
+}
+
+/// `boss verify ID`: opens the stored message and checks its signature again
+/// with the key it names (revoked since, or not). Fails unless it verifies.
+pub fn verify(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
+    use crate::boss::verify::{self, SignatureStatus};
+    let gate = require(ctx, Action::ReadInbox)?;
+    let identity = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?;
+    let found = crate::db::messages::by_message_id(&gate.conn, id)?;
+    if found.is_empty() {
+        return Err(Error::failed(format!("no message with id {}", crate::output::visible(id))).hint(Hint::SeeInboxIds));
+    }
+    let mut results = Vec::new();
+    for m in &found {
+        let checked = verify::check(&gate.conn, &gate.keyring, identity.as_ref(), m)?;
+        results.push((m.agent_id, checked.status));
+    }
+    if ctx.json {
+        let list: Vec<_> = results
+            .iter()
+            .map(|(agent, status)| serde_json::json!({ "agent_id": agent, "id": id, "signature": status.label() }))
+            .collect();
+        ctx.json(serde_json::json!(list))?;
+    } else {
+        for (agent, status) in &results {
+            ctx.show(&format!("message {} from agent {agent}: {}", crate::output::visible(id), status.label()))?;
+        }
+    }
+    match results.iter().find(|(_, s)| !matches!(s, SignatureStatus::Verified { .. })) {
+        None => Ok(()),
+        Some((agent, SignatureStatus::Unsigned)) => Err(Error::failed(format!(
+            "message {} from agent {agent} is not signed (it came over the v1 PSK channel)",
+            crate::output::visible(id)
+        ))),
+        Some((agent, status)) => {
+            Err(Error::failed(format!("message {} from agent {agent}: {}", crate::output::visible(id), status.label())))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,9 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
         }
     }
     let master = ctx.home.load_or_create_master_key()?;
+    // The Boss's identity is independent of master.key and of the database:
+    // made once, kept across `db init --force`.
+    let identity = ctx.home.load_or_create_identity()?.public().fingerprint();
     let (added, keyring) = registry::init_with_samples(&mut conn, &master)?;
     // Every row of the new database is tagged: record it, so an attacker who
     // can write only spyctl.db cannot pass tampered rows off as untagged.
@@ -213,7 +216,12 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
             .iter()
             .map(|s| serde_json::json!({ "name": s.name, "level": s.level, "password": s.password }))
             .collect();
-        return ctx.json(serde_json::json!({ "steps": steps, "sample_logins": passwords, "backup": backup }));
+        return ctx.json(serde_json::json!({
+            "steps": steps,
+            "sample_logins": passwords,
+            "backup": backup,
+            "boss_fingerprint": identity,
+        }));
     }
     if let Some(dir) = &backup {
         ctx.show(&format!(
@@ -237,6 +245,7 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
     if !ctx.quiet {
         ctx.show(&logins.to_table())?;
     }
+    ctx.say(&format!("Boss identity: {identity} (identity.key; agents compare it when they join)"))?;
     ctx.say("Next: spyctl login --name \"Ethan Hunt\"")
 }
 

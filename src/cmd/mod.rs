@@ -7,6 +7,7 @@ pub mod boss;
 pub mod db;
 pub mod demo;
 pub mod docs;
+pub mod join;
 pub mod prompt;
 pub mod send;
 pub mod session;
@@ -77,6 +78,9 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Agent(AgentCommand::SetLevel { agent_id, level }) => agent::set_level(ctx, agent_id, level),
         Command::Agent(AgentCommand::Revoke { agent_id }) => agent::revoke(ctx, agent_id),
         Command::Agent(AgentCommand::Audit) => agent::audit(ctx),
+        Command::Agent(AgentCommand::Enroll { agent_id, ttl }) => agent::enroll(ctx, agent_id, ttl),
+        Command::Join(args) => join::join(ctx, args),
+        Command::Boss(BossCommand::Verify { id }) => boss::verify(ctx, &id),
         Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {
             agent::export_key(ctx, agent_id, &out, force)
         }

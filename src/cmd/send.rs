@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::SendArgs;
+use crate::crypto::identity::Side;
+use crate::crypto::{IdentityKeys, PublicIdentity};
 use crate::error::{Error, Hint, Result};
-use crate::net::client::{self, ClientConfig, Delivered, Sender};
+use crate::net::client::{self, ClientConfig, Delivered, MessageSigner, Sender};
 use crate::net::ids::random_id;
 use crate::net::protocol::{AckStatus, Header, Kind};
 
@@ -100,15 +102,47 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
     ctx.show(&format!("Boss: {} [{status}]", crate::output::visible(&delivered.reply)))
 }
 
+/// A joined agent's home (no database, a pinned Boss): its identity, the
+/// pinned Boss and its agent id.
+struct Joined {
+    keys: IdentityKeys,
+    boss: PublicIdentity,
+    agent_id: i64,
+}
+
+fn joined(ctx: &Ctx<'_>, identity: &Identity) -> Result<Option<Joined>> {
+    if !matches!(identity, Identity::LoggedIn) || ctx.home.has_db() {
+        return Ok(None);
+    }
+    let Some(pin) = ctx.home.load_pin()? else { return Ok(None) };
+    let boss = pin.boss().ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
+    Ok(Some(Joined { keys: ctx.home.load_identity()?, boss, agent_id: pin.agent_id }))
+}
+
 pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
-    let (agent_id, key) = identity_key(ctx, &request.identity)?;
+    // From a joined home: the channel key of the two identities, every text
+    // signed, and the Boss checked against the pinned keys before anything
+    // is sent. Otherwise the v1 PSK channel, as before.
+    let joined = joined(ctx, &request.identity)?;
+    let (agent_id, key) = match &joined {
+        Some(j) => {
+            crate::net::join::check_boss(&request.addr, request.timeout, &j.boss)?;
+            let key = j
+                .keys
+                .channel_key(Side::Agent, &j.boss, j.agent_id)
+                .ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
+            (j.agent_id, key)
+        }
+        None => identity_key(ctx, &request.identity)?,
+    };
+    let signer = joined.as_ref().map(|j| MessageSigner { keys: &j.keys, boss_ed25519: j.boss.ed25519, agent_id });
     let config = ClientConfig {
         addr: request.addr,
         timeout: request.timeout,
         attempts: request.attempts,
         ..ClientConfig::default()
     };
-    let mut sender = Sender::new(config, agent_id, &key);
+    let mut sender = Sender::new(config, agent_id, &key).with_signer(signer);
 
     match request.payload {
         Payload::File { path, name, size } => {

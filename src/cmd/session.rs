@@ -185,7 +185,26 @@ pub fn logout(ctx: &mut Ctx<'_>) -> Result<()> {
 }
 
 pub fn whoami(ctx: &mut Ctx<'_>) -> Result<()> {
+    // A joined agent's home holds no database: its identity is who it is.
+    if !ctx.home.has_db()
+        && let Some(pin) = ctx.home.load_pin()?
+    {
+        let mine = ctx.home.load_identity()?.public().fingerprint();
+        if ctx.json {
+            return ctx.json(serde_json::json!({
+                "agent_id": pin.agent_id,
+                "fingerprint": mine,
+                "boss_fingerprint": pin.boss_fingerprint,
+                "boss_addr": pin.addr,
+            }));
+        }
+        return ctx.show(&format!(
+            "agent {}, identity {mine}; enrolled with the Boss {} at {}",
+            pin.agent_id, pin.boss_fingerprint, pin.addr
+        ));
+    }
     let gate = require_login(ctx)?;
+    let boss = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?.map(|k| k.public().fingerprint());
     let claims = &gate.claims;
     let role = Role::of_level(gate.agent.level).name();
     if ctx.json {
@@ -193,6 +212,7 @@ pub fn whoami(ctx: &mut Ctx<'_>) -> Result<()> {
             "agent": gate.agent,
             "role": role,
             "expires_at": claims.expires_at,
+            "boss_fingerprint": boss,
         }));
     }
     ctx.show(&format!(
@@ -203,5 +223,9 @@ pub fn whoami(ctx: &mut Ctx<'_>) -> Result<()> {
         role,
         gate.agent.level,
         crate::output::utc_time(claims.expires_at as i64)
-    ))
+    ))?;
+    match boss {
+        Some(fingerprint) => ctx.say(&format!("This home's Boss identity: {fingerprint}")),
+        None => Ok(()),
+    }
 }

@@ -12,6 +12,17 @@ pub struct StoredMessage {
     pub message_id: String,
     pub received_at: i64,
     pub token: String,
+    /// An enrolled agent's message: the signature, its statement's time and
+    /// the AgentIdentities row of the key that made it.
+    pub signature: Option<MessageSignature>,
+}
+
+/// The signature kept with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSignature {
+    pub signature: Vec<u8>,
+    pub signed_at: i64,
+    pub signer_row: i64,
 }
 
 /// A completed file as stored.
@@ -33,10 +44,19 @@ pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> 
     // Cached: the Boss's writer runs this for every message.
     let changed = conn
         .prepare_cached(
-            "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token) VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (AgentId, MessageId) DO NOTHING",
         )?
-        .execute(params![msg.agent_id, msg.message_id, msg.received_at, msg.token])?;
+        .execute(params![
+            msg.agent_id,
+            msg.message_id,
+            msg.received_at,
+            msg.token,
+            msg.signature.as_ref().map(|s| s.signature.as_slice()),
+            msg.signature.as_ref().map(|s| s.signed_at),
+            msg.signature.as_ref().map(|s| s.signer_row),
+        ])?;
     Ok(changed == 1)
 }
 
@@ -112,19 +132,38 @@ pub fn inbox_keys_for_id(conn: &Connection, id: &str) -> DbResult<Vec<InboxKey>>
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+const MESSAGE_COLUMNS: &str = "AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow";
+
+fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let signature = match (row.get::<_, Option<Vec<u8>>>(4)?, row.get::<_, Option<i64>>(5)?, row.get(6)?) {
+        (Some(signature), Some(signed_at), Some(signer_row)) => {
+            Some(MessageSignature { signature, signed_at, signer_row })
+        }
+        _ => None,
+    };
+    Ok(StoredMessage {
+        agent_id: row.get(0)?,
+        message_id: row.get(1)?,
+        received_at: row.get(2)?,
+        token: row.get(3)?,
+        signature,
+    })
+}
+
+/// The messages with this message id (one per sender at most).
+pub fn by_message_id(conn: &Connection, message_id: &str) -> DbResult<Vec<StoredMessage>> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {MESSAGE_COLUMNS} FROM Messages WHERE MessageId = ?1 ORDER BY RowId"))?;
+    let rows = stmt.query_map([message_id], message_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// The message at `row_id`, if any.
 pub fn message_at(conn: &Connection, row_id: i64) -> DbResult<Option<StoredMessage>> {
     use rusqlite::OptionalExtension;
     Ok(conn
-        .prepare_cached("SELECT AgentId, MessageId, ReceivedAt, Token FROM Messages WHERE RowId = ?1")?
-        .query_row([row_id], |row| {
-            Ok(StoredMessage {
-                agent_id: row.get(0)?,
-                message_id: row.get(1)?,
-                received_at: row.get(2)?,
-                token: row.get(3)?,
-            })
-        })
+        .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM Messages WHERE RowId = ?1"))?
+        .query_row([row_id], message_row)
         .optional()?)
 }
 

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod audit;
 pub mod demo;
+pub mod identities;
 pub mod limits;
 pub mod logins;
 pub mod messages;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -274,8 +275,30 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 4 (row integrity tags)");
     }
+    if version < 5 {
+        // Version 5: agent identities, enrolment codes, message signatures.
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATE_V5)?;
+        tx.pragma_update(None, "user_version", 5)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 5 (identities, enrolment)");
+    }
     Ok(())
 }
+
+/// The version-4 step: the tables and columns of sql/schema.sql it adds.
+const MIGRATE_V5: &str = "
+    ALTER TABLE Messages ADD COLUMN Signature BLOB;
+    ALTER TABLE Messages ADD COLUMN SignedAt INTEGER;
+    ALTER TABLE Messages ADD COLUMN SignerRow INTEGER;
+    CREATE TABLE IF NOT EXISTS AgentIdentities (
+        RowId INTEGER PRIMARY KEY, AgentId INTEGER NOT NULL,
+        X25519 BLOB NOT NULL CHECK (length(X25519) = 32), Ed25519 BLOB NOT NULL CHECK (length(Ed25519) = 32),
+        EnrolledAt INTEGER NOT NULL, RevokedAt INTEGER);
+    CREATE UNIQUE INDEX IF NOT EXISTS AgentIdentitiesCurrent ON AgentIdentities (AgentId) WHERE RevokedAt IS NULL;
+    CREATE TABLE IF NOT EXISTS EnrolCodes (
+        AgentId INTEGER PRIMARY KEY, CodeHash TEXT NOT NULL, ExpiresAt INTEGER NOT NULL, IssuedBy INTEGER NOT NULL);
+";
 
 /// Runs the DDL (drop + create every table), records the new database's
 /// identifier and stamps the schema version, inside the caller's transaction
@@ -348,6 +371,8 @@ mod tests {
         conn.execute_batch(
             "DROP TABLE Meta; DROP TABLE Audit; ALTER TABLE Agents DROP COLUMN KeyGeneration;
              ALTER TABLE Agents DROP COLUMN PasswordPeppered; ALTER TABLE Agents DROP COLUMN RowMac;
+             DROP TABLE AgentIdentities; DROP TABLE EnrolCodes; ALTER TABLE Messages DROP COLUMN Signature;
+             ALTER TABLE Messages DROP COLUMN SignedAt; ALTER TABLE Messages DROP COLUMN SignerRow;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");
@@ -364,5 +389,10 @@ mod tests {
         assert_eq!(generations, 0, "no agents, but the column exists");
         migrated.query_row("SELECT COUNT(*) FROM Audit", [], |r| r.get::<_, i64>(0)).expect("v3 audit table");
         assert!(rows_untagged(&migrated).expect("v4 mark"), "rows wait for the registry to tag them with the key");
+        migrated
+            .query_row("SELECT COUNT(*), COUNT(Signature) FROM Messages", [], |r| r.get::<_, i64>(0))
+            .expect("v4 signature columns");
+        migrated.query_row("SELECT COUNT(*) FROM AgentIdentities", [], |r| r.get::<_, i64>(0)).expect("v4 identities");
+        migrated.query_row("SELECT COUNT(*) FROM EnrolCodes", [], |r| r.get::<_, i64>(0)).expect("v4 codes");
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::ids::random_id;
 use super::protocol::{self, AckStatus, ErrorCode, Header, ProtocolError, Reply};
-use crate::crypto::{FernetKey, TokenError};
+use crate::crypto::{FernetKey, IdentityKeys, TokenError};
 
 /// How to reach the Boss and how hard to try.
 #[derive(Debug, Clone)]
@@ -164,9 +164,34 @@ struct InFlight {
     written: usize,
 }
 
+/// An enrolled agent's signing key and what its statements name: each text
+/// message it sends carries an Ed25519 signature (PROTOCOL.md, "Signed messages").
+pub struct MessageSigner<'k> {
+    pub keys: &'k IdentityKeys,
+    pub boss_ed25519: [u8; 32],
+    pub agent_id: i64,
+}
+
+impl MessageSigner<'_> {
+    /// The plaintext of `header` + `body`, signed if it is a text message.
+    pub fn encode(&self, header: &Header, body: &[u8]) -> Vec<u8> {
+        if header.kind != protocol::Kind::Text {
+            return protocol::encode_message(header, body);
+        }
+        let time = crate::crypto::fernet::unix_now();
+        let statement =
+            crate::crypto::identity::statement(&self.boss_ed25519, self.agent_id, &header.id, "text", body, time);
+        let sig = protocol::MessageSig { time, signature: self.keys.sign(&statement) };
+        protocol::encode_signed_message(header, body, &sig)
+    }
+}
+
 impl InFlight {
-    fn push(&mut self, header: Header, body: &[u8]) {
-        let plaintext = protocol::encode_message(&header, body);
+    fn push(&mut self, header: Header, body: &[u8], signer: Option<&MessageSigner<'_>>) {
+        let plaintext = match signer {
+            Some(signer) => signer.encode(&header, body),
+            None => protocol::encode_message(&header, body),
+        };
         self.queue.push_back(Outgoing { header, plaintext, body_len: body.len() });
     }
 }
@@ -176,18 +201,25 @@ pub struct Sender<'k> {
     config: ClientConfig,
     agent_id: i64,
     key: &'k FernetKey,
+    signer: Option<MessageSigner<'k>>,
     conn: Option<BufReader<TcpStream>>,
 }
 
 impl<'k> Sender<'k> {
     pub fn new(config: ClientConfig, agent_id: i64, key: &'k FernetKey) -> Self {
-        Sender { config, agent_id, key, conn: None }
+        Sender { config, agent_id, key, signer: None, conn: None }
+    }
+
+    /// Signs every text message (an enrolled agent's sender).
+    pub fn with_signer(mut self, signer: Option<MessageSigner<'k>>) -> Self {
+        self.signer = signer;
+        self
     }
 
     /// Sends one message and waits until the Boss has stored it.
     pub fn send(&mut self, header: &Header, body: &[u8]) -> Result<Delivered, SendError> {
         let mut in_flight = InFlight::default();
-        in_flight.push(header.clone(), body);
+        in_flight.push(header.clone(), body, self.signer.as_ref());
         self.next_ack(&mut in_flight).map(|(_, delivered)| delivered)
     }
 
@@ -210,7 +242,7 @@ impl<'k> Sender<'k> {
             while in_flight.queue.len() < window.max(1) {
                 let Some(message) = messages.next() else { break };
                 let (header, body) = message.map_err(StreamError::Source)?;
-                in_flight.push(header, &body);
+                in_flight.push(header, &body, self.signer.as_ref());
             }
             if in_flight.queue.is_empty() {
                 return Ok(last);

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod ids;
+pub mod join;
 pub mod loadgen;
 pub mod protocol;
 pub mod server;

@@ -238,6 +238,20 @@ struct WireHeader {
     size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sha256: Option<String>,
+    /// Enrolled agents: the statement's time (unix seconds) and the Ed25519
+    /// signature over it, 128 lowercase hex digits (PROTOCOL.md, "Signed messages").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sig: Option<String>,
+}
+
+/// An enrolled agent's signature on a message, carried in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageSig {
+    /// The statement's `time` line.
+    pub time: u64,
+    pub signature: [u8; 64],
 }
 
 /// Ids are 1..=64 characters of `[A-Za-z0-9_-]`: hex, UUIDs and ULIDs all fit.
@@ -262,7 +276,44 @@ fn valid_sha256(hex: &str) -> bool {
 
 /// Builds a token plaintext: the header as one JSON line, `\n`, the body.
 pub fn encode_message(header: &Header, body: &[u8]) -> Vec<u8> {
-    let wire = match &header.kind {
+    encode_wire(wire_header(header), body)
+}
+
+/// [`encode_message`] with an enrolled agent's signature in the header.
+pub fn encode_signed_message(header: &Header, body: &[u8], sig: &MessageSig) -> Vec<u8> {
+    let mut wire = wire_header(header);
+    wire.ts = Some(sig.time);
+    wire.sig = Some(hex::encode(sig.signature));
+    encode_wire(wire, body)
+}
+
+/// The signature a message's header carries, if any (the header is checked
+/// by [`decode_message`]; this reads only `ts` and `sig`).
+pub fn decode_signature(plaintext: &[u8]) -> Result<Option<MessageSig>, ProtocolError> {
+    let newline = plaintext.iter().position(|b| *b == b'\n').ok_or_else(|| bad("the plaintext has no header line"))?;
+    let wire: WireHeader =
+        serde_json::from_slice(&plaintext[..newline]).map_err(|_| bad("bad header: not a valid header object"))?;
+    match (wire.ts, wire.sig) {
+        (None, None) => Ok(None),
+        (Some(time), Some(sig)) => {
+            let mut signature = [0u8; 64];
+            hex::decode_to_slice(&sig, &mut signature).map_err(|_| bad("sig must be 128 hex digits"))?;
+            Ok(Some(MessageSig { time, signature }))
+        }
+        _ => Err(bad("ts and sig come together")),
+    }
+}
+
+fn encode_wire(wire: WireHeader, body: &[u8]) -> Vec<u8> {
+    // A struct of strings and integers always serialises.
+    let mut out = serde_json::to_vec(&wire).expect("header serialises");
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+fn wire_header(header: &Header) -> WireHeader {
+    match &header.kind {
         Kind::Text => WireHeader {
             v: VERSION,
             id: header.id.clone(),
@@ -272,6 +323,8 @@ pub fn encode_message(header: &Header, body: &[u8]) -> Vec<u8> {
             offset: None,
             size: None,
             sha256: None,
+            ts: None,
+            sig: None,
         },
         Kind::FileChunk(c) => WireHeader {
             v: VERSION,
@@ -282,13 +335,10 @@ pub fn encode_message(header: &Header, body: &[u8]) -> Vec<u8> {
             offset: Some(c.offset),
             size: Some(c.size),
             sha256: c.sha256.clone(),
+            ts: None,
+            sig: None,
         },
-    };
-    // A struct of strings and integers always serialises.
-    let mut out = serde_json::to_vec(&wire).expect("header serialises");
-    out.push(b'\n');
-    out.extend_from_slice(body);
-    out
+    }
 }
 
 /// Splits and checks a token plaintext. The body is what follows the first `\n`.

@@ -13,6 +13,7 @@ mod error_layers;
 mod fernet_vectors;
 mod hardening;
 mod home_checks;
+mod identities;
 mod inbox_scale;
 mod protocol_doc;
 mod python_interop;

@@ -34,7 +34,7 @@ fn plaintexts() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn python_command(python: &Path) -> Command {
+pub(crate) fn python_command(python: &Path) -> Command {
     let mut command = Command::new(python);
     // Keep the user's environment from changing which `cryptography` is imported.
     command.env_remove("PYTHONPATH").env("PYTHONNOUSERSITE", "1").env("PYTHONDONTWRITEBYTECODE", "1");
@@ -60,7 +60,9 @@ fn python_eval(python: &Path, code: &str) -> Result<String, String> {
     }
 }
 
-const PROBE: &str = "import cryptography, cryptography.fernet; print(cryptography.__version__)";
+/// Both packages of requirements-dev.txt: `cryptography` (Fernet) and PyPI
+/// `spake2` (python-spake2, for the enrolment interop in identities.rs).
+const PROBE: &str = "import cryptography, cryptography.fernet, spake2; print(cryptography.__version__)";
 
 /// Runs a setup step, turning a spawn failure or a non-zero exit into a message with its output.
 fn run_step(what: &str, command: &mut Command) -> Result<(), String> {
@@ -94,7 +96,7 @@ fn venv_python(system_error: &str) -> Result<PathBuf, String> {
     }
     let context = |step: String| {
         format!(
-            "no Python with `cryptography` for the Fernet interop tests.\n\
+            "no Python with `cryptography` and `spake2` for the interop tests.\n\
              `python3` has none ({system_error}),\n\
              and building {} failed: {step}\n\
              Install Python 3 with venv and pip, or run: python3 -m pip install -r requirements-dev.txt",
