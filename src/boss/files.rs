@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use super::sealed_file::{FilesKey, SealedError, SealedFile};
+use super::sealed_file::{FilesKey, Layout, SealedError, SealedFile};
 use crate::net::protocol::{CHUNK_BYTES, FileChunk};
 
 /// Where one chunk left its file.
@@ -102,10 +102,12 @@ pub struct FileAssembler {
     running: Mutex<HashMap<(i64, String), RunningHash>>,
 }
 
-/// An upload's hash over its first `bytes` plaintext bytes.
+/// An upload's hash over its first `bytes` plaintext bytes, and where its
+/// part file's segments end (so a chunk need not walk them all again).
 struct RunningHash {
     bytes: u64,
     hasher: Sha256,
+    layout: Layout,
 }
 
 /// The directories one chunk is written in, opened without following links.
@@ -305,7 +307,17 @@ impl FileAssembler {
         if new_part {
             sealed.start(&part).map_err(sealed_err)?;
         }
-        let layout = SealedFile::layout(&part).map_err(sealed_err)?;
+        // The layout this Boss left after the previous chunk, if the file
+        // still ends there; else (a restart, a sweep) walk the segments.
+        let file_len = part.metadata().map_err(io_err)?.len();
+        let known = {
+            let running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            running.get(&(agent_id, chunk.file_id.clone())).map(|state| state.layout).filter(|l| l.end == file_len)
+        };
+        let layout = match known {
+            Some(layout) if !new_part => layout,
+            _ => SealedFile::layout(&part).map_err(sealed_err)?,
+        };
         let have = layout.plaintext_len;
         if chunk.offset > have {
             return Err(ChunkError::Rejected(format!("chunk out of order: expected offset {have}")));
@@ -318,15 +330,17 @@ impl FileAssembler {
             part.sync_data().map_err(io_err)?;
             let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let key = (agent_id, chunk.file_id.clone());
+            let grown = SealedFile::grown(&layout, body.len());
             match running.get_mut(&key) {
-                Some(state) if state.bytes == have => {
+                Some(state) if state.bytes == have && !new_part => {
                     state.hasher.update(body);
                     state.bytes = end;
+                    state.layout = grown;
                 }
                 _ if have == 0 => {
                     let mut hasher = Sha256::new();
                     hasher.update(body);
-                    running.insert(key, RunningHash { bytes: end, hasher });
+                    running.insert(key, RunningHash { bytes: end, hasher, layout: grown });
                 }
                 // Chunks before this one arrived before a restart.
                 _ => {

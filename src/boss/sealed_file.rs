@@ -93,7 +93,7 @@ impl From<std::io::Error> for SealedError {
 }
 
 /// What is in a sealed file so far.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     /// Plaintext bytes stored.
     pub plaintext_len: u64,
@@ -138,6 +138,15 @@ impl<'k> SealedFile<'k> {
         Ok(salt)
     }
 
+    /// The layout after `layout` gained a segment of `plaintext_len` bytes.
+    pub fn grown(layout: &Layout, plaintext_len: usize) -> Layout {
+        Layout {
+            plaintext_len: layout.plaintext_len + plaintext_len as u64,
+            segments: layout.segments + 1,
+            end: layout.end + 4 + (plaintext_len + TAG_BYTES) as u64,
+        }
+    }
+
     /// Walks the segment lengths (no decryption).
     pub fn layout(file: &File) -> Result<Layout, SealedError> {
         Self::salt(file)?;
@@ -162,15 +171,14 @@ impl<'k> SealedFile<'k> {
     pub fn append(&self, file: &File, layout: &Layout, last: bool, plaintext: &[u8]) -> Result<(), SealedError> {
         let salt = Self::salt(file)?;
         let stream = self.key.stream(&salt, self.agent_id, &self.file_id);
-        let mut segment = Vec::with_capacity(4 + plaintext.len() + TAG_BYTES);
-        segment.extend_from_slice(&[0u8; 4]);
-        segment.extend_from_slice(plaintext);
-        let mut body = segment.split_off(4);
+        // One copy of the plaintext, sealed in place (room for the tag kept),
+        // then the length and the segment written behind the last one.
+        let mut body = Vec::with_capacity(plaintext.len() + TAG_BYTES);
+        body.extend_from_slice(plaintext);
         stream.encrypt_in_place(layout.segments, last, &[], &mut body).map_err(|_| SealedError::Corrupt)?;
         let len = u32::try_from(body.len()).map_err(|_| SealedError::Corrupt)?;
-        segment.copy_from_slice(&len.to_be_bytes());
-        segment.extend_from_slice(&body);
-        file.write_all_at(&segment, layout.end)?;
+        file.write_all_at(&len.to_be_bytes(), layout.end)?;
+        file.write_all_at(&body, layout.end + 4)?;
         Ok(())
     }
 
