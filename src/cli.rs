@@ -302,6 +302,18 @@ pub struct ServeArgs {
     /// Largest file accepted, in bytes (0 refuses files)
     #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
     pub max_file_bytes: u64,
+    /// Most bytes one agent may hold: its completed files plus its unfinished uploads' declared sizes
+    #[arg(long, default_value_t = 4 << 30, value_name = "BYTES")]
+    pub max_stored_bytes: u64,
+    /// Most unfinished uploads one agent may have at once
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub max_partial_uploads: usize,
+    /// Seconds an unfinished upload may go untouched before it is deleted (checked while the Boss runs and at start)
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub partial_expiry: u64,
+    /// Free bytes to keep on the disk holding files/: below it uploads get `ERR forbidden` (text messages still work)
+    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Args)]

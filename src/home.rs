@@ -33,6 +33,12 @@ pub const TAGGED_FILE: &str = "tagged-databases";
 pub const IDENTITY_FILE: &str = "identity.key";
 /// In a joined agent's home: the Boss's public keys, pinned at `spyctl join`.
 pub const BOSS_PIN_FILE: &str = "boss.pin";
+/// Space held back for logins on a full disk (see [`Home::ensure_reserve`]).
+pub const RESERVE_FILE: &str = ".reserve";
+/// The reserve's size: far more than one login needs (a WAL header, the
+/// `-shm` index, a few pages for the failure record and the session file),
+/// little enough to matter to no one.
+pub const RESERVE_BYTES: u64 = 2 << 20;
 
 /// What can go wrong finding the home or handling a secret file in it.
 #[derive(Debug)]
@@ -190,6 +196,67 @@ impl Home {
 
     pub fn files_dir(&self) -> PathBuf {
         self.dir.join(FILES_DIR)
+    }
+
+    /// Bytes an unprivileged writer may still use on the home's file system,
+    /// or None if it cannot be told.
+    fn free_bytes(&self) -> Option<u64> {
+        let stat = rustix::fs::statvfs(&self.dir).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Makes sure the home holds [`RESERVE_FILE`], [`RESERVE_BYTES`] of real
+    /// (written, not sparse) bytes, 0600, when the disk has room for it and
+    /// more. Best effort: a home without a reserve works as before.
+    ///
+    /// Why: a login writes before it checks the password (the failure record
+    /// that makes the lockout hold, in one IMMEDIATE transaction), so on a
+    /// full disk no director could log in to see what happened. The reserve is
+    /// space the home owns: [`Home::release_reserve_if_full`] gives it back
+    /// when a login might not fit, and it is only made again once the disk
+    /// has four times its size free, so it is not retaken while the disk is
+    /// still full.
+    pub fn ensure_reserve(&self) {
+        let path = self.dir.join(RESERVE_FILE);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == RESERVE_BYTES) {
+            return;
+        }
+        if self.free_bytes().is_none_or(|free| free < 4 * RESERVE_BYTES) {
+            return;
+        }
+        let made = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)?;
+            // Non-zero bytes, written out: the blocks are really allocated.
+            let block = [0x5au8; 64 << 10];
+            for _ in 0..RESERVE_BYTES / block.len() as u64 {
+                file.write_all(&block)?;
+            }
+            file.sync_all()
+        })();
+        if let Err(e) = made {
+            // A part-written reserve would hold space without the guarantee.
+            let _ = fs::remove_file(&path);
+            tracing::debug!(error = %e, "could not make the login reserve");
+        }
+    }
+
+    /// Deletes the reserve when the disk has less than its size free, so the
+    /// login that follows (its failure record, its session, SQLite's WAL and
+    /// `-shm`) has room. Called before a login opens the database.
+    pub fn release_reserve_if_full(&self) {
+        if self.free_bytes().is_some_and(|free| free < RESERVE_BYTES) {
+            match fs::remove_file(self.dir.join(RESERVE_FILE)) {
+                Ok(()) => tracing::warn!("the disk is full: released the home's login reserve"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, "could not release the login reserve"),
+            }
+        }
     }
 
     pub fn identity_path(&self) -> PathBuf {

@@ -19,6 +19,17 @@
 //! agents do not wait for each other: each agent has its own lock, so hashing
 //! one agent's finished file never holds up another's chunks.
 //!
+//! What one agent may hold is bounded ([`Quota`]): a new upload's first chunk
+//! is refused (`ERR forbidden`) when the agent already has the most partial
+//! uploads allowed, or when its completed files (their sealed bytes on disk)
+//! plus its partials' pinned sizes plus this file's would pass its byte quota.
+//! Pinned sizes count, not bytes received, so a hundred first chunks cannot
+//! reserve more than the quota between them. Every chunk is also refused while
+//! the disk holding `files/` has less free space than the guard, so uploads
+//! stop before the database (and with it text messages and logins) runs out.
+//! The checks run under the agent's lock, so two chunks of one agent cannot
+//! both pass a limit only one of them fits.
+//!
 //! No symlink inside the home is ever followed when writing or hashing: the
 //! agent chooses both the bytes and the file id, so a link planted at
 //! `files/`, `files/<agent>/` or a part or final name would otherwise send its
@@ -63,6 +74,9 @@ pub enum ChunkOutcome {
 pub enum ChunkError {
     /// The sender broke the rules (order, hash); the text says how.
     Rejected(String),
+    /// A limit the operator set refuses it (quota, free space); the text
+    /// names the limit and its `boss serve` flag.
+    Refused(String),
     /// The Boss could not read or write its files (or found a symlink or
     /// other non-regular file where it writes); the sender may try again.
     Io(std::io::Error),
@@ -71,7 +85,7 @@ pub enum ChunkError {
 impl std::fmt::Display for ChunkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ChunkError::Rejected(why) => f.write_str(why),
+            ChunkError::Rejected(why) | ChunkError::Refused(why) => f.write_str(why),
             ChunkError::Io(_) => f.write_str("cannot read or write the stored file"),
         }
     }
@@ -81,13 +95,31 @@ impl std::error::Error for ChunkError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ChunkError::Io(e) => Some(e),
-            ChunkError::Rejected(_) => None,
+            ChunkError::Rejected(_) | ChunkError::Refused(_) => None,
         }
     }
 }
 
+/// Bounds on what one agent's uploads may hold (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Completed files' sealed bytes plus partial uploads' pinned sizes.
+    pub max_stored_bytes: u64,
+    /// Partial uploads (pinned, not yet complete) at once.
+    pub max_partial_uploads: usize,
+    /// Free bytes the disk holding `files/` keeps after a chunk.
+    pub min_free_bytes: u64,
+}
+
+impl Quota {
+    /// No bounds: what a bare [`FileAssembler::new`] applies.
+    pub const UNLIMITED: Quota =
+        Quota { max_stored_bytes: u64::MAX, max_partial_uploads: usize::MAX, min_free_bytes: 0 };
+}
+
 pub struct FileAssembler {
     root: PathBuf,
+    quota: Quota,
     /// Seals every stored byte.
     key: FilesKey,
     /// Writers hold it shared; the sweep holds it alone.
@@ -144,11 +176,82 @@ impl FileAssembler {
     pub fn new(root: PathBuf, key: FilesKey) -> Self {
         FileAssembler {
             root,
+            quota: Quota::UNLIMITED,
             key,
             sweep: RwLock::new(()),
             agents: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same assembler with `quota` applied to every chunk.
+    pub fn with_quota(self, quota: Quota) -> Self {
+        FileAssembler { quota, ..self }
+    }
+
+    /// Refuses the chunk if writing `len` more bytes would leave less free
+    /// space than the guard on the disk holding `dir`.
+    fn check_free_space(&self, dir: &OwnedFd, len: usize) -> Result<(), ChunkError> {
+        if self.quota.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let stat = rustix::fs::fstatvfs(dir).map_err(|e| io_err(e.into()))?;
+        // f_bavail: blocks an unprivileged writer may still use (root's
+        // reserve excluded), in units of f_frsize.
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free.saturating_sub(len as u64) < self.quota.min_free_bytes {
+            return Err(ChunkError::Refused(format!(
+                "the Boss's disk is nearly full ({free} bytes free, it keeps {} free: --min-free-bytes); \
+                 uploads are paused, text messages still work",
+                self.quota.min_free_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a new upload (its first chunk) that would pass the agent's
+    /// partial-upload count or byte quota. `own_pin` is this upload's pin
+    /// name: a pin left by an earlier failed first chunk of the same id is
+    /// replaced, not counted.
+    fn check_quota(&self, agent: &OwnedFd, own_pin: &OsStr, size: u64) -> Result<(), ChunkError> {
+        let mut partials = 0usize;
+        let mut bytes = 0u64;
+        for entry in Dir::read_from(agent).map_err(|e| io_err(e.into()))?.flatten() {
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            let Some(text) = name.to_str() else { continue };
+            if text == "." || text == ".." || name == own_pin || text.ends_with(".part") {
+                continue;
+            }
+            if text.starts_with('.') && text.ends_with(".pin") {
+                // A partial upload: counted at the size its first chunk pinned.
+                partials += 1;
+                let mut buf = [0u8; 256];
+                let pinned = open_file(agent, name, OFlags::RDONLY)
+                    .and_then(|f| f.read_at(&mut buf, 0))
+                    .ok()
+                    .and_then(|n| Pin::from_text(&buf[..n]));
+                bytes = bytes.saturating_add(pinned.map_or(0, |p| p.size));
+            } else if !text.starts_with('.') {
+                // A completed file: its sealed bytes, what the disk really holds.
+                let size = rustix::fs::statat(agent, name, AtFlags::SYMLINK_NOFOLLOW).map_or(0, |s| s.st_size as u64);
+                bytes = bytes.saturating_add(size);
+            }
+        }
+        if partials >= self.quota.max_partial_uploads {
+            return Err(ChunkError::Refused(format!(
+                "this agent already has {partials} unfinished uploads, the most allowed (--max-partial-uploads {}); \
+                 finish one first (abandoned ones expire, see --partial-expiry)",
+                self.quota.max_partial_uploads
+            )));
+        }
+        if bytes.saturating_add(size) > self.quota.max_stored_bytes {
+            return Err(ChunkError::Refused(format!(
+                "this agent's quota is full: {bytes} bytes stored or pinned, and {size} more would pass the \
+                 {} allowed (--max-stored-bytes)",
+                self.quota.max_stored_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Opens the home by path and `files/` inside it with no-follow; creates
@@ -267,9 +370,12 @@ impl FileAssembler {
             }
             return Err(ChunkError::Rejected("that file id is already complete with other contents".into()));
         }
+        self.check_free_space(&dirs.agent, body.len())?;
         let pin = Pin::of(chunk);
         if chunk.offset == 0 && !entry_exists(&dirs.agent, part_name).map_err(io_err)? {
-            // A new upload: its first chunk pins the size and the name.
+            // A new upload: its first chunk pins the size and the name, once
+            // the agent's quota has room for it.
+            self.check_quota(&dirs.agent, pin_name, chunk.size)?;
             let file =
                 open_file(&dirs.agent, pin_name, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC).map_err(io_err)?;
             file.write_all_at(pin.to_text().as_bytes(), 0).map_err(io_err)?;
@@ -629,6 +735,90 @@ mod tests {
         assert!(!tmp.path().join("3/.f1.part").exists());
         assert!(!tmp.path().join("3/.f1.pin").exists());
         assert!(tmp.path().join("3/f2").exists(), "complete files are never swept");
+    }
+
+    /// Bytes under `dir`, recursively (what the disk holds for the uploads).
+    fn bytes_under(dir: &Path) -> u64 {
+        fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let meta = e.metadata().expect("meta");
+                    if meta.is_dir() { bytes_under(&e.path()) } else { meta.len() }
+                })
+                .sum()
+        })
+    }
+
+    /// One agent stores 10 files of 64 KiB, then starts 100 uploads declared
+    /// at 1 MiB and abandons each after its first 64 KiB chunk. Returns the
+    /// bytes on disk and how many first chunks were refused.
+    fn ten_files_and_a_hundred_abandoned(files: &FileAssembler, root: &Path) -> (u64, usize) {
+        let data = vec![5u8; 64 << 10];
+        let mut refused = 0;
+        for i in 0..10 {
+            match files.write_chunk(9, &whole(&format!("done{i}"), &data), &data) {
+                Ok(_) => {}
+                Err(ChunkError::Refused(_)) => refused += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        for i in 0..100 {
+            let first =
+                FileChunk { file_id: format!("part{i}"), name: "x".into(), offset: 0, size: 1 << 20, sha256: None };
+            match files.write_chunk(9, &first, &data) {
+                Ok(_) => {}
+                Err(ChunkError::Refused(why)) => {
+                    assert!(why.contains("--max-"), "the refusal names its flag: {why}");
+                    refused += 1
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        (bytes_under(root), refused)
+    }
+
+    #[test]
+    fn quotas_bound_what_one_agent_stores() {
+        let unbounded = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(unbounded.path().join("files"), test_key());
+        let (before, refused) = ten_files_and_a_hundred_abandoned(&files, unbounded.path());
+        assert_eq!(refused, 0);
+
+        let bounded = tempfile::tempdir().expect("tempdir");
+        let quota = Quota { max_stored_bytes: 4 << 20, max_partial_uploads: 8, min_free_bytes: 0 };
+        let files = FileAssembler::new(bounded.path().join("files"), test_key()).with_quota(quota);
+        let (after, refused) = ten_files_and_a_hundred_abandoned(&files, bounded.path());
+        eprintln!("one agent, 10 files + 100 abandoned uploads: {before} bytes on disk unbounded, {after} with quotas");
+        assert!(before > 6 << 20, "{before}");
+        assert!(after <= quota.max_stored_bytes, "{after} bytes stored past the quota");
+        assert!(refused >= 97, "{refused}");
+        // Partial count: with room in bytes, the ninth concurrent upload is refused.
+        let roomy = tempfile::tempdir().expect("tempdir");
+        let quota = Quota { max_stored_bytes: u64::MAX, max_partial_uploads: 8, min_free_bytes: 0 };
+        let files = FileAssembler::new(roomy.path().join("files"), test_key()).with_quota(quota);
+        for i in 0..8 {
+            let first = FileChunk { file_id: format!("p{i}"), ..chunk(0, 12, None) };
+            files.write_chunk(1, &first, b"hello").expect("within the count");
+        }
+        let ninth = FileChunk { file_id: "p8".into(), ..chunk(0, 12, None) };
+        assert!(matches!(
+            files.write_chunk(1, &ninth, b"hello"),
+            Err(ChunkError::Refused(why)) if why.contains("--max-partial-uploads")
+        ));
+        // Another agent has its own count.
+        files.write_chunk(2, &ninth, b"hello").expect("agent 2 is not agent 1");
+    }
+
+    #[test]
+    fn a_disk_below_the_free_space_guard_refuses_every_chunk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let quota = Quota { max_stored_bytes: u64::MAX, max_partial_uploads: 8, min_free_bytes: u64::MAX / 2 };
+        let files = FileAssembler::new(tmp.path().join("files"), test_key()).with_quota(quota);
+        assert!(matches!(
+            files.write_chunk(1, &chunk(0, 12, None), b"hello"),
+            Err(ChunkError::Refused(why)) if why.contains("--min-free-bytes")
+        ));
     }
 
     #[test]

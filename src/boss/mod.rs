@@ -1,6 +1,7 @@
 //! The Boss: where the server, the store and the crypto meet. `service`
 //! answers protocol lines, `store` commits them in groups, `files` assembles
-//! uploads, `inbox` reads back what arrived.
+//! uploads (a sweeper thread expires abandoned ones while it runs), `inbox`
+//! reads back what arrived.
 
 pub mod enroll;
 pub mod files;
@@ -9,6 +10,9 @@ pub mod sealed_file;
 pub mod service;
 pub mod store;
 pub mod verify;
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use crate::db::DbError;
 use crate::home::{Home, HomeError};
@@ -112,9 +116,26 @@ impl Boss {
     }
 }
 
-/// Runs the server with `service` as its handler. The service is moved in, so
-/// when this returns it is gone, and with it the last handle to the store: the
-/// writer then drains its queue and stops.
+/// Runs the server with `service` as its handler, and beside it the sweeper
+/// that expires abandoned partial uploads while the Boss runs (a scoped
+/// thread, so it borrows the service and cannot outlive it). The service is
+/// moved in, so when this returns it is gone, and with it the last handle to
+/// the store: the writer then drains its queue and stops.
 fn serve(server: Server, service: service::BossService) -> Stats {
-    server.run(&service)
+    // A quarter of the expiry (between 100 ms and a minute): a partial is
+    // gone at most a quarter late, and an idle Boss wakes rarely.
+    let period = (service.partial_expiry() / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let service = &service;
+        scope.spawn(move || {
+            // Wakes every `period`; the sender's drop (shutdown) ends it at once.
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                service.sweep_partials();
+            }
+        });
+        let stats = server.run(service);
+        drop(stop);
+        stats
+    })
 }

@@ -19,11 +19,8 @@ use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
-use super::files::{ChunkError, ChunkOutcome, FileAssembler};
+use super::files::{ChunkError, ChunkOutcome, FileAssembler, Quota};
 use super::store::{Store, WriteOp};
-
-/// Partial uploads untouched this long are removed when the Boss starts.
-const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// Settings the operator chooses.
 #[derive(Debug, Clone)]
@@ -32,11 +29,21 @@ pub struct BossConfig {
     pub ttl_secs: u64,
     /// Largest file accepted; 0 refuses files.
     pub max_file_bytes: u64,
+    /// What one agent's uploads may hold, and the free space kept on the disk.
+    pub quota: Quota,
+    /// Partial uploads untouched this long are removed, at start and then
+    /// periodically while the Boss runs.
+    pub partial_expiry: std::time::Duration,
 }
 
 impl Default for BossConfig {
     fn default() -> Self {
-        BossConfig { ttl_secs: 300, max_file_bytes: 1 << 30 }
+        BossConfig {
+            ttl_secs: 300,
+            max_file_bytes: 1 << 30,
+            quota: Quota { max_stored_bytes: 4 << 30, max_partial_uploads: 8, min_free_bytes: 256 << 20 },
+            partial_expiry: std::time::Duration::from_secs(60 * 60),
+        }
     }
 }
 
@@ -89,10 +96,12 @@ impl BossService {
     ) -> Result<Self, DbError> {
         let reader = db::open_read_only(db_path)?;
         let keyring = master.bind(&db::database_id(&reader)?);
-        let files = FileAssembler::new(files_root.to_path_buf(), keyring.files_key());
-        let swept = files.sweep_stale(STALE_UPLOAD);
+        let files = FileAssembler::new(files_root.to_path_buf(), keyring.files_key()).with_quota(config.quota);
+        // Partials left by a Boss that stopped: the running sweeper
+        // ([`Self::sweep_partials`]) only starts counting from now.
+        let swept = files.sweep_stale(config.partial_expiry);
         if swept > 0 {
-            tracing::info!(swept, "removed partial uploads untouched for a day");
+            tracing::info!(swept, "removed expired partial uploads");
         }
         let enrolment = super::enroll::Enrolment::new(db_path, RegistryKeys::derive(&keyring), identity.public())?;
         Ok(BossService {
@@ -109,6 +118,21 @@ impl BossService {
 
     pub fn identity(&self) -> PublicIdentity {
         self.identity.public()
+    }
+
+    /// How long a partial upload may sit untouched.
+    pub fn partial_expiry(&self) -> std::time::Duration {
+        self.config.partial_expiry
+    }
+
+    /// Removes partial uploads untouched for `--partial-expiry`: an abandoned
+    /// upload must not hold its share of the quota (or the disk) until the
+    /// next restart.
+    pub fn sweep_partials(&self) {
+        let swept = self.files.sweep_stale(self.config.partial_expiry);
+        if swept > 0 {
+            tracing::info!(swept, "removed expired partial uploads");
+        }
     }
 
     /// The agent's stored (encrypted) alias, or None if no such agent (now).
@@ -298,6 +322,10 @@ impl BossService {
                 }
                 let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
                     ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
+                    ChunkError::Refused(why) => {
+                        tracing::info!(conn = peer.id, agent = agent_id, "refused: {why}");
+                        (ErrorCode::Forbidden, why)
+                    }
                     ChunkError::Io(why) => {
                         tracing::error!(error = %why, "file write failed");
                         (ErrorCode::Internal, "could not store the chunk; try again".to_string())

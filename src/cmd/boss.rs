@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::auth::roles::Action;
-use crate::boss::files::FileAssembler;
+use crate::boss::files::{FileAssembler, Quota};
 use crate::boss::inbox::{self, InboxQuery};
 use crate::boss::{Boss, BossConfig};
 use crate::cli::{InboxArgs, InboxCommand, ServeArgs};
@@ -27,9 +27,12 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
         || args.idle_timeout == 0
         || args.line_deadline == 0
         || args.ttl == 0
+        || args.max_partial_uploads == 0
+        || args.partial_expiry == 0
     {
         return Err(Error::usage(
-            "--max-connections, --max-per-address, --idle-timeout, --line-deadline and --ttl must be at least 1",
+            "--max-connections, --max-per-address, --idle-timeout, --line-deadline, --ttl, --max-partial-uploads \
+             and --partial-expiry must be at least 1",
         ));
     }
     let limits = Limits {
@@ -39,7 +42,16 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
         line_deadline: Duration::from_secs(args.line_deadline),
         ..Limits::default()
     };
-    let config = BossConfig { ttl_secs: args.ttl, max_file_bytes: args.max_file_bytes };
+    let config = BossConfig {
+        ttl_secs: args.ttl,
+        max_file_bytes: args.max_file_bytes,
+        quota: Quota {
+            max_stored_bytes: args.max_stored_bytes,
+            max_partial_uploads: args.max_partial_uploads,
+            min_free_bytes: args.min_free_bytes,
+        },
+        partial_expiry: Duration::from_secs(args.partial_expiry),
+    };
     let boss = Boss::bind(&ctx.home, &args.bind, limits, config)?;
     let addr = boss.local_addr();
     let fingerprint = boss.identity().fingerprint();

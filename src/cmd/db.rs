@@ -234,6 +234,8 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
             print_step(ctx, i + 1, step)?;
         }
     }
+    // Space held back so a director can still log in on a full disk.
+    ctx.home.ensure_reserve();
     ctx.say(&format!(
         "\nDatabase ready at {}. Sample logins (public demo passwords, also in README.md):",
         ctx.home.db_path().display()

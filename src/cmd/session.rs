@@ -134,6 +134,9 @@ pub fn login(ctx: &mut Ctx<'_>, args: LoginArgs) -> Result<()> {
     if args.name.is_none() && args.password_stdin {
         return Err(Error::usage("--password-stdin needs --name (stdin carries the password)"));
     }
+    // On a full disk, give back the home's reserve before the database is
+    // opened: the login must record its attempt before checking the password.
+    ctx.home.release_reserve_if_full();
     // Fail on a missing home before prompting for anything.
     let mut opened = Opened::open(ctx)?;
     let name = match args.name {
@@ -164,6 +167,9 @@ fn login_with(ctx: &mut Ctx<'_>, opened: &mut Opened, name: &str, password: &str
         now.checked_add(ttl.min(session::MAX_TTL_SECS)).ok_or_else(|| Error::usage("--ttl is out of range"))?;
     let claims = Claims { agent_id: agent.id, level: agent.level, expires_at, key_generation: agent.key_generation };
     session::write(&ctx.home.session_path(), &opened.keyring.session_key(), &claims)?;
+    // First use of a home made before the reserve, or space freed since it
+    // was released: make it (again) for the next full disk.
+    ctx.home.ensure_reserve();
     if ctx.json {
         return ctx.json(serde_json::json!({ "agent": agent, "expires_at": claims.expires_at }));
     }

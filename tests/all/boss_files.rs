@@ -134,3 +134,75 @@ fn received_files_are_encrypted_at_rest_and_leave_only_through_inbox_get() {
     let err = crate::support::fails(home.run(&["boss", "inbox", "get", &id, "--out", out_str]), 1);
     assert!(err.contains("refused"), "{err}");
 }
+
+fn text_line(key: &FernetKey, agent: i64, text: &str) -> String {
+    let header = Header { id: random_id(), kind: Kind::Text };
+    protocol::format_request(agent, &key.seal(&protocol::encode_message(&header, text.as_bytes())))
+}
+
+fn first_chunk(file_id: &str, size: u64) -> FileChunk {
+    FileChunk { file_id: file_id.into(), name: "big.bin".into(), offset: 0, size, sha256: None }
+}
+
+/// The field agent's id and key, and a Boss started with `flags`.
+fn setup_with(flags: &[&str]) -> (TestHome, i64, FernetKey, crate::support::Boss) {
+    let (home, agent, key, boss) = setup();
+    boss.stop();
+    let boss = home.boss(flags);
+    (home, agent, key, boss)
+}
+
+#[test]
+fn quotas_refuse_a_new_upload_with_forbidden_naming_the_flag() {
+    let (_home, agent, key, boss) =
+        setup_with(&["--max-stored-bytes", "2500000", "--max-partial-uploads", "3", "--min-free-bytes", "0"]);
+    let mut raw = RawClient::connect(&boss.addr);
+    let body = [1u8; 10];
+    for id in ["q1", "q2"] {
+        assert!(raw.ask(chunk_line(&key, agent, first_chunk(id, 1_000_000), &body).as_bytes()).is_ack(), "{id}");
+    }
+    // 2,000,000 pinned + 1,000,000 more would pass 2,500,000.
+    let answer = raw.ask(chunk_line(&key, agent, first_chunk("q3", 1_000_000), &body).as_bytes());
+    assert_eq!(answer.code(), Some(ErrorCode::Forbidden), "{answer:?}");
+    assert!(format!("{answer:?}").contains("--max-stored-bytes"), "{answer:?}");
+    // A small third upload fits the bytes; a fourth passes the count.
+    assert!(raw.ask(chunk_line(&key, agent, first_chunk("q4", 100), &body).as_bytes()).is_ack());
+    let answer = raw.ask(chunk_line(&key, agent, first_chunk("q5", 100), &body).as_bytes());
+    assert_eq!(answer.code(), Some(ErrorCode::Forbidden), "{answer:?}");
+    assert!(format!("{answer:?}").contains("--max-partial-uploads"), "{answer:?}");
+    // A later chunk of an upload already admitted still goes on.
+    let next = FileChunk { offset: 10, ..first_chunk("q1", 1_000_000) };
+    assert!(raw.ask(chunk_line(&key, agent, next, &body).as_bytes()).is_ack());
+    assert!(raw.ask(text_line(&key, agent, "quota full, still talking").as_bytes()).is_ack());
+    assert!(boss.stop().panics.is_empty());
+}
+
+#[test]
+fn below_the_free_space_guard_uploads_are_refused_and_text_still_works() {
+    // More free space than any test disk has: the guard is always hit.
+    let (_home, agent, key, boss) = setup_with(&["--min-free-bytes", "9000000000000000000"]);
+    let mut raw = RawClient::connect(&boss.addr);
+    let data = b"a small file".to_vec();
+    let answer = raw.ask(chunk_line(&key, agent, whole("nospace", &data), &data).as_bytes());
+    assert_eq!(answer.code(), Some(ErrorCode::Forbidden), "{answer:?}");
+    assert!(format!("{answer:?}").contains("--min-free-bytes"), "{answer:?}");
+    assert!(raw.ask(text_line(&key, agent, "the disk is full but I am not").as_bytes()).is_ack());
+    assert!(boss.stop().panics.is_empty());
+}
+
+#[test]
+fn an_abandoned_upload_expires_while_the_boss_runs() {
+    let (home, agent, key, boss) = setup_with(&["--partial-expiry", "1", "--min-free-bytes", "0"]);
+    let mut raw = RawClient::connect(&boss.addr);
+    assert!(raw.ask(chunk_line(&key, agent, first_chunk("gone", 1000), &[1u8; 10]).as_bytes()).is_ack());
+    let part = home.path().join(format!("files/{agent}/.gone.part"));
+    let pin = home.path().join(format!("files/{agent}/.gone.pin"));
+    assert!(part.exists() && pin.exists());
+    // Expiry 1 s, swept every 250 ms: gone within a few seconds, Boss still up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while (part.exists() || pin.exists()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!part.exists() && !pin.exists(), "the abandoned upload was not swept");
+    assert!(boss.stop().panics.is_empty());
+}

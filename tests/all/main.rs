@@ -11,6 +11,7 @@ mod data_safety;
 mod database_identity;
 mod error_layers;
 mod fernet_vectors;
+mod full_disk;
 mod hardening;
 mod home_checks;
 mod identities;
