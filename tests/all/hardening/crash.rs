@@ -132,7 +132,9 @@ fn crash_kill9_during_ingest_keeps_every_acked_message_once() {
     for round in 0..=crashes {
         let crash = round < crashes;
         let t_start = Instant::now();
-        let boss = home.boss_logging(&[], "spyctl=warn");
+        // Every crash round abandons an upload on purpose; the per-agent cap on
+        // partial uploads (tested in boss_files) must not stop the resumed one.
+        let boss = home.boss_logging(&["--max-partial-uploads", "1000"], "spyctl=warn");
         restart_times.push(t_start.elapsed());
         let addr = boss.addr.clone();
         let stop = AtomicBool::new(false);
