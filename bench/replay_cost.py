@@ -25,7 +25,7 @@ chunk = 512 * 1024
 last_line = None
 for offset in range(0, len(data), chunk):
     body = data[offset : offset + chunk]
-    header = {"id": secrets.token_hex(16), "kind": "file", "file_id": file_id, "name": "replay.bin",
+    header = {"v": 1, "id": secrets.token_hex(16), "kind": "file", "file_id": file_id, "name": "replay.bin",
               "offset": offset, "size": len(data)}
     if offset + len(body) == len(data):
         header["sha256"] = sha
