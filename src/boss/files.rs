@@ -312,6 +312,14 @@ impl FileAssembler {
                     .is_some_and(|age| age > max_age);
                 if stale && rustix::fs::unlinkat(&agent_dir, name, AtFlags::empty()).is_ok() {
                     removed += 1;
+                    // Its running hash (kept in memory) goes with it.
+                    if let (Some(agent_id), Some(file_id)) = (
+                        agent.file_name().to_str().ok().and_then(|a| a.parse::<i64>().ok()),
+                        name.to_str().and_then(|n| n.strip_prefix('.')).and_then(|n| n.strip_suffix(".part")),
+                    ) {
+                        let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        running.remove(&(agent_id, file_id.to_string()));
+                    }
                 }
             }
         }
@@ -731,7 +739,9 @@ mod tests {
         files.write_chunk(3, &done, data).expect("complete");
         assert_eq!(files.sweep_stale(std::time::Duration::from_secs(3600)), 0, "fresh partials stay");
         std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(files.running.lock().expect("map").len(), 1, "the partial upload's running hash");
         assert_eq!(files.sweep_stale(std::time::Duration::from_millis(1)), 2, "the part file and its pin");
+        assert!(files.running.lock().expect("map").is_empty(), "a swept upload's running hash is dropped too");
         assert!(!tmp.path().join("3/.f1.part").exists());
         assert!(!tmp.path().join("3/.f1.pin").exists());
         assert!(tmp.path().join("3/f2").exists(), "complete files are never swept");

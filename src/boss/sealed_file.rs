@@ -23,11 +23,9 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
-use aead_stream::{NewStream, StreamBE32, StreamPrimitive};
-use aes_gcm::Aes256Gcm;
-use hkdf::Hkdf;
-use sha2::Sha256;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use aead_stream::StreamPrimitive;
+
+pub use crate::crypto::FilesKey;
 
 const MAGIC: &[u8; 5] = b"SPYF\x01";
 const SALT_BYTES: usize = 16;
@@ -35,27 +33,6 @@ const SALT_BYTES: usize = 16;
 pub const HEADER_BYTES: u64 = (MAGIC.len() + SALT_BYTES) as u64;
 /// AES-GCM's tag, added to every segment.
 pub const TAG_BYTES: usize = 16;
-
-/// The Boss's key for files at rest (derived from its master secret). No
-/// `Debug`; wiped on drop.
-#[derive(Zeroize, ZeroizeOnDrop)]
-pub struct FilesKey([u8; 32]);
-
-impl FilesKey {
-    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-        FilesKey(*bytes)
-    }
-
-    /// The STREAM for one file, keyed by its salt, agent and file id.
-    fn stream(&self, salt: &[u8], agent_id: i64, file_id: &str) -> StreamBE32<Aes256Gcm> {
-        let mut okm = Zeroizing::new([0u8; 32]);
-        Hkdf::<Sha256>::new(Some(salt), &self.0)
-            .expand(format!("spyctl/v1/file/{agent_id}/{file_id}").as_bytes(), okm.as_mut())
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        let key: &aes_gcm::Key<Aes256Gcm> = (&*okm).into();
-        StreamBE32::new(key, &Default::default())
-    }
-}
 
 /// Why a sealed file could not be read or written.
 #[derive(Debug)]

@@ -123,8 +123,8 @@ impl KeyRing {
     }
 
     /// The key received files are sealed under at rest.
-    pub fn files_key(&self) -> crate::boss::sealed_file::FilesKey {
-        crate::boss::sealed_file::FilesKey::from_bytes(&self.derive(labels::FILES_AT_REST))
+    pub fn files_key(&self) -> super::files_key::FilesKey {
+        super::files_key::FilesKey::from_bytes(&self.derive(labels::FILES_AT_REST))
     }
 
     /// The pepper for password hashes.

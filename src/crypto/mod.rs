@@ -4,6 +4,7 @@
 
 pub mod blind_index;
 pub mod fernet;
+pub mod files_key;
 pub mod identity;
 pub mod keys;
 pub mod password;
@@ -11,6 +12,7 @@ pub mod row_mac;
 
 pub use blind_index::BlindIndexKey;
 pub use fernet::{FernetKey, TokenError};
+pub use files_key::FilesKey;
 pub use identity::{IdentityKeys, PublicIdentity};
 pub use keys::{BadMasterKey, KeyRing, MasterKey};
 pub use row_mac::RowMacKey;

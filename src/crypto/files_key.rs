@@ -1,0 +1,30 @@
+//! The Boss's key for received files at rest, and the STREAM (AES-256-GCM,
+//! big-endian 32-bit counter) it gives each file. The file format that uses
+//! it lives in `boss::sealed_file`; the construction is described there.
+
+use aead_stream::{NewStream, StreamBE32};
+use aes_gcm::Aes256Gcm;
+use hkdf::Hkdf;
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// The Boss's key for files at rest (derived from its master secret). No
+/// `Debug`; wiped on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct FilesKey([u8; 32]);
+
+impl FilesKey {
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        FilesKey(*bytes)
+    }
+
+    /// The STREAM for one file, keyed by its salt, agent and file id.
+    pub(crate) fn stream(&self, salt: &[u8], agent_id: i64, file_id: &str) -> StreamBE32<Aes256Gcm> {
+        let mut okm = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::new(Some(salt), &self.0)
+            .expand(format!("spyctl/v1/file/{agent_id}/{file_id}").as_bytes(), okm.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let key: &aes_gcm::Key<Aes256Gcm> = (&*okm).into();
+        StreamBE32::new(key, &Default::default())
+    }
+}
