@@ -1,4 +1,4 @@
--- spyctl schema, version 5. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 6. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
 DROP TABLE IF EXISTS EnrolCodes;
@@ -10,6 +10,7 @@ DROP TABLE IF EXISTS LoginLockouts;
 DROP TABLE IF EXISTS LoginFailures;
 DROP TABLE IF EXISTS Agents;
 DROP TABLE IF EXISTS Meta;
+DROP TABLE IF EXISTS KeyEpochs;
 
 -- Facts about this database. 'database-id' holds 16 random bytes made at
 -- `db init`: every key is derived with it as the HKDF salt, so nothing made
@@ -18,6 +19,26 @@ DROP TABLE IF EXISTS Meta;
 CREATE TABLE Meta (
     Name  TEXT PRIMARY KEY,
     Value BLOB NOT NULL
+);
+
+-- Key epochs (`spyctl key rotate|retire`): each is one master secret in
+-- master.key. New writes use the newest live epoch; every row that holds
+-- something sealed, indexed or tagged under a master-derived key records its
+-- epoch in a KeyEpoch column, so rewrap knows what to redo and `key retire`
+-- can refuse while anything still needs the epoch. KeyCheck is a short HKDF
+-- output of the epoch's secret, to tell a wrong master.key from damage.
+-- No rows means epoch 0 alone (a home that never rotated). A password hash
+-- can only be redone when its agent logs in, so retiring an epoch keeps that
+-- epoch's pepper alone, sealed under a live epoch's at-rest key
+-- (PepperSealed, whose epoch is KeyEpoch), until no hash needs it; every
+-- other key of the epoch is gone with its secret.
+CREATE TABLE KeyEpochs (
+    Epoch        INTEGER PRIMARY KEY,
+    CreatedAt    INTEGER NOT NULL,
+    RetiredAt    INTEGER,
+    KeyCheck     TEXT,
+    PepperSealed TEXT,
+    KeyEpoch     INTEGER
 );
 
 -- One row per agent. Name and alias are Fernet tokens under the at-rest key;
@@ -42,7 +63,10 @@ CREATE TABLE Agents (
     AgentNameIndex     TEXT    NOT NULL UNIQUE,
     KeyGeneration      INTEGER NOT NULL DEFAULT 0,
     PasswordPeppered   INTEGER NOT NULL DEFAULT 0,
-    RowMac             TEXT
+    RowMac             TEXT,
+    KeyEpoch           INTEGER NOT NULL DEFAULT 0,
+    PepperEpoch        INTEGER NOT NULL DEFAULT 0,
+    WireEpoch          INTEGER
 );
 
 -- Who did what to which agent, when. ActorId is the director's AgentId; Entry
@@ -51,20 +75,23 @@ CREATE TABLE Audit (
     RowId   INTEGER PRIMARY KEY,
     At      INTEGER NOT NULL,
     ActorId INTEGER NOT NULL,
-    Entry   TEXT    NOT NULL
+    Entry   TEXT    NOT NULL,
+    KeyEpoch INTEGER NOT NULL DEFAULT 0
 );
 
 -- Failed logins per blind-indexed name (known or not, so lockouts do not
 -- reveal which names exist), and the lock they trigger.
 CREATE TABLE LoginFailures (
     NameIndex TEXT    NOT NULL,
-    FailedAt  INTEGER NOT NULL
+    FailedAt  INTEGER NOT NULL,
+    KeyEpoch  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX LoginFailuresByName ON LoginFailures (NameIndex, FailedAt);
 
 CREATE TABLE LoginLockouts (
     NameIndex   TEXT    PRIMARY KEY,
-    LockedUntil INTEGER NOT NULL
+    LockedUntil INTEGER NOT NULL,
+    KeyEpoch    INTEGER NOT NULL DEFAULT 0
 );
 
 -- Messages received by the Boss, stored as the Fernet token that arrived
@@ -82,8 +109,12 @@ CREATE TABLE Messages (
     Signature  BLOB,
     SignedAt   INTEGER,
     SignerRow  INTEGER,
+    -- The epoch of the wire key the token is sealed under; NULL for tokens
+    -- under an enrolled agent's channel key (not derived from master.key).
+    KeyEpoch   INTEGER,
     UNIQUE (AgentId, MessageId)
 );
+CREATE INDEX MessagesByEpoch ON Messages (KeyEpoch);
 
 -- Files received completely (hash checked, moved into place). FileName is a
 -- Fernet token under the at-rest key; StoredAs is the path under files/.
@@ -96,6 +127,7 @@ CREATE TABLE Files (
     Sha256     TEXT    NOT NULL,
     StoredAs   TEXT    NOT NULL,
     ReceivedAt INTEGER NOT NULL,
+    KeyEpoch   INTEGER NOT NULL DEFAULT 0,
     UNIQUE (AgentId, FileId)
 );
 
@@ -122,5 +154,6 @@ CREATE TABLE EnrolCodes (
     AgentId   INTEGER PRIMARY KEY,
     CodeHash  TEXT    NOT NULL,
     ExpiresAt INTEGER NOT NULL,
-    IssuedBy  INTEGER NOT NULL
+    IssuedBy  INTEGER NOT NULL,
+    KeyEpoch  INTEGER NOT NULL DEFAULT 0
 );

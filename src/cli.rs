@@ -42,6 +42,9 @@ pub enum Command {
     /// Add, list, re-level, revoke and delete agents; export wire keys; read the audit log
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Master-key epochs: list them, rotate (online rewrap), retire (directors)
+    #[command(subcommand, name = "key")]
+    MasterKey(MasterKeyCommand),
     /// Log in as an agent (password prompted without echo)
     Login(LoginArgs),
     /// End the current session
@@ -109,6 +112,44 @@ pub enum DbCommand {
         )]
         max_rows: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MasterKeyCommand {
+    /// List the key epochs and what still uses each (rows, files, exported agent keys)
+    Status,
+    /// Add a new master-key epoch and rewrap everything under it, online
+    #[command(long_about = "Add a new master-key epoch to master.key and rewrap everything stored under \
+        older epochs (agent rows, messages, audit entries, file names, enrolment codes, received files), \
+        in small transactions while the Boss keeps running. New writes use the new epoch at once; a \
+        running Boss picks it up within a second. Keys exported with `agent key export` before the \
+        rotation keep working until their epoch is retired. Password hashes move at each agent's next \
+        login (they need the password).")]
+    Rotate {
+        /// Add no epoch: only finish the rewrap of an interrupted rotation
+        #[arg(long)]
+        resume: bool,
+        /// Rows per rewrap transaction
+        #[arg(long, value_name = "N", default_value_t = crate::epochs::DEFAULT_BATCH, value_parser = parse_batch)]
+        batch: usize,
+    },
+    /// Remove an older epoch's secret from master.key once nothing uses it
+    #[command(long_about = "Remove an older epoch's secret from master.key. Refused while any row or \
+        received file still uses the epoch (run `key rotate --resume` first; password hashes move at \
+        each agent's next login). Wire keys exported in that epoch stop working at once: `key status` \
+        lists the agents that hold one.")]
+    Retire {
+        /// The epoch to retire (see `spyctl key status`)
+        epoch: u32,
+    },
+}
+
+/// `--batch`: 1 to 100,000 rows.
+fn parse_batch(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+        _ => Err("expected a whole number of rows from 1 to 100000".to_string()),
+    }
 }
 
 /// `--max-rows`: at least 1.

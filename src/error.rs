@@ -101,6 +101,9 @@ pub enum Hint {
     TamperedDatabase,
     InboxShowWhole,
     SeeInboxIds,
+    RotateFirst,
+    SeeKeyStatus,
+    ResumeRewrap,
 }
 
 impl fmt::Display for Hint {
@@ -109,6 +112,9 @@ impl fmt::Display for Hint {
             Hint::PassHome => f.write_str("pass --home DIR or set SPYCTL_HOME"),
             Hint::RunDbInit => f.write_str("run `spyctl db init` first"),
             Hint::RestoreMasterKey => f.write_str("restore master.key from your backup"),
+            Hint::RotateFirst => f.write_str("run `spyctl key rotate` first; the older epoch can be retired after it"),
+            Hint::SeeKeyStatus => f.write_str("see `spyctl key status`; run `spyctl key rotate --resume` to rewrap what is left"),
+            Hint::ResumeRewrap => f.write_str("fix the cause, then run `spyctl key rotate --resume` to finish the rewrap"),
             Hint::RestoreIdentity => f.write_str(
                 "restore identity.key from your backup; without it this identity is lost and must be enrolled anew",
             ),
@@ -381,6 +387,7 @@ impl From<BossError> for Error {
             BossError::Store(e) => e.into(),
             BossError::Db(e) => e.into(),
             BossError::Registry(e) => e.into(),
+            BossError::Keys(e) => e.into(),
             BossError::Listen(_) => {
                 let hint = (io_kind(&err) == Some(io::ErrorKind::AddrInUse)).then_some(Hint::PortInUse);
                 Error::from_layer(err, hint)
@@ -437,6 +444,22 @@ impl From<crate::backup::BackupError> for Error {
             BackupError::Database { .. } => None,
         };
         Error::from_layer(err, hint)
+    }
+}
+
+impl From<crate::epochs::EpochError> for Error {
+    fn from(err: crate::epochs::EpochError) -> Self {
+        use crate::epochs::EpochError;
+        match err {
+            EpochError::Db(db) => db.into(),
+            EpochError::Registry(registry) => registry.into(),
+            EpochError::Missing(_) => Error::from_layer(err, Some(Hint::RestoreMasterKey)),
+            EpochError::WrongKey(_) => Error::from_layer(err, Some(Hint::SameHomeKeys)),
+            EpochError::Newest(_) => Error::from_layer(err, Some(Hint::RotateFirst)),
+            EpochError::InUse { .. } | EpochError::NotLive(_) => Error::from_layer(err, Some(Hint::SeeKeyStatus)),
+            EpochError::Files(_) | EpochError::Io(_) => Error::from_layer(err, Some(Hint::ResumeRewrap)),
+            EpochError::Random(_) => Error::from_layer(err, None),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use crate::crypto::identity::BadIdentity;
-use crate::crypto::{BadMasterKey, IdentityKeys, MasterKey, PublicIdentity};
+use crate::crypto::{BadMasterKey, IdentityKeys, MasterKey, MasterKeys, PublicIdentity};
 
 pub const DB_FILE: &str = "spyctl.db";
 pub const MASTER_KEY_FILE: &str = "master.key";
@@ -336,7 +336,7 @@ impl Home {
     }
 
     /// Loads the master key, creating the home and a fresh key on first use.
-    pub fn load_or_create_master_key(&self) -> Result<MasterKey> {
+    pub fn load_or_create_master_key(&self) -> Result<MasterKeys> {
         self.ensure()?;
         let path = self.master_key_path();
         if !path.exists() {
@@ -350,7 +350,7 @@ impl Home {
     /// Loads an existing master key after checking the home
     /// ([`check_strict`](Self::check_strict)); never creates one. Every command
     /// that uses the home loads the key first, so this is where the check runs.
-    pub fn load_master_key(&self) -> Result<MasterKey> {
+    pub fn load_master_key(&self) -> Result<MasterKeys> {
         self.check_strict()?;
         let path = self.master_key_path();
         let text = read_secret_file(&path).map_err(|e| match e {
@@ -363,7 +363,13 @@ impl Home {
             }
             other => other,
         })?;
-        MasterKey::from_hex(&text).map_err(|source| HomeError::BadMasterKey { path, source })
+        MasterKeys::from_text(&text).map_err(|source| HomeError::BadMasterKey { path, source })
+    }
+
+    /// Replaces master.key with `keys` (0600, written beside it and renamed
+    /// over it, so a crash leaves the old file or the new one).
+    pub fn save_master_keys(&self, keys: &MasterKeys) -> Result<()> {
+        write_secret_file(&self.master_key_path(), keys.to_text().as_bytes())
     }
 }
 
@@ -546,7 +552,7 @@ mod tests {
         let mode = fs::metadata(home.master_key_path()).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let again = home.load_master_key().expect("load");
-        assert_eq!(first.to_hex().as_str(), again.to_hex().as_str());
+        assert_eq!(first.to_text().as_str(), again.to_text().as_str());
     }
 
     #[test]

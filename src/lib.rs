@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod core_dumps;
 pub mod crypto;
 pub mod db;
+pub mod epochs;
 pub mod error;
 pub mod home;
 pub mod net;

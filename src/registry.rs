@@ -6,7 +6,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 use zeroize::Zeroizing;
 
-use crate::crypto::{BlindIndexKey, FernetKey, KeyRing, MasterKey, RowMacKey, password};
+use crate::crypto::{BlindIndexKey, FernetKey, KeyRing, MasterKeys, RowMacKey, password};
 use crate::db::{self, DbError, agents, logins};
 
 /// Longest name or alias, in characters.
@@ -22,38 +22,76 @@ pub const LOCKOUT_SECS: i64 = 15 * 60;
 /// Columns of Agents that hold Fernet tokens under the at-rest key.
 pub const ENCRYPTED_COLUMNS: [&str; 2] = ["AgentName", "AgentAlias"];
 
-/// The keys the registry needs, derived once from the master key.
-pub struct RegistryKeys {
+/// The registry's keys in one key epoch.
+pub struct EpochKeys {
+    pub epoch: u32,
     pub at_rest: FernetKey,
     pub blind_index: BlindIndexKey,
     pub row_mac: RowMacKey,
     pub pepper: Zeroizing<[u8; 32]>,
 }
 
+/// The keys the registry needs, derived once from the master key: one set
+/// per live key epoch, newest first. Writes use the newest; reads accept any
+/// live epoch (a row not yet rewrapped after `key rotate`).
+pub struct RegistryKeys {
+    epochs: Vec<EpochKeys>,
+}
+
 impl RegistryKeys {
     pub fn derive(keyring: &KeyRing) -> Self {
-        RegistryKeys {
-            at_rest: keyring.at_rest_key(),
-            blind_index: keyring.blind_index_key(),
-            row_mac: keyring.row_mac_key(),
-            pepper: keyring.pepper(),
-        }
+        let epochs = keyring
+            .epochs()
+            .map(|epoch| {
+                let derive = |label| keyring.derive_at(epoch, label).expect("a live epoch of this ring");
+                EpochKeys {
+                    epoch,
+                    at_rest: FernetKey::from_bytes(&derive(crate::crypto::keys::labels::AT_REST)),
+                    blind_index: BlindIndexKey::from_bytes(&derive(crate::crypto::keys::labels::BLIND_INDEX)),
+                    row_mac: RowMacKey::from_bytes(&derive(crate::crypto::keys::labels::ROW_MAC)),
+                    pepper: derive(crate::crypto::keys::labels::PEPPER),
+                }
+            })
+            .collect();
+        RegistryKeys { epochs }
     }
 
-    /// Decrypts an at-rest column value.
+    /// The keys new writes use.
+    pub fn newest(&self) -> &EpochKeys {
+        &self.epochs[0]
+    }
+
+    /// The keys of `epoch`, if it is live.
+    pub fn at(&self, epoch: u32) -> Option<&EpochKeys> {
+        self.epochs.iter().find(|k| k.epoch == epoch)
+    }
+
+    /// The name's blind index under every live epoch, newest first.
+    pub fn name_indexes(&self, name: &str) -> Vec<String> {
+        self.epochs.iter().map(|k| k.blind_index.index(name)).collect()
+    }
+
+    /// Decrypts an at-rest column value sealed under any live epoch (newest
+    /// first, as Python's `MultiFernet.decrypt` tries its keys).
     pub fn reveal(&self, token: &str) -> Result<String, RegistryError> {
-        let opened = self.at_rest.open(token.as_bytes(), None).map_err(|_| RegistryError::Undecryptable)?;
+        let opened = self
+            .epochs
+            .iter()
+            .find_map(|k| k.at_rest.open(token.as_bytes(), None).ok())
+            .ok_or(RegistryError::Undecryptable)?;
         String::from_utf8(opened.plaintext).map_err(|_| RegistryError::Undecryptable)
     }
 
+    /// Seals an at-rest value under the newest epoch.
     pub fn conceal(&self, value: &str) -> String {
-        self.at_rest.seal(value.as_bytes())
+        self.newest().at_rest.seal(value.as_bytes())
     }
 
-    /// A row's integrity tag over [`row_fields`].
-    fn row_tag(&self, row: &agents::StoredAgent) -> String {
+    /// A row's integrity tag over [`row_fields`], under the row's epoch.
+    fn row_tag(&self, row: &agents::StoredAgent) -> Result<String, RegistryError> {
+        let keys = self.at(row.key_epoch).ok_or(RegistryError::TamperedRow(row.id))?;
         let fields = row_fields(row);
-        self.row_mac.tag(&fields.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        Ok(keys.row_mac.tag(&fields.iter().map(Vec::as_slice).collect::<Vec<_>>()))
     }
 }
 
@@ -78,8 +116,10 @@ fn row_fields(row: &agents::StoredAgent) -> [Vec<u8>; 8] {
 pub fn check_row(keys: &RegistryKeys, row: &agents::StoredAgent) -> Result<(), RegistryError> {
     let fields = row_fields(row);
     let refs: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-    match &row.row_mac {
-        Some(tag) if keys.row_mac.verify(&refs, tag) => Ok(()),
+    // The row's epoch picks the key: a row whose KeyEpoch was changed is
+    // checked under another epoch's key (or none) and fails like any edit.
+    match (&row.row_mac, keys.at(row.key_epoch)) {
+        (Some(tag), Some(epoch_keys)) if epoch_keys.row_mac.verify(&refs, tag) => Ok(()),
         _ => Err(RegistryError::TamperedRow(row.id)),
     }
 }
@@ -88,7 +128,7 @@ pub fn check_row(keys: &RegistryKeys, row: &agents::StoredAgent) -> Result<(), R
 /// transaction: every write to an Agents row ends here.
 fn tag_row(conn: &Connection, keys: &RegistryKeys, id: i64) -> Result<(), RegistryError> {
     if let Some(row) = agents::by_id(conn, id)? {
-        agents::set_row_mac(conn, id, &keys.row_tag(&row))?;
+        agents::set_row_mac(conn, id, &keys.row_tag(&row)?)?;
     }
     Ok(())
 }
@@ -111,7 +151,7 @@ pub fn seal_untagged_rows(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let rows = agents::all(&tx)?;
     for row in &rows {
-        agents::set_row_mac(&tx, row.id, &keys.row_tag(row))?;
+        agents::set_row_mac(&tx, row.id, &keys.row_tag(row)?)?;
     }
     db::clear_rows_untagged(&tx)?;
     tx.commit()?;
@@ -330,12 +370,38 @@ pub fn check_ceiling(actor: &Agent, level: u8) -> Result<(), RegistryError> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum AuditAction {
-    Add { target: i64, level: u8 },
-    Delete { target: i64 },
-    SetLevel { target: i64, from: u8, to: u8 },
-    Revoke { target: i64, generation: u32 },
-    ExportKey { target: i64, generation: u32 },
-    Enroll { target: i64, expires_at: i64 },
+    Add {
+        target: i64,
+        level: u8,
+    },
+    Delete {
+        target: i64,
+    },
+    SetLevel {
+        target: i64,
+        from: u8,
+        to: u8,
+    },
+    Revoke {
+        target: i64,
+        generation: u32,
+    },
+    ExportKey {
+        target: i64,
+        generation: u32,
+    },
+    Enroll {
+        target: i64,
+        expires_at: i64,
+    },
+    /// `key rotate`: a new master-key epoch.
+    RotateKeys {
+        epoch: u32,
+    },
+    /// `key retire`: an epoch's secret removed.
+    RetireKeys {
+        epoch: u32,
+    },
 }
 
 /// One audit entry, opened.
@@ -354,7 +420,20 @@ fn now_secs() -> i64 {
 /// Appends an audit entry inside the caller's transaction.
 fn record(conn: &Connection, keys: &RegistryKeys, actor: &Agent, action: AuditAction) -> Result<(), RegistryError> {
     let json = serde_json::to_string(&action).map_err(|e| RegistryError::Invalid(format!("audit entry: {e}")))?;
-    db::audit::insert(conn, now_secs(), actor.id, &keys.conceal(&json))?;
+    db::audit::insert(conn, now_secs(), actor.id, &keys.conceal(&json), keys.newest().epoch)?;
+    Ok(())
+}
+
+/// Records a key-epoch change (`key rotate`, `key retire`) by a director.
+pub fn record_key_change(
+    conn: &mut Connection,
+    keys: &RegistryKeys,
+    actor: &Agent,
+    action: AuditAction,
+) -> Result<(), RegistryError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    record(&tx, keys, actor, action)?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -368,6 +447,7 @@ pub fn record_export(
     check_ceiling(actor, target.level)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     record(&tx, keys, actor, AuditAction::ExportKey { target: target.id, generation: target.key_generation })?;
+    agents::set_wire_epoch(&tx, target.id, keys.newest().epoch)?;
     tx.commit()?;
     Ok(())
 }
@@ -445,7 +525,7 @@ pub fn issue_code(
         .map_err(|_| RegistryError::Invalid("the OS random number generator failed".into()))?;
     let expires_at = now_secs().saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX));
     let sealed = keys.conceal(&zeroize::Zeroizing::new(hex::encode(code.password().as_ref())));
-    db::identities::put_code(&tx, id, &sealed, expires_at, actor.id)?;
+    db::identities::put_code(&tx, id, &sealed, expires_at, actor.id, keys.newest().epoch)?;
     record(&tx, keys, actor, AuditAction::Enroll { target: id, expires_at })?;
     tx.commit()?;
     Ok((code, expires_at))
@@ -466,13 +546,16 @@ pub fn audit_log(conn: &Connection, keys: &RegistryKeys) -> Result<Vec<AuditEntr
 /// Inserts one validated agent inside the caller's transaction.
 pub fn insert(conn: &Connection, keys: &RegistryKeys, agent: &NewAgent) -> Result<i64, RegistryError> {
     let name = agent.name.trim();
-    let name_index = keys.blind_index.index(name);
+    let indexes = keys.name_indexes(name);
     // Check first so a duplicate costs no Argon2 work; the UNIQUE constraint
-    // still decides if two writers race.
-    if agents::by_name_index(conn, &name_index)?.is_some() {
+    // still decides if two writers race. Every live epoch's index is checked:
+    // during a rewrap a name may still carry its old epoch's index, which
+    // the UNIQUE constraint cannot compare with the new one.
+    if agents::by_any_name_index(conn, &indexes)?.is_some() {
         return Err(RegistryError::DuplicateName);
     }
-    let password_hash = password::hash(agent.password.as_bytes(), &keys.pepper).map_err(RegistryError::Hash)?;
+    let newest = keys.newest();
+    let password_hash = password::hash(agent.password.as_bytes(), &newest.pepper).map_err(RegistryError::Hash)?;
     let id = agents::insert(
         conn,
         &agents::NewStoredAgent {
@@ -480,11 +563,46 @@ pub fn insert(conn: &Connection, keys: &RegistryKeys, agent: &NewAgent) -> Resul
             alias: &keys.conceal(agent.alias.trim()),
             level: agent.level,
             password_hash: &password_hash,
-            name_index: &name_index,
+            name_index: &indexes[0],
+            key_epoch: newest.epoch,
         },
     )?;
     tag_row(conn, keys, id)?;
     Ok(id)
+}
+
+/// Rewrap (`key rotate`): moves agent `id`'s row to the newest key epoch
+/// inside the caller's transaction: name and alias sealed again (keeping
+/// their timestamps, as `MultiFernet.rotate` does), the blind index and the
+/// login records that use it recomputed, the row tagged under the newest
+/// row key. A row that fails its tag is refused, never carried over. The
+/// password hash stays until the agent's next login (it needs the
+/// password). False if the row was already in the newest epoch or is gone.
+pub fn rewrap_agent(conn: &Connection, keys: &RegistryKeys, id: i64) -> Result<bool, RegistryError> {
+    let Some(row) = agents::by_id(conn, id)? else { return Ok(false) };
+    let newest = keys.newest();
+    if row.key_epoch == newest.epoch {
+        return Ok(false);
+    }
+    check_row(keys, &row)?;
+    let from: Vec<&FernetKey> = keys.epochs.iter().map(|k| &k.at_rest).collect();
+    let rotate = |token: &str| newest.at_rest.rotate(token.as_bytes(), &from).map_err(|_| RegistryError::Undecryptable);
+    let name = rotate(&row.name)?;
+    let alias = rotate(&row.alias)?;
+    let plain_name = Zeroizing::new(keys.reveal(&row.name)?);
+    let index = newest.blind_index.index(&plain_name);
+    agents::set_sealed(conn, id, &name, &alias, &index, newest.epoch)?;
+    logins::reindex(conn, &row.name_index, &index, newest.epoch)?;
+    tag_row(conn, keys, id)?;
+    Ok(true)
+}
+
+/// A retired epoch's pepper from its sealed form (hex under an at-rest key).
+fn unseal_pepper(keys: &RegistryKeys, sealed: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let text = Zeroizing::new(keys.reveal(sealed).ok()?);
+    let mut pepper = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.as_str(), pepper.as_mut()).ok()?;
+    Some(pepper)
 }
 
 /// Decrypts one stored row.
@@ -568,21 +686,30 @@ pub fn login(
     password: &str,
     now: i64,
 ) -> Result<Agent, LoginError> {
-    let name_index = keys.blind_index.index(name);
+    let indexes = keys.name_indexes(name);
+    let newest = keys.newest();
     // Reserve before verifying: the lock check and this attempt's failure
     // record happen in one IMMEDIATE transaction, so however many guesses run
     // in parallel, at most LOCKOUT_THRESHOLD of them get a password check per
     // window. A successful check then takes the record back.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(until) = logins::locked_until(&tx, &name_index, now)? {
+    if let Some(until) = logins::locked_until(&tx, &indexes, now)? {
         return Err(LoginError::Locked { until });
     }
-    let failures = logins::record_failure(&tx, &name_index, now, now - LOCKOUT_WINDOW_SECS)?;
+    let failures = logins::record_failure(&tx, &indexes, newest.epoch, now, now - LOCKOUT_WINDOW_SECS)?;
     let locks_now = failures >= LOCKOUT_THRESHOLD;
     if locks_now {
-        logins::lock(&tx, &name_index, now + LOCKOUT_SECS)?;
+        logins::lock(&tx, &indexes, newest.epoch, now + LOCKOUT_SECS)?;
     }
-    let stored = agents::by_name_index(&tx, &name_index)?;
+    let stored = agents::by_any_name_index(&tx, &indexes)?;
+    // A hash made in a since-retired epoch: that epoch's pepper was kept,
+    // sealed under a live one (see `epochs::retire`).
+    let kept_pepper = match &stored {
+        Some(agent) if keys.at(agent.pepper_epoch).is_none() => {
+            db::epochs::sealed_pepper(&tx, agent.pepper_epoch)?.and_then(|sealed| unseal_pepper(keys, &sealed))
+        }
+        _ => None,
+    };
     tx.commit()?;
     // A row changed without the key (a copied hash, a raised level) is
     // refused before its hash is even tried.
@@ -592,25 +719,36 @@ pub fn login(
 
     // The slow part, outside any transaction so other logins are not blocked.
     let ok = match &stored {
-        Some(agent) => {
-            let pepper = agent.password_peppered.then_some(&*keys.pepper);
-            password::verify(password.as_bytes(), &agent.password_hash, pepper)
-        }
-        None => password::verify_unknown(password.as_bytes(), &keys.pepper),
+        Some(agent) => match keys.at(agent.pepper_epoch).map(|k| &k.pepper).or(kept_pepper.as_ref()) {
+            Some(epoch_pepper) => {
+                let pepper = agent.password_peppered.then_some(&**epoch_pepper);
+                password::verify(password.as_bytes(), &agent.password_hash, pepper)
+            }
+            // No pepper for its epoch (only a changed row gets here): the
+            // same cost, never a match.
+            None => {
+                let _ = password::verify_unknown(password.as_bytes(), &newest.pepper);
+                false
+            }
+        },
+        None => password::verify_unknown(password.as_bytes(), &newest.pepper),
     };
     match stored {
         Some(agent) if ok => {
-            // A hash from before peppering is replaced now that the password is known.
-            let rehash = if agent.password_peppered {
+            // A hash from before peppering, or peppered in an older key
+            // epoch, is replaced now that the password is known.
+            let rehash = if agent.password_peppered && agent.pepper_epoch == newest.epoch {
                 None
             } else {
-                Some(password::hash(password.as_bytes(), &keys.pepper).map_err(RegistryError::Hash)?)
+                Some(password::hash(password.as_bytes(), &newest.pepper).map_err(RegistryError::Hash)?)
             };
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            logins::clear(&tx, &name_index)?;
+            logins::clear(&tx, &indexes)?;
             if let Some(hash) = &rehash {
-                agents::set_password(&tx, agent.id, hash, true)?;
+                agents::set_password(&tx, agent.id, hash, true, newest.epoch)?;
                 tag_row(&tx, keys, agent.id)?;
+                // The last hash that needed a retired epoch's pepper takes it along.
+                db::epochs::drop_unused_peppers(&tx)?;
             }
             tx.commit()?;
             Ok(reveal(keys, &agent)?)
@@ -647,14 +785,17 @@ pub const SAMPLE_AGENTS: &[SampleAgent] = &[
 /// to it (returned as the [`KeyRing`]): nothing made for the old database is
 /// honoured by the new one. AgentIds still keep counting from where the old
 /// table stopped, so no log or row ever names two agents with one id.
-pub fn init_with_samples(conn: &mut Connection, master: &MasterKey) -> Result<(Vec<Agent>, KeyRing), RegistryError> {
+pub fn init_with_samples(conn: &mut Connection, master: &MasterKeys) -> Result<(Vec<Agent>, KeyRing), RegistryError> {
     let mut database_id = [0u8; db::DATABASE_ID_BYTES];
     getrandom::fill(&mut database_id).map_err(RegistryError::Random)?;
-    let keyring = master.bind(&database_id);
+    // A new database starts in the home's newest key epoch.
+    let epoch = master.newest_epoch();
+    let keyring = master.bind(&database_id, &[epoch]).map_err(|_| RegistryError::Undecryptable)?;
     let keys = &RegistryKeys::derive(&keyring);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let high_water = agents::id_high_water(&tx)?;
     db::apply_schema(&tx, &database_id)?;
+    db::epochs::add(&tx, epoch, now_secs(), keyring.check_value(epoch).as_deref())?;
     agents::keep_ids_above(&tx, high_water)?;
     let mut added = Vec::with_capacity(SAMPLE_AGENTS.len());
     for sample in SAMPLE_AGENTS {
@@ -682,8 +823,8 @@ pub const DEMO_NEW_LEVEL: u8 = 3;
 /// index of their names. Returns the rows each affected.
 pub fn apply_demo_changes(conn: &mut Connection, keys: &RegistryKeys) -> Result<(usize, usize), RegistryError> {
     use crate::db::demo;
-    let deleted_index = keys.blind_index.index(DEMO_DELETED);
-    let promoted_index = keys.blind_index.index(DEMO_PROMOTED);
+    let deleted_index = keys.newest().blind_index.index(DEMO_DELETED);
+    let promoted_index = keys.newest().blind_index.index(DEMO_PROMOTED);
     let new_alias = keys.conceal(DEMO_NEW_ALIAS);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let deleted =
@@ -727,7 +868,7 @@ mod tests {
                 keys.conceal("Old Timer"),
                 keys.conceal("Veteran"),
                 unpeppered,
-                keys.blind_index.index("Old Timer")
+                keys.newest().blind_index.index("Old Timer")
             ],
         )
         .expect("legacy row");
@@ -737,9 +878,11 @@ mod tests {
 
     #[test]
     fn migrated_rows_are_tagged_once_and_old_hashes_get_the_pepper_at_the_next_login() {
-        let keys = RegistryKeys::derive(&MasterKey::from_bytes([3u8; 32]).bind(&[7u8; db::DATABASE_ID_BYTES]));
+        let keys =
+            RegistryKeys::derive(&crate::crypto::MasterKey::from_bytes([3u8; 32]).bind(&[7u8; db::DATABASE_ID_BYTES]));
         let (_dir, mut conn) = legacy_database(&keys);
-        let untagged = agents::by_name_index(&conn, &keys.blind_index.index("Old Timer")).expect("q").expect("row");
+        let untagged =
+            agents::by_name_index(&conn, &keys.newest().blind_index.index("Old Timer")).expect("q").expect("row");
         assert!(matches!(check_row(&keys, &untagged), Err(RegistryError::TamperedRow(_))), "untagged is untrusted");
         assert!(matches!(seal_untagged_rows(&mut conn, &keys, true), Err(RegistryError::UntaggedAgain)));
         assert_eq!(seal_untagged_rows(&mut conn, &keys, false).expect("tag"), 1);

@@ -38,6 +38,8 @@ pub enum Action {
     ReadInbox,
     ListAgents,
     Send,
+    /// `key status`, `key rotate`, `key retire`.
+    ManageKeys,
 }
 
 impl Action {
@@ -49,6 +51,7 @@ impl Action {
             Action::ReadInbox => "read the Boss's inbox",
             Action::ListAgents => "list agents",
             Action::Send => "send to the Boss",
+            Action::ManageKeys => "see, rotate or retire the master-key epochs",
         }
     }
 }
@@ -56,7 +59,7 @@ impl Action {
 /// True when an agent at `level` may do `action`.
 pub fn allows(level: u8, action: Action) -> bool {
     match action {
-        Action::AddAgent | Action::ExportKey | Action::ManageAgents | Action::ReadInbox => {
+        Action::AddAgent | Action::ExportKey | Action::ManageAgents | Action::ReadInbox | Action::ManageKeys => {
             Role::of_level(level) == Role::Director
         }
         Action::ListAgents | Action::Send => true,

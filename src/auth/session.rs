@@ -83,6 +83,13 @@ pub fn write(path: &Path, key: &FernetKey, claims: &Claims) -> Result<(), Sessio
 
 /// Reads and checks the session file at time `now`.
 pub fn read(path: &Path, key: &FernetKey, now: u64) -> std::result::Result<Claims, SessionError> {
+    read_any(path, std::slice::from_ref(key), now).map(|(claims, _)| claims)
+}
+
+/// Reads and checks the session file at time `now` under any of `keys` (one
+/// per live key epoch, newest first); also says which one opened it, so a
+/// session from before a `key rotate` can be sealed again under the newest.
+pub fn read_any(path: &Path, keys: &[FernetKey], now: u64) -> std::result::Result<(Claims, usize), SessionError> {
     // A loose file gets its own answer (and fix), as a loose master.key does;
     // anything else unreadable is as good as a forged session.
     let text = home::read_secret_file(path).map_err(|e| match e {
@@ -90,12 +97,16 @@ pub fn read(path: &Path, key: &FernetKey, now: u64) -> std::result::Result<Claim
         HomeError::Loose { path, mode } => SessionError::Loose { path, mode },
         _ => SessionError::Invalid,
     })?;
-    let opened = key.open_at(text.trim().as_bytes(), None, now).map_err(|_| SessionError::Invalid)?;
+    let (which, opened) = keys
+        .iter()
+        .enumerate()
+        .find_map(|(i, key)| key.open_at(text.trim().as_bytes(), None, now).ok().map(|o| (i, o)))
+        .ok_or(SessionError::Invalid)?;
     let claims: Claims = serde_json::from_slice(&opened.plaintext).map_err(|_| SessionError::Invalid)?;
     if claims.expires_at <= now {
         return Err(SessionError::Expired);
     }
-    Ok(claims)
+    Ok((claims, which))
 }
 
 /// Removes the session file; true if there was one.

@@ -45,7 +45,6 @@ pub struct Enrolment {
     /// Codes are taken and identities stored here (rare writes, outside the
     /// message writer's group commits).
     conn: Mutex<Connection>,
-    keys: RegistryKeys,
     boss: PublicIdentity,
     pending: Mutex<HashMap<u64, Pending>>,
 }
@@ -65,15 +64,17 @@ fn internal(e: DbError) -> Refusal {
 }
 
 impl Enrolment {
-    pub fn new(db_path: &Path, keys: RegistryKeys, boss: PublicIdentity) -> Result<Enrolment, DbError> {
-        Ok(Enrolment { conn: Mutex::new(db::open(db_path)?), keys, boss, pending: Mutex::new(HashMap::new()) })
+    pub fn new(db_path: &Path, boss: PublicIdentity) -> Result<Enrolment, DbError> {
+        Ok(Enrolment { conn: Mutex::new(db::open(db_path)?), boss, pending: Mutex::new(HashMap::new()) })
     }
 
-    pub fn handle(&self, line: &[u8], peer: &Peer) -> Result<String, Refusal> {
+    /// Answers one enrolment line; `keys` open the stored code (the Boss's
+    /// keys now, which follow a key rotation).
+    pub fn handle(&self, line: &[u8], peer: &Peer, keys: &RegistryKeys) -> Result<String, Refusal> {
         let f = join::fields(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         match f[..] {
             ["WHOIS"] => Ok(format!("BOSS {} {}\n", hex::encode(self.boss.x25519), hex::encode(self.boss.ed25519))),
-            ["JOIN", agent_id, msg_a] => self.join(agent_id, msg_a, peer),
+            ["JOIN", agent_id, msg_a] => self.join(agent_id, msg_a, peer, keys),
             ["JOIN2", x, ed, signature, confirm] => self.join2(x, ed, signature, confirm, peer),
             _ => Err(bad("expected JOIN <agent-id> <msg>, JOIN2 <x25519> <ed25519> <sig> <confirm>, or WHOIS")),
         }
@@ -81,7 +82,7 @@ impl Enrolment {
 
     /// The password for `agent_id`'s live code, using the code up; a random
     /// one if there is none.
-    fn take_password(&self, agent_id: i64) -> Result<Zeroizing<[u8; 32]>, Refusal> {
+    fn take_password(&self, agent_id: i64, keys: &RegistryKeys) -> Result<Zeroizing<[u8; 32]>, Refusal> {
         let taken = {
             let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
             identities::take_code(&conn, agent_id).map_err(internal)?
@@ -89,7 +90,7 @@ impl Enrolment {
         let now = crate::crypto::fernet::unix_now() as i64;
         let mut password = Zeroizing::new([0u8; 32]);
         let real = taken.filter(|(_, expires_at)| *expires_at > now).and_then(|(sealed, _)| {
-            let hex_text = Zeroizing::new(self.keys.reveal(&sealed).ok()?);
+            let hex_text = Zeroizing::new(keys.reveal(&sealed).ok()?);
             hex::decode_to_slice(hex_text.as_str(), password.as_mut()).ok()
         });
         if real.is_none() {
@@ -98,7 +99,7 @@ impl Enrolment {
         Ok(password)
     }
 
-    fn join(&self, agent_id: &str, msg_a: &str, peer: &Peer) -> Result<String, Refusal> {
+    fn join(&self, agent_id: &str, msg_a: &str, peer: &Peer, keys: &RegistryKeys) -> Result<String, Refusal> {
         let agent_id = crate::net::protocol::parse_agent_id(agent_id.as_bytes())
             .ok_or_else(|| bad("the agent id must be a positive decimal integer"))?;
         let msg_a: [u8; 33] = join::hex_field(msg_a).map_err(|e| (ErrorCode::BadRequest, e.0))?;
@@ -109,7 +110,7 @@ impl Enrolment {
                 return Err((ErrorCode::Busy, "too many enrolments at once; try again shortly".into()));
             }
         }
-        let password = self.take_password(agent_id)?;
+        let password = self.take_password(agent_id, keys)?;
         let (id_a, id_b) = join::spake_identities(agent_id);
         let (spake, msg_b) =
             spake2::Spake2::<spake2::Ed25519Group>::start_b(&spake2::Password::new(password.as_ref()), &id_a, &id_b);

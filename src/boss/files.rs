@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use super::sealed_file::{FilesKey, Layout, SealedError, SealedFile};
+use super::sealed_file::{FilesKeys, Header, Layout, SealedError, SealedFile};
 use crate::net::protocol::{CHUNK_BYTES, FileChunk};
 
 /// Where one chunk left its file.
@@ -120,8 +120,10 @@ impl Quota {
 pub struct FileAssembler {
     root: PathBuf,
     quota: Quota,
-    /// Seals every stored byte.
-    key: FilesKey,
+    /// Seal every stored byte: new files under the newest epoch, each file
+    /// read under the epoch its header names. Replaced whole when a running
+    /// Boss picks up a key rotation (an upload under way keeps its epoch).
+    keys: RwLock<Arc<FilesKeys>>,
     /// Writers hold it shared; the sweep holds it alone.
     sweep: RwLock<()>,
     /// One lock per agent: one agent's chunks are handled one at a time
@@ -173,15 +175,25 @@ impl AgentDirs {
 
 impl FileAssembler {
     /// `root` is the home's `files/` directory; it need not exist yet.
-    pub fn new(root: PathBuf, key: FilesKey) -> Self {
+    pub fn new(root: PathBuf, keys: FilesKeys) -> Self {
         FileAssembler {
             root,
             quota: Quota::UNLIMITED,
-            key,
+            keys: RwLock::new(Arc::new(keys)),
             sweep: RwLock::new(()),
             agents: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The keys in use now.
+    fn keys(&self) -> Arc<FilesKeys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Uses `keys` from the next chunk on (after a key rotation or retirement).
+    pub fn set_keys(&self, keys: FilesKeys) {
+        *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(keys);
     }
 
     /// The same assembler with `quota` applied to every chunk.
@@ -417,7 +429,8 @@ impl FileAssembler {
             }
             Err(e) => return Err(io_err(e)),
         };
-        let sealed = SealedFile::new(&self.key, agent_id, &chunk.file_id);
+        let keys = self.keys();
+        let sealed = SealedFile::new(&keys, agent_id, &chunk.file_id);
         if new_part {
             sealed.start(&part).map_err(sealed_err)?;
         }
@@ -503,7 +516,7 @@ impl FileAssembler {
     /// plaintext size and SHA-256 (hex).
     fn hash_sealed(&self, file: &File, agent_id: i64, file_id: &str) -> Result<(u64, String), ChunkError> {
         let mut hasher = Sha256::new();
-        let size = SealedFile::new(&self.key, agent_id, file_id)
+        let size = SealedFile::new(&self.keys(), agent_id, file_id)
             .read(file, |plaintext| {
                 hasher.update(plaintext);
                 Ok(())
@@ -525,13 +538,74 @@ impl FileAssembler {
         let agent = open_dir(&root, OsStr::new(&agent_id.to_string())).map_err(io_err)?;
         let file = open_file(&agent, OsStr::new(file_id), OFlags::RDONLY).map_err(io_err)?;
         let mut hasher = Sha256::new();
-        let size = SealedFile::new(&self.key, agent_id, file_id)
+        let size = SealedFile::new(&self.keys(), agent_id, file_id)
             .read(&file, |plaintext| {
                 hasher.update(plaintext);
                 out.write_all(plaintext)
             })
             .map_err(sealed_err)?;
         Ok((size, hex::encode(hasher.finalize())))
+    }
+
+    /// Re-seals agent `agent_id`'s completed file `file_id` under the newest
+    /// key epoch (`key rotate`), if it is under an older one: into a new
+    /// file beside it, synced, then renamed over it, so a crash leaves the
+    /// old file or the new one, never a mix. True if it was re-sealed.
+    pub fn reseal(&self, agent_id: i64, file_id: &str) -> Result<bool, ChunkError> {
+        if !crate::net::protocol::valid_id(file_id) {
+            return Err(ChunkError::Rejected("invalid file id".into()));
+        }
+        let keys = self.keys();
+        let Some((_home, root, _)) = self.open_root(false).map_err(io_err)? else {
+            return Err(io_err(ErrorKind::NotFound.into()));
+        };
+        let agent = open_dir(&root, OsStr::new(&agent_id.to_string())).map_err(io_err)?;
+        let name = OsStr::new(file_id);
+        let old = open_file(&agent, name, OFlags::RDONLY).map_err(io_err)?;
+        if Header::read(&old).map_err(sealed_err)?.epoch == keys.newest().0 {
+            return Ok(false);
+        }
+        let temp_name = format!(".{file_id}.reseal");
+        let temp_name = OsStr::new(&temp_name);
+        // A leftover from an interrupted reseal is ours to replace.
+        let _ = rustix::fs::unlinkat(&agent, temp_name, AtFlags::empty());
+        let new = open_file(&agent, temp_name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL).map_err(io_err)?;
+        let done = SealedFile::new(&keys, agent_id, file_id).reseal(&old, &new).map_err(sealed_err).and_then(|_| {
+            new.sync_all().map_err(io_err)?;
+            rustix::fs::renameat(&agent, temp_name, &agent, name).map_err(|e| io_err(e.into()))?;
+            rustix::fs::fsync(&agent).map_err(|e| io_err(e.into()))
+        });
+        if done.is_err() {
+            let _ = rustix::fs::unlinkat(&agent, temp_name, AtFlags::empty());
+        }
+        done.map(|()| true)
+    }
+
+    /// How many stored files, partial uploads included, each key epoch
+    /// seals (`key status`; `key retire` waits for an epoch's count to reach
+    /// 0). A file whose header cannot be read counts under `None`.
+    pub fn epochs_on_disk(&self) -> std::io::Result<std::collections::BTreeMap<Option<u32>, usize>> {
+        let mut counts = std::collections::BTreeMap::new();
+        let Some((_home, root, _)) = self.open_root(false)? else { return Ok(counts) };
+        for agent in Dir::read_from(&root)?.flatten() {
+            let name = OsStr::from_bytes(agent.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let Ok(agent_dir) = open_dir(&root, name) else { continue };
+            for entry in Dir::read_from(&agent_dir)?.flatten() {
+                let name = OsStr::from_bytes(entry.file_name().to_bytes());
+                let is_data = name
+                    .to_str()
+                    .is_some_and(|n| n != "." && n != ".." && !n.ends_with(".pin") && !n.ends_with(".reseal"));
+                if !is_data {
+                    continue;
+                }
+                let epoch = open_file(&agent_dir, name, OFlags::RDONLY).ok().and_then(|f| Header::read(&f).ok());
+                *counts.entry(epoch.map(|h| h.epoch)).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
     }
 }
 
@@ -619,8 +693,8 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::symlink;
 
-    fn test_key() -> FilesKey {
-        FilesKey::from_bytes(&[6u8; 32])
+    fn test_key() -> FilesKeys {
+        FilesKeys::single(crate::crypto::FilesKey::from_bytes(&[6u8; 32]))
     }
 
     fn chunk(offset: u64, size: u64, sha256: Option<String>) -> FileChunk {

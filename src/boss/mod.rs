@@ -33,6 +33,8 @@ pub enum BossError {
     Registry(crate::registry::RegistryError),
     /// The listening socket could not be bound.
     Listen(ServerError),
+    /// master.key does not fit the database's key epochs.
+    Keys(crate::epochs::EpochError),
 }
 
 impl std::fmt::Display for BossError {
@@ -43,6 +45,7 @@ impl std::fmt::Display for BossError {
             BossError::Db(e) => e.fmt(f),
             BossError::Registry(e) => e.fmt(f),
             BossError::Listen(e) => e.fmt(f),
+            BossError::Keys(e) => e.fmt(f),
         }
     }
 }
@@ -56,6 +59,7 @@ impl std::error::Error for BossError {
             BossError::Db(e) => e.source(),
             BossError::Registry(e) => e.source(),
             BossError::Listen(e) => e.source(),
+            BossError::Keys(e) => e.source(),
         }
     }
 }
@@ -77,18 +81,24 @@ impl Boss {
         let (store, writer) = store::start(&db_path).map_err(BossError::Store)?;
         // A database migrated from before row tags is tagged once, by the
         // first process that opens it with the key; the Boss can be that one.
-        {
+        let keyring = {
             let mut conn = crate::db::open(&db_path).map_err(BossError::Db)?;
-            let keyring = master.bind(&crate::db::database_id(&conn).map_err(BossError::Db)?);
+            let keyring = crate::epochs::open_keyring(&master, &conn).map_err(BossError::Keys)?;
             let keys = crate::registry::RegistryKeys::derive(&keyring);
             let before = home.tagged_before(keyring.database_id()).map_err(BossError::Home)?;
             crate::registry::seal_untagged_rows(&mut conn, &keys, before).map_err(BossError::Registry)?;
             if !before {
                 home.record_tagged(keyring.database_id()).map_err(BossError::Home)?;
             }
-        }
-        let service = service::BossService::new(master, identity, &db_path, &home.files_dir(), store, config)
-            .map_err(BossError::Db)?;
+            keyring
+        };
+        // After a `key rotate` in another process the Boss reads master.key
+        // again, with the same checks as at start.
+        let key_home = home.clone();
+        let load_master = Box::new(move || key_home.load_master_key().ok());
+        let service =
+            service::BossService::new(keyring, load_master, identity, &db_path, &home.files_dir(), store, config)
+                .map_err(BossError::Db)?;
         let server = Server::bind(bind, limits).map_err(BossError::Listen)?;
         Ok(Boss { server, service, writer })
     }
@@ -116,22 +126,33 @@ impl Boss {
     }
 }
 
-/// Runs the server with `service` as its handler, and beside it the sweeper
-/// that expires abandoned partial uploads while the Boss runs (a scoped
-/// thread, so it borrows the service and cannot outlive it). The service is
-/// moved in, so when this returns it is gone, and with it the last handle to
-/// the store: the writer then drains its queue and stops.
+/// How often a running Boss checks whether `key rotate` or `key retire`
+/// changed the live key epochs (one tiny read of the KeyEpochs table).
+pub const KEY_POLL: Duration = Duration::from_millis(500);
+
+/// Runs the server with `service` as its handler, and beside it the
+/// housekeeping thread (a scoped thread, so it borrows the service and cannot
+/// outlive it): it picks up key-epoch changes made by other processes and
+/// expires abandoned partial uploads. The service is moved in, so when this
+/// returns it is gone, and with it the last handle to the store: the writer
+/// then drains its queue and stops.
 fn serve(server: Server, service: service::BossService) -> Stats {
     // A quarter of the expiry (between 100 ms and a minute): a partial is
-    // gone at most a quarter late, and an idle Boss wakes rarely.
-    let period = (service.partial_expiry() / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    // gone at most a quarter late.
+    let sweep_period = (service.partial_expiry() / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let wake = sweep_period.min(KEY_POLL);
     let (stop, stopped) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let service = &service;
         scope.spawn(move || {
-            // Wakes every `period`; the sender's drop (shutdown) ends it at once.
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
-                service.sweep_partials();
+            let mut last_sweep = std::time::Instant::now();
+            // Wakes every `wake`; the sender's drop (shutdown) ends it at once.
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wake) {
+                service.refresh_keys();
+                if last_sweep.elapsed() >= sweep_period {
+                    service.sweep_partials();
+                    last_sweep = std::time::Instant::now();
+                }
             }
         });
         let stats = server.run(service);

@@ -14,10 +14,12 @@
 //! counter, and a cut file lacks the segment sealed as last, so each is
 //! detected when the file is read back.
 //!
-//! Layout: `SPYF\x01`, the 16-byte salt, then each segment as its
-//! ciphertext length (u32 BE) and the ciphertext (plaintext + 16-byte tag).
-//! The lengths are not secret; a changed length misaligns the segments and
-//! fails their tags.
+//! Layout: `SPYF\x02`, the key epoch (u32 BE) whose files key sealed it,
+//! the 16-byte salt, then each segment as its ciphertext length (u32 BE) and
+//! the ciphertext (plaintext + 16-byte tag). Files written before key epochs
+//! start `SPYF\x01` and the salt, and are epoch 0. The lengths and the epoch
+//! are not secret; a changed length misaligns the segments and fails their
+//! tags, a changed epoch picks another key and fails every tag.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -25,12 +27,15 @@ use std::os::unix::fs::FileExt;
 
 use aead_stream::StreamPrimitive;
 
-pub use crate::crypto::FilesKey;
+pub use crate::crypto::{FilesKey, FilesKeys};
 
-const MAGIC: &[u8; 5] = b"SPYF\x01";
+/// The format before key epochs: magic, salt.
+const MAGIC_V1: &[u8; 5] = b"SPYF\x01";
+/// Magic, epoch, salt.
+const MAGIC_V2: &[u8; 5] = b"SPYF\x02";
 const SALT_BYTES: usize = 16;
-/// Bytes before the first segment.
-pub const HEADER_BYTES: u64 = (MAGIC.len() + SALT_BYTES) as u64;
+/// Bytes before the first segment in a file this build writes.
+pub const HEADER_BYTES: u64 = (MAGIC_V2.len() + 4 + SALT_BYTES) as u64;
 /// AES-GCM's tag, added to every segment.
 pub const TAG_BYTES: usize = 16;
 
@@ -80,22 +85,54 @@ pub struct Layout {
     pub end: u64,
 }
 
-/// One upload being written or read, with its key.
+/// What a sealed file's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The key epoch whose files key sealed the file.
+    pub epoch: u32,
+    salt: [u8; SALT_BYTES],
+    /// Where the first segment starts.
+    pub len: u64,
+}
+
+impl Header {
+    /// Reads and checks a file's header.
+    pub fn read(file: &File) -> Result<Header, SealedError> {
+        let mut magic = [0u8; 5];
+        read_exact_at(file, &mut magic, 0)?;
+        let mut salt = [0u8; SALT_BYTES];
+        if &magic == MAGIC_V1 {
+            read_exact_at(file, &mut salt, magic.len() as u64)?;
+            return Ok(Header { epoch: 0, salt, len: (MAGIC_V1.len() + SALT_BYTES) as u64 });
+        }
+        if &magic != MAGIC_V2 {
+            return Err(SealedError::Corrupt);
+        }
+        let mut epoch = [0u8; 4];
+        read_exact_at(file, &mut epoch, magic.len() as u64)?;
+        read_exact_at(file, &mut salt, (magic.len() + 4) as u64)?;
+        Ok(Header { epoch: u32::from_be_bytes(epoch), salt, len: HEADER_BYTES })
+    }
+}
+
+/// One upload being written or read, with the keys of every live epoch.
 pub struct SealedFile<'k> {
-    key: &'k FilesKey,
+    keys: &'k FilesKeys,
     agent_id: i64,
     file_id: String,
 }
 
 impl<'k> SealedFile<'k> {
-    pub fn new(key: &'k FilesKey, agent_id: i64, file_id: &str) -> Self {
-        SealedFile { key, agent_id, file_id: file_id.to_string() }
+    pub fn new(keys: &'k FilesKeys, agent_id: i64, file_id: &str) -> Self {
+        SealedFile { keys, agent_id, file_id: file_id.to_string() }
     }
 
-    /// Writes the header (a fresh random salt) into an empty file.
+    /// Writes the header (the newest epoch, a fresh random salt) into an
+    /// empty file.
     pub fn start(&self, file: &File) -> Result<(), SealedError> {
         let mut header = Vec::with_capacity(HEADER_BYTES as usize);
-        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(MAGIC_V2);
+        header.extend_from_slice(&self.keys.newest().0.to_be_bytes());
         let mut salt = [0u8; SALT_BYTES];
         getrandom::fill(&mut salt).map_err(|e| SealedError::Io(std::io::Error::other(e)))?;
         header.extend_from_slice(&salt);
@@ -104,15 +141,11 @@ impl<'k> SealedFile<'k> {
         Ok(())
     }
 
-    fn salt(file: &File) -> Result<[u8; SALT_BYTES], SealedError> {
-        let mut header = [0u8; HEADER_BYTES as usize];
-        read_exact_at(file, &mut header, 0)?;
-        if &header[..MAGIC.len()] != MAGIC {
-            return Err(SealedError::Corrupt);
-        }
-        let mut salt = [0u8; SALT_BYTES];
-        salt.copy_from_slice(&header[MAGIC.len()..]);
-        Ok(salt)
+    /// The STREAM of the file whose header is `header`: a file under a
+    /// retired (or unknown) epoch opens under no key, like a damaged one.
+    fn stream(&self, header: &Header) -> Result<aead_stream::StreamBE32<aes_gcm::Aes256Gcm>, SealedError> {
+        let key = self.keys.at(header.epoch).ok_or(SealedError::Corrupt)?;
+        Ok(key.stream(&header.salt, self.agent_id, &self.file_id))
     }
 
     /// The layout after `layout` gained a segment of `plaintext_len` bytes.
@@ -126,9 +159,9 @@ impl<'k> SealedFile<'k> {
 
     /// Walks the segment lengths (no decryption).
     pub fn layout(file: &File) -> Result<Layout, SealedError> {
-        Self::salt(file)?;
+        let header = Header::read(file)?;
         let file_len = file.metadata()?.len();
-        let mut layout = Layout { plaintext_len: 0, segments: 0, end: HEADER_BYTES };
+        let mut layout = Layout { plaintext_len: 0, segments: 0, end: header.len };
         while layout.end < file_len {
             let mut len = [0u8; 4];
             read_exact_at(file, &mut len, layout.end)?;
@@ -146,8 +179,7 @@ impl<'k> SealedFile<'k> {
     /// Seals `plaintext` as segment `layout.segments` (the last one if
     /// `last`) and appends it at `layout.end`. The caller syncs.
     pub fn append(&self, file: &File, layout: &Layout, last: bool, plaintext: &[u8]) -> Result<(), SealedError> {
-        let salt = Self::salt(file)?;
-        let stream = self.key.stream(&salt, self.agent_id, &self.file_id);
+        let stream = self.stream(&Header::read(file)?)?;
         // One copy of the plaintext, sealed in place (room for the tag kept),
         // then the length and the segment written behind the last one.
         let mut body = Vec::with_capacity(plaintext.len() + TAG_BYTES);
@@ -159,14 +191,34 @@ impl<'k> SealedFile<'k> {
         Ok(())
     }
 
+    /// Re-seals `from` (under whatever live epoch its header names) into the
+    /// empty `to` under the newest epoch, segment by segment with the same
+    /// boundaries, so nothing but one segment is ever in memory. The caller
+    /// syncs `to` and renames it over `from`. Returns the plaintext length.
+    pub fn reseal(&self, from: &File, to: &File) -> Result<u64, SealedError> {
+        self.start(to)?;
+        let mut written = Self::layout(to)?;
+        let segments = Self::layout(from)?.segments;
+        let mut index = 0;
+        self.read(from, |plaintext| {
+            index += 1;
+            self.append(to, &written, index == segments, plaintext).map_err(|e| match e {
+                SealedError::Io(io) => io,
+                SealedError::Corrupt => std::io::Error::other("cannot seal a segment"),
+            })?;
+            written = Self::grown(&written, plaintext.len());
+            Ok(())
+        })
+    }
+
     /// Reads the whole file back, handing each segment's plaintext to `sink`
     /// in order. Fails unless every segment opens in its place and the last
     /// one is the one sealed as last.
     pub fn read(&self, file: &File, mut sink: impl FnMut(&[u8]) -> std::io::Result<()>) -> Result<u64, SealedError> {
-        let salt = Self::salt(file)?;
-        let stream = self.key.stream(&salt, self.agent_id, &self.file_id);
+        let header = Header::read(file)?;
+        let stream = self.stream(&header)?;
         let layout = Self::layout(file)?;
-        let mut at = HEADER_BYTES;
+        let mut at = header.len;
         let mut buffer = Vec::new();
         for index in 0..layout.segments {
             let mut len = [0u8; 4];
@@ -197,7 +249,7 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), SealedE
 mod tests {
     use super::*;
 
-    fn sealed(key: &FilesKey, chunks: &[&[u8]]) -> (tempfile::NamedTempFile, File) {
+    fn sealed(key: &FilesKeys, chunks: &[&[u8]]) -> (tempfile::NamedTempFile, File) {
         let tmp = tempfile::NamedTempFile::new().expect("tmp");
         let file = tmp.reopen().expect("reopen");
         let writer = SealedFile::new(key, 7, "f1");
@@ -209,7 +261,7 @@ mod tests {
         (tmp, file)
     }
 
-    fn read_all(key: &FilesKey, file: &File, agent: i64, id: &str) -> Result<Vec<u8>, SealedError> {
+    fn read_all(key: &FilesKeys, file: &File, agent: i64, id: &str) -> Result<Vec<u8>, SealedError> {
         let mut out = Vec::new();
         SealedFile::new(key, agent, id).read(file, |p| {
             out.extend_from_slice(p);
@@ -220,7 +272,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_no_plaintext_on_disk() {
-        let key = FilesKey::from_bytes(&[1u8; 32]);
+        let key = FilesKeys::single(FilesKey::from_bytes(&[1u8; 32]));
         let (tmp, file) = sealed(&key, &[b"secret plans, part one; ", b"part two"]);
         assert_eq!(read_all(&key, &file, 7, "f1").expect("reads"), b"secret plans, part one; part two");
         let raw = std::fs::read(tmp.path()).expect("raw");
@@ -231,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_a_cut_a_swap_or_another_id_is_detected() {
-        let key = FilesKey::from_bytes(&[1u8; 32]);
+        let key = FilesKeys::single(FilesKey::from_bytes(&[1u8; 32]));
         let chunks: [&[u8]; 3] = [b"aaaa", b"bbbb", b"cccc"];
         // Every single-bit flip anywhere in the file.
         let (tmp, _) = sealed(&key, &chunks);
@@ -262,6 +314,35 @@ mod tests {
         assert!(read_all(&key, &file, 7, "f1").is_ok());
         assert!(read_all(&key, &file, 8, "f1").is_err(), "another agent");
         assert!(read_all(&key, &file, 7, "f2").is_err(), "another file id");
-        assert!(read_all(&FilesKey::from_bytes(&[2u8; 32]), &file, 7, "f1").is_err(), "another key");
+        assert!(read_all(&FilesKeys::single(FilesKey::from_bytes(&[2u8; 32])), &file, 7, "f1").is_err(), "another key");
+    }
+
+    #[test]
+    fn a_file_names_its_epoch_older_files_are_epoch_0_and_reseal_moves_one_to_the_newest() {
+        let old_keys = FilesKeys::single(FilesKey::from_bytes(&[1u8; 32]));
+        let (_tmp, file) = sealed(&old_keys, &[b"first ", b"second"]);
+        assert_eq!(Header::read(&file).expect("header").epoch, 0);
+        // A file in the format from before epochs (magic 1, no epoch field)
+        // is epoch 0 and still reads.
+        let v2 = std::fs::read(_tmp.path()).expect("raw");
+        let mut v1 = MAGIC_V1.to_vec();
+        v1.extend_from_slice(&v2[MAGIC_V2.len() + 4..]);
+        let v1_file = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(v1_file.path(), &v1).expect("write v1");
+        let reopened = File::open(v1_file.path()).expect("open");
+        assert_eq!(read_all(&old_keys, &reopened, 7, "f1").expect("v1 reads"), b"first second");
+
+        let both = FilesKeys::new(vec![(1, FilesKey::from_bytes(&[9u8; 32])), (0, FilesKey::from_bytes(&[1u8; 32]))]);
+        let target = tempfile::tempfile().expect("tmp");
+        let len = SealedFile::new(&both, 7, "f1").reseal(&reopened, &target).expect("reseal");
+        assert_eq!(len, 12);
+        assert_eq!(Header::read(&target).expect("header").epoch, 1, "sealed under the newest epoch");
+        assert_eq!(read_all(&both, &target, 7, "f1").expect("reads"), b"first second");
+        assert_eq!(SealedFile::layout(&target).expect("layout").segments, 2, "same segments");
+        let only_new = FilesKeys::single(FilesKey::from_bytes(&[9u8; 32]));
+        assert!(read_all(&only_new, &target, 7, "f1").is_err(), "epoch 1 is not epoch 0 under the new key");
+        let new_as_1 = FilesKeys::new(vec![(1, FilesKey::from_bytes(&[9u8; 32]))]);
+        assert_eq!(read_all(&new_as_1, &target, 7, "f1").expect("only epoch 1 needed"), b"first second");
+        assert!(read_all(&new_as_1, &reopened, 7, "f1").is_err(), "a retired epoch's file opens under no key");
     }
 }

@@ -8,12 +8,12 @@
 //! replay within the TTL) is stored once and acknowledged as `duplicate`.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::Connection;
 
 use crate::crypto::identity::Side;
-use crate::crypto::{FernetKey, IdentityKeys, KeyRing, MasterKey, PublicIdentity, TokenError};
+use crate::crypto::{FernetKey, IdentityKeys, KeyRing, MasterKeys, PublicIdentity, TokenError};
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
@@ -50,7 +50,10 @@ impl Default for BossConfig {
 /// An `ERR` to send: its code and human text.
 type Refusal = (ErrorCode, String);
 
-/// How far [`BossService::prepare`] got with a line.
+/// How far [`BossService::prepare`] got with a line. Lives for one line on
+/// the stack and is moved once, so its size costs nothing, while boxing the
+/// big variant would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum Step {
     /// The answer is ready (a file chunk written and synced); `new` says
     /// whether the chunk added bytes (a resent earlier chunk does not).
@@ -70,12 +73,25 @@ struct PendingAck {
     reply: String,
 }
 
+/// The keys of every live key epoch, swapped whole when they change.
+struct EpochKeys {
+    keyring: KeyRing,
+    registry: RegistryKeys,
+    /// `db::epochs::fingerprint` when these were loaded.
+    fingerprint: String,
+}
+
 /// The Boss's line handler.
 pub struct BossService {
-    keyring: KeyRing,
+    /// Replaced when `key rotate` or `key retire` (another process) changes
+    /// the live epochs: see [`Self::refresh_keys`].
+    keys: RwLock<Arc<EpochKeys>>,
+    /// Reloads master.key (with the home's checks) when the epochs change.
+    load_master: Box<dyn Fn() -> Option<MasterKeys> + Send + Sync>,
+    /// When an auth failure last made the Boss look for new key epochs.
+    last_key_check: Mutex<std::time::Instant>,
     /// The Boss's own identity (identity.key): channel keys with enrolled agents.
     identity: IdentityKeys,
-    keys: RegistryKeys,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
     /// `JOIN`, `JOIN2` and `WHOIS` lines (enrolment by one-time code).
@@ -86,8 +102,11 @@ pub struct BossService {
 }
 
 impl BossService {
+    /// `keyring` is the database's keys now; `load_master` reads master.key
+    /// again when a rotation adds an epoch.
     pub fn new(
-        master: MasterKey,
+        keyring: KeyRing,
+        load_master: Box<dyn Fn() -> Option<MasterKeys> + Send + Sync>,
         identity: IdentityKeys,
         db_path: &Path,
         files_root: &Path,
@@ -95,19 +114,21 @@ impl BossService {
         config: BossConfig,
     ) -> Result<Self, DbError> {
         let reader = db::open_read_only(db_path)?;
-        let keyring = master.bind(&db::database_id(&reader)?);
-        let files = FileAssembler::new(files_root.to_path_buf(), keyring.files_key()).with_quota(config.quota);
+        let fingerprint = db::epochs::fingerprint(&reader)?;
+        let files = FileAssembler::new(files_root.to_path_buf(), keyring.files_keys()).with_quota(config.quota);
         // Partials left by a Boss that stopped: the running sweeper
         // ([`Self::sweep_partials`]) only starts counting from now.
         let swept = files.sweep_stale(config.partial_expiry);
         if swept > 0 {
             tracing::info!(swept, "removed expired partial uploads");
         }
-        let enrolment = super::enroll::Enrolment::new(db_path, RegistryKeys::derive(&keyring), identity.public())?;
+        let enrolment = super::enroll::Enrolment::new(db_path, identity.public())?;
+        let registry = RegistryKeys::derive(&keyring);
         Ok(BossService {
             enrolment,
-            keys: RegistryKeys::derive(&keyring),
-            keyring,
+            keys: RwLock::new(Arc::new(EpochKeys { keyring, registry, fingerprint })),
+            load_master,
+            last_key_check: Mutex::new(std::time::Instant::now()),
             identity,
             reader: Mutex::new(reader),
             store,
@@ -118,6 +139,98 @@ impl BossService {
 
     pub fn identity(&self) -> PublicIdentity {
         self.identity.public()
+    }
+
+    fn current_keys(&self) -> Arc<EpochKeys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Picks up a key rotation or retirement made by another process: if the
+    /// live epochs changed, reads master.key again and swaps every key (wire,
+    /// registry, files) at once. Called about once a second by the sweeper
+    /// thread. Keeps the old keys, loudly, if master.key lacks a live epoch.
+    pub fn refresh_keys(&self) -> bool {
+        let fingerprint = {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            match db::epochs::fingerprint(&reader) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the key epochs");
+                    return false;
+                }
+            }
+        };
+        let current = self.current_keys();
+        if current.fingerprint == fingerprint {
+            return false;
+        }
+        let live = {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            db::live_epochs(&reader)
+        };
+        let keyring = match (live, (self.load_master)()) {
+            (Ok(live), Some(master)) => match master.bind(current.keyring.database_id(), &live) {
+                Ok(keyring) => keyring,
+                Err(e) => {
+                    tracing::error!(error = %e, "key epochs changed but master.key cannot follow; keeping the old keys");
+                    return false;
+                }
+            },
+            _ => {
+                tracing::error!("key epochs changed but master.key or the epochs cannot be read; keeping the old keys");
+                return false;
+            }
+        };
+        self.files.set_keys(keyring.files_keys());
+        let registry = RegistryKeys::derive(&keyring);
+        let epochs: Vec<u32> = keyring.epochs().collect();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EpochKeys { keyring, registry, fingerprint });
+        tracing::info!(?epochs, "key epochs changed: now accepting keys of these epochs, writing under the newest");
+        true
+    }
+
+    /// Opens a request token. A v1 agent may hold its wire key of any live
+    /// key epoch (one exported before the last `key rotate` works until that
+    /// epoch is retired): each epoch's key is tried, newest first, and a bad
+    /// MAC tries them all, known id or not, so the cost still says nothing.
+    /// An enrolled agent has its one channel key. Returns the outcome and,
+    /// unless no key's MAC matched, the key (and its epoch) that opened it.
+    #[allow(clippy::type_complexity)]
+    fn open_line(
+        &self,
+        keys: &EpochKeys,
+        enrolled: Option<&identities::StoredIdentity>,
+        agent_id: i64,
+        generation: u32,
+        token: &[u8],
+    ) -> (Result<crate::crypto::fernet::Opened, TokenError>, Option<(Option<u32>, FernetKey)>) {
+        let candidates: Vec<(Option<u32>, FernetKey)> = match enrolled {
+            Some(identity) => match self.identity.channel_key(Side::Boss, &identity.public, agent_id) {
+                Some(key) => vec![(None, key)],
+                None => Vec::new(),
+            },
+            None => keys.keyring.agent_wire_keys(agent_id, generation).into_iter().map(|(e, k)| (Some(e), k)).collect(),
+        };
+        for (epoch, key) in candidates {
+            let attempt = key.open(token, Some(self.config.ttl_secs));
+            if !matches!(attempt, Err(TokenError::Invalid)) {
+                return (attempt, Some((epoch, key)));
+            }
+        }
+        (Err(TokenError::Invalid), None)
+    }
+
+    /// [`Self::refresh_keys`], unless it ran in the last 100 ms; true if the
+    /// keys changed.
+    fn refresh_keys_soon(&self) -> bool {
+        {
+            let mut last = self.last_key_check.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < std::time::Duration::from_millis(100) {
+                return false;
+            }
+            *last = std::time::Instant::now();
+        }
+        self.refresh_keys()
     }
 
     /// How long a partial upload may sit untouched.
@@ -209,7 +322,8 @@ impl BossService {
     fn prepare(&self, line: &[u8], peer: &Peer) -> Result<Step, Refusal> {
         if super::enroll::is_enrolment_line(line) {
             // Enrolment steps are not stored work: they do not keep a connection alive.
-            return self.enrolment.handle(line, peer).map(|line| Step::Reply { line, new: false });
+            let keys = self.current_keys();
+            return self.enrolment.handle(line, peer, &keys.registry).map(|line| Step::Reply { line, new: false });
         }
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
@@ -232,17 +346,19 @@ impl BossService {
             tracing::error!(error = %e, "identity lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })?;
-        let key = match &enrolled {
-            Some(identity) => {
-                self.identity.channel_key(Side::Boss, &identity.public, agent_id).ok_or_else(auth_failed)?
-            }
-            None => self.keyring.agent_wire_key_at(agent_id, generation),
-        };
-        let opened = key.open(request.token, Some(self.config.ttl_secs));
-        if let Err(TokenError::Invalid) = opened {
+        let mut keys = self.current_keys();
+        let (mut opened, mut chosen) = self.open_line(&keys, enrolled.as_ref(), agent_id, generation, request.token);
+        // A key of an epoch added a moment ago (`key rotate` in another
+        // process, not yet polled): look once more, at most every 100 ms, so
+        // a forged line cannot make the Boss re-read master.key at will.
+        if chosen.is_none() && enrolled.is_none() && self.refresh_keys_soon() {
+            keys = self.current_keys();
+            (opened, chosen) = self.open_line(&keys, None, agent_id, generation, request.token);
+        }
+        let Some((key_epoch, key)) = chosen else {
             tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth");
             return Err(auth_failed());
-        }
+        };
         // Sealed under agent N's key, which only the master secret makes: now
         // it is safe to spend work on the agent. An id with no agent (removed
         // since) is still `auth`, and only a key holder can reach this branch.
@@ -265,9 +381,15 @@ impl BossService {
                 ));
             }
         };
+        // A row a rotation (another process) has just rewrapped under an
+        // epoch this Boss has not polled yet: look now. Only a key holder
+        // gets this far, so this cannot be used to make the Boss re-read.
+        if keys.registry.at(alias.key_epoch).is_none() && self.refresh_keys() {
+            keys = self.current_keys();
+        }
         // A row changed without the key (a rolled-back revocation, say) is
         // not trusted, whatever the token.
-        if let Err(e) = crate::registry::check_row(&self.keys, &alias) {
+        if let Err(e) = crate::registry::check_row(&keys.registry, &alias) {
             tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
             return Err(auth_failed());
         }
@@ -275,7 +397,7 @@ impl BossService {
             // Revoked between the two reads: the key it was checked under is gone.
             return Err(auth_failed());
         }
-        let alias = self.keys.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
+        let alias = keys.registry.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
@@ -291,6 +413,7 @@ impl BossService {
                         }
                         None => None,
                     },
+                    key_epoch,
                 }),
                 key,
                 agent_id,
@@ -349,11 +472,12 @@ impl BossService {
                         op: WriteOp::File(messages::StoredFile {
                             agent_id,
                             file_id: chunk.file_id.clone(),
-                            name: self.keys.conceal(&chunk.name),
+                            name: keys.registry.conceal(&chunk.name),
                             size: size as i64,
                             sha256,
                             stored_as,
                             received_at: now,
+                            key_epoch: keys.registry.newest().epoch,
                         }),
                         key,
                         agent_id,

@@ -54,7 +54,10 @@ pub fn check(
     let Some(sig) = &m.signature else {
         // Sealed under the generation current when it arrived: any up to now.
         let newest = agents::by_id(conn, m.agent_id)?.map_or(0, |a| a.key_generation);
-        let body = keyring.open_agent_token(m.agent_id, newest, m.token.as_bytes()).and_then(|o| body_of(&o.plaintext));
+        // A row written before key epochs existed records epoch 0.
+        let epoch = m.key_epoch.unwrap_or(0);
+        let body =
+            keyring.open_agent_token(m.agent_id, newest, epoch, m.token.as_bytes()).and_then(|o| body_of(&o.plaintext));
         return Ok(Checked { body: body.map(|(_, b)| b), status: SignatureStatus::Unsigned });
     };
     let invalid = |why| Ok(Checked { body: None, status: SignatureStatus::Invalid(why) });

@@ -182,22 +182,26 @@ pub fn audit(ctx: &mut Ctx<'_>) -> Result<()> {
     let mut rows = Rows::new(&["When (UTC)", "Director", "Action", "Agent", "Details"]);
     for entry in &entries {
         let (action, target, details) = match &entry.action {
-            AuditAction::Add { target, level } => ("add", target, format!("level {level}")),
-            AuditAction::Delete { target } => ("delete", target, String::new()),
-            AuditAction::SetLevel { target, from, to } => ("set-level", target, format!("{from} -> {to}")),
-            AuditAction::Revoke { target, generation } => ("revoke", target, format!("key generation {generation}")),
+            AuditAction::Add { target, level } => ("add", Some(target), format!("level {level}")),
+            AuditAction::Delete { target } => ("delete", Some(target), String::new()),
+            AuditAction::SetLevel { target, from, to } => ("set-level", Some(target), format!("{from} -> {to}")),
+            AuditAction::Revoke { target, generation } => {
+                ("revoke", Some(target), format!("key generation {generation}"))
+            }
             AuditAction::Enroll { target, expires_at } => {
-                ("enroll", target, format!("code expires {} UTC", crate::output::utc_time(*expires_at)))
+                ("enroll", Some(target), format!("code expires {} UTC", crate::output::utc_time(*expires_at)))
             }
             AuditAction::ExportKey { target, generation } => {
-                ("export key", target, format!("key generation {generation}"))
+                ("export key", Some(target), format!("key generation {generation}"))
             }
+            AuditAction::RotateKeys { epoch } => ("key rotate", None, format!("new key epoch {epoch}")),
+            AuditAction::RetireKeys { epoch } => ("key retire", None, format!("key epoch {epoch} retired")),
         };
         rows.push(vec![
             crate::output::utc_time(entry.at),
             entry.actor_id.to_string(),
             action.into(),
-            target.to_string(),
+            target.map_or_else(|| "-".to_string(), i64::to_string),
             details,
         ]);
     }

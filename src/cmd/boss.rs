@@ -275,7 +275,7 @@ pub fn inbox_get(ctx: &mut Ctx<'_>, id: &str, out: &Path, force: bool) -> Result
         }
         _ => Error::caused(format!("cannot create {}", out.display()), e),
     })?;
-    let files = FileAssembler::new(ctx.home.files_dir(), gate.keyring.files_key());
+    let files = FileAssembler::new(ctx.home.files_dir(), gate.keyring.files_keys());
     let written = files.export(record.agent_id, id, &mut file).map_err(Error::from).and_then(|(size, sha256)| {
         if sha256 != record.sha256 || size != record.size as u64 {
             return Err(Error::failed("the stored file does not match the SHA-256 recorded when it arrived"));

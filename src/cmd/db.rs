@@ -305,7 +305,7 @@ pub fn demo_script(ctx: &mut Ctx<'_>, raw: bool) -> Result<()> {
 pub fn ad_hoc(ctx: &mut Ctx<'_>, sql: &str, raw: bool, limits: &ReadLimits) -> Result<()> {
     let master = ctx.home.load_master_key()?;
     let mut conn = db::open_read_only(&ctx.home.db_path())?;
-    let keys = RegistryKeys::derive(&master.bind(&db::database_id(&conn)?));
+    let keys = RegistryKeys::derive(&crate::epochs::open_keyring(&master, &conn)?);
     db::limits::apply(&mut conn, limits)?;
     let stmt = conn.prepare(sql).map_err(|e| match e {
         rusqlite::Error::MultipleStatement => Error::failed("--sql takes one statement"),

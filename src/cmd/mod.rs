@@ -8,13 +8,14 @@ pub mod db;
 pub mod demo;
 pub mod docs;
 pub mod join;
+pub mod key;
 pub mod prompt;
 pub mod send;
 pub mod session;
 
 use std::io::{IsTerminal, Write};
 
-use crate::cli::{AgentCommand, BossCommand, Command, DbCommand, KeyCommand};
+use crate::cli::{AgentCommand, BossCommand, Command, DbCommand, KeyCommand, MasterKeyCommand};
 use crate::error::Result;
 use crate::home::Home;
 
@@ -84,6 +85,9 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {
             agent::export_key(ctx, agent_id, &out, force)
         }
+        Command::MasterKey(MasterKeyCommand::Status) => key::status(ctx),
+        Command::MasterKey(MasterKeyCommand::Rotate { resume, batch }) => key::rotate(ctx, resume, batch),
+        Command::MasterKey(MasterKeyCommand::Retire { epoch }) => key::retire(ctx, epoch),
         Command::Login(args) => session::login(ctx, args),
         Command::Logout => session::logout(ctx),
         Command::Whoami => session::whoami(ctx),

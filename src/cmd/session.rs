@@ -30,7 +30,7 @@ impl Opened {
     pub fn open(ctx: &Ctx<'_>) -> Result<Opened> {
         let master = ctx.home.load_master_key()?;
         let mut conn = db::open(&ctx.home.db_path())?;
-        let keyring = master.bind(&db::database_id(&conn)?);
+        let keyring = crate::epochs::open_keyring(&master, &conn)?;
         let keys = RegistryKeys::derive(&keyring);
         tag_rows_once(&ctx.home, &mut conn, &keyring, &keys)?;
         Ok(Opened { conn, keys, keyring })
@@ -67,7 +67,13 @@ pub struct Gate {
 /// database, so a deleted or demoted agent loses access at once.
 pub fn require_login(ctx: &Ctx<'_>) -> Result<Gate> {
     let Opened { conn, keyring, keys } = Opened::open(ctx)?;
-    let claims = session::read(&ctx.home.session_path(), &keyring.session_key(), unix_now())?;
+    let session_keys = keyring.session_keys();
+    let (claims, epoch_index) = session::read_any(&ctx.home.session_path(), &session_keys, unix_now())?;
+    if epoch_index > 0 {
+        // Sealed before the last `key rotate`: sealed again under the newest
+        // epoch now, so the old epoch can be retired without logging out.
+        session::write(&ctx.home.session_path(), &session_keys[0], &claims)?;
+    }
     let agent = registry::get(&conn, &keys, claims.agent_id)?
         .ok_or_else(|| Error::failed("your agent record no longer exists").hint(Hint::LoginAgain))?;
     if agent.key_generation != claims.key_generation {

@@ -122,11 +122,27 @@ impl FernetKey {
 
     /// Encrypts `plaintext` now, with a random IV.
     pub fn seal(&self, plaintext: &[u8]) -> String {
+        self.seal_dated(plaintext, unix_now())
+    }
+
+    /// Encrypts `plaintext` with a random IV and the given timestamp (a
+    /// rotated token keeps the time it was first made).
+    pub fn seal_dated(&self, plaintext: &[u8], timestamp: u64) -> String {
         let mut iv = [0u8; 16];
         // The OS RNG failing is not something a caller can recover from; a token
         // with a predictable IV would be worse than stopping.
         getrandom::fill(&mut iv).expect("the operating system's random number generator failed");
-        self.seal_with(plaintext, unix_now(), iv)
+        self.seal_with(plaintext, timestamp, iv)
+    }
+
+    /// What Python's `MultiFernet.rotate` does: opens `token` under any of
+    /// `from` (no TTL: a stored token is as old as it is) and seals its
+    /// plaintext again under `self`, keeping the original timestamp, with a
+    /// fresh IV. Used by `key rotate` to rewrap stored tokens.
+    pub fn rotate(&self, token: &[u8], from: &[&FernetKey]) -> Result<String, TokenError> {
+        let opened = from.iter().find_map(|key| key.open(token, None).ok()).ok_or(TokenError::Invalid)?;
+        let plaintext = Zeroizing::new(opened.plaintext);
+        Ok(self.seal_dated(&plaintext, opened.timestamp))
     }
 
     /// Encrypts with a given timestamp and IV. Only for test vectors and
@@ -293,6 +309,19 @@ mod tests {
         assert!(key().open_at(token.as_bytes(), None, 1000 - 60).is_ok());
         let other = FernetKey::from_bytes(&[9u8; 32]);
         assert_eq!(other.open_at(token.as_bytes(), Some(10), 5000).err(), Some(TokenError::Invalid));
+    }
+
+    #[test]
+    fn rotate_keeps_the_plaintext_and_the_original_timestamp_under_the_new_key() {
+        let old = key();
+        let new = FernetKey::from_bytes(&[9u8; 32]);
+        let token = old.seal_with(b"stored secret", 1_000_000, [3u8; 16]);
+        let rotated = new.rotate(token.as_bytes(), &[&new, &old]).expect("rotates");
+        let opened = new.open(rotated.as_bytes(), None).expect("opens under the new key");
+        assert_eq!((opened.plaintext.as_slice(), opened.timestamp), (&b"stored secret"[..], 1_000_000));
+        assert!(old.open(rotated.as_bytes(), None).is_err(), "no longer under the old key");
+        assert_ne!(rotated, new.rotate(token.as_bytes(), &[&old]).expect("again"), "a fresh IV each time");
+        assert_eq!(new.rotate(token.as_bytes(), &[&new]).err(), Some(TokenError::Invalid), "under none of `from`");
     }
 
     #[test]

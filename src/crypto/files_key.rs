@@ -8,6 +8,33 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+/// The files-at-rest key of every live key epoch, newest first: new files
+/// are sealed under the newest, each file's header names the epoch it needs.
+pub struct FilesKeys {
+    keys: Vec<(u32, FilesKey)>,
+}
+
+impl FilesKeys {
+    /// `keys` newest first (as `KeyRing::files_keys` gives them); not empty.
+    pub fn new(keys: Vec<(u32, FilesKey)>) -> Self {
+        assert!(!keys.is_empty(), "a key ring has at least one epoch");
+        FilesKeys { keys }
+    }
+
+    /// One key as epoch 0 (tests, and callers that never rotate).
+    pub fn single(key: FilesKey) -> Self {
+        FilesKeys { keys: vec![(0, key)] }
+    }
+
+    pub fn newest(&self) -> (u32, &FilesKey) {
+        (self.keys[0].0, &self.keys[0].1)
+    }
+
+    pub fn at(&self, epoch: u32) -> Option<&FilesKey> {
+        self.keys.iter().find(|(e, _)| *e == epoch).map(|(_, k)| k)
+    }
+}
+
 /// The Boss's key for files at rest (derived from its master secret). No
 /// `Debug`; wiped on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]

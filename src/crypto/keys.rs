@@ -11,6 +11,12 @@
 //! `HKDF-SHA256(ikm = master, salt = DatabaseId, info = "spyctl/v1/agent/<AgentId>", L = 32)`.
 //! A database created before identifiers existed has the empty identifier,
 //! which HKDF treats exactly as "no salt", so its keys did not change.
+//!
+//! **Epochs.** `spyctl key rotate` adds a new master secret (a key epoch);
+//! `master.key` then holds one `<epoch> <hex>` line per epoch (the original
+//! single-line form is epoch 0). A [`KeyRing`] holds every live epoch of one
+//! database: new writes use the newest, reads accept any live one, and each
+//! row records the epoch it was written under so rewrap and retire can count.
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -33,6 +39,8 @@ pub mod labels {
     pub const PEPPER: &str = "spyctl/v1/pepper";
     /// The root of each received file's encryption key.
     pub const FILES_AT_REST: &str = "spyctl/v1/files-at-rest";
+    /// A short check value per epoch, stored in KeyEpochs (never a key).
+    pub const KEY_CHECK: &str = "spyctl/v1/key-check";
     /// Prefix of the per-agent wire key label; the AgentId follows in decimal.
     pub const AGENT_PREFIX: &str = "spyctl/v1/agent/";
 }
@@ -41,13 +49,15 @@ pub mod labels {
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey([u8; 32]);
 
-/// Text in `master.key` that is not 64 hex digits.
+/// Text in `master.key` that is not 64 hex digits (or `<epoch> <hex>` lines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadMasterKey;
 
 impl std::fmt::Display for BadMasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the master key must be 64 hex digits (32 bytes)")
+        f.write_str(
+            "the master key must be 64 hex digits (32 bytes), or one `<epoch> <64 hex digits>` line per key epoch",
+        )
     }
 }
 
@@ -67,9 +77,10 @@ impl MasterKey {
         MasterKey(bytes)
     }
 
-    /// The keys of the database whose identifier is `database_id`.
+    /// The keys of the database whose identifier is `database_id`, with this
+    /// secret as its only epoch (0).
     pub fn bind(&self, database_id: &[u8]) -> KeyRing {
-        KeyRing { master: self.0, database_id: database_id.to_vec() }
+        KeyRing { epochs: vec![(0, self.0)], database_id: database_id.to_vec() }
     }
 
     /// Parses the file form: 64 hex digits, surrounding whitespace ignored.
@@ -87,11 +98,111 @@ impl MasterKey {
     }
 }
 
-/// The master secret bound to one database: the source of every key that
-/// database uses. No `Debug`, no `Clone`; wiped on drop.
+/// Every master secret of a home, by epoch (`master.key`). Wiped on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct MasterKeys {
+    /// Ascending by epoch, no duplicates.
+    epochs: Vec<(u32, [u8; 32])>,
+}
+
+/// The epoch a database uses and `master.key` does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingEpoch(pub u32);
+
+impl std::fmt::Display for MissingEpoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "master.key does not hold key epoch {}, which the database still uses", self.0)
+    }
+}
+
+impl std::error::Error for MissingEpoch {}
+
+impl MasterKeys {
+    /// Parses `master.key`: either the original single hex line (epoch 0) or
+    /// one `<epoch> <hex>` line per epoch.
+    pub fn from_text(text: &str) -> Result<Self, BadMasterKey> {
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        if let [only] = lines.as_slice()
+            && !only.contains(' ')
+        {
+            return Ok(MasterKeys { epochs: vec![(0, MasterKey::from_hex(only)?.0)] });
+        }
+        let mut epochs = Vec::with_capacity(lines.len());
+        for line in lines {
+            let (epoch, hex_text) = line.split_once(' ').ok_or(BadMasterKey)?;
+            let epoch: u32 = epoch.parse().map_err(|_| BadMasterKey)?;
+            epochs.push((epoch, MasterKey::from_hex(hex_text)?.0));
+        }
+        epochs.sort_by_key(|(e, _)| *e);
+        if epochs.is_empty() || epochs.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(BadMasterKey);
+        }
+        Ok(MasterKeys { epochs })
+    }
+
+    /// The file form: the single-line form while only epoch 0 exists (so a
+    /// home that never rotated keeps the file older versions read), else
+    /// one `<epoch> <hex>` line per epoch. Wiped when dropped.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        if let [(0, key)] = self.epochs.as_slice() {
+            return Zeroizing::new(format!("{}\n", hex::encode(key)));
+        }
+        let mut text = Zeroizing::new(String::new());
+        for (epoch, key) in &self.epochs {
+            text.push_str(&format!("{epoch} {}\n", hex::encode(key)));
+        }
+        text
+    }
+
+    /// The epochs this file holds, ascending.
+    pub fn epochs(&self) -> Vec<u32> {
+        self.epochs.iter().map(|(e, _)| *e).collect()
+    }
+
+    pub fn newest_epoch(&self) -> u32 {
+        self.epochs.last().map_or(0, |(e, _)| *e)
+    }
+
+    /// Adds `key` as epoch `epoch` (replacing one the database never
+    /// recorded, left by an interrupted rotation).
+    pub fn insert(&mut self, epoch: u32, key: MasterKey) {
+        self.epochs.retain(|(e, _)| *e != epoch);
+        self.epochs.push((epoch, key.0));
+        self.epochs.sort_by_key(|(e, _)| *e);
+    }
+
+    /// Drops the secret of `epoch` (after `key retire`).
+    pub fn remove(&mut self, epoch: u32) {
+        if let Some(at) = self.epochs.iter().position(|(e, _)| *e == epoch) {
+            self.epochs[at].1.zeroize();
+            self.epochs.remove(at);
+        }
+    }
+
+    /// The keys of the database `database_id` whose live epochs are `live`
+    /// (from its KeyEpochs table; `[0]` for a database from before epochs).
+    pub fn bind(&self, database_id: &[u8], live: &[u32]) -> Result<KeyRing, MissingEpoch> {
+        let mut epochs = Vec::with_capacity(live.len());
+        for epoch in live {
+            let (_, key) = self.epochs.iter().find(|(e, _)| e == epoch).ok_or(MissingEpoch(*epoch))?;
+            epochs.push((*epoch, *key));
+        }
+        epochs.sort_by_key(|(e, _)| std::cmp::Reverse(*e));
+        epochs.dedup_by_key(|(e, _)| *e);
+        if epochs.is_empty() {
+            return Err(MissingEpoch(0));
+        }
+        Ok(KeyRing { epochs, database_id: database_id.to_vec() })
+    }
+}
+
+/// The master secrets bound to one database: the source of every key that
+/// database uses, one set per live key epoch. No `Debug`, no `Clone`; wiped
+/// on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct KeyRing {
-    master: [u8; 32],
+    /// Live epochs, newest first (never empty).
+    epochs: Vec<(u32, [u8; 32])>,
     database_id: Vec<u8>,
 }
 
@@ -101,13 +212,32 @@ impl KeyRing {
         &self.database_id
     }
 
-    /// 32 bytes of HKDF-SHA256 output for `label`.
+    /// The epoch new writes use.
+    pub fn newest_epoch(&self) -> u32 {
+        self.epochs[0].0
+    }
+
+    /// Every live epoch, newest first.
+    pub fn epochs(&self) -> impl Iterator<Item = u32> + '_ {
+        self.epochs.iter().map(|(e, _)| *e)
+    }
+
+    /// A check value for one epoch's secret (stored in KeyEpochs), so a
+    /// `master.key` from another home is named as such instead of every
+    /// value failing to open. `None` for an epoch this ring does not hold.
+    pub fn check_value(&self, epoch: u32) -> Option<String> {
+        self.derive_at(epoch, labels::KEY_CHECK).map(|okm| hex::encode(&okm[..8]))
+    }
+
+    /// 32 bytes of HKDF-SHA256 output for `label` under the newest epoch.
     pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
-        let hkdf = Hkdf::<Sha256>::new(Some(&self.database_id), &self.master);
-        let mut okm = Zeroizing::new([0u8; 32]);
-        // 32 bytes is far below HKDF-SHA256's 255 * 32 limit.
-        hkdf.expand(label.as_bytes(), okm.as_mut()).expect("32 bytes is a valid HKDF-SHA256 output length");
-        okm
+        hkdf_expand(&self.epochs[0].1, &self.database_id, label)
+    }
+
+    /// The same under `epoch`, if it is live.
+    pub fn derive_at(&self, epoch: u32, label: &str) -> Option<Zeroizing<[u8; 32]>> {
+        let (_, master) = self.epochs.iter().find(|(e, _)| *e == epoch)?;
+        Some(hkdf_expand(master, &self.database_id, label))
     }
 
     pub fn at_rest_key(&self) -> FernetKey {
@@ -122,9 +252,24 @@ impl KeyRing {
         super::row_mac::RowMacKey::from_bytes(&self.derive(labels::ROW_MAC))
     }
 
-    /// The key received files are sealed under at rest.
-    pub fn files_key(&self) -> super::files_key::FilesKey {
-        super::files_key::FilesKey::from_bytes(&self.derive(labels::FILES_AT_REST))
+    /// The keys received files are sealed under at rest, one per live
+    /// epoch (new files under the newest).
+    pub fn files_keys(&self) -> super::files_key::FilesKeys {
+        super::files_key::FilesKeys::new(
+            self.each(labels::FILES_AT_REST)
+                .map(|(e, okm)| (e, super::files_key::FilesKey::from_bytes(&okm)))
+                .collect(),
+        )
+    }
+
+    /// The session key of every live epoch, newest first.
+    pub fn session_keys(&self) -> Vec<FernetKey> {
+        self.each(labels::SESSION).map(|(_, okm)| FernetKey::from_bytes(&okm)).collect()
+    }
+
+    /// `label`'s key under each live epoch, newest first.
+    fn each<'a>(&'a self, label: &'a str) -> impl Iterator<Item = (u32, Zeroizing<[u8; 32]>)> + 'a {
+        self.epochs.iter().map(move |(e, master)| (*e, hkdf_expand(master, &self.database_id, label)))
     }
 
     /// The pepper for password hashes.
@@ -142,16 +287,64 @@ impl KeyRing {
     }
 
     /// Opens a token agent `agent_id` sealed under any of its key generations
-    /// up to `newest` (stored messages outlive a revocation), newest first.
-    pub fn open_agent_token(&self, agent_id: i64, newest: u32, token: &[u8]) -> Option<super::fernet::Opened> {
-        (0..=newest).rev().find_map(|generation| self.agent_wire_key_at(agent_id, generation).open(token, None).ok())
+    /// up to `newest` (stored messages outlive a revocation), in the epoch
+    /// `epoch` the row records, newest generation first.
+    pub fn open_agent_token(
+        &self,
+        agent_id: i64,
+        newest: u32,
+        epoch: u32,
+        token: &[u8],
+    ) -> Option<super::fernet::Opened> {
+        self.open_agent_token_with(agent_id, newest, epoch, token).map(|(opened, _)| opened)
+    }
+
+    /// As [`open_agent_token`](Self::open_agent_token), also saying which
+    /// generation's key opened it (rewrap reseals under the same generation).
+    pub fn open_agent_token_with(
+        &self,
+        agent_id: i64,
+        newest: u32,
+        epoch: u32,
+        token: &[u8],
+    ) -> Option<(super::fernet::Opened, u32)> {
+        (0..=newest).rev().find_map(|generation| {
+            let key = self.agent_wire_key_in(epoch, agent_id, generation)?;
+            key.open(token, None).ok().map(|opened| (opened, generation))
+        })
     }
 
     /// Agent `agent_id`'s wire key at key generation `generation` (bumped by
-    /// each `agent revoke`): the Boss derives it, the agent holds only it.
+    /// each `agent revoke`) in the newest epoch: the Boss derives it, the
+    /// agent holds only it.
     pub fn agent_wire_key_at(&self, agent_id: i64, generation: u32) -> FernetKey {
         FernetKey::from_bytes(&self.derive(&agent_label_at(agent_id, generation)))
     }
+
+    /// The same key in epoch `epoch`, if it is live.
+    pub fn agent_wire_key_in(&self, epoch: u32, agent_id: i64, generation: u32) -> Option<FernetKey> {
+        self.derive_at(epoch, &agent_label_at(agent_id, generation)).map(|okm| FernetKey::from_bytes(&okm))
+    }
+
+    /// The agent's wire key at `generation` under every live epoch, newest
+    /// first: what the Boss tries on an incoming line (an agent may hold a
+    /// key exported before the last rotation until that epoch is retired).
+    pub fn agent_wire_keys(&self, agent_id: i64, generation: u32) -> Vec<(u32, FernetKey)> {
+        let label = agent_label_at(agent_id, generation);
+        self.epochs
+            .iter()
+            .map(|(e, master)| (*e, FernetKey::from_bytes(&hkdf_expand(master, &self.database_id, &label))))
+            .collect()
+    }
+}
+
+/// HKDF-SHA256 (salt = the database id, info = `label`), 32 bytes.
+fn hkdf_expand(master: &[u8; 32], database_id: &[u8], label: &str) -> Zeroizing<[u8; 32]> {
+    let hkdf = Hkdf::<Sha256>::new(Some(database_id), master);
+    let mut okm = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's 255 * 32 limit.
+    hkdf.expand(label.as_bytes(), okm.as_mut()).expect("32 bytes is a valid HKDF-SHA256 output length");
+    okm
 }
 
 /// The HKDF label of one agent's first wire key.

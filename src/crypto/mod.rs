@@ -12,7 +12,7 @@ pub mod row_mac;
 
 pub use blind_index::BlindIndexKey;
 pub use fernet::{FernetKey, TokenError};
-pub use files_key::FilesKey;
+pub use files_key::{FilesKey, FilesKeys};
 pub use identity::{IdentityKeys, PublicIdentity};
-pub use keys::{BadMasterKey, KeyRing, MasterKey};
+pub use keys::{BadMasterKey, KeyRing, MasterKey, MasterKeys, MissingEpoch};
 pub use row_mac::RowMacKey;

@@ -26,6 +26,11 @@ pub struct StoredAgent {
     pub password_peppered: bool,
     /// The row's integrity tag (None only between migration and tagging).
     pub row_mac: Option<String>,
+    /// The key epoch of the name, alias, blind index and tag.
+    pub key_epoch: u32,
+    /// The key epoch whose pepper made the password hash (a hash is only
+    /// redone at a login, when the password is at hand).
+    pub pepper_epoch: u32,
 }
 
 /// A row to insert (no id yet).
@@ -35,6 +40,8 @@ pub struct NewStoredAgent<'a> {
     pub level: u8,
     pub password_hash: &'a str,
     pub name_index: &'a str,
+    /// The epoch every sealed, indexed or peppered value above was made in.
+    pub key_epoch: u32,
 }
 
 /// The columns every query below returns, in `from_row`'s order.
@@ -42,7 +49,7 @@ macro_rules! select_agents {
     ($rest:literal) => {
         concat!(
             "SELECT AgentId, AgentName, AgentAlias, AgentSecurityLevel, LoginPassword, AgentNameIndex, KeyGeneration, \
-             PasswordPeppered, RowMac FROM Agents ",
+             PasswordPeppered, RowMac, KeyEpoch, PepperEpoch FROM Agents ",
             $rest
         )
     };
@@ -59,6 +66,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<StoredAgent> {
         key_generation: row.get(6)?,
         password_peppered: row.get(7)?,
         row_mac: row.get(8)?,
+        key_epoch: row.get(9)?,
+        pepper_epoch: row.get(10)?,
     })
 }
 
@@ -73,6 +82,7 @@ pub fn insert(conn: &Connection, agent: &NewStoredAgent<'_>) -> DbResult<i64> {
             ":level": agent.level,
             ":password": agent.password_hash,
             ":name_index": agent.name_index,
+            ":key_epoch": agent.key_epoch,
         },
     )
     .map_err(DbError::from)?;
@@ -89,6 +99,17 @@ pub fn by_name_index(conn: &Connection, name_index: &str) -> DbResult<Option<Sto
         .prepare_cached(select_agents!("WHERE AgentNameIndex = ?1"))?
         .query_row([name_index], from_row)
         .optional()?)
+}
+
+/// The agent whose blind index is any of `indexes` (one per live key epoch:
+/// a row not yet rewrapped carries its old epoch's index).
+pub fn by_any_name_index(conn: &Connection, indexes: &[String]) -> DbResult<Option<StoredAgent>> {
+    for index in indexes {
+        if let Some(found) = by_name_index(conn, index)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
 }
 
 /// Agents at or below `max_level`, by id.
@@ -112,12 +133,36 @@ pub fn set_row_mac(conn: &Connection, id: i64, row_mac: &str) -> DbResult<()> {
     Ok(())
 }
 
-/// Replaces a password hash (re-hashed with the pepper after a login).
-pub fn set_password(conn: &Connection, id: i64, hash: &str, peppered: bool) -> DbResult<()> {
+/// Replaces a password hash (re-hashed with the newest pepper after a login).
+pub fn set_password(conn: &Connection, id: i64, hash: &str, peppered: bool, pepper_epoch: u32) -> DbResult<()> {
     conn.execute(
-        "UPDATE Agents SET LoginPassword = ?2, PasswordPeppered = ?3 WHERE AgentId = ?1",
-        rusqlite::params![id, hash, peppered],
+        "UPDATE Agents SET LoginPassword = ?2, PasswordPeppered = ?3, PepperEpoch = ?4 WHERE AgentId = ?1",
+        rusqlite::params![id, hash, peppered, pepper_epoch],
     )?;
+    Ok(())
+}
+
+/// Rewrap: the row's sealed name and alias and its blind index, now under
+/// `key_epoch` (the caller re-tags the row in the same transaction).
+pub fn set_sealed(
+    conn: &Connection,
+    id: i64,
+    name: &str,
+    alias: &str,
+    name_index: &str,
+    key_epoch: u32,
+) -> DbResult<()> {
+    conn.execute(
+        "UPDATE Agents SET AgentName = ?2, AgentAlias = ?3, AgentNameIndex = ?4, KeyEpoch = ?5 WHERE AgentId = ?1",
+        rusqlite::params![id, name, alias, name_index, key_epoch],
+    )?;
+    Ok(())
+}
+
+/// Records the epoch of the wire key last exported for the agent
+/// (`agent key export`), so `key status` can name who still holds an old one.
+pub fn set_wire_epoch(conn: &Connection, id: i64, epoch: u32) -> DbResult<()> {
+    conn.execute("UPDATE Agents SET WireEpoch = ?2 WHERE AgentId = ?1", rusqlite::params![id, epoch])?;
     Ok(())
 }
 

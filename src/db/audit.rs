@@ -15,8 +15,12 @@ pub struct StoredEntry {
     pub entry: String,
 }
 
-pub fn insert(conn: &Connection, at: i64, actor_id: i64, entry: &str) -> DbResult<()> {
-    conn.execute("INSERT INTO Audit (At, ActorId, Entry) VALUES (?1, ?2, ?3)", rusqlite::params![at, actor_id, entry])?;
+/// Stores one entry sealed under key epoch `key_epoch`.
+pub fn insert(conn: &Connection, at: i64, actor_id: i64, entry: &str, key_epoch: u32) -> DbResult<()> {
+    conn.execute(
+        "INSERT INTO Audit (At, ActorId, Entry, KeyEpoch) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![at, actor_id, entry, key_epoch],
+    )?;
     Ok(())
 }
 

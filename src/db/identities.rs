@@ -79,10 +79,17 @@ pub fn revoke(conn: &Connection, agent_id: i64, now: i64) -> DbResult<bool> {
 }
 
 /// Stores the agent's one live code (replacing an earlier one).
-pub fn put_code(conn: &Connection, agent_id: i64, sealed_hash: &str, expires_at: i64, issued_by: i64) -> DbResult<()> {
+pub fn put_code(
+    conn: &Connection,
+    agent_id: i64,
+    sealed_hash: &str,
+    expires_at: i64,
+    issued_by: i64,
+    key_epoch: u32,
+) -> DbResult<()> {
     conn.execute(
-        "INSERT OR REPLACE INTO EnrolCodes (AgentId, CodeHash, ExpiresAt, IssuedBy) VALUES (?1, ?2, ?3, ?4)",
-        params![agent_id, sealed_hash, expires_at, issued_by],
+        "INSERT OR REPLACE INTO EnrolCodes (AgentId, CodeHash, ExpiresAt, IssuedBy, KeyEpoch) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![agent_id, sealed_hash, expires_at, issued_by, key_epoch],
     )?;
     Ok(())
 }

@@ -15,6 +15,9 @@ pub struct StoredMessage {
     /// An enrolled agent's message: the signature, its statement's time and
     /// the AgentIdentities row of the key that made it.
     pub signature: Option<MessageSignature>,
+    /// The key epoch of the wire key the token is sealed under; None for a
+    /// token under an enrolled agent's channel key (not from master.key).
+    pub key_epoch: Option<u32>,
 }
 
 /// The signature kept with a message.
@@ -37,6 +40,8 @@ pub struct StoredFile {
     /// Path relative to the home's files/ directory.
     pub stored_as: String,
     pub received_at: i64,
+    /// The key epoch of `name`'s token.
+    pub key_epoch: u32,
 }
 
 /// Inserts unless (agent, message id) is already there. True if it was new.
@@ -44,8 +49,8 @@ pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> 
     // Cached: the Boss's writer runs this for every message.
     let changed = conn
         .prepare_cached(
-            "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow, KeyEpoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (AgentId, MessageId) DO NOTHING",
         )?
         .execute(params![
@@ -56,6 +61,7 @@ pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> 
             msg.signature.as_ref().map(|s| s.signature.as_slice()),
             msg.signature.as_ref().map(|s| s.signed_at),
             msg.signature.as_ref().map(|s| s.signer_row),
+            msg.key_epoch,
         ])?;
     Ok(changed == 1)
 }
@@ -63,10 +69,19 @@ pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> 
 /// Inserts unless (agent, file id) is already there. True if it was new.
 pub fn insert_file(conn: &Connection, file: &StoredFile) -> DbResult<bool> {
     let changed = conn.execute(
-        "INSERT INTO Files (AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO Files (AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (AgentId, FileId) DO NOTHING",
-        params![file.agent_id, file.file_id, file.name, file.size, file.sha256, file.stored_as, file.received_at],
+        params![
+            file.agent_id,
+            file.file_id,
+            file.name,
+            file.size,
+            file.sha256,
+            file.stored_as,
+            file.received_at,
+            file.key_epoch
+        ],
     )?;
     Ok(changed == 1)
 }
@@ -132,7 +147,7 @@ pub fn inbox_keys_for_id(conn: &Connection, id: &str) -> DbResult<Vec<InboxKey>>
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-const MESSAGE_COLUMNS: &str = "AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow";
+const MESSAGE_COLUMNS: &str = "AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow, KeyEpoch";
 
 fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     let signature = match (row.get::<_, Option<Vec<u8>>>(4)?, row.get::<_, Option<i64>>(5)?, row.get(6)?) {
@@ -147,6 +162,7 @@ fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
         received_at: row.get(2)?,
         token: row.get(3)?,
         signature,
+        key_epoch: row.get(7)?,
     })
 }
 
@@ -172,13 +188,13 @@ pub fn file_at(conn: &Connection, row_id: i64) -> DbResult<Option<StoredFile>> {
     use rusqlite::OptionalExtension;
     Ok(conn
         .prepare_cached(
-            "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt FROM Files WHERE RowId = ?1",
+            "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch FROM Files WHERE RowId = ?1",
         )?
         .query_row([row_id], file_from_row)
         .optional()?)
 }
 
-/// A Files row selected as `AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt`.
+/// A Files row selected as `AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch`.
 fn file_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
     Ok(StoredFile {
         agent_id: row.get(0)?,
@@ -188,6 +204,7 @@ fn file_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
         sha256: row.get(4)?,
         stored_as: row.get(5)?,
         received_at: row.get(6)?,
+        key_epoch: row.get(7)?,
     })
 }
 
@@ -203,8 +220,17 @@ pub fn file_record(conn: &Connection, agent_id: i64, file_id: &str) -> DbResult<
 /// Every completed file with this file id (normally one).
 pub fn files_with_id(conn: &Connection, file_id: &str) -> DbResult<Vec<StoredFile>> {
     let mut stmt = conn.prepare(
-        "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt FROM Files WHERE FileId = ?1 ORDER BY RowId",
+        "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch FROM Files WHERE FileId = ?1 \
+         ORDER BY RowId",
     )?;
     let rows = stmt.query_map([file_id], file_from_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// (AgentId, FileId) of every completed file, in RowId order (`key rotate`
+/// re-seals each one under the newest epoch).
+pub fn all_file_ids(conn: &Connection) -> DbResult<Vec<(i64, String)>> {
+    let mut stmt = conn.prepare("SELECT AgentId, FileId FROM Files ORDER BY RowId")?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

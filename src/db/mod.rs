@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod audit;
 pub mod demo;
+pub mod epochs;
 pub mod identities;
 pub mod limits;
 pub mod logins;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -283,8 +284,41 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 5 (identities, enrolment)");
     }
+    if version < 6 {
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATE_V6)?;
+        tx.execute_batch(EPOCH_GUARDS_SQL)?;
+        tx.pragma_update(None, "user_version", 6)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 6 (key epochs)");
+    }
     Ok(())
 }
+
+/// The version-6 step: key epochs. Every existing row was written under the
+/// only epoch there was, 0; messages under an enrolled agent's channel key
+/// (signed ones) are under no master-derived key at all.
+const MIGRATE_V6: &str = "
+    CREATE TABLE IF NOT EXISTS KeyEpochs (
+        Epoch INTEGER PRIMARY KEY, CreatedAt INTEGER NOT NULL, RetiredAt INTEGER, KeyCheck TEXT,
+        PepperSealed TEXT, KeyEpoch INTEGER);
+    ALTER TABLE Agents ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE Agents ADD COLUMN PepperEpoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE Agents ADD COLUMN WireEpoch INTEGER;
+    ALTER TABLE Audit ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE LoginFailures ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE LoginLockouts ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE Messages ADD COLUMN KeyEpoch INTEGER;
+    UPDATE Messages SET KeyEpoch = 0 WHERE SignerRow IS NULL;
+    ALTER TABLE Files ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE EnrolCodes ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS MessagesByEpoch ON Messages (KeyEpoch);
+";
+
+/// Triggers that refuse a row written under a retired key epoch: the last
+/// guard against a process that has not yet noticed a retirement (its key
+/// for that epoch is gone from master.key, so the row could never be read).
+pub const EPOCH_GUARDS_SQL: &str = include_str!("../../sql/epoch_guards.sql");
 
 /// The version-4 step: the tables and columns of sql/schema.sql it adds.
 const MIGRATE_V5: &str = "
@@ -305,6 +339,7 @@ const MIGRATE_V5: &str = "
 /// so a failure leaves the old tables.
 pub fn apply_schema(tx: &rusqlite::Transaction<'_>, database_id: &[u8; DATABASE_ID_BYTES]) -> DbResult<()> {
     tx.execute_batch(SCHEMA_SQL)?;
+    tx.execute_batch(EPOCH_GUARDS_SQL)?;
     tx.execute("INSERT INTO Meta (Name, Value) VALUES ('database-id', ?1)", [&database_id[..]])?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
@@ -332,13 +367,28 @@ pub fn database_id(conn: &Connection) -> DbResult<Vec<u8>> {
     Ok(conn.query_row("SELECT Value FROM Meta WHERE Name = 'database-id'", [], |row| row.get(0))?)
 }
 
+/// The database's live key epochs, ascending: `[0]` until the first
+/// `key rotate` records any (a database from before epochs, or a fresh one
+/// whose home never rotated). Read-only on an unmigrated database too.
+pub fn live_epochs(conn: &Connection) -> DbResult<Vec<u32>> {
+    let version: i32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version < 6 {
+        return Ok(vec![0]);
+    }
+    let epochs: Vec<u32> = conn
+        .prepare_cached("SELECT Epoch FROM KeyEpochs WHERE RetiredAt IS NULL ORDER BY Epoch")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(if epochs.is_empty() { vec![0] } else { epochs })
+}
+
 /// Every table that holds at least one row, with its row count, in name
 /// order: what a plain `db init` would destroy. SQLite's own `sqlite_*`
 /// tables and `Meta` (the database's identity, which `db init` makes anew)
 /// are not data.
 pub fn tables_with_rows(conn: &Connection) -> DbResult<Vec<(String, i64)>> {
     let names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> 'Meta' ORDER BY name")?
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('Meta', 'KeyEpochs') ORDER BY name")?
         .query_map([], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     let mut holding = Vec::new();
@@ -373,6 +423,14 @@ mod tests {
              ALTER TABLE Agents DROP COLUMN PasswordPeppered; ALTER TABLE Agents DROP COLUMN RowMac;
              DROP TABLE AgentIdentities; DROP TABLE EnrolCodes; ALTER TABLE Messages DROP COLUMN Signature;
              ALTER TABLE Messages DROP COLUMN SignedAt; ALTER TABLE Messages DROP COLUMN SignerRow;
+             DROP TRIGGER MessagesEpochLive; DROP TRIGGER FilesEpochLive; DROP TRIGGER AgentsEpochLive;
+             DROP TRIGGER AgentsEpochLiveOnUpdate; DROP TRIGGER AuditEpochLive; DROP TRIGGER EnrolCodesEpochLive;
+             DROP INDEX MessagesByEpoch; DROP TABLE KeyEpochs;
+             ALTER TABLE Agents DROP COLUMN KeyEpoch; ALTER TABLE Agents DROP COLUMN PepperEpoch;
+             ALTER TABLE Agents DROP COLUMN WireEpoch; ALTER TABLE Audit DROP COLUMN KeyEpoch;
+             ALTER TABLE LoginFailures DROP COLUMN KeyEpoch; ALTER TABLE LoginLockouts DROP COLUMN KeyEpoch;
+             ALTER TABLE Messages DROP COLUMN KeyEpoch; ALTER TABLE Files DROP COLUMN KeyEpoch;
+             ALTER TABLE EnrolCodes DROP COLUMN KeyEpoch;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");
@@ -394,5 +452,6 @@ mod tests {
             .expect("v4 signature columns");
         migrated.query_row("SELECT COUNT(*) FROM AgentIdentities", [], |r| r.get::<_, i64>(0)).expect("v4 identities");
         migrated.query_row("SELECT COUNT(*) FROM EnrolCodes", [], |r| r.get::<_, i64>(0)).expect("v4 codes");
+        assert_eq!(live_epochs(&migrated).expect("v6 epochs"), vec![0], "old rows are epoch 0");
     }
 }

@@ -119,7 +119,7 @@ fn upload_setup() -> Upload {
     let master = spyctl::home::Home::at(home.path()).load_master_key().expect("master key");
     let conn = rusqlite::Connection::open_with_flags(home.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open db");
-    let key = master.bind(&spyctl::db::database_id(&conn).expect("database id")).agent_wire_key(agent);
+    let key = spyctl::epochs::open_keyring(&master, &conn).expect("keys").agent_wire_key(agent);
     let outside = tempfile::tempdir().expect("outside");
     std::fs::write(outside.path().join("authorized_keys"), VICTIM).expect("victim");
     let boss = home.boss(&[]);

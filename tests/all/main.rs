@@ -16,6 +16,7 @@ mod hardening;
 mod home_checks;
 mod identities;
 mod inbox_scale;
+mod key_rotation;
 mod protocol_doc;
 mod python_interop;
 mod row_integrity;

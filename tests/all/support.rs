@@ -506,9 +506,9 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 pub fn stored_file(home: &TestHome, agent_id: i64, file_id: &str) -> Vec<u8> {
     let conn = rusqlite::Connection::open_with_flags(home.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open db");
-    let id = spyctl::db::database_id(&conn).expect("database id");
     let master = spyctl::home::Home::at(home.path()).load_master_key().expect("master key");
-    let files = spyctl::boss::files::FileAssembler::new(home.path().join("files"), master.bind(&id).files_key());
+    let keyring = spyctl::epochs::open_keyring(&master, &conn).expect("the home's keys fit its database");
+    let files = spyctl::boss::files::FileAssembler::new(home.path().join("files"), keyring.files_keys());
     let mut out = Vec::new();
     files.export(agent_id, file_id, &mut out).expect("the stored file opens and checks");
     out
