@@ -419,18 +419,17 @@ mod tests {
         // What a version-1 database looks like: no Meta or Audit table, no
         // KeyGeneration column, user_version 1.
         conn.execute_batch(
-            "DROP TABLE Meta; DROP TABLE Audit; ALTER TABLE Agents DROP COLUMN KeyGeneration;
+            "DROP TRIGGER MessagesEpochLive; DROP TRIGGER FilesEpochLive; DROP TRIGGER AgentsEpochLive;
+             DROP TRIGGER AgentsEpochLiveOnUpdate; DROP TRIGGER AuditEpochLive; DROP TRIGGER EnrolCodesEpochLive;
+             DROP TABLE Meta; DROP TABLE Audit; ALTER TABLE Agents DROP COLUMN KeyGeneration;
              ALTER TABLE Agents DROP COLUMN PasswordPeppered; ALTER TABLE Agents DROP COLUMN RowMac;
              DROP TABLE AgentIdentities; DROP TABLE EnrolCodes; ALTER TABLE Messages DROP COLUMN Signature;
              ALTER TABLE Messages DROP COLUMN SignedAt; ALTER TABLE Messages DROP COLUMN SignerRow;
-             DROP TRIGGER MessagesEpochLive; DROP TRIGGER FilesEpochLive; DROP TRIGGER AgentsEpochLive;
-             DROP TRIGGER AgentsEpochLiveOnUpdate; DROP TRIGGER AuditEpochLive; DROP TRIGGER EnrolCodesEpochLive;
              DROP INDEX MessagesByEpoch; DROP TABLE KeyEpochs;
              ALTER TABLE Agents DROP COLUMN KeyEpoch; ALTER TABLE Agents DROP COLUMN PepperEpoch;
-             ALTER TABLE Agents DROP COLUMN WireEpoch; ALTER TABLE Audit DROP COLUMN KeyEpoch;
+             ALTER TABLE Agents DROP COLUMN WireEpoch;
              ALTER TABLE LoginFailures DROP COLUMN KeyEpoch; ALTER TABLE LoginLockouts DROP COLUMN KeyEpoch;
              ALTER TABLE Messages DROP COLUMN KeyEpoch; ALTER TABLE Files DROP COLUMN KeyEpoch;
-             ALTER TABLE EnrolCodes DROP COLUMN KeyEpoch;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");
