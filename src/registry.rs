@@ -778,25 +778,28 @@ pub const SAMPLE_AGENTS: &[SampleAgent] = &[
     SampleAgent { name: "Boris Grishenko", alias: "Invincible", level: 1, password: "i-am-invincible" },
 ];
 
-/// Drops and recreates every table, then adds the sample agents, all in one
-/// transaction: on any failure the old database is untouched.
+/// Drops and recreates every table, then adds the sample agents, inside the
+/// caller's transaction (which holds the write lock from before its backup):
+/// on any failure the old database is untouched.
 ///
 /// The new database gets a fresh random identifier, and every key is bound
 /// to it (returned as the [`KeyRing`]): nothing made for the old database is
 /// honoured by the new one. AgentIds still keep counting from where the old
 /// table stopped, so no log or row ever names two agents with one id.
-pub fn init_with_samples(conn: &mut Connection, master: &MasterKeys) -> Result<(Vec<Agent>, KeyRing), RegistryError> {
+pub fn init_with_samples(
+    tx: &rusqlite::Transaction<'_>,
+    master: &MasterKeys,
+) -> Result<(Vec<Agent>, KeyRing), RegistryError> {
     let mut database_id = [0u8; db::DATABASE_ID_BYTES];
     getrandom::fill(&mut database_id).map_err(RegistryError::Random)?;
     // A new database starts in the home's newest key epoch.
     let epoch = master.newest_epoch();
     let keyring = master.bind(&database_id, &[epoch]).map_err(|_| RegistryError::Undecryptable)?;
     let keys = &RegistryKeys::derive(&keyring);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let high_water = agents::id_high_water(&tx)?;
-    db::apply_schema(&tx, &database_id)?;
-    db::epochs::add(&tx, epoch, now_secs(), keyring.check_value(epoch).as_deref())?;
-    agents::keep_ids_above(&tx, high_water)?;
+    let high_water = agents::id_high_water(tx)?;
+    db::apply_schema(tx, &database_id)?;
+    db::epochs::add(tx, epoch, now_secs(), keyring.check_value(epoch).as_deref())?;
+    agents::keep_ids_above(tx, high_water)?;
     let mut added = Vec::with_capacity(SAMPLE_AGENTS.len());
     for sample in SAMPLE_AGENTS {
         let agent = NewAgent {
@@ -805,10 +808,9 @@ pub fn init_with_samples(conn: &mut Connection, master: &MasterKeys) -> Result<(
             level: sample.level,
             password: Zeroizing::new(sample.password.to_string()),
         };
-        let id = insert(&tx, keys, &agent)?;
+        let id = insert(tx, keys, &agent)?;
         added.push(Agent { id, name: agent.name, alias: agent.alias, level: agent.level, key_generation: 0 });
     }
-    tx.commit()?;
     Ok((added, keyring))
 }
 

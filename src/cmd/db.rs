@@ -146,7 +146,7 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
     let raw = req.raw;
     ctx.home.ensure()?;
     // Decide before touching the key: a refused init must change nothing.
-    let mut conn = db::create(&ctx.home.db_path())?;
+    let conn = db::create(&ctx.home.db_path())?;
     let holding = db::tables_with_rows(&conn)?;
     if !holding.is_empty() && !req.force {
         let tables: Vec<String> = holding.iter().map(|(name, rows)| format!("{name} ({rows} rows)")).collect();
@@ -159,21 +159,37 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
     }
     let files = ctx.home.files_dir();
     let mut backup = None;
+    if req.ask
+        && !prompt::confirm(&format!(
+            "db init --force deletes every agent, message and received file in {} \
+             (a backup is written first). Type yes to go on: ",
+            ctx.home.dir().display()
+        ))?
+    {
+        return Err(Error::failed("not confirmed; nothing was changed"));
+    }
+    // From here until the new tables are committed, one write lock keeps
+    // every other writer (a running Boss) out: nothing can be committed
+    // after the backup is taken and before the tables are dropped, so
+    // whatever was acknowledged is in the backup or in the new database.
+    let mut writer = db::create(&ctx.home.db_path())?;
+    let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let holding = db::tables_with_rows(&tx)?;
+    if !holding.is_empty() && !req.force {
+        return Err(Error::failed(format!(
+            "{} gained data while this init started; nothing was changed",
+            ctx.home.db_path().display()
+        ))
+        .hint(Hint::PassForceToReinit));
+    }
     if req.force {
-        if req.ask
-            && !prompt::confirm(&format!(
-                "db init --force deletes every agent, message and received file in {} \
-                 (a backup is written first). Type yes to go on: ",
-                ctx.home.dir().display()
-            ))?
-        {
-            return Err(Error::failed("not confirmed; nothing was changed"));
-        }
         let has_files = std::fs::read_dir(&files).is_ok_and(|mut d| d.next().is_some());
         if !holding.is_empty() || has_files {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            // Read through the other connection: WAL lets it read the
+            // committed state, which the lock now holds still.
             let dir = crate::backup::write(&ctx.home, &conn, now)
                 .map_err(|e| Error::from(e).context("db init --force stopped before changing anything"))?;
             backup = Some(dir);
@@ -183,7 +199,8 @@ pub fn init(ctx: &mut Ctx<'_>, req: InitRequest) -> Result<()> {
     // The Boss's identity is independent of master.key and of the database:
     // made once, kept across `db init --force`.
     let identity = ctx.home.load_or_create_identity()?.public().fingerprint();
-    let (added, keyring) = registry::init_with_samples(&mut conn, &master)?;
+    let (added, keyring) = registry::init_with_samples(&tx, &master)?;
+    tx.commit()?;
     // Every row of the new database is tagged: record it, so an attacker who
     // can write only spyctl.db cannot pass tampered rows off as untagged.
     ctx.home.record_tagged(keyring.database_id())?;

@@ -120,6 +120,62 @@ fn force_writes_a_consistent_backup_of_the_database_and_files_and_says_where() {
 }
 
 #[test]
+fn a_write_committed_during_a_force_init_is_in_the_backup_or_the_new_database() {
+    let home = TestHome::initialised();
+    add_message_and_file(&home);
+    // 256 MiB under files/: the backup copies it after the database, which
+    // leaves a window a concurrent writer would fall into unless the init
+    // holds the write lock from before the backup to the new tables' commit.
+    let big = home.path().join("files/2");
+    std::fs::create_dir_all(&big).expect("mkdir");
+    for i in 0..4 {
+        std::fs::write(big.join(format!("big{i}")), vec![7u8; 64 << 20]).expect("write");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (home.db_path(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            // A Boss's writer in miniature: commit one row at a time, and
+            // remember each commit that succeeded (an ACK would follow it).
+            let conn = open_db(&path);
+            let mut committed = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("w-{i}");
+                let sql = "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token) VALUES (1, ?1, 0, 'x')";
+                if conn.execute(sql, [&id]).is_ok() {
+                    committed.push(id);
+                }
+                i += 1;
+            }
+            committed
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    ok(home.run(&["db", "init", "--force", "--yes"]));
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let committed = writer.join().expect("writer");
+    let backup_dir =
+        std::fs::read_dir(home.path().join("backups")).expect("backups").next().expect("one").expect("dir");
+    let ids = |path: &Path| -> std::collections::HashSet<String> {
+        let conn = open_db(path);
+        let mut stmt = conn.prepare("SELECT MessageId FROM Messages").expect("prepare");
+        stmt.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect()
+    };
+    let kept: std::collections::HashSet<String> =
+        ids(&backup_dir.path().join("spyctl.db")).union(&ids(&home.db_path())).cloned().collect();
+    let lost: Vec<&String> = committed.iter().filter(|id| !kept.contains(*id)).collect();
+    assert!(committed.len() > 10, "the writer ran: {} commits", committed.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {} committed rows are in neither the backup nor the new database",
+        lost.len(),
+        committed.len()
+    );
+}
+
+#[test]
 fn force_without_yes_and_without_a_terminal_is_refused_and_changes_nothing() {
     let home = TestHome::initialised();
     add_message_and_file(&home);
