@@ -373,6 +373,17 @@ pub struct SendArgs {
     /// Attempts per message before giving up
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
+    /// Wire protocol: v1 (Fernet lines, the course's PSK channel) or v2 (a Noise IK
+    /// session from a joined home: forward secrecy, every answer authenticated)
+    #[arg(long, value_enum, default_value_t = Protocol::V1)]
+    pub protocol: Protocol,
+}
+
+/// Which wire protocol `send` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Args)]

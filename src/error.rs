@@ -447,6 +447,19 @@ impl From<crate::backup::BackupError> for Error {
     }
 }
 
+impl From<crate::net::v2_client::V2Error> for Error {
+    fn from(err: crate::net::v2_client::V2Error) -> Self {
+        use crate::net::v2_client::V2Error;
+        let hint = match &err {
+            V2Error::Io(_) | V2Error::Closed => Some(Hint::BossNotRunning),
+            V2Error::Handshake(_) => Some(Hint::PinnedBossChanged),
+            V2Error::Refused { code: ErrorCode::Auth, .. } => Some(Hint::JoinAgain),
+            V2Error::Unauthenticated(_) | V2Error::Refused { .. } => None,
+        };
+        Error::from_layer(err, hint)
+    }
+}
+
 impl From<crate::epochs::EpochError> for Error {
     fn from(err: crate::epochs::EpochError) -> Self {
         use crate::epochs::EpochError;

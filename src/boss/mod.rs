@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod sealed_file;
 pub mod service;
 pub mod store;
+pub mod v2;
 pub mod verify;
 
 use std::sync::mpsc::{self, RecvTimeoutError};

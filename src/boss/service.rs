@@ -96,6 +96,8 @@ pub struct BossService {
     reader: Mutex<Connection>,
     /// `JOIN`, `JOIN2` and `WHOIS` lines (enrolment by one-time code).
     enrolment: super::enroll::Enrolment,
+    /// Protocol v2 sessions (Noise), one per connection that shook hands.
+    v2: super::v2::V2Sessions,
     store: Store,
     files: FileAssembler,
     config: BossConfig,
@@ -126,6 +128,7 @@ impl BossService {
         let registry = RegistryKeys::derive(&keyring);
         Ok(BossService {
             enrolment,
+            v2: super::v2::V2Sessions::default(),
             keys: RwLock::new(Arc::new(EpochKeys { keyring, registry, fingerprint })),
             load_master,
             last_key_check: Mutex::new(std::time::Instant::now()),
@@ -268,6 +271,78 @@ impl BossService {
             tracing::error!(error = %e, "file lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })
+    }
+
+    /// The Boss's own identity keys (the v2 handshake's static key).
+    pub(super) fn identity_keys(&self) -> &IdentityKeys {
+        &self.identity
+    }
+
+    /// The agent's current identity, if it is enrolled (v2 handshakes).
+    pub(super) fn enrolled_identity(&self, agent_id: i64) -> Result<Option<identities::StoredIdentity>, DbError> {
+        self.enrolled(agent_id)
+    }
+
+    /// A v2 text message from a session whose handshake proved `identity`:
+    /// the same checks as a v1 line after its MAC (the agent row and its tag,
+    /// the identity still current, the signature), stored through the same
+    /// group-commit writer, sealed at rest under the channel key as v1
+    /// messages of enrolled agents are. Returns the ACK's JSON and whether
+    /// the message was new.
+    pub(super) fn accept_v2_text(
+        &self,
+        agent_id: i64,
+        identity: &identities::StoredIdentity,
+        plaintext: &[u8],
+        peer: &Peer,
+    ) -> Result<(Vec<u8>, bool), Refusal> {
+        let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
+        let internal = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "v2: lookup failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        };
+        // Revoked or re-enrolled since the handshake: this session is over.
+        let current = self.enrolled(agent_id).map_err(|e| internal(&e))?;
+        if current.as_ref().map(|c| c.row_id) != Some(identity.row_id) {
+            return Err((ErrorCode::Auth, "this identity is no longer enrolled".into()));
+        }
+        let row = self.stored_alias(agent_id).map_err(|e| internal(&e))?.ok_or_else(auth_failed)?;
+        let mut keys = self.current_keys();
+        if keys.registry.at(row.key_epoch).is_none() && self.refresh_keys() {
+            keys = self.current_keys();
+        }
+        if let Err(e) = crate::registry::check_row(&keys.registry, &row) {
+            tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
+            return Err(auth_failed());
+        }
+        let alias = keys.registry.reveal(&row.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
+        let (header, body) = protocol::decode_message(plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        if header.kind != Kind::Text {
+            return Err((ErrorCode::BadRequest, "v2 carries text messages; send files over v1 for now".into()));
+        }
+        let signature = self.check_signature(identity, &header.id, body, plaintext, peer)?;
+        let key = self.identity.channel_key(Side::Boss, &identity.public, agent_id).ok_or_else(auth_failed)?;
+        let op = WriteOp::Message(messages::StoredMessage {
+            agent_id,
+            message_id: header.id.clone(),
+            received_at: crate::crypto::fernet::unix_now() as i64,
+            token: key.seal(plaintext),
+            signature: Some(signature),
+            key_epoch: None,
+        });
+        match self.store.write_all(vec![op]).pop() {
+            Some(Ok(added)) => {
+                let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
+                tracing::info!(conn = peer.id, agent = agent_id, msg = %header.id, ?status, "text message (v2)");
+                let reply = format!("Message received. Good work, {alias}.");
+                Ok((protocol::encode_ack(&header.id, status, &reply), added))
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "store failed");
+                Err((ErrorCode::Internal, "could not store the message; try again".into()))
+            }
+            None => Err((ErrorCode::Internal, "could not store the message; try again".into())),
+        }
     }
 
     /// The agent's current identity, if it is enrolled.
@@ -502,7 +577,34 @@ impl LineHandler for BossService {
     /// idle timer; a `duplicate` ACK is not (a replayed line must not hold a
     /// slot), and an ERR is refused. Refusals are logged per line at debug
     /// only: the server counts them and logs a summary each second.
+    fn closed(&self, peer: &Peer) {
+        self.v2.closed(peer);
+    }
+
     fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
+        // v2 lines (PROTOCOL.md, "Version 2") each go through their
+        // connection's Noise session, in order; v1 lines as before.
+        if lines.iter().any(|line| crate::net::v2::is_v2_line(line)) {
+            return lines
+                .iter()
+                .map(|line| {
+                    if crate::net::v2::is_v2_line(line) {
+                        self.v2.handle(self, line, peer)
+                    } else {
+                        self.handle_v1_batch(&[line], peer)
+                            .pop()
+                            .unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
+                    }
+                })
+                .collect();
+        }
+        self.handle_v1_batch(lines, peer)
+    }
+}
+
+impl BossService {
+    /// v1 lines: authenticate each, then one store job (one commit) for all.
+    fn handle_v1_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
         let steps: Vec<Result<Step, Refusal>> = lines.iter().map(|line| self.prepare(line, peer)).collect();
         let mut pending = Vec::new();
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(steps.len());

@@ -145,6 +145,7 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
             timeout: Duration::from_secs(10),
             attempts: 3,
             payload,
+            protocol: crate::cli::Protocol::V1,
         };
         let text = "The package is in the locker at Victoria station.";
         send::send(ctx, request(send::Payload::Text(text.into())))?;

@@ -11,6 +11,7 @@ pub mod join;
 pub mod key;
 pub mod prompt;
 pub mod send;
+pub mod send_v2;
 pub mod session;
 
 use std::io::{IsTerminal, Write};

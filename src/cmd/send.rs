@@ -36,6 +36,7 @@ pub struct SendRequest {
     pub timeout: Duration,
     pub attempts: u32,
     pub payload: Payload,
+    pub protocol: crate::cli::Protocol,
 }
 
 impl SendRequest {
@@ -70,6 +71,7 @@ impl SendRequest {
             timeout: Duration::from_secs(args.timeout),
             attempts: args.attempts,
             payload,
+            protocol: args.protocol,
         })
     }
 }
@@ -124,6 +126,15 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
     // signed, and the Boss checked against the pinned keys before anything
     // is sent. Otherwise the v1 PSK channel, as before.
     let joined = joined(ctx, &request.identity)?;
+    if request.protocol == crate::cli::Protocol::V2 {
+        let Some(joined) = &joined else {
+            return Err(Error::failed(
+                "--protocol v2 needs an enrolled identity: run it in a home made by `spyctl join`",
+            )
+            .hint(Hint::AgentHome));
+        };
+        return super::send_v2::send(ctx, &request, &joined.keys, &joined.boss, joined.agent_id);
+    }
     let (agent_id, key) = match &joined {
         Some(j) => {
             crate::net::join::check_boss(&request.addr, request.timeout, &j.boss)?;

@@ -122,6 +122,12 @@ impl IdentityKeys {
         shared.was_contributory().then(|| Zeroizing::new(shared.to_bytes()))
     }
 
+    /// The X25519 secret, for the Noise handshake (protocol v2), which needs
+    /// it as bytes. Wiped when dropped.
+    pub(crate) fn x25519_secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.x25519.to_bytes())
+    }
+
     /// A plain Ed25519 (RFC 8032) signature over `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         use ed25519_dalek::ed25519::signature::Signer;

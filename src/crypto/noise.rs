@@ -33,6 +33,19 @@ pub fn builder() -> snow::Builder<'static> {
     snow::Builder::with_resolver(params, Box::new(Resolver))
 }
 
+/// The agent's side of a v2 handshake: its identity's X25519 key as the
+/// static key, and the Boss's pinned key as the responder's (IK).
+pub fn initiator(me: &super::IdentityKeys, boss_x25519: &[u8; 32]) -> Result<snow::HandshakeState, snow::Error> {
+    let secret = me.x25519_secret();
+    builder().local_private_key(secret.as_ref())?.remote_public_key(boss_x25519)?.prologue(PROLOGUE)?.build_initiator()
+}
+
+/// The Boss's side of a v2 handshake, with its identity's X25519 key.
+pub fn responder(me: &super::IdentityKeys) -> Result<snow::HandshakeState, snow::Error> {
+    let secret = me.x25519_secret();
+    builder().local_private_key(secret.as_ref())?.prologue(PROLOGUE)?.build_responder()
+}
+
 /// Gives `snow` spyctl's primitives; anything else resolves to none.
 struct Resolver;
 
@@ -188,12 +201,12 @@ impl Cipher for AesGcm {
         let len = ciphertext.len().checked_sub(TAG).ok_or(snow::Error::Decrypt)?;
         let tag: [u8; TAG] = ciphertext[len..].try_into().map_err(|_| snow::Error::Decrypt)?;
         out[..len].copy_from_slice(&ciphertext[..len]);
-        cipher
-            .decrypt_inout_detached(&Self::nonce(nonce), authtext, (&mut out[..len]).into(), &tag.into())
-            .map_err(|_| {
+        cipher.decrypt_inout_detached(&Self::nonce(nonce), authtext, (&mut out[..len]).into(), &tag.into()).map_err(
+            |_| {
                 out[..len].fill(0);
                 snow::Error::Decrypt
-            })?;
+            },
+        )?;
         Ok(len)
     }
 }

@@ -8,6 +8,8 @@ pub mod join;
 pub mod loadgen;
 pub mod protocol;
 pub mod server;
+pub mod v2;
+pub mod v2_client;
 
 #[cfg(test)]
 mod server_tests;

@@ -124,6 +124,10 @@ pub trait LineHandler: Sync {
     fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
         lines.iter().map(|line| self.handle(line, peer)).collect()
     }
+
+    /// The connection `peer` has closed: forget anything kept for it (a v2
+    /// session's keys, say).
+    fn closed(&self, _peer: &Peer) {}
 }
 
 /// Most pipelined lines answered together.
@@ -657,6 +661,7 @@ impl Connection<'_> {
             let _ = self.stream.write_all(goodbye.as_bytes());
         }
         let _ = self.stream.shutdown(Shutdown::Both);
+        handler.closed(&self.peer);
         // Per connection at debug only; the kinds a client can cause at will
         // are counted for the summary instead.
         match end {

@@ -18,6 +18,7 @@ mod identities;
 mod inbox_scale;
 mod key_rotation;
 mod protocol_doc;
+mod protocol_v2;
 mod python_interop;
 mod row_integrity;
 mod support;

@@ -1,0 +1,66 @@
+//! `send --protocol v2`: text over a Noise IK session from a joined home.
+//! Parses nothing and prints the same lines as v1's `send`; the session
+//! itself is `net::v2_client`.
+
+use std::io::BufRead;
+
+use crate::crypto::{IdentityKeys, PublicIdentity};
+use crate::error::{Error, Hint, Result};
+use crate::net::client::MessageSigner;
+use crate::net::ids::random_id;
+use crate::net::protocol::{AckStatus, Header, Kind};
+use crate::net::v2_client::V2Client;
+
+use super::Ctx;
+use super::send::{Payload, SendRequest};
+
+pub fn send(
+    ctx: &mut Ctx<'_>,
+    request: &SendRequest,
+    me: &IdentityKeys,
+    boss: &PublicIdentity,
+    agent_id: i64,
+) -> Result<()> {
+    let texts: Vec<String> = match &request.payload {
+        Payload::Text(text) => vec![text.clone()],
+        Payload::StdinLines => std::io::stdin()
+            .lock()
+            .lines()
+            .map(|line| line.map_err(|e| Error::caused("cannot read stdin", e)))
+            .filter(|line| !matches!(line, Ok(l) if l.trim().is_empty()))
+            .collect::<Result<_>>()?,
+        Payload::File { .. } => return Err(Error::failed("files go over v1 for now: drop --protocol v2")),
+    };
+    if texts.is_empty() {
+        return Err(Error::failed("nothing to send: no TEXT and no lines on stdin").hint(Hint::SendExample));
+    }
+    let mut session = V2Client::connect(&request.addr, request.timeout, me, boss, agent_id)?;
+    if let Some(skew) = session.skew {
+        // Said before anything can fail on it (the Boss checks signature times).
+        eprintln!(
+            "spyctl: warning: this machine's clock is {} s {} the Boss's",
+            skew.unsigned_abs(),
+            if skew > 0 { "behind" } else { "ahead of" }
+        );
+    }
+    let signer = MessageSigner { keys: me, boss_ed25519: boss.ed25519, agent_id };
+    for text in &texts {
+        let header = Header { id: random_id(), kind: Kind::Text };
+        let (ack, reply) = session.send(&signer.encode(&header, text.as_bytes()))?;
+        if ctx.json {
+            let value = serde_json::json!({ "sent": "text", "status": ack.status, "reply": reply, "protocol": "v2" });
+            if texts.len() == 1 {
+                ctx.json(value)?
+            } else {
+                ctx.json_line(value)?
+            }
+            continue;
+        }
+        let status = match ack.status {
+            AckStatus::Stored => "stored",
+            AckStatus::Duplicate => "already stored (duplicate)",
+        };
+        ctx.show(&format!("Boss: {} [{status}, v2]", crate::output::visible(&reply)))?;
+    }
+    Ok(())
+}

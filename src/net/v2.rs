@@ -1,0 +1,161 @@
+//! Protocol v2 on the wire (PROTOCOL.md, "Version 2"): pure encoding, no I/O.
+//!
+//! v2 shares v1's port and its line discipline (one request per `\n`-ended
+//! line, the same line cap, the same admission and idle rules), so the Boss
+//! tells the two apart by a line's first bytes: `NOISE ` and `F ` are v2,
+//! `MSG `, `JOIN`, `WHOIS` are v1. Each v2 line carries one Noise message in
+//! URL-safe base64 with padding:
+//!
+//! - `NOISE <b64>`: a handshake message (IK: the agent's first, the Boss's
+//!   answer). The agent's payload is [`Hello`] (its AgentId and clock); the
+//!   Boss's is [`Welcome`] (its clock, so skew is reported, not just refused).
+//! - `F <b64>`: a transport message. Its plaintext starts with one type byte:
+//!   `M` a message (the same header + body as inside a v1 token), `A` an ACK
+//!   (the same JSON as inside a v1 ACK token), `E` an error (`<code> <text>`).
+//!   Every reply after the handshake, errors included, is an `F` line, so a
+//!   forged or injected error fails its tag at the client.
+
+use base64_simd::URL_SAFE;
+
+use super::protocol::{ErrorCode, ProtocolError};
+
+/// The prefix of a handshake line.
+pub const HANDSHAKE: &str = "NOISE";
+/// The prefix of a transport line.
+pub const TRANSPORT: &str = "F";
+/// How far the two clocks may differ before the client says so.
+pub const MAX_SKEW_SECS: u64 = 30;
+
+/// The longest v2 line: `NOISE `, a full Noise message in base64, `\n`.
+/// Within v1's line cap, so the Boss's limits apply to v2 unchanged.
+pub const fn max_line_bytes() -> usize {
+    HANDSHAKE.len() + 1 + crate::crypto::noise::MAX_MESSAGE.div_ceil(3) * 4 + 1
+}
+
+/// Whether `line` (without its `\n`) is a v2 line.
+pub fn is_v2_line(line: &[u8]) -> bool {
+    line.starts_with(b"NOISE ") || line.starts_with(b"F ")
+}
+
+/// Which kind of v2 line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    Handshake,
+    Transport,
+}
+
+/// A v2 line for `bytes`, `\n` included.
+pub fn format_line(kind: LineKind, bytes: &[u8]) -> String {
+    let prefix = match kind {
+        LineKind::Handshake => HANDSHAKE,
+        LineKind::Transport => TRANSPORT,
+    };
+    format!("{prefix} {}\n", URL_SAFE.encode_to_string(bytes))
+}
+
+fn bad(text: &str) -> ProtocolError {
+    ProtocolError(text.to_string())
+}
+
+/// Splits a v2 line (without `\n`, a trailing `\r` tolerated) into its kind
+/// and the Noise message it carries.
+pub fn parse_line(line: &[u8]) -> Result<(LineKind, Vec<u8>), ProtocolError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (kind, rest) = if let Some(rest) = line.strip_prefix(b"NOISE ") {
+        (LineKind::Handshake, rest)
+    } else if let Some(rest) = line.strip_prefix(b"F ") {
+        (LineKind::Transport, rest)
+    } else {
+        return Err(bad("expected NOISE <base64> or F <base64>"));
+    };
+    let bytes = URL_SAFE.decode_to_vec(rest).map_err(|_| bad("not URL-safe base64"))?;
+    if bytes.is_empty() || bytes.len() > crate::crypto::noise::MAX_MESSAGE {
+        return Err(bad("a Noise message is 1 to 65535 bytes"));
+    }
+    Ok((kind, bytes))
+}
+
+/// The agent's handshake payload. It travels in the first IK message, which
+/// is encrypted to the Boss's static key but not forward-secret, so it holds
+/// nothing secret: who the agent says it is, and its clock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub v: u8,
+    pub agent: i64,
+    pub time: u64,
+}
+
+/// The Boss's handshake payload: its clock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Welcome {
+    pub time: u64,
+}
+
+/// One transport plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Header + body, as inside a v1 token.
+    Message(Vec<u8>),
+    /// An ACK's JSON, as inside a v1 ACK token.
+    Ack(Vec<u8>),
+    Error(ErrorCode, String),
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Frame::Message(bytes) => [b"M".as_slice(), bytes].concat(),
+            Frame::Ack(bytes) => [b"A".as_slice(), bytes].concat(),
+            Frame::Error(code, text) => format!("E{} {text}", code.as_str()).into_bytes(),
+        }
+    }
+
+    pub fn decode(plaintext: &[u8]) -> Result<Frame, ProtocolError> {
+        match plaintext.split_first() {
+            Some((b'M', rest)) => Ok(Frame::Message(rest.to_vec())),
+            Some((b'A', rest)) => Ok(Frame::Ack(rest.to_vec())),
+            Some((b'E', rest)) => {
+                let text = std::str::from_utf8(rest).map_err(|_| bad("an error frame is UTF-8"))?;
+                let (code, text) = text.split_once(' ').unwrap_or((text, ""));
+                let code = ErrorCode::parse(code).ok_or_else(|| bad("unknown error code"))?;
+                Ok(Frame::Error(code, text.to_string()))
+            }
+            _ => Err(bad("a frame starts with M, A or E")),
+        }
+    }
+}
+
+/// How far `theirs` is from `ours`, in seconds, if more than [`MAX_SKEW_SECS`].
+pub fn skew(ours: u64, theirs: u64) -> Option<i64> {
+    let diff = theirs as i64 - ours as i64;
+    (diff.unsigned_abs() > MAX_SKEW_SECS).then_some(diff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_frames_round_trip_and_garbage_is_refused() {
+        let line = format_line(LineKind::Transport, b"\x00\xffsealed");
+        assert!(line.starts_with("F ") && line.ends_with('\n'));
+        let trimmed = line.trim_end().as_bytes();
+        assert!(is_v2_line(trimmed));
+        assert_eq!(parse_line(trimmed).expect("parses"), (LineKind::Transport, b"\x00\xffsealed".to_vec()));
+        assert!(!is_v2_line(b"MSG 1 gAAAA"));
+        assert!(parse_line(b"NOISE !!!").is_err());
+        assert!(parse_line(b"NOISE ").is_err());
+        for frame in
+            [Frame::Message(b"{}\nhi".to_vec()), Frame::Ack(b"{}".to_vec()), Frame::Error(ErrorCode::Auth, "no".into())]
+        {
+            assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
+        }
+        assert!(Frame::decode(b"").is_err());
+        assert!(Frame::decode(b"Xwhat").is_err());
+        assert!(Frame::decode(b"Ebogus text").is_err());
+        assert_eq!(skew(1000, 1031), Some(31));
+        assert_eq!(skew(1000, 970), None);
+    }
+}

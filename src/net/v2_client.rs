@@ -1,0 +1,169 @@
+//! The agent's end of a v2 connection: the Noise IK handshake against the
+//! pinned Boss key, then messages out and authenticated answers back on the
+//! same connection. A reply that is not an authenticated frame (a plaintext
+//! `ERR` injected by someone on the path, a bit flipped) is refused as such,
+//! never taken for the Boss's answer.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use super::protocol::{self, AckHeader, ErrorCode};
+use super::v2::{self, Frame, Hello, LineKind, Welcome};
+use crate::crypto::{IdentityKeys, PublicIdentity, noise};
+
+/// What went wrong on a v2 connection.
+#[derive(Debug)]
+pub enum V2Error {
+    Io(std::io::Error),
+    /// The handshake did not complete: the Boss's static key is not the pinned
+    /// one, or the Boss refused before any key was agreed (its words, which
+    /// nothing authenticates, are kept for the message).
+    Handshake(String),
+    /// An answer that failed its tag or was not a frame at all.
+    Unauthenticated(&'static str),
+    /// The Boss's authenticated refusal.
+    Refused {
+        code: ErrorCode,
+        text: String,
+    },
+    /// The Boss closed the connection.
+    Closed,
+}
+
+impl std::fmt::Display for V2Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            V2Error::Io(_) => f.write_str("the v2 connection failed"),
+            V2Error::Handshake(why) => write!(f, "the v2 handshake failed: {why}"),
+            V2Error::Unauthenticated(what) => write!(f, "refused an unauthenticated answer: {what}"),
+            V2Error::Refused { code, text } => write!(f, "the Boss refused the message ({code}): {text}"),
+            V2Error::Closed => f.write_str("the Boss closed the v2 connection"),
+        }
+    }
+}
+
+impl std::error::Error for V2Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            V2Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for V2Error {
+    fn from(e: std::io::Error) -> Self {
+        V2Error::Io(e)
+    }
+}
+
+/// An open, authenticated v2 connection.
+pub struct V2Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    transport: snow::TransportState,
+    buf: Vec<u8>,
+    /// The Boss's clock minus ours, when more than [`v2::MAX_SKEW_SECS`].
+    pub skew: Option<i64>,
+}
+
+impl V2Client {
+    /// Connects and runs the handshake as agent `agent_id` with identity
+    /// `me`, requiring the Boss to hold the static key of `boss`.
+    pub fn connect(
+        addr: &str,
+        timeout: Duration,
+        me: &IdentityKeys,
+        boss: &PublicIdentity,
+        agent_id: i64,
+    ) -> Result<V2Client, V2Error> {
+        let stream = super::try_each_address(addr, |a| TcpStream::connect_timeout(&a, timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let _ = stream.set_nodelay(true);
+        Self::over(stream, me, boss, agent_id)
+    }
+
+    /// The handshake over an open stream (tests put a recorder in between).
+    pub fn over(
+        stream: TcpStream,
+        me: &IdentityKeys,
+        boss: &PublicIdentity,
+        agent_id: i64,
+    ) -> Result<V2Client, V2Error> {
+        let mut handshake =
+            noise::initiator(me, &boss.x25519).map_err(|e| V2Error::Handshake(format!("cannot start: {e}")))?;
+        let hello = serde_json::to_vec(&Hello { v: 2, agent: agent_id, time: crate::crypto::fernet::unix_now() })
+            .expect("a Hello always encodes");
+        let mut buf = vec![0u8; noise::MAX_MESSAGE];
+        let n = handshake.write_message(&hello, &mut buf).map_err(|e| V2Error::Handshake(e.to_string()))?;
+        let mut writer = stream.try_clone()?;
+        writer.write_all(v2::format_line(LineKind::Handshake, &buf[..n]).as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        let line = read_line(&mut reader)?;
+        if let Ok(protocol::Reply::Err { code, text }) = protocol::parse_reply(&line) {
+            return Err(V2Error::Handshake(format!("the Boss answered `{code}: {text}` (not authenticated)")));
+        }
+        let (kind, message) = v2::parse_line(&line).map_err(|_| V2Error::Unauthenticated("not a handshake line"))?;
+        if kind != LineKind::Handshake {
+            return Err(V2Error::Unauthenticated("not a handshake line"));
+        }
+        let mut payload = vec![0u8; noise::MAX_MESSAGE];
+        let n = handshake.read_message(&message, &mut payload).map_err(|_| {
+            V2Error::Handshake("the answer does not come from the pinned Boss key (or was changed on the way)".into())
+        })?;
+        let welcome: Welcome =
+            serde_json::from_slice(&payload[..n]).map_err(|_| V2Error::Unauthenticated("a malformed welcome"))?;
+        let skew = v2::skew(crate::crypto::fernet::unix_now(), welcome.time);
+        let transport = handshake.into_transport_mode().map_err(|e| V2Error::Handshake(e.to_string()))?;
+        Ok(V2Client { reader, writer, transport, buf, skew })
+    }
+
+    /// Sends one message plaintext (header + body, signed if text) and
+    /// returns the Boss's authenticated ACK.
+    pub fn send(&mut self, plaintext: &[u8]) -> Result<(AckHeader, String), V2Error> {
+        let frame = Frame::Message(plaintext.to_vec()).encode();
+        if frame.len() + noise::TAG > noise::MAX_MESSAGE {
+            return Err(V2Error::Refused { code: ErrorCode::TooLong, text: "a v2 message is at most 64 KiB".into() });
+        }
+        let n = self.transport.write_message(&frame, &mut self.buf).map_err(|e| V2Error::Handshake(e.to_string()))?;
+        self.writer.write_all(v2::format_line(LineKind::Transport, &self.buf[..n]).as_bytes())?;
+        match self.read_frame()? {
+            Frame::Ack(json) => protocol::decode_ack(&json).map_err(|_| V2Error::Unauthenticated("a malformed ACK")),
+            Frame::Error(code, text) => Err(V2Error::Refused { code, text }),
+            Frame::Message(_) => Err(V2Error::Unauthenticated("a message where an answer was due")),
+        }
+    }
+
+    /// Reads and opens the next frame; anything unauthenticated is refused.
+    fn read_frame(&mut self) -> Result<Frame, V2Error> {
+        let line = read_line(&mut self.reader)?;
+        let (kind, message) = v2::parse_line(&line).map_err(|_| V2Error::Unauthenticated("not a v2 frame"))?;
+        if kind != LineKind::Transport {
+            return Err(V2Error::Unauthenticated("a handshake line after the handshake"));
+        }
+        let mut plaintext = vec![0u8; message.len()];
+        let n = self
+            .transport
+            .read_message(&message, &mut plaintext)
+            .map_err(|_| V2Error::Unauthenticated("a frame that fails its tag"))?;
+        Frame::decode(&plaintext[..n]).map_err(|_| V2Error::Unauthenticated("a malformed frame"))
+    }
+}
+
+/// One line without its `\n`; a closed connection is [`V2Error::Closed`].
+fn read_line(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, V2Error> {
+    let mut line = Vec::new();
+    // The Boss's line cap bounds what it sends; one extra byte spots a runaway.
+    let limit = (v2::max_line_bytes() + 1) as u64;
+    let n = reader.by_ref().take(limit).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Err(V2Error::Closed);
+    }
+    if line.last() != Some(&b'\n') {
+        return Err(V2Error::Unauthenticated("an over-long or cut line"));
+    }
+    line.pop();
+    Ok(line)
+}

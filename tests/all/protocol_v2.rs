@@ -1,0 +1,213 @@
+//! Protocol v2 (issue 14) end to end: a Boss home and a separate joined agent
+//! home, a real `boss serve` on loopback, and a recording proxy in between.
+//! The tests prove properties, not a round trip: a recorded session stays
+//! sealed after both static private keys leak; a replayed session stores
+//! nothing and is answered as nothing fresh; an injected or flipped answer is
+//! refused by the client; a Boss whose key is not the pinned one gets no
+//! message; a key not enrolled for the agent it names gets an authenticated
+//! refusal.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::Value;
+use spyctl::crypto::{IdentityKeys, PublicIdentity, noise};
+use spyctl::net::protocol::{ErrorCode, Header, Kind};
+use spyctl::net::v2::{self, LineKind};
+use spyctl::net::v2_client::{V2Client, V2Error};
+
+use crate::support::*;
+
+const AGENT: i64 = 6;
+
+fn messages(home: &TestHome) -> i64 {
+    Connection::open(home.db_path())
+        .expect("open")
+        .query_row("SELECT count(*) FROM Messages", [], |r| r.get(0))
+        .expect("count")
+}
+
+fn identity_of(home: &TestHome) -> IdentityKeys {
+    IdentityKeys::from_file_text(&std::fs::read_to_string(home.path().join("identity.key")).expect("identity.key"))
+        .expect("identity")
+}
+
+/// A Boss home with its server and an agent home joined to it.
+fn enrolled() -> (TestHome, Boss, TestHome) {
+    let home = TestHome::initialised();
+    home.login(DIRECTOR);
+    let boss = home.boss(&[]);
+    let code: Value =
+        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
+    let agent = TestHome::new();
+    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
+    (home, boss, agent)
+}
+
+/// What a proxy saw, each direction as the lines it carried.
+#[derive(Default)]
+struct Recording {
+    to_boss: Vec<Vec<u8>>,
+    to_agent: Vec<Vec<u8>>,
+}
+
+/// A one-connection TCP proxy in front of `target` that records every line
+/// and lets `rewrite` replace the n-th line the Boss sends (0-based).
+fn proxy(target: &str, rewrite: Option<(usize, Vec<u8>)>) -> (String, Arc<Mutex<Recording>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let target = target.to_string();
+    let recording = Arc::new(Mutex::new(Recording::default()));
+    let rec = Arc::clone(&recording);
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else { return };
+        let Ok(server) = TcpStream::connect(&target) else { return };
+        let (client_r, mut client_w) = (client.try_clone().expect("clone"), client);
+        let (server_r, mut server_w) = (server.try_clone().expect("clone"), server);
+        let up = Arc::clone(&rec);
+        std::thread::spawn(move || {
+            for line in BufReader::new(client_r).split(b'\n').map_while(Result::ok) {
+                up.lock().expect("lock").to_boss.push(line.clone());
+                if server_w.write_all(&[line.as_slice(), b"\n"].concat()).is_err() {
+                    break;
+                }
+            }
+            let _ = server_w.shutdown(std::net::Shutdown::Write);
+        });
+        for (n, line) in BufReader::new(server_r).split(b'\n').map_while(Result::ok).enumerate() {
+            rec.lock().expect("lock").to_agent.push(line.clone());
+            let out = match &rewrite {
+                Some((at, replacement)) if *at == n => replacement.clone(),
+                _ => line,
+            };
+            if client_w.write_all(&[out.as_slice(), b"\n"].concat()).is_err() {
+                break;
+            }
+        }
+    });
+    (addr, recording)
+}
+
+#[test]
+fn a_joined_agent_sends_over_v2_and_the_boss_stores_it_signed() {
+    let (home, boss, agent) = enrolled();
+    let before = messages(&home);
+    let out = ok(agent.run(&["send", "--protocol", "v2", "--addr", &boss.addr, "first over Noise"]));
+    assert!(out.contains("stored, v2"), "{out}");
+    assert_eq!(messages(&home), before + 1);
+    let inbox: Value =
+        serde_json::from_str(&ok(home.run(&["--json", "boss", "inbox", "--limit", "1"]))).expect("inbox");
+    assert_eq!(inbox[0]["content"], "first over Noise");
+    assert!(inbox[0]["signature"].as_str().is_some_and(|s| s.starts_with("verified")), "{inbox}");
+    // A home with no enrolled identity cannot use v2.
+    let err = fails(home.run(&["send", "--protocol", "v2", "--addr", &boss.addr, "no identity"]), 1);
+    assert!(err.contains("needs an enrolled identity"), "{err}");
+    boss.stop();
+}
+
+#[test]
+fn a_recorded_session_stays_sealed_after_both_static_keys_leak_and_its_replay_stores_nothing() {
+    let (home, boss, agent) = enrolled();
+    let (addr, recording) = proxy(&boss.addr, None);
+    let secret = "the drop is at dawn, pier 9";
+    ok(agent.run(&["send", "--protocol", "v2", "--addr", &addr, secret]));
+    let stored = messages(&home);
+    let rec = recording.lock().expect("lock");
+    assert_eq!((rec.to_boss.len(), rec.to_agent.len()), (2, 2), "one handshake and one frame each way");
+    let all: Vec<u8> = rec.to_boss.iter().chain(&rec.to_agent).flatten().copied().collect();
+    assert!(!all.windows(secret.len()).any(|w| w == secret.as_bytes()), "plaintext on the wire");
+
+    // Both long-term private keys leak.
+    let boss_keys = identity_of(&home);
+    let agent_keys = identity_of(&agent);
+    let (_, msg1) = v2::parse_line(&rec.to_boss[0]).expect("msg1");
+    let (_, msg2) = v2::parse_line(&rec.to_agent[0]).expect("msg2");
+    let (_, frame_up) = v2::parse_line(&rec.to_boss[1]).expect("frame");
+    let (_, frame_down) = v2::parse_line(&rec.to_agent[1]).expect("frame");
+    let mut payload = vec![0u8; noise::MAX_MESSAGE];
+    // As the Boss: the first message opens (IK's first payload is only the
+    // hello), but the transport keys need the Boss's ephemeral secret, which
+    // no file holds: a fresh one gives other keys, and nothing opens.
+    let mut as_boss = noise::responder(&boss_keys).expect("responder");
+    as_boss.read_message(&msg1, &mut payload).expect("the hello opens with the Boss's static key");
+    let mut reply = vec![0u8; noise::MAX_MESSAGE];
+    as_boss.write_message(b"{}", &mut reply).expect("msg2");
+    let mut as_boss = as_boss.into_transport_mode().expect("transport");
+    assert!(as_boss.read_message(&frame_up, &mut payload).is_err(), "the message opened with leaked keys");
+    // As the agent: its static key and the Boss's public key give a first
+    // message with a fresh ephemeral; the recorded answer does not open.
+    let boss_public: PublicIdentity = boss_keys.public();
+    let mut as_agent = noise::initiator(&agent_keys, &boss_public.x25519).expect("initiator");
+    as_agent.write_message(b"{}", &mut reply).expect("msg1");
+    assert!(as_agent.read_message(&msg2, &mut payload).is_err(), "the recorded answer opened");
+    let _ = frame_down;
+
+    // The recorded client lines, replayed to the Boss: a new handshake
+    // answer (fresh ephemeral), then the old frame fails its tag.
+    let stream = TcpStream::connect(&boss.addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let mut answers = Vec::new();
+    for line in &rec.to_boss {
+        writer.write_all(&[line.as_slice(), b"\n"].concat()).expect("write");
+        let mut answer = String::new();
+        reader.read_line(&mut answer).expect("answer");
+        answers.push(answer);
+    }
+    assert!(answers[0].starts_with("NOISE ") && answers[0].trim_end().as_bytes() != rec.to_agent[0].as_slice());
+    assert!(answers[1].starts_with("ERR auth"), "a replayed frame is not answered as fresh: {}", answers[1]);
+    assert_eq!(messages(&home), stored, "the replay stored nothing");
+    boss.stop();
+}
+
+#[test]
+fn an_injected_or_flipped_answer_is_refused_by_the_client() {
+    let (home, boss, agent) = enrolled();
+    // A plaintext ERR in place of the Boss's sealed ACK.
+    let (addr, _) = proxy(&boss.addr, Some((1, b"ERR auth authentication failed".to_vec())));
+    let err = fails(agent.run(&["send", "--protocol", "v2", "--addr", &addr, "injected"]), 1);
+    assert!(err.contains("refused an unauthenticated answer"), "{err}");
+    // The ACK with one bit flipped.
+    let (addr, recording) = proxy(&boss.addr, None);
+    ok(agent.run(&["send", "--protocol", "v2", "--addr", &addr, "to learn a real ACK"]));
+    let real = recording.lock().expect("lock").to_agent[1].clone();
+    let (_, mut sealed) = v2::parse_line(&real).expect("frame");
+    sealed[0] ^= 1;
+    let flipped = v2::format_line(LineKind::Transport, &sealed).trim_end().as_bytes().to_vec();
+    let (addr, _) = proxy(&boss.addr, Some((1, flipped)));
+    let err = fails(agent.run(&["send", "--protocol", "v2", "--addr", &addr, "flipped"]), 1);
+    assert!(err.contains("fails its tag"), "{err}");
+    let _ = home;
+    boss.stop();
+}
+
+#[test]
+fn a_boss_without_the_pinned_key_gets_no_message_and_an_unenrolled_key_an_authenticated_refusal() {
+    let (_home, boss, agent) = enrolled();
+    // Another Boss (another home, another identity) at the address.
+    let other = TestHome::initialised();
+    let impostor = other.boss(&[]);
+    let before = messages(&other);
+    let err = fails(agent.run(&["send", "--protocol", "v2", "--addr", &impostor.addr, "for the real Boss"]), 1);
+    assert!(err.contains("handshake failed"), "{err}");
+    assert_eq!(messages(&other), before, "nothing reached the impostor's store");
+    impostor.stop();
+
+    // A fresh key claiming to be agent 6 completes the handshake (it learns
+    // the answer is the Boss's) and is refused in an authenticated frame.
+    let stranger = IdentityKeys::generate().expect("keys");
+    let boss_public = identity_of(&_home).public();
+    let mut session =
+        V2Client::connect(&boss.addr, Duration::from_secs(5), &stranger, &boss_public, AGENT).expect("handshake");
+    let header = Header { id: spyctl::net::ids::random_id(), kind: Kind::Text };
+    let plaintext = spyctl::net::protocol::encode_message(&header, b"let me in");
+    match session.send(&plaintext) {
+        Err(V2Error::Refused { code: ErrorCode::Auth, text }) => assert!(text.contains("not enrolled"), "{text}"),
+        other => panic!("expected an authenticated auth refusal, got {other:?}"),
+    }
+    boss.stop();
+}
