@@ -211,3 +211,38 @@ fn a_boss_without_the_pinned_key_gets_no_message_and_an_unenrolled_key_an_authen
     }
     boss.stop();
 }
+
+/// PyPI `noiseprotocol` (an independent Noise implementation over pyca
+/// `cryptography`) and spyctl agree on `Noise_IK_25519_AESGCM_SHA256` with
+/// spyctl's prologue and framing: a Python client written from PROTOCOL.md
+/// (tests/python/noise_client.py) sends a signed message that the Boss
+/// stores and verifies.
+#[test]
+fn a_python_client_with_pypi_noiseprotocol_sends_a_signed_message_over_v2() {
+    let (home, boss, agent) = enrolled();
+    let boss_public = identity_of(&home).public();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/noise_client.py");
+    let out = crate::python_interop::python_command(crate::python_interop::python())
+        .args([
+            script,
+            &boss.addr,
+            &AGENT.to_string(),
+            agent.path().join("identity.key").to_str().expect("utf-8"),
+            &hex::encode(boss_public.x25519),
+            &hex::encode(boss_public.ed25519),
+            "Hello over Noise from Python",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run python");
+    let printed = ok(out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.first(), Some(&"stored"), "{printed}");
+    let skew: i64 = lines[1].parse().expect("skew");
+    assert!(skew.abs() <= 2, "the Boss's clock in the handshake: {skew} s off");
+    let inbox: Value =
+        serde_json::from_str(&ok(home.run(&["--json", "boss", "inbox", "--limit", "1"]))).expect("inbox");
+    assert_eq!(inbox[0]["content"], "Hello over Noise from Python");
+    assert!(inbox[0]["signature"].as_str().is_some_and(|s| s.starts_with("verified")), "{inbox}");
+    boss.stop();
+}

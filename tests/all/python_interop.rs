@@ -60,9 +60,11 @@ fn python_eval(python: &Path, code: &str) -> Result<String, String> {
     }
 }
 
-/// Both packages of requirements-dev.txt: `cryptography` (Fernet) and PyPI
-/// `spake2` (python-spake2, for the enrolment interop in identities.rs).
-const PROBE: &str = "import cryptography, cryptography.fernet, spake2; print(cryptography.__version__)";
+/// The packages of requirements-dev.txt: `cryptography` (Fernet), PyPI
+/// `spake2` (python-spake2, for the enrolment interop in identities.rs) and
+/// `noiseprotocol` (the v2 interop in protocol_v2.rs).
+const PROBE: &str =
+    "import cryptography, cryptography.fernet, spake2, noise.connection; print(cryptography.__version__)";
 
 /// Runs a setup step, turning a spawn failure or a non-zero exit into a message with its output.
 fn run_step(what: &str, command: &mut Command) -> Result<(), String> {
