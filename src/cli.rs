@@ -355,6 +355,9 @@ pub struct ServeArgs {
     /// Free bytes to keep on the disk holding files/: below it uploads get `ERR forbidden` (text messages still work)
     #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
     pub min_free_bytes: u64,
+    /// Serve v1 `MSG` lines (the Fernet PSK channel); `off` leaves enrolment and v2 sessions only
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub v1: Switch,
 }
 
 #[derive(Debug, Args)]
@@ -377,6 +380,13 @@ pub struct SendArgs {
     /// session from a joined home: forward secrecy, every answer authenticated)
     #[arg(long, value_enum, default_value_t = Protocol::V1)]
     pub protocol: Protocol,
+}
+
+/// A feature switched on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Which wire protocol `send` speaks.

@@ -34,6 +34,9 @@ pub struct BossConfig {
     /// Partial uploads untouched this long are removed, at start and then
     /// periodically while the Boss runs.
     pub partial_expiry: std::time::Duration,
+    /// Whether v1 `MSG` lines (the Fernet PSK channel) are served; enrolment
+    /// lines and v2 sessions are served either way.
+    pub v1: bool,
 }
 
 impl Default for BossConfig {
@@ -43,6 +46,7 @@ impl Default for BossConfig {
             max_file_bytes: 1 << 30,
             quota: Quota { max_stored_bytes: 4 << 30, max_partial_uploads: 8, min_free_bytes: 256 << 20 },
             partial_expiry: std::time::Duration::from_secs(60 * 60),
+            v1: true,
         }
     }
 }
@@ -605,6 +609,21 @@ impl LineHandler for BossService {
 impl BossService {
     /// v1 lines: authenticate each, then one store job (one commit) for all.
     fn handle_v1_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
+        if !self.config.v1 {
+            return lines
+                .iter()
+                .map(|line| match super::enroll::is_enrolment_line(line) {
+                    true => self.prepare(line, peer).map_or_else(
+                        |(code, text)| Answer::refused(code, &text),
+                        |step| match step {
+                            Step::Reply { line, .. } => Answer::repeated(line),
+                            Step::Commit(_) => Answer::refused(ErrorCode::Internal, "internal error"),
+                        },
+                    ),
+                    false => Answer::refused(ErrorCode::Forbidden, "v1 is switched off on this Boss: use protocol v2"),
+                })
+                .collect();
+        }
         let steps: Vec<Result<Step, Refusal>> = lines.iter().map(|line| self.prepare(line, peer)).collect();
         let mut pending = Vec::new();
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(steps.len());

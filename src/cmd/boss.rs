@@ -51,6 +51,7 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
             min_free_bytes: args.min_free_bytes,
         },
         partial_expiry: Duration::from_secs(args.partial_expiry),
+        v1: args.v1 == crate::cli::Switch::On,
     };
     let boss = Boss::bind(&ctx.home, &args.bind, limits, config)?;
     let addr = boss.local_addr();

@@ -158,4 +158,31 @@ mod tests {
         assert_eq!(skew(1000, 1031), Some(31));
         assert_eq!(skew(1000, 970), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic_and_what_they_accept_round_trips(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
+        ) {
+            if let Ok((kind, message)) = parse_line(&bytes) {
+                let again = format_line(kind, &message);
+                proptest::prop_assert_eq!(parse_line(again.trim_end().as_bytes()).expect("parses"), (kind, message));
+            }
+            if let Ok(frame) = Frame::decode(&bytes) {
+                proptest::prop_assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
+            }
+        }
+
+        #[test]
+        fn mutated_valid_lines_never_panic(
+            message in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..256),
+            at in 0usize..400,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let mut line = format_line(LineKind::Transport, &message).trim_end().as_bytes().to_vec();
+            let at = at % line.len();
+            line[at] = byte;
+            let _ = parse_line(&line);
+        }
+    }
 }

@@ -246,3 +246,55 @@ fn a_python_client_with_pypi_noiseprotocol_sends_a_signed_message_over_v2() {
     assert!(inbox[0]["signature"].as_str().is_some_and(|s| s.starts_with("verified")), "{inbox}");
     boss.stop();
 }
+
+#[test]
+fn with_v1_off_the_boss_refuses_fernet_lines_and_still_enrols_and_serves_v2() {
+    let home = TestHome::initialised();
+    home.login(DIRECTOR);
+    let boss = home.boss(&["--v1", "off"]);
+    let before = messages(&home);
+    let err = fails(home.run(&["send", "--addr", &boss.addr, "over v1"]), 1);
+    assert!(err.contains("v1 is switched off"), "{err}");
+    let code: Value =
+        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
+    let agent = TestHome::new();
+    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
+    ok(agent.run(&["send", "--protocol", "v2", "--addr", &boss.addr, "over v2"]));
+    assert_eq!(messages(&home), before + 1, "only the v2 message");
+    boss.stop();
+}
+
+#[test]
+fn hostile_v2_lines_get_an_error_never_a_panic_and_a_real_session_still_works() {
+    let (home, boss, agent) = enrolled();
+    let mut raw = RawClient::connect(&boss.addr);
+    let random = |len: usize| random_bytes(len, 14 + len as u64);
+    let noise_msg = |bytes: &[u8]| v2::format_line(LineKind::Handshake, bytes).into_bytes();
+    let frame_msg = |bytes: &[u8]| v2::format_line(LineKind::Transport, bytes).into_bytes();
+    let mut hostile: Vec<Vec<u8>> = vec![
+        b"NOISE \n".to_vec(),
+        b"NOISE !!!!\n".to_vec(),
+        b"F \n".to_vec(),
+        noise_msg(&[0u8; 1]),
+        noise_msg(&[0u8; 48]),
+        noise_msg(&[7u8; 96]),
+        frame_msg(&[1u8; 40]),
+        noise_msg(&vec![9u8; noise::MAX_MESSAGE]),
+    ];
+    for len in [1usize, 32, 48, 95, 96, 97, 200, 1000] {
+        hostile.push(noise_msg(&random(len)));
+        hostile.push(frame_msg(&random(len)));
+    }
+    for line in &hostile {
+        // Each gets an answer (a plain ERR: no session exists) or a close.
+        match raw.ask(line) {
+            crate::support::Answer::Err(..) => {}
+            crate::support::Answer::Closed => raw = RawClient::connect(&boss.addr),
+            other => panic!("{:?} got {}", String::from_utf8_lossy(&line[..line.len().min(40)]), other.label()),
+        }
+    }
+    ok(agent.run(&["send", "--protocol", "v2", "--addr", &boss.addr, "still served"]));
+    let stopped = boss.stop();
+    assert!(stopped.panics.is_empty(), "{:?}", stopped.panics);
+    let _ = home;
+}
