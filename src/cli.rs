@@ -454,6 +454,9 @@ pub struct BenchArgs {
     /// Seconds to wait for each answer
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub timeout: u64,
+    /// v1 (Fernet lines) or v2 (Noise sessions, signed texts; needs a joined home)
+    #[arg(long, value_enum, default_value_t = Protocol::V1)]
+    pub protocol: Protocol,
 }
 
 /// Where to send and as whom: shared by `send` and `boss bench`.

@@ -23,6 +23,56 @@ fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1000.0)
 }
 
+/// `--protocol v2`: the same run over Noise sessions, from a joined home.
+fn bench_v2(ctx: &mut Ctx<'_>, config: &LoadConfig) -> Result<()> {
+    if config.pipeline > 1 {
+        return Err(Error::usage("--pipeline is for v1 only (a v2 session answers one message at a time)"));
+    }
+    let (me, boss, agent_id) = super::send_v2::joined_identity(ctx)?;
+    let bar = crate::progress::bar(config.messages, ctx.quiet || ctx.json);
+    let report = crate::net::loadgen_v2::run(config, agent_id, &me, &boss, &|| bar.inc(1));
+    bar.finish_and_clear();
+    let (load, h) = (&report.load, report.handshake);
+    let rate = load.msgs_per_sec();
+    let l = load.latency;
+    if ctx.json {
+        ctx.json(serde_json::json!({
+            "addr": config.addr,
+            "agent_id": agent_id,
+            "protocol": "v2",
+            "connections": config.connections,
+            "messages": config.messages,
+            "size": config.size,
+            "mode": config.mode.as_str(),
+            "stored": load.stored,
+            "duplicates": load.duplicates,
+            "failed": load.failed,
+            "elapsed_secs": load.elapsed.as_secs_f64(),
+            "msgs_per_sec": rate,
+            "latency_us": { "min": l.min, "p50": l.p50, "p90": l.p90, "p99": l.p99, "max": l.max, "mean": l.mean },
+            "handshake_us": { "min": h.min, "p50": h.p50, "p90": h.p90, "p99": h.p99, "max": h.max, "mean": h.mean },
+        }))?;
+    } else {
+        ctx.show(&format!(
+            "{} of {} signed message(s) of {} B acknowledged over v2 in {:.3} s, {} {} connection(s)",
+            load.stored + load.duplicates,
+            config.messages,
+            config.size,
+            load.elapsed.as_secs_f64(),
+            config.connections,
+            config.mode.as_str()
+        ))?;
+        ctx.show(&format!("throughput: {rate:.0} msgs/s"))?;
+        ctx.show(&format!("latency: p50 {}  p99 {}  max {}", ms(l.p50), ms(l.p99), ms(l.max)))?;
+        ctx.show(&format!("handshake: p50 {}  p99 {}", ms(h.p50), ms(h.p99)))?;
+    }
+    if load.failed > 0 {
+        let first = load.first_error.clone().unwrap_or_default();
+        return Err(Error::failed(format!("{} sender(s) stopped on a failure; the first: {first}", load.failed)));
+    }
+    Ok(())
+}
+
 pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     if args.connections == 0 || args.messages == 0 || args.timeout == 0 || args.pipeline == 0 {
         return Err(Error::usage("--connections, --messages, --pipeline and --timeout must be at least 1"));
@@ -35,7 +85,6 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     if args.size > MAX_SIZE {
         return Err(Error::usage(format!("--size is limited to {MAX_SIZE} bytes (one protocol line)")));
     }
-    let (agent_id, key) = sender_identity(ctx, &args.to)?;
     let config = LoadConfig {
         addr: args.to.addr.clone(),
         connections: args.connections,
@@ -48,6 +97,10 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
         pipeline: args.pipeline,
         timeout: Duration::from_secs(args.timeout),
     };
+    if args.protocol == crate::cli::Protocol::V2 {
+        return bench_v2(ctx, &config);
+    }
+    let (agent_id, key) = sender_identity(ctx, &args.to)?;
 
     let bar = crate::progress::bar(args.messages, ctx.quiet || ctx.json);
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} msgs {per_sec} eta {eta}") {

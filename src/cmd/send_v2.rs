@@ -14,6 +14,15 @@ use crate::net::v2_client::V2Client;
 use super::Ctx;
 use super::send::{Payload, SendRequest};
 
+/// A joined home's identity, its pinned Boss and its AgentId.
+pub fn joined_identity(ctx: &Ctx<'_>) -> Result<(IdentityKeys, PublicIdentity, i64)> {
+    let pin = ctx.home.load_pin()?.ok_or_else(|| {
+        Error::failed("v2 needs an enrolled identity: this home has no boss.pin").hint(Hint::AgentHome)
+    })?;
+    let boss = pin.boss().ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
+    Ok((ctx.home.load_identity()?, boss, pin.agent_id))
+}
+
 pub fn send(
     ctx: &mut Ctx<'_>,
     request: &SendRequest,

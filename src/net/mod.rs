@@ -6,6 +6,7 @@ pub mod client;
 pub mod ids;
 pub mod join;
 pub mod loadgen;
+pub mod loadgen_v2;
 pub mod protocol;
 pub mod server;
 pub mod v2;

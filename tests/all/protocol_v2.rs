@@ -298,3 +298,36 @@ fn hostile_v2_lines_get_an_error_never_a_panic_and_a_real_session_still_works() 
     assert!(stopped.panics.is_empty(), "{:?}", stopped.panics);
     let _ = home;
 }
+
+#[test]
+fn boss_bench_over_v2_stores_every_signed_message_in_both_modes() {
+    let (home, boss, agent) = enrolled();
+    let before = messages(&home);
+    for mode in ["persistent", "per-message"] {
+        let out = ok(agent.run(&[
+            "--json",
+            "boss",
+            "bench",
+            "--protocol",
+            "v2",
+            "--addr",
+            &boss.addr,
+            "-c",
+            "3",
+            "-n",
+            "40",
+            "--mode",
+            mode,
+        ]));
+        let report: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!((report["stored"].as_u64(), report["failed"].as_u64()), (Some(40), Some(0)), "{report}");
+        assert!(report["handshake_us"]["p50"].as_u64().is_some_and(|us| us > 0), "{report}");
+    }
+    assert_eq!(messages(&home), before + 80);
+    let verified = Connection::open(home.db_path())
+        .expect("open")
+        .query_row("SELECT count(*) FROM Messages WHERE Signature IS NOT NULL", [], |r| r.get::<_, i64>(0))
+        .expect("count");
+    assert_eq!(verified, 80, "every v2 message kept its signature");
+    boss.stop();
+}
