@@ -1,6 +1,7 @@
--- spyctl schema, version 6. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 7. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
+DROP TABLE IF EXISTS Orders;
 DROP TABLE IF EXISTS EnrolCodes;
 DROP TABLE IF EXISTS AgentIdentities;
 DROP TABLE IF EXISTS Audit;
@@ -157,3 +158,22 @@ CREATE TABLE EnrolCodes (
     IssuedBy  INTEGER NOT NULL,
     KeyEpoch  INTEGER NOT NULL DEFAULT 0
 );
+
+-- Orders from a director to an enrolled agent (`spyctl order`), waiting in
+-- the agent's outbox until delivered over a v2 session. Sealed is the order's
+-- text as a Fernet token under the agent's channel key (so only the Boss's
+-- identity and the agent's can open it; master.key alone cannot). An order is
+-- DeliveredAt once the agent has confirmed storing it in its own home;
+-- until then every fetch offers it again (the agent drops repeats by
+-- OrderId), so an order is never lost and never shown twice.
+CREATE TABLE Orders (
+    RowId       INTEGER PRIMARY KEY,
+    AgentId     INTEGER NOT NULL,
+    OrderId     TEXT    NOT NULL,
+    CreatedAt   INTEGER NOT NULL,
+    IssuedBy    INTEGER NOT NULL,
+    Sealed      TEXT    NOT NULL,
+    DeliveredAt INTEGER,
+    UNIQUE (AgentId, OrderId)
+);
+CREATE INDEX OrdersPending ON Orders (AgentId, RowId) WHERE DeliveredAt IS NULL;

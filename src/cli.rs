@@ -58,6 +58,10 @@ pub enum Command {
     Send(SendArgs),
     /// On the agent's machine: enrol this home with a one-time code from `agent enroll`
     Join(JoinArgs),
+    /// Queue an order for one enrolled agent, or every enrolled agent at a level (directors)
+    Order(OrderArgs),
+    /// On the agent's machine: fetch pending orders over v2, keep them in this home, list them
+    Orders(OrdersArgs),
     /// Run the whole tour in a throw-away home, narrating each step
     Demo(DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, ...) to stdout
@@ -387,6 +391,33 @@ pub struct SendArgs {
 pub enum Switch {
     On,
     Off,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Orders wait, sealed, in the agent's outbox until it runs `spyctl orders` from its \
+                  joined home; each is confirmed only once the agent has stored it, so none is lost or shown \
+                  twice. Only enrolled agents (agent enroll, then join) receive orders.")]
+pub struct OrderArgs {
+    /// AGENT_ID then TEXT (`order 6 "text"`), or TEXT alone with --level (`order --level 2 "text"`);
+    /// the text is at most 8 KiB
+    #[arg(value_name = "[AGENT_ID] TEXT", num_args = 1..=2, required = true)]
+    pub words: Vec<String>,
+    /// Every enrolled agent at exactly this level
+    #[arg(long, value_name = "L", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub level: Option<u8>,
+}
+
+#[derive(Debug, Args)]
+pub struct OrdersArgs {
+    /// The Boss's address
+    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Seconds to wait for each answer
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout: u64,
+    /// List the orders this home already holds, without contacting the Boss
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Which wire protocol `send` speaks.

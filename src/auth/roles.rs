@@ -40,6 +40,8 @@ pub enum Action {
     Send,
     /// `key status`, `key rotate`, `key retire`.
     ManageKeys,
+    /// `order`: queue orders for agents at or below one's level.
+    GiveOrders,
 }
 
 impl Action {
@@ -52,6 +54,7 @@ impl Action {
             Action::ListAgents => "list agents",
             Action::Send => "send to the Boss",
             Action::ManageKeys => "see, rotate or retire the master-key epochs",
+            Action::GiveOrders => "give orders",
         }
     }
 }
@@ -59,9 +62,12 @@ impl Action {
 /// True when an agent at `level` may do `action`.
 pub fn allows(level: u8, action: Action) -> bool {
     match action {
-        Action::AddAgent | Action::ExportKey | Action::ManageAgents | Action::ReadInbox | Action::ManageKeys => {
-            Role::of_level(level) == Role::Director
-        }
+        Action::AddAgent
+        | Action::ExportKey
+        | Action::ManageAgents
+        | Action::ReadInbox
+        | Action::ManageKeys
+        | Action::GiveOrders => Role::of_level(level) == Role::Director,
         Action::ListAgents | Action::Send => true,
     }
 }

@@ -6,6 +6,7 @@
 pub mod enroll;
 pub mod files;
 pub mod inbox;
+pub mod orders;
 pub mod sealed_file;
 pub mod service;
 pub mod store;

@@ -349,6 +349,38 @@ impl BossService {
         }
     }
 
+    /// One step of order delivery over v2: marks `stored` delivered (the
+    /// agent has them on its disk) through the group-commit writer, then
+    /// returns the orders still pending and whether any was newly confirmed.
+    pub(super) fn orders_step(
+        &self,
+        identity: &identities::StoredIdentity,
+        stored: &[String],
+    ) -> Result<(Vec<super::orders::Order>, bool), Refusal> {
+        let internal = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "orders step failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        };
+        let current = self.enrolled(identity.agent_id).map_err(|e| internal(&e))?;
+        if current.as_ref().map(|c| c.row_id) != Some(identity.row_id) {
+            return Err((ErrorCode::Auth, "this identity is no longer enrolled".into()));
+        }
+        let mut confirmed = false;
+        if !stored.is_empty() {
+            let at = crate::crypto::fernet::unix_now() as i64;
+            let op = WriteOp::OrdersDelivered { agent_id: identity.agent_id, ids: stored.to_vec(), at };
+            match self.store.write_all(vec![op]).pop() {
+                Some(Ok(changed)) => confirmed = changed,
+                Some(Err(e)) => return Err(internal(&e)),
+                None => return Err(internal(&"the writer stopped")),
+            }
+            tracing::info!(agent = identity.agent_id, orders = stored.len(), "orders delivered");
+        }
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let orders = super::orders::offer(&reader, &self.identity, identity).map_err(|e| internal(&e))?;
+        Ok((orders, confirmed))
+    }
+
     /// The agent's current identity, if it is enrolled.
     fn enrolled(&self, agent_id: i64) -> Result<Option<identities::StoredIdentity>, DbError> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());

@@ -24,6 +24,13 @@ const QUEUE_DEPTH: usize = 4096;
 pub enum WriteOp {
     Message(messages::StoredMessage),
     File(messages::StoredFile),
+    /// An agent confirmed storing these orders (v2): they leave its outbox.
+    /// "New" if at least one was still pending.
+    OrdersDelivered {
+        agent_id: i64,
+        ids: Vec<String>,
+        at: i64,
+    },
 }
 
 /// Why a write was not committed, or the writer could not start.
@@ -152,6 +159,9 @@ fn commit_batch<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp
             added.push(match op {
                 WriteOp::Message(m) => messages::insert_message(&tx, m)?,
                 WriteOp::File(f) => messages::insert_file(&tx, f)?,
+                WriteOp::OrdersDelivered { agent_id, ids, at } => {
+                    crate::db::orders::mark_delivered(&tx, *agent_id, ids, *at)? > 0
+                }
             });
         }
         tx.commit()?;

@@ -68,6 +68,15 @@ impl V2Sessions {
                             }
                         }
                     }
+                    Ok(Frame::Fetch) => self.offer(service, &mut session, &[]),
+                    Ok(Frame::Stored(json)) => match serde_json::from_slice::<Vec<String>>(&json) {
+                        Ok(ids) if ids.len() <= 1024 => self.offer(service, &mut session, &ids),
+                        _ => {
+                            let code = ErrorCode::BadRequest;
+                            let text = "K carries a JSON array of at most 1024 order ids".to_string();
+                            seal(&mut session.transport, Frame::Error(code, text), Outcome::Refused(code))
+                        }
+                    },
                     Ok(_) | Err(_) => {
                         let code = ErrorCode::BadRequest;
                         seal(
@@ -81,6 +90,22 @@ impl V2Sessions {
                 answer
             }
         }
+    }
+
+    /// Confirms `stored` (orders the agent has written durably in its home),
+    /// then offers what is still pending.
+    fn offer(&self, service: &BossService, session: &mut Session, stored: &[String]) -> Answer {
+        let (code, text) = match service.orders_step(&session.identity, stored) {
+            Ok((orders, confirmed)) => match serde_json::to_vec(&orders) {
+                Ok(json) => {
+                    let outcome = if confirmed { Outcome::Accepted } else { Outcome::Repeated };
+                    return seal(&mut session.transport, Frame::Orders(json), outcome);
+                }
+                Err(_) => (ErrorCode::Internal, "cannot encode the orders".to_string()),
+            },
+            Err(refusal) => refusal,
+        };
+        seal(&mut session.transport, Frame::Error(code, text), Outcome::Refused(code))
     }
 
     /// Forgets the session of a closed connection.

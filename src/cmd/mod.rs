@@ -9,6 +9,7 @@ pub mod demo;
 pub mod docs;
 pub mod join;
 pub mod key;
+pub mod orders;
 pub mod prompt;
 pub mod send;
 pub mod send_v2;
@@ -82,6 +83,8 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Agent(AgentCommand::Audit) => agent::audit(ctx),
         Command::Agent(AgentCommand::Enroll { agent_id, ttl }) => agent::enroll(ctx, agent_id, ttl),
         Command::Join(args) => join::join(ctx, args),
+        Command::Order(args) => orders::order(ctx, args),
+        Command::Orders(args) => orders::fetch(ctx, args),
         Command::Boss(BossCommand::Verify { id }) => boss::verify(ctx, &id),
         Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {
             agent::export_key(ctx, agent_id, &out, force)

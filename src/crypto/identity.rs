@@ -128,6 +128,18 @@ impl IdentityKeys {
         Zeroizing::new(self.x25519.to_bytes())
     }
 
+    /// The key an agent's home seals received orders under (`orders`):
+    /// `HKDF-SHA256(ikm = X25519 secret, info = "spyctl/v2/orders-at-rest")`,
+    /// so the file means nothing without identity.key.
+    pub fn orders_key(&self) -> FernetKey {
+        let secret = self.x25519_secret();
+        let mut okm = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<sha2::Sha256>::new(None, secret.as_ref())
+            .expand(b"spyctl/v2/orders-at-rest", okm.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        FernetKey::from_bytes(&okm)
+    }
+
     /// A plain Ed25519 (RFC 8032) signature over `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         use ed25519_dalek::ed25519::signature::Signer;

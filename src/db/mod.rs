@@ -10,6 +10,7 @@ pub mod identities;
 pub mod limits;
 pub mod logins;
 pub mod messages;
+pub mod orders;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -292,6 +293,13 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 6 (key epochs)");
     }
+    if version < 7 {
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATE_V7)?;
+        tx.pragma_update(None, "user_version", 7)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 7 (orders)");
+    }
     Ok(())
 }
 
@@ -313,6 +321,14 @@ const MIGRATE_V6: &str = "
     ALTER TABLE Files ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE EnrolCodes ADD COLUMN KeyEpoch INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX IF NOT EXISTS MessagesByEpoch ON Messages (KeyEpoch);
+";
+
+/// The version-7 step: the agents' outboxes (sql/schema.sql, Orders).
+const MIGRATE_V7: &str = "
+    CREATE TABLE IF NOT EXISTS Orders (
+        RowId INTEGER PRIMARY KEY, AgentId INTEGER NOT NULL, OrderId TEXT NOT NULL, CreatedAt INTEGER NOT NULL,
+        IssuedBy INTEGER NOT NULL, Sealed TEXT NOT NULL, DeliveredAt INTEGER, UNIQUE (AgentId, OrderId));
+    CREATE INDEX IF NOT EXISTS OrdersPending ON Orders (AgentId, RowId) WHERE DeliveredAt IS NULL;
 ";
 
 /// Triggers that refuse a row written under a retired key epoch: the last
@@ -419,7 +435,8 @@ mod tests {
         // What a version-1 database looks like: no Meta or Audit table, no
         // KeyGeneration column, user_version 1.
         conn.execute_batch(
-            "DROP TRIGGER MessagesEpochLive; DROP TRIGGER FilesEpochLive; DROP TRIGGER AgentsEpochLive;
+            "DROP TABLE Orders;
+             DROP TRIGGER MessagesEpochLive; DROP TRIGGER FilesEpochLive; DROP TRIGGER AgentsEpochLive;
              DROP TRIGGER AgentsEpochLiveOnUpdate; DROP TRIGGER AuditEpochLive; DROP TRIGGER EnrolCodesEpochLive;
              DROP TABLE Meta; DROP TABLE Audit; ALTER TABLE Agents DROP COLUMN KeyGeneration;
              ALTER TABLE Agents DROP COLUMN PasswordPeppered; ALTER TABLE Agents DROP COLUMN RowMac;
@@ -452,5 +469,6 @@ mod tests {
         migrated.query_row("SELECT COUNT(*) FROM AgentIdentities", [], |r| r.get::<_, i64>(0)).expect("v4 identities");
         migrated.query_row("SELECT COUNT(*) FROM EnrolCodes", [], |r| r.get::<_, i64>(0)).expect("v4 codes");
         assert_eq!(live_epochs(&migrated).expect("v6 epochs"), vec![0], "old rows are epoch 0");
+        migrated.query_row("SELECT COUNT(*) FROM Orders", [], |r| r.get::<_, i64>(0)).expect("v7 orders");
     }
 }

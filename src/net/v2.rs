@@ -11,7 +11,10 @@
 //!   Boss's is [`Welcome`] (its clock, so skew is reported, not just refused).
 //! - `F <b64>`: a transport message. Its plaintext starts with one type byte:
 //!   `M` a message (the same header + body as inside a v1 token), `A` an ACK
-//!   (the same JSON as inside a v1 ACK token), `E` an error (`<code> <text>`).
+//!   (the same JSON as inside a v1 ACK token), `E` an error (`<code> <text>`);
+//!   for orders, `O` (the agent asks for its pending orders), `R` + a JSON
+//!   array of orders (the Boss's offer) and `K` + a JSON array of order ids
+//!   (the agent has stored these durably; it also asks for the next offer).
 //!   Every reply after the handshake, errors included, is an `F` line, so a
 //!   forged or injected error fails its tag at the client.
 
@@ -93,6 +96,18 @@ pub struct Welcome {
     pub time: u64,
 }
 
+/// An order as the agent receives it (in an `R` frame's JSON array).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Order {
+    pub id: String,
+    /// Unix seconds when the director queued it.
+    pub at: i64,
+    /// The director's AgentId.
+    pub from: i64,
+    pub text: String,
+}
+
 /// One transport plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -101,6 +116,12 @@ pub enum Frame {
     /// An ACK's JSON, as inside a v1 ACK token.
     Ack(Vec<u8>),
     Error(ErrorCode, String),
+    /// The agent asks for its pending orders.
+    Fetch,
+    /// The Boss's offer: a JSON array of orders (empty: none pending).
+    Orders(Vec<u8>),
+    /// The agent stored these orders (a JSON array of ids); send the next.
+    Stored(Vec<u8>),
 }
 
 impl Frame {
@@ -109,6 +130,9 @@ impl Frame {
             Frame::Message(bytes) => [b"M".as_slice(), bytes].concat(),
             Frame::Ack(bytes) => [b"A".as_slice(), bytes].concat(),
             Frame::Error(code, text) => format!("E{} {text}", code.as_str()).into_bytes(),
+            Frame::Fetch => b"O".to_vec(),
+            Frame::Orders(json) => [b"R".as_slice(), json].concat(),
+            Frame::Stored(json) => [b"K".as_slice(), json].concat(),
         }
     }
 
@@ -122,7 +146,10 @@ impl Frame {
                 let code = ErrorCode::parse(code).ok_or_else(|| bad("unknown error code"))?;
                 Ok(Frame::Error(code, text.to_string()))
             }
-            _ => Err(bad("a frame starts with M, A or E")),
+            Some((b'O', [])) => Ok(Frame::Fetch),
+            Some((b'R', rest)) => Ok(Frame::Orders(rest.to_vec())),
+            Some((b'K', rest)) => Ok(Frame::Stored(rest.to_vec())),
+            _ => Err(bad("a frame starts with M, A, E, O, R or K")),
         }
     }
 }
@@ -147,9 +174,14 @@ mod tests {
         assert!(!is_v2_line(b"MSG 1 gAAAA"));
         assert!(parse_line(b"NOISE !!!").is_err());
         assert!(parse_line(b"NOISE ").is_err());
-        for frame in
-            [Frame::Message(b"{}\nhi".to_vec()), Frame::Ack(b"{}".to_vec()), Frame::Error(ErrorCode::Auth, "no".into())]
-        {
+        for frame in [
+            Frame::Message(b"{}\nhi".to_vec()),
+            Frame::Ack(b"{}".to_vec()),
+            Frame::Error(ErrorCode::Auth, "no".into()),
+            Frame::Fetch,
+            Frame::Orders(b"[]".to_vec()),
+            Frame::Stored(b"[\"a\"]".to_vec()),
+        ] {
             assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
         }
         assert!(Frame::decode(b"").is_err());

@@ -132,7 +132,33 @@ impl V2Client {
         match self.read_frame()? {
             Frame::Ack(json) => protocol::decode_ack(&json).map_err(|_| V2Error::Unauthenticated("a malformed ACK")),
             Frame::Error(code, text) => Err(V2Error::Refused { code, text }),
-            Frame::Message(_) => Err(V2Error::Unauthenticated("a message where an answer was due")),
+            Frame::Message(_) | Frame::Fetch | Frame::Orders(_) | Frame::Stored(_) => {
+                Err(V2Error::Unauthenticated("an unexpected frame where an ACK was due"))
+            }
+        }
+    }
+
+    /// Confirms `stored` (orders now written durably in this home; empty on
+    /// the first call) and returns the Boss's next offer of pending orders
+    /// (empty when none is left). An order is confirmed only after it is on
+    /// disk, so a crash in between means it is offered again, never lost.
+    pub fn orders(&mut self, stored: &[String]) -> Result<Vec<v2::Order>, V2Error> {
+        let frame = if stored.is_empty() {
+            Frame::Fetch
+        } else {
+            Frame::Stored(serde_json::to_vec(stored).expect("ids always encode"))
+        };
+        let n = self
+            .transport
+            .write_message(&frame.encode(), &mut self.buf)
+            .map_err(|e| V2Error::Handshake(e.to_string()))?;
+        self.writer.write_all(v2::format_line(LineKind::Transport, &self.buf[..n]).as_bytes())?;
+        match self.read_frame()? {
+            Frame::Orders(json) => {
+                serde_json::from_slice(&json).map_err(|_| V2Error::Unauthenticated("a malformed order offer"))
+            }
+            Frame::Error(code, text) => Err(V2Error::Refused { code, text }),
+            _ => Err(V2Error::Unauthenticated("an unexpected frame where orders were due")),
         }
     }
 

@@ -37,6 +37,8 @@ const HELP_PAGES: &[&[&str]] = &[
     &["agent", "key", "export"],
     &["agent", "enroll"],
     &["join"],
+    &["order"],
+    &["orders"],
     &["key"],
     &["key", "status"],
     &["key", "rotate"],

@@ -17,6 +17,7 @@ mod home_checks;
 mod identities;
 mod inbox_scale;
 mod key_rotation;
+mod orders;
 mod protocol_doc;
 mod protocol_v2;
 mod python_interop;
