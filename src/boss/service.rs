@@ -227,6 +227,11 @@ impl BossService {
         (Err(TokenError::Invalid), None)
     }
 
+    /// Whether the keys were swapped (by any thread) since `seen` was taken.
+    fn keys_changed_since(&self, seen: &Arc<EpochKeys>) -> bool {
+        !Arc::ptr_eq(seen, &self.current_keys())
+    }
+
     /// [`Self::refresh_keys`], unless it ran in the last 100 ms; true if the
     /// keys changed.
     fn refresh_keys_soon(&self) -> bool {
@@ -312,7 +317,9 @@ impl BossService {
         }
         let row = self.stored_alias(agent_id).map_err(|e| internal(&e))?.ok_or_else(auth_failed)?;
         let mut keys = self.current_keys();
-        if keys.registry.at(row.key_epoch).is_none() && self.refresh_keys() {
+        if keys.registry.at(row.key_epoch).is_none() {
+            // Whoever swaps the keys (this thread or the poller), take the newest.
+            self.refresh_keys();
             keys = self.current_keys();
         }
         if let Err(e) = crate::registry::check_row(&keys.registry, &row) {
@@ -462,7 +469,7 @@ impl BossService {
         // A key of an epoch added a moment ago (`key rotate` in another
         // process, not yet polled): look once more, at most every 100 ms, so
         // a forged line cannot make the Boss re-read master.key at will.
-        if chosen.is_none() && enrolled.is_none() && self.refresh_keys_soon() {
+        if chosen.is_none() && enrolled.is_none() && (self.refresh_keys_soon() || self.keys_changed_since(&keys)) {
             keys = self.current_keys();
             (opened, chosen) = self.open_line(&keys, None, agent_id, generation, request.token);
         }
@@ -495,7 +502,9 @@ impl BossService {
         // A row a rotation (another process) has just rewrapped under an
         // epoch this Boss has not polled yet: look now. Only a key holder
         // gets this far, so this cannot be used to make the Boss re-read.
-        if keys.registry.at(alias.key_epoch).is_none() && self.refresh_keys() {
+        if keys.registry.at(alias.key_epoch).is_none() {
+            // Whoever swaps the keys (this thread or the poller), take the newest.
+            self.refresh_keys();
             keys = self.current_keys();
         }
         // A row changed without the key (a rolled-back revocation, say) is
