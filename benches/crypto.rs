@@ -76,5 +76,42 @@ fn protocol_parsers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fernet, blind_index, password_hash, protocol_parsers);
+/// Protocol v2: one whole Noise IK handshake, both sides in this thread (so
+/// each side's CPU is about half), and one 64 B transport frame each way.
+fn noise_handshake(c: &mut Criterion) {
+    use spyctl::crypto::{IdentityKeys, noise};
+    let boss = IdentityKeys::generate().expect("rng");
+    let agent = IdentityKeys::generate().expect("rng");
+    let boss_x = boss.public().x25519;
+    let mut group = c.benchmark_group("noise");
+    group.bench_function("ik_handshake_both_sides", |b| {
+        b.iter(|| {
+            let mut initiator = noise::initiator(&agent, &boss_x).expect("initiator");
+            let mut responder = noise::responder(&boss).expect("responder");
+            let (mut m, mut p) = ([0u8; 256], [0u8; 256]);
+            let n = initiator.write_message(b"{\"v\":2}", &mut m).expect("1");
+            responder.read_message(&m[..n], &mut p).expect("1r");
+            let n = responder.write_message(b"{}", &mut m).expect("2");
+            initiator.read_message(&m[..n], &mut p).expect("2r");
+            (initiator.into_transport_mode().expect("t"), responder.into_transport_mode().expect("t"))
+        })
+    });
+    let mut initiator = noise::initiator(&agent, &boss_x).expect("initiator");
+    let mut responder = noise::responder(&boss).expect("responder");
+    let (mut m, mut p) = ([0u8; 256], [0u8; 256]);
+    let n = initiator.write_message(b"{}", &mut m).expect("1");
+    responder.read_message(&m[..n], &mut p).expect("1r");
+    let n = responder.write_message(b"{}", &mut m).expect("2");
+    initiator.read_message(&m[..n], &mut p).expect("2r");
+    let (mut a, mut b) = (initiator.into_transport_mode().expect("t"), responder.into_transport_mode().expect("t"));
+    group.bench_function("frame_64B_seal_and_open", |bench| {
+        bench.iter(|| {
+            let n = a.write_message(&[7u8; 64], &mut m).expect("seal");
+            b.read_message(&m[..n], &mut p).expect("open")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fernet, blind_index, password_hash, protocol_parsers, noise_handshake);
 criterion_main!(benches);
