@@ -82,6 +82,9 @@ CREATE TABLE Messages (
     Signature  BLOB,
     SignedAt   INTEGER,
     SignerRow  INTEGER,
+    -- The global signature minisign checks (over Signature || the trusted
+    -- comment: PROTOCOL.md, "Exports that stock minisign verifies").
+    TrustedSignature BLOB,
     UNIQUE (AgentId, MessageId)
 );
 
@@ -96,6 +99,12 @@ CREATE TABLE Files (
     Sha256     TEXT    NOT NULL,
     StoredAs   TEXT    NOT NULL,
     ReceivedAt INTEGER NOT NULL,
+    -- An enrolled agent's file: the signatures over the statement naming the
+    -- whole file's SHA-256 (sent with the last chunk), as in Messages.
+    Signature  BLOB,
+    SignedAt   INTEGER,
+    SignerRow  INTEGER,
+    TrustedSignature BLOB,
     UNIQUE (AgentId, FileId)
 );
 

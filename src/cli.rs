@@ -220,11 +220,24 @@ pub enum BossCommand {
     Serve(ServeArgs),
     /// Show received messages and files, decrypted, newest first, with each signature's status (directors only)
     Inbox(InboxArgs),
-    /// Check a received message's signature again (directors only)
+    /// Check a received message's or file's signature again (directors only)
     Verify {
-        /// The message id (as `boss inbox` shows it)
-        #[arg(value_name = "MESSAGE_ID")]
+        /// The message or file id (as `boss inbox` shows it)
+        #[arg(value_name = "ID")]
         id: String,
+    },
+    /// Write a signed message or file with its agent's signature, for stock minisign to check offline (directors only)
+    #[command(after_help = "DIR gets four files: body (the text, or the decrypted file), statement (what the agent \
+                      signed: it names the body's SHA-256), statement.minisig and agent.pub. Check them anywhere with \
+                      `minisign -V -p DIR/agent.pub -m DIR/statement`, then compare `sha256sum DIR/body` with the \
+                      statement's sha256 line. Nothing is written unless the signature verifies here first.")]
+    Export {
+        /// The message or file id (as `boss inbox` shows it)
+        #[arg(value_name = "ID")]
+        id: String,
+        /// The directory to write into (created if missing; its four files must not exist yet)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
     Bench(BenchArgs),

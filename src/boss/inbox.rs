@@ -34,7 +34,7 @@ pub struct InboxEntry {
     pub stored_as: Option<String>,
     pub id: String,
     /// Messages: "unsigned" (v1 PSK channel), "verified FINGERPRINT", or
-    /// "INVALID: why" (see `boss::verify`). Files: not signed yet.
+    /// "INVALID: why" (see `boss::verify`), for files as for messages.
     pub signature: String,
 }
 
@@ -100,6 +100,10 @@ impl<'c> Reader<'c> {
             InboxTable::Files => match messages::file_at(self.conn, key.row_id)? {
                 None => None,
                 Some(f) => Some(InboxEntry {
+                    signature: {
+                        let boss = self.boss.map(IdentityKeys::public);
+                        super::verify::check_file(self.conn, boss.as_ref(), &f)?.0.label()
+                    },
                     received_at: f.received_at,
                     agent_id: f.agent_id,
                     agent_name: self.name_of(f.agent_id)?,
@@ -108,7 +112,6 @@ impl<'c> Reader<'c> {
                     size: Some(f.size),
                     stored_as: Some(f.stored_as),
                     id: f.file_id,
-                    signature: "unsigned".into(),
                 }),
             },
         })

@@ -51,6 +51,10 @@ impl Default for BossConfig {
 type Refusal = (ErrorCode, String);
 
 /// How far [`BossService::prepare`] got with a line.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a Step lives for one line in one batch; boxing the ACK would add an allocation per message"
+)]
 enum Step {
     /// The answer is ready (a file chunk written and synced); `new` says
     /// whether the chunk added bytes (a resent earlier chunk does not).
@@ -163,39 +167,21 @@ impl BossService {
         identities::current(&reader, agent_id)
     }
 
-    /// An enrolled agent's text message must carry a signature by its current
-    /// key over the canonical statement (PROTOCOL.md): checked before storing.
+    /// An enrolled agent's text message, and its file's last chunk, must
+    /// carry both signatures by its current key over the canonical statement
+    /// (PROTOCOL.md): checked before storing ([`super::verify::check_sent`]).
     fn check_signature(
         &self,
         identity: &identities::StoredIdentity,
-        id: &str,
-        body: &[u8],
+        subject: super::verify::Subject<'_>,
         plaintext: &[u8],
         peer: &Peer,
-    ) -> Result<messages::MessageSignature, Refusal> {
-        let refuse = |why: &str| {
+    ) -> Result<Box<messages::MessageSignature>, Refusal> {
+        let sig = protocol::decode_signature(plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let checked = super::verify::check_sent(&self.identity.public().ed25519, identity, subject, sig);
+        checked.map(Box::new).map_err(|why| {
             tracing::info!(conn = peer.id, agent = identity.agent_id, "refused: {why}");
             (ErrorCode::Auth, why.to_string())
-        };
-        let sig = protocol::decode_signature(plaintext)
-            .map_err(|e| (ErrorCode::BadRequest, e.0))?
-            .ok_or_else(|| refuse("an enrolled agent must sign every message"))?;
-        let statement = crate::crypto::identity::statement(
-            &self.identity.public().ed25519,
-            identity.agent_id,
-            id,
-            "text",
-            body,
-            sig.time,
-        );
-        identity
-            .public
-            .verify(&statement, &sig.signature)
-            .map_err(|_| refuse("the message's signature does not verify"))?;
-        Ok(messages::MessageSignature {
-            signature: sig.signature.to_vec(),
-            signed_at: sig.time as i64,
-            signer_row: identity.row_id,
         })
     }
 
@@ -286,9 +272,12 @@ impl BossService {
                     received_at: now,
                     token: String::from_utf8_lossy(request.token).into_owned(),
                     signature: match &enrolled {
-                        Some(identity) => {
-                            Some(self.check_signature(identity, &header.id, body, &opened.plaintext, peer)?)
-                        }
+                        Some(identity) => Some(self.check_signature(
+                            identity,
+                            super::verify::Subject::text(&header.id, body),
+                            &opened.plaintext,
+                            peer,
+                        )?),
                         None => None,
                     },
                 }),
@@ -320,6 +309,18 @@ impl BossService {
                     // A repeat, not new work: it does not keep the connection alive.
                     return Ok(Step::Reply { line, new: false });
                 }
+                // An enrolled agent signs the whole file with its last chunk:
+                // checked before that chunk is written, so an unsigned file
+                // never completes.
+                let signature = match (&enrolled, &chunk.sha256) {
+                    (Some(identity), Some(sha256)) => Some(self.check_signature(
+                        identity,
+                        super::verify::Subject::file(&chunk.file_id, sha256),
+                        &opened.plaintext,
+                        peer,
+                    )?),
+                    _ => None,
+                };
                 let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
                     ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
                     ChunkError::Refused(why) => {
@@ -354,6 +355,7 @@ impl BossService {
                             sha256,
                             stored_as,
                             received_at: now,
+                            signature,
                         }),
                         key,
                         agent_id,

@@ -7,6 +7,7 @@ pub mod boss;
 pub mod db;
 pub mod demo;
 pub mod docs;
+pub mod export;
 pub mod join;
 pub mod prompt;
 pub mod send;
@@ -81,6 +82,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Agent(AgentCommand::Enroll { agent_id, ttl }) => agent::enroll(ctx, agent_id, ttl),
         Command::Join(args) => join::join(ctx, args),
         Command::Boss(BossCommand::Verify { id }) => boss::verify(ctx, &id),
+        Command::Boss(BossCommand::Export { id, out }) => export::export(ctx, &id, &out),
         Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {
             agent::export_key(ctx, agent_id, &out, force)
         }

@@ -224,10 +224,23 @@ fn base32(bytes: &[u8]) -> String {
 /// time <unix seconds>
 /// ```
 pub fn statement(boss_ed25519: &[u8; 32], agent_id: i64, id: &str, kind: &str, body: &[u8], time: u64) -> Vec<u8> {
+    statement_for_sha256(boss_ed25519, agent_id, id, kind, &hex::encode(Sha256::digest(body)), time)
+}
+
+/// [`statement`] for a body known by its SHA-256 (64 lowercase hex digits):
+/// a file's statement names the whole file's hash, which the last chunk
+/// carries, so neither side needs the file in memory to sign or verify.
+pub fn statement_for_sha256(
+    boss_ed25519: &[u8; 32],
+    agent_id: i64,
+    id: &str,
+    kind: &str,
+    sha256_hex: &str,
+    time: u64,
+) -> Vec<u8> {
     format!(
-        "spyctl/v2/message\nboss {}\nagent {agent_id}\nid {id}\nkind {kind}\nsha256 {}\ntime {time}\n",
+        "spyctl/v2/message\nboss {}\nagent {agent_id}\nid {id}\nkind {kind}\nsha256 {sha256_hex}\ntime {time}\n",
         hex::encode(boss_ed25519),
-        hex::encode(Sha256::digest(body))
     )
     .into_bytes()
 }

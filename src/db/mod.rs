@@ -18,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -283,6 +283,15 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 5 (identities, enrolment)");
     }
+    if version < 6 {
+        // Version 6 (issue 13, exports and signed files): minisign's global
+        // signature beside each message signature, and file signatures.
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATE_V6)?;
+        tx.pragma_update(None, "user_version", 6)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 6 (signed files, exports)");
+    }
     Ok(())
 }
 
@@ -298,6 +307,16 @@ const MIGRATE_V5: &str = "
     CREATE UNIQUE INDEX IF NOT EXISTS AgentIdentitiesCurrent ON AgentIdentities (AgentId) WHERE RevokedAt IS NULL;
     CREATE TABLE IF NOT EXISTS EnrolCodes (
         AgentId INTEGER PRIMARY KEY, CodeHash TEXT NOT NULL, ExpiresAt INTEGER NOT NULL, IssuedBy INTEGER NOT NULL);
+";
+
+/// The version-6 step: the columns of sql/schema.sql it adds. Rows stored
+/// before it have no global signature: they verify, but cannot be exported.
+const MIGRATE_V6: &str = "
+    ALTER TABLE Messages ADD COLUMN TrustedSignature BLOB;
+    ALTER TABLE Files ADD COLUMN Signature BLOB;
+    ALTER TABLE Files ADD COLUMN SignedAt INTEGER;
+    ALTER TABLE Files ADD COLUMN SignerRow INTEGER;
+    ALTER TABLE Files ADD COLUMN TrustedSignature BLOB;
 ";
 
 /// Runs the DDL (drop + create every table), records the new database's
@@ -373,6 +392,9 @@ mod tests {
              ALTER TABLE Agents DROP COLUMN PasswordPeppered; ALTER TABLE Agents DROP COLUMN RowMac;
              DROP TABLE AgentIdentities; DROP TABLE EnrolCodes; ALTER TABLE Messages DROP COLUMN Signature;
              ALTER TABLE Messages DROP COLUMN SignedAt; ALTER TABLE Messages DROP COLUMN SignerRow;
+             ALTER TABLE Messages DROP COLUMN TrustedSignature; ALTER TABLE Files DROP COLUMN Signature;
+             ALTER TABLE Files DROP COLUMN SignedAt; ALTER TABLE Files DROP COLUMN SignerRow;
+             ALTER TABLE Files DROP COLUMN TrustedSignature;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");
@@ -394,5 +416,11 @@ mod tests {
             .expect("v4 signature columns");
         migrated.query_row("SELECT COUNT(*) FROM AgentIdentities", [], |r| r.get::<_, i64>(0)).expect("v4 identities");
         migrated.query_row("SELECT COUNT(*) FROM EnrolCodes", [], |r| r.get::<_, i64>(0)).expect("v4 codes");
+        migrated
+            .query_row("SELECT COUNT(TrustedSignature) FROM Messages", [], |r| r.get::<_, i64>(0))
+            .expect("v6 message column");
+        migrated
+            .query_row("SELECT COUNT(Signature) + COUNT(TrustedSignature) FROM Files", [], |r| r.get::<_, i64>(0))
+            .expect("v6 file columns");
     }
 }

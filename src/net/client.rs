@@ -165,7 +165,8 @@ struct InFlight {
 }
 
 /// An enrolled agent's signing key and what its statements name: each text
-/// message it sends carries an Ed25519 signature (PROTOCOL.md, "Signed messages").
+/// message, and each file's last chunk (for the whole file), carries the
+/// statement's two signatures (PROTOCOL.md, "Signed messages").
 pub struct MessageSigner<'k> {
     pub keys: &'k IdentityKeys,
     pub boss_ed25519: [u8; 32],
@@ -173,15 +174,20 @@ pub struct MessageSigner<'k> {
 }
 
 impl MessageSigner<'_> {
-    /// The plaintext of `header` + `body`, signed if it is a text message.
+    /// The plaintext of `header` + `body`, signed if it is a text message or
+    /// a file's last chunk (the one naming the whole file's SHA-256).
     pub fn encode(&self, header: &Header, body: &[u8]) -> Vec<u8> {
-        if header.kind != protocol::Kind::Text {
-            return protocol::encode_message(header, body);
-        }
+        use crate::crypto::identity::{statement, statement_for_sha256};
         let time = crate::crypto::fernet::unix_now();
-        let statement =
-            crate::crypto::identity::statement(&self.boss_ed25519, self.agent_id, &header.id, "text", body, time);
-        let sig = protocol::MessageSig { time, signature: self.keys.sign(&statement) };
+        let statement = match &header.kind {
+            protocol::Kind::Text => statement(&self.boss_ed25519, self.agent_id, &header.id, "text", body, time),
+            protocol::Kind::FileChunk(protocol::FileChunk { file_id, sha256: Some(sha256), .. }) => {
+                statement_for_sha256(&self.boss_ed25519, self.agent_id, file_id, "file", sha256, time)
+            }
+            protocol::Kind::FileChunk(_) => return protocol::encode_message(header, body),
+        };
+        let sigs = crate::crypto::minisign::sign_statement(self.keys, &statement);
+        let sig = protocol::MessageSig { time, signature: sigs.signature, trusted: Some(sigs.trusted) };
         protocol::encode_signed_message(header, body, &sig)
     }
 }

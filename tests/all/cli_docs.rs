@@ -45,6 +45,7 @@ const HELP_PAGES: &[&[&str]] = &[
     &["boss", "inbox"],
     &["boss", "inbox", "show"],
     &["boss", "verify"],
+    &["boss", "export"],
     &["boss", "bench"],
     &["send"],
     &["demo"],

@@ -10,6 +10,7 @@ mod client_retry;
 mod data_safety;
 mod database_identity;
 mod error_layers;
+mod exports;
 mod fernet_vectors;
 mod full_disk;
 mod hardening;
