@@ -13,13 +13,14 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 
 use crate::crypto::identity::Side;
-use crate::crypto::{FernetKey, IdentityKeys, KeyRing, MasterKey, PublicIdentity, TokenError};
+use crate::crypto::{IdentityKeys, KeyRing, MasterKey, PublicIdentity, TokenError};
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
 use super::files::{ChunkError, ChunkOutcome, FileAssembler, Quota};
+use super::receipt::AckKey;
 use super::store::{Store, WriteOp};
 
 /// Settings the operator chooses.
@@ -66,7 +67,7 @@ enum Step {
 /// An ACK waiting for its write's commit.
 struct PendingAck {
     op: WriteOp,
-    key: FernetKey,
+    key: AckKey,
     agent_id: i64,
     /// For the log line.
     what: &'static str,
@@ -185,8 +186,8 @@ impl BossService {
         })
     }
 
-    fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
-        protocol::format_ack(&key.seal(&protocol::encode_ack(id, status, reply)))
+    fn ack(&self, key: &AckKey, id: &str, status: AckStatus, reply: &str) -> String {
+        key.ack(&self.identity, id, status, reply)
     }
 
     /// Everything for one line up to the database write: authenticate, check
@@ -263,6 +264,11 @@ impl BossService {
         }
         let alias = self.keys.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        // An enrolled agent's ACKs carry a receipt the Boss signs.
+        let key = match &enrolled {
+            Some(_) => AckKey::signed(key, agent_id, body),
+            None => AckKey::plain(key),
+        };
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
             Kind::Text => Ok(Step::Commit(PendingAck {
@@ -300,7 +306,7 @@ impl BossService {
                 // A file already received is answered from its row: a replayed
                 // chunk of it costs a lookup, never a read or a hash of the file.
                 if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
-                    let line = Self::ack(
+                    let line = self.ack(
                         &key,
                         &header.id,
                         AckStatus::Duplicate,
@@ -338,7 +344,7 @@ impl BossService {
                         // Only a chunk that added bytes is new work; a resend
                         // (even of the latest chunk) is a repeat.
                         let new = stored;
-                        let line = Self::ack(
+                        let line = self.ack(
                             &key,
                             &header.id,
                             AckStatus::Stored,
@@ -408,7 +414,7 @@ impl LineHandler for BossService {
                     Ok(added) => {
                         let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
                         tracing::info!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
-                        let line = Self::ack(&key, &id, status, &reply);
+                        let line = self.ack(&key, &id, status, &reply);
                         if added { Answer::accepted(line) } else { Answer::repeated(line) }
                     }
                     Err(e) => {

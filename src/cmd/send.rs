@@ -84,12 +84,17 @@ enum JsonStyle {
 
 fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle) -> Result<()> {
     if ctx.json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "sent": what,
             "status": delivered.status,
             "reply": delivered.reply,
             "attempts": delivered.attempts,
         });
+        if let Some(receipt) = &delivered.receipt {
+            // Already checked against the pinned Boss key.
+            value["receipt"] =
+                serde_json::json!({ "statement": receipt.statement, "signature": hex::encode(receipt.signature) });
+        }
         return match style {
             JsonStyle::Single => ctx.json(value),
             JsonStyle::Lines => ctx.json_line(value),

@@ -179,15 +179,21 @@ impl PublicIdentity {
     /// Checks an Ed25519 signature by this identity (strict verification:
     /// no small-order keys, canonical signatures only).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
-        let signature: [u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.ed25519).map_err(|_| BadSignature)?;
-        key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature)).map_err(|_| BadSignature)
+        verify_ed25519(&self.ed25519, message, signature)
     }
 
     /// Whether the Ed25519 half is a usable public key.
     pub fn is_valid(&self) -> bool {
         ed25519_dalek::VerifyingKey::from_bytes(&self.ed25519).is_ok_and(|k| !k.is_weak())
     }
+}
+
+/// Checks an Ed25519 signature by the key `ed25519` (strict verification:
+/// no small-order keys, canonical signatures only).
+pub fn verify_ed25519(ed25519: &[u8; 32], message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
+    let signature: [u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(ed25519).map_err(|_| BadSignature)?;
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature)).map_err(|_| BadSignature)
 }
 
 /// RFC 4648 base32 (upper case, no padding) of `bytes`.
@@ -240,6 +246,25 @@ pub fn statement_for_sha256(
 ) -> Vec<u8> {
     format!(
         "spyctl/v2/message\nboss {}\nagent {agent_id}\nid {id}\nkind {kind}\nsha256 {sha256_hex}\ntime {time}\n",
+        hex::encode(boss_ed25519),
+    )
+    .into_bytes()
+}
+
+/// The canonical receipt the Boss signs in each ACK to an enrolled agent
+/// (PROTOCOL.md, "Signed receipts"): seven `\n`-terminated lines naming the
+/// Boss's key, the agent, the message id, the SHA-256 of the body the
+/// answered `MSG` carried, how it was filed and when.
+pub fn receipt(
+    boss_ed25519: &[u8; 32],
+    agent_id: i64,
+    id: &str,
+    body_sha256_hex: &str,
+    status: &str,
+    time: u64,
+) -> Vec<u8> {
+    format!(
+        "spyctl/v2/receipt\nboss {}\nagent {agent_id}\nid {id}\nsha256 {body_sha256_hex}\nstatus {status}\ntime {time}\n",
         hex::encode(boss_ed25519),
     )
     .into_bytes()

@@ -423,17 +423,45 @@ pub enum AckStatus {
     Duplicate,
 }
 
+impl AckStatus {
+    /// The word on the wire (and in a receipt statement).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckStatus::Stored => "stored",
+            AckStatus::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// The ACK token's header: which message, and how it was filed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckHeader {
     pub v: u32,
     pub id: String,
     pub status: AckStatus,
+    /// To an enrolled agent: the receipt's time (unix seconds) and the
+    /// Boss's Ed25519 signature over the receipt statement, 128 lowercase hex
+    /// digits (PROTOCOL.md, "Signed receipts").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 /// ACK plaintext: the header line, `\n`, the Boss's reply text.
 pub fn encode_ack(id: &str, status: AckStatus, reply: &str) -> Vec<u8> {
-    let header = AckHeader { v: VERSION, id: id.to_string(), status };
+    encode_signed_ack(id, status, reply, None)
+}
+
+/// [`encode_ack`] with a signed receipt's time and signature in the header.
+pub fn encode_signed_ack(id: &str, status: AckStatus, reply: &str, receipt: Option<(u64, &[u8; 64])>) -> Vec<u8> {
+    let header = AckHeader {
+        v: VERSION,
+        id: id.to_string(),
+        status,
+        ts: receipt.map(|(time, _)| time),
+        sig: receipt.map(|(_, sig)| hex::encode(sig)),
+    };
     let mut out = serde_json::to_vec(&header).expect("ack header serialises");
     out.push(b'\n');
     out.extend_from_slice(reply.as_bytes());

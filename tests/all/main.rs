@@ -19,6 +19,7 @@ mod identities;
 mod inbox_scale;
 mod protocol_doc;
 mod python_interop;
+mod receipts;
 mod row_integrity;
 mod support;
 mod terminal_safety;
