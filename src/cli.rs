@@ -407,12 +407,16 @@ pub struct BenchArgs {
     pub timeout: u64,
 }
 
+/// The Boss's address when neither `--addr`, `SPYCTL_ADDR` nor a joined
+/// home names one.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
+
 /// Where to send and as whom: shared by `send` and `boss bench`.
 #[derive(Debug, Args)]
 pub struct SenderArgs {
-    /// The Boss's address
-    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
-    pub addr: String,
+    /// The Boss's address [default: `send` from a joined home: the address it joined; else 127.0.0.1:5000]
+    #[arg(long, env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: Option<String>,
     /// Send as this agent with --key-file, without a login (e.g. from another machine)
     #[arg(long, requires = "key_file", value_name = "AGENT_ID")]
     pub agent_id: Option<i64>,

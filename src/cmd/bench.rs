@@ -37,7 +37,7 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     }
     let (agent_id, key) = sender_identity(ctx, &args.to)?;
     let config = LoadConfig {
-        addr: args.to.addr.clone(),
+        addr: args.to.addr.clone().unwrap_or_else(|| crate::cli::DEFAULT_ADDR.to_string()),
         connections: args.connections,
         messages: args.messages,
         size: args.size,

@@ -31,7 +31,8 @@ pub enum Payload {
 
 /// A checked `send`: every flag validated, the file found, before any work.
 pub struct SendRequest {
-    pub addr: String,
+    /// `--addr` or `SPYCTL_ADDR`; None: the joined address, else [`crate::cli::DEFAULT_ADDR`].
+    pub addr: Option<String>,
     pub identity: Identity,
     pub timeout: Duration,
     pub attempts: u32,
@@ -108,11 +109,12 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
 }
 
 /// A joined agent's home (no database, a pinned Boss): its identity, the
-/// pinned Boss and its agent id.
+/// pinned Boss, its agent id and the address it joined.
 struct Joined {
     keys: IdentityKeys,
     boss: PublicIdentity,
     agent_id: i64,
+    addr: String,
 }
 
 fn joined(ctx: &Ctx<'_>, identity: &Identity) -> Result<Option<Joined>> {
@@ -121,7 +123,7 @@ fn joined(ctx: &Ctx<'_>, identity: &Identity) -> Result<Option<Joined>> {
     }
     let Some(pin) = ctx.home.load_pin()? else { return Ok(None) };
     let boss = pin.boss().ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
-    Ok(Some(Joined { keys: ctx.home.load_identity()?, boss, agent_id: pin.agent_id }))
+    Ok(Some(Joined { keys: ctx.home.load_identity()?, boss, agent_id: pin.agent_id, addr: pin.addr }))
 }
 
 pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
@@ -129,9 +131,15 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
     // signed, and the Boss checked against the pinned keys before anything
     // is sent. Otherwise the v1 PSK channel, as before.
     let joined = joined(ctx, &request.identity)?;
+    // A joined home sends where it joined unless told otherwise.
+    let addr = match (request.addr, &joined) {
+        (Some(addr), _) => addr,
+        (None, Some(j)) => j.addr.clone(),
+        (None, None) => crate::cli::DEFAULT_ADDR.to_string(),
+    };
     let (agent_id, key) = match &joined {
         Some(j) => {
-            crate::net::join::check_boss(&request.addr, request.timeout, &j.boss)?;
+            crate::net::join::check_boss(&addr, request.timeout, &j.boss)?;
             let key = j
                 .keys
                 .channel_key(Side::Agent, &j.boss, j.agent_id)
@@ -141,12 +149,7 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
         None => identity_key(ctx, &request.identity)?,
     };
     let signer = joined.as_ref().map(|j| MessageSigner { keys: &j.keys, boss_ed25519: j.boss.ed25519, agent_id });
-    let config = ClientConfig {
-        addr: request.addr,
-        timeout: request.timeout,
-        attempts: request.attempts,
-        ..ClientConfig::default()
-    };
+    let config = ClientConfig { addr, timeout: request.timeout, attempts: request.attempts, ..ClientConfig::default() };
     let mut sender = Sender::new(config, agent_id, &key).with_signer(signer);
 
     match request.payload {

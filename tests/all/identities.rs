@@ -342,3 +342,27 @@ fn a_python_client_with_pypi_spake2_enrols_and_sends_a_signed_message() {
     assert_eq!(inbox[0]["signature"], format!("verified {}", lines[0]), "same agent fingerprint on both sides");
     boss.stop_clean();
 }
+
+/// `send` in a joined home goes to the address it joined unless `--addr`
+/// (or `SPYCTL_ADDR`) says otherwise.
+#[test]
+fn a_joined_home_sends_to_the_address_it_joined_by_default() {
+    let (home, boss) = boss_home();
+    let agent = TestHome::new();
+    ok(join(&agent, &enroll(&home, AGENT), &boss.addr));
+    let sent = json(agent.run(&["--json", "send", "no address given"]));
+    assert_eq!(sent["status"], "stored");
+    assert_eq!(json(home.run(&["--json", "boss", "inbox"]))[0]["content"], "no address given");
+    // An explicit address still wins: here, one where nobody listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nobody = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let err = one_line(agent.run(&["send", "--addr", &nobody, "--attempts", "1", "elsewhere"]));
+    assert!(err.contains(&nobody), "{err}");
+    let err = one_line(
+        agent.cmd(&["send", "--attempts", "1", "from env"]).env("SPYCTL_ADDR", &nobody).output().expect("run"),
+    );
+    assert!(err.contains(&nobody), "{err}");
+    assert_eq!(messages(&home), 1);
+    boss.stop_clean();
+}
