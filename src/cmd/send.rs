@@ -110,14 +110,29 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
 
 /// A joined agent's home (no database, a pinned Boss): its identity, the
 /// pinned Boss, its agent id and the address it joined.
-struct Joined {
-    keys: IdentityKeys,
-    boss: PublicIdentity,
-    agent_id: i64,
-    addr: String,
+pub(super) struct Joined {
+    pub keys: IdentityKeys,
+    pub boss: PublicIdentity,
+    pub agent_id: i64,
+    pub addr: String,
 }
 
-fn joined(ctx: &Ctx<'_>, identity: &Identity) -> Result<Option<Joined>> {
+impl Joined {
+    /// Checks the Boss at `addr` against the pin, then gives the channel key.
+    pub fn channel(&self, addr: &str, timeout: Duration) -> Result<crate::crypto::FernetKey> {
+        crate::net::join::check_boss(addr, timeout, &self.boss)?;
+        self.keys
+            .channel_key(Side::Agent, &self.boss, self.agent_id)
+            .ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))
+    }
+
+    /// Signs each message and checks each receipt, as this agent.
+    pub fn signer(&self) -> MessageSigner<'_> {
+        MessageSigner { keys: &self.keys, boss_ed25519: self.boss.ed25519, agent_id: self.agent_id }
+    }
+}
+
+pub(super) fn joined(ctx: &Ctx<'_>, identity: &Identity) -> Result<Option<Joined>> {
     if !matches!(identity, Identity::LoggedIn) || ctx.home.has_db() {
         return Ok(None);
     }
@@ -138,17 +153,10 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
         (None, None) => crate::cli::DEFAULT_ADDR.to_string(),
     };
     let (agent_id, key) = match &joined {
-        Some(j) => {
-            crate::net::join::check_boss(&addr, request.timeout, &j.boss)?;
-            let key = j
-                .keys
-                .channel_key(Side::Agent, &j.boss, j.agent_id)
-                .ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
-            (j.agent_id, key)
-        }
+        Some(j) => (j.agent_id, j.channel(&addr, request.timeout)?),
         None => identity_key(ctx, &request.identity)?,
     };
-    let signer = joined.as_ref().map(|j| MessageSigner { keys: &j.keys, boss_ed25519: j.boss.ed25519, agent_id });
+    let signer = joined.as_ref().map(Joined::signer);
     let config = ClientConfig { addr, timeout: request.timeout, attempts: request.attempts, ..ClientConfig::default() };
     let mut sender = Sender::new(config, agent_id, &key).with_signer(signer);
 

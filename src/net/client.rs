@@ -187,6 +187,7 @@ struct InFlight {
 /// An enrolled agent's signing key and what its statements name: each text
 /// message, and each file's last chunk (for the whole file), carries the
 /// statement's two signatures (PROTOCOL.md, "Signed messages").
+#[derive(Clone, Copy)]
 pub struct MessageSigner<'k> {
     pub keys: &'k IdentityKeys,
     pub boss_ed25519: [u8; 32],

@@ -126,3 +126,20 @@ fn send_refuses_an_ack_without_a_receipt_signed_by_the_pinned_boss_key() {
         assert!(err.contains("receipt"), "{what}: {err}");
     }
 }
+
+/// `boss bench` from a joined home measures what it sends: every message
+/// signed, every receipt checked (BENCHMARKS.md compares it with v1).
+#[test]
+fn boss_bench_from_a_joined_home_signs_every_message_and_checks_every_receipt() {
+    let (home, boss) = boss_home();
+    let agent = TestHome::new();
+    ok(join(&agent, &enroll(&home, AGENT), &boss.addr));
+    let report = json(agent.run(&["--json", "boss", "bench", "-c", "2", "-n", "20", "--pipeline", "4"]));
+    assert_eq!((report["stored"].as_u64(), report["signed"].as_bool()), (Some(20), Some(true)), "{report}");
+    let inbox = json(home.run(&["--json", "boss", "inbox", "--all"]));
+    let fp = json(agent.run(&["--json", "whoami"]))["fingerprint"].as_str().expect("fp").to_string();
+    let all = inbox.as_array().expect("inbox");
+    assert_eq!(all.len(), 20);
+    assert!(all.iter().all(|e| e["signature"] == format!("verified {fp}").as_str()), "{inbox}");
+    boss.stop_clean();
+}
