@@ -58,9 +58,8 @@ for i in $(seq "$ROUNDS"); do
         >"$WORK/psk-$i.json"
     "$BIN" --home "$LAST" --json boss bench --addr "$ADDR" -c 8 -n "$N" -s 64 >"$WORK/signed-$i.json"
     for kind in psk signed; do
-        sed -n 's/.*"msgs_per_sec": *\([0-9.]*\).*/\1/p; s/.*"p50": *\([0-9]*\).*/p50_us \1/p; s/.*"signed": *\([a-z]*\).*/signed \1/p' \
-            "$WORK/$kind-$i.json" | tr '\n' ' ' | sed "s/^/$kind round $i: msgs_per_sec /"
-        echo
+        python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%-6s round %s: %7.0f msgs/s  p50 %.3f ms  p99 %.3f ms  stored %d  signed %s" % (sys.argv[2], sys.argv[3], r["msgs_per_sec"], r["latency_us"]["p50"]/1e3, r["latency_us"]["p99"]/1e3, r["stored"], r["signed"]))' \
+            "$WORK/$kind-$i.json" "$kind" "$i"
     done
 done
 echo "uptime after: $(uptime)"

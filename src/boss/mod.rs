@@ -3,6 +3,7 @@
 //! uploads (a sweeper thread expires abandoned ones while it runs), `inbox`
 //! reads back what arrived, `receipt` signs ACKs to enrolled agents.
 
+pub mod channels;
 pub mod enroll;
 pub mod files;
 pub mod inbox;

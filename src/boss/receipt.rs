@@ -10,14 +10,15 @@
 
 use sha2::{Digest, Sha256};
 
+use super::channels::WireKey;
+use crate::crypto::IdentityKeys;
 use crate::crypto::identity::receipt;
-use crate::crypto::{FernetKey, IdentityKeys};
 use crate::net::protocol::{self, AckStatus};
 
 /// What seals an ACK: the agent's Fernet key and, for an enrolled agent,
 /// the facts its receipt names.
 pub struct AckKey {
-    fernet: FernetKey,
+    fernet: WireKey,
     receipt: Option<ReceiptFacts>,
 }
 
@@ -29,13 +30,13 @@ struct ReceiptFacts {
 
 impl AckKey {
     /// An ACK key for a v1 (PSK) agent: no receipt.
-    pub fn plain(fernet: FernetKey) -> Self {
+    pub fn plain(fernet: WireKey) -> Self {
         AckKey { fernet, receipt: None }
     }
 
     /// An ACK key for an enrolled agent's `MSG` with this body: its ACKs
     /// carry a signed receipt.
-    pub fn signed(fernet: FernetKey, agent_id: i64, body: &[u8]) -> Self {
+    pub fn signed(fernet: WireKey, agent_id: i64, body: &[u8]) -> Self {
         AckKey { fernet, receipt: Some(ReceiptFacts { agent_id, body_sha256: hex::encode(Sha256::digest(body)) }) }
     }
 

@@ -12,13 +12,13 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-use crate::crypto::identity::Side;
 use crate::crypto::{IdentityKeys, KeyRing, MasterKey, PublicIdentity, TokenError};
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
+use super::channels::{ChannelKeys, WireKey};
 use super::files::{ChunkError, ChunkOutcome, FileAssembler, Quota};
 use super::receipt::AckKey;
 use super::store::{Store, WriteOp};
@@ -80,6 +80,8 @@ pub struct BossService {
     keyring: KeyRing,
     /// The Boss's own identity (identity.key): channel keys with enrolled agents.
     identity: IdentityKeys,
+    /// Those channel keys, derived once per enrolment.
+    channels: ChannelKeys,
     keys: RegistryKeys,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
@@ -114,6 +116,7 @@ impl BossService {
             keys: RegistryKeys::derive(&keyring),
             keyring,
             identity,
+            channels: ChannelKeys::default(),
             reader: Mutex::new(reader),
             store,
             files,
@@ -213,17 +216,15 @@ impl BossService {
             (ErrorCode::Internal, "try again later".to_string())
         })?;
         // An enrolled agent has one key: the channel key of the two
-        // identities (an X25519 agreement, so an enrolled id costs more than
-        // a v1 one; both kinds cost the same whether the MAC is good or bad).
+        // identities (an X25519 agreement on its first line, then cached in
+        // `channels`; both kinds cost the same whether the MAC is good or bad).
         let enrolled = self.enrolled(agent_id).map_err(|e| {
             tracing::error!(error = %e, "identity lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })?;
         let key = match &enrolled {
-            Some(identity) => {
-                self.identity.channel_key(Side::Boss, &identity.public, agent_id).ok_or_else(auth_failed)?
-            }
-            None => self.keyring.agent_wire_key_at(agent_id, generation),
+            Some(identity) => WireKey::Channel(self.channels.get(&self.identity, identity).ok_or_else(auth_failed)?),
+            None => WireKey::Derived(self.keyring.agent_wire_key_at(agent_id, generation)),
         };
         let opened = key.open(request.token, Some(self.config.ttl_secs));
         if let Err(TokenError::Invalid) = opened {

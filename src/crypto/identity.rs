@@ -42,6 +42,10 @@ pub struct PublicIdentity {
 pub struct IdentityKeys {
     x25519: x25519_dalek::StaticSecret,
     ed25519: ed25519_dalek::SigningKey,
+    /// Computed once: the Boss names its own key in every statement and
+    /// receipt it checks or signs, and an X25519 base-point multiplication
+    /// per message is measurable (BENCHMARKS.md, identities).
+    public: PublicIdentity,
 }
 
 /// An identity file that does not hold an identity.
@@ -80,10 +84,13 @@ impl IdentityKeys {
     }
 
     fn from_secrets(x25519: &[u8; 32], ed25519: &[u8; 32]) -> Self {
-        IdentityKeys {
-            x25519: x25519_dalek::StaticSecret::from(*x25519),
-            ed25519: ed25519_dalek::SigningKey::from_bytes(ed25519),
-        }
+        let x25519 = x25519_dalek::StaticSecret::from(*x25519);
+        let ed25519 = ed25519_dalek::SigningKey::from_bytes(ed25519);
+        let public = PublicIdentity {
+            x25519: x25519_dalek::PublicKey::from(&x25519).to_bytes(),
+            ed25519: ed25519.verifying_key().to_bytes(),
+        };
+        IdentityKeys { x25519, ed25519, public }
     }
 
     /// The file form: `spyctl-identity-v1 <x25519 secret hex> <ed25519 secret hex>\n`. Wiped on drop.
@@ -109,10 +116,7 @@ impl IdentityKeys {
     }
 
     pub fn public(&self) -> PublicIdentity {
-        PublicIdentity {
-            x25519: x25519_dalek::PublicKey::from(&self.x25519).to_bytes(),
-            ed25519: self.ed25519.verifying_key().to_bytes(),
-        }
+        self.public
     }
 
     /// The X25519 agreement with `their` key, or None if it is not
