@@ -113,5 +113,32 @@ fn noise_handshake(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fernet, blind_index, password_hash, protocol_parsers, noise_handshake);
+/// What a signed message costs each side beyond the v1 path (issue 13): the
+/// agent's two signatures, the Boss's two verifications and its receipt.
+fn identity(c: &mut Criterion) {
+    use spyctl::crypto::IdentityKeys;
+    use spyctl::crypto::identity::{receipt, statement, verify_ed25519};
+    use spyctl::crypto::minisign::{sign_statement, verify_statement};
+    let boss = IdentityKeys::generate().expect("rng");
+    let agent = IdentityKeys::generate().expect("rng");
+    let st =
+        statement(&boss.public().ed25519, 6, "0123456789abcdef0123456789abcdef", "text", &[b'x'; 64], 1_800_000_000);
+    let sigs = sign_statement(&agent, &st);
+    let rc = receipt(&boss.public().ed25519, 6, "0123456789abcdef0123456789abcdef", &"0".repeat(64), "stored", 1);
+    let rc_sig = boss.sign(&rc);
+    let mut group = c.benchmark_group("identity");
+    group.warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(800));
+    group.bench_function("agent_sign_statement_and_tsig", |b| b.iter(|| sign_statement(&agent, &st)));
+    group.bench_function("boss_verify_statement_and_tsig", |b| {
+        b.iter(|| verify_statement(&agent.public(), &st, &sigs.signature, Some(&sigs.trusted)))
+    });
+    group.bench_function("boss_sign_receipt", |b| b.iter(|| boss.sign(&rc)));
+    group.bench_function("agent_verify_receipt", |b| b.iter(|| verify_ed25519(&boss.public().ed25519, &rc, &rc_sig)));
+    group.bench_function("channel_key_x25519_hkdf", |b| {
+        b.iter(|| boss.channel_key(spyctl::crypto::identity::Side::Boss, &agent.public(), 6))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fernet, blind_index, password_hash, protocol_parsers, noise_handshake, identity);
 criterion_main!(benches);

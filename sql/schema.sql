@@ -1,4 +1,4 @@
--- spyctl schema, version 7. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 8. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
 DROP TABLE IF EXISTS Orders;
@@ -113,6 +113,9 @@ CREATE TABLE Messages (
     -- The epoch of the wire key the token is sealed under; NULL for tokens
     -- under an enrolled agent's channel key (not derived from master.key).
     KeyEpoch   INTEGER,
+    -- The global signature minisign checks (over Signature || the trusted
+    -- comment: PROTOCOL.md, "Exports that stock minisign verifies").
+    TrustedSignature BLOB,
     UNIQUE (AgentId, MessageId)
 );
 CREATE INDEX MessagesByEpoch ON Messages (KeyEpoch);
@@ -129,6 +132,12 @@ CREATE TABLE Files (
     StoredAs   TEXT    NOT NULL,
     ReceivedAt INTEGER NOT NULL,
     KeyEpoch   INTEGER NOT NULL DEFAULT 0,
+    -- An enrolled agent's file: the signatures over the statement naming the
+    -- whole file's SHA-256 (sent with the last chunk), as in Messages.
+    Signature  BLOB,
+    SignedAt   INTEGER,
+    SignerRow  INTEGER,
+    TrustedSignature BLOB,
     UNIQUE (AgentId, FileId)
 );
 

@@ -265,11 +265,24 @@ pub enum BossCommand {
     Serve(ServeArgs),
     /// Show received messages and files, decrypted, newest first, with each signature's status (directors only)
     Inbox(InboxArgs),
-    /// Check a received message's signature again (directors only)
+    /// Check a received message's or file's signature again (directors only)
     Verify {
-        /// The message id (as `boss inbox` shows it)
-        #[arg(value_name = "MESSAGE_ID")]
+        /// The message or file id (as `boss inbox` shows it)
+        #[arg(value_name = "ID")]
         id: String,
+    },
+    /// Write a signed message or file with its agent's signature, for stock minisign to check offline (directors only)
+    #[command(after_help = "DIR gets four files: body (the text, or the decrypted file), statement (what the agent \
+                      signed: it names the body's SHA-256), statement.minisig and agent.pub. Check them anywhere with \
+                      `minisign -V -p DIR/agent.pub -m DIR/statement`, then compare `sha256sum DIR/body` with the \
+                      statement's sha256 line. Nothing is written unless the signature verifies here first.")]
+    Export {
+        /// The message or file id (as `boss inbox` shows it)
+        #[arg(value_name = "ID")]
+        id: String,
+        /// The directory to write into (created if missing; its four files must not exist yet)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Load-test a running Boss: N senders, M messages of S bytes, real tokens and ACKs
     Bench(BenchArgs),
@@ -490,12 +503,16 @@ pub struct BenchArgs {
     pub protocol: Protocol,
 }
 
+/// The Boss's address when neither `--addr`, `SPYCTL_ADDR` nor a joined
+/// home names one.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
+
 /// Where to send and as whom: shared by `send` and `boss bench`.
 #[derive(Debug, Args)]
 pub struct SenderArgs {
-    /// The Boss's address
-    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
-    pub addr: String,
+    /// The Boss's address [default: `send` from a joined home: the address it joined; else 127.0.0.1:5000]
+    #[arg(long, env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: Option<String>,
     /// Send as this agent with --key-file, without a login (e.g. from another machine)
     #[arg(long, requires = "key_file", value_name = "AGENT_ID")]
     pub agent_id: Option<i64>,

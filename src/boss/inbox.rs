@@ -34,7 +34,7 @@ pub struct InboxEntry {
     pub stored_as: Option<String>,
     pub id: String,
     /// Messages: "unsigned" (v1 PSK channel), "verified FINGERPRINT", or
-    /// "INVALID: why" (see `boss::verify`). Files: not signed yet.
+    /// "INVALID: why" (see `boss::verify`), for files as for messages.
     pub signature: String,
 }
 
@@ -55,13 +55,16 @@ struct Reader<'c> {
     keyring: &'c KeyRing,
     /// The Boss's identity, which opens and checks enrolled agents' signed messages.
     boss: Option<&'c IdentityKeys>,
+    /// Its public half, computed once: files' signatures need only that.
+    boss_public: Option<crate::crypto::PublicIdentity>,
     keys: RegistryKeys,
     names: HashMap<i64, Option<String>>,
 }
 
 impl<'c> Reader<'c> {
     fn new(conn: &'c Connection, keyring: &'c KeyRing, boss: Option<&'c IdentityKeys>) -> Self {
-        Reader { conn, keyring, boss, keys: RegistryKeys::derive(keyring), names: HashMap::new() }
+        let boss_public = boss.map(IdentityKeys::public);
+        Reader { conn, keyring, boss, boss_public, keys: RegistryKeys::derive(keyring), names: HashMap::new() }
     }
 
     fn name_of(&mut self, agent_id: i64) -> Result<Option<String>, DbError> {
@@ -100,6 +103,7 @@ impl<'c> Reader<'c> {
             InboxTable::Files => match messages::file_at(self.conn, key.row_id)? {
                 None => None,
                 Some(f) => Some(InboxEntry {
+                    signature: super::verify::check_file(self.conn, self.boss_public.as_ref(), &f)?.0.label(),
                     received_at: f.received_at,
                     agent_id: f.agent_id,
                     agent_name: self.name_of(f.agent_id)?,
@@ -108,7 +112,6 @@ impl<'c> Reader<'c> {
                     size: Some(f.size),
                     stored_as: Some(f.stored_as),
                     id: f.file_id,
-                    signature: "unsigned".into(),
                 }),
             },
         })

@@ -1,12 +1,14 @@
 //! The Boss: where the server, the store and the crypto meet. `service`
 //! answers protocol lines, `store` commits them in groups, `files` assembles
 //! uploads (a sweeper thread expires abandoned ones while it runs), `inbox`
-//! reads back what arrived.
+//! reads back what arrived, `receipt` signs ACKs to enrolled agents.
 
+pub mod channels;
 pub mod enroll;
 pub mod files;
 pub mod inbox;
 pub mod orders;
+pub mod receipt;
 pub mod sealed_file;
 pub mod service;
 pub mod store;

@@ -12,14 +12,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rusqlite::Connection;
 
-use crate::crypto::identity::Side;
-use crate::crypto::{FernetKey, IdentityKeys, KeyRing, MasterKeys, PublicIdentity, TokenError};
+use crate::crypto::{IdentityKeys, KeyRing, MasterKeys, PublicIdentity, TokenError};
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
+use super::channels::{ChannelKeys, WireKey};
 use super::files::{ChunkError, ChunkOutcome, FileAssembler, Quota};
+use super::receipt::AckKey;
 use super::store::{Store, WriteOp};
 
 /// Settings the operator chooses.
@@ -54,10 +55,11 @@ impl Default for BossConfig {
 /// An `ERR` to send: its code and human text.
 type Refusal = (ErrorCode, String);
 
-/// How far [`BossService::prepare`] got with a line. Lives for one line on
-/// the stack and is moved once, so its size costs nothing, while boxing the
-/// big variant would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
+/// How far [`BossService::prepare`] got with a line.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a Step lives for one line in one batch; boxing the ACK would add an allocation per message"
+)]
 enum Step {
     /// The answer is ready (a file chunk written and synced); `new` says
     /// whether the chunk added bytes (a resent earlier chunk does not).
@@ -69,7 +71,7 @@ enum Step {
 /// An ACK waiting for its write's commit.
 struct PendingAck {
     op: WriteOp,
-    key: FernetKey,
+    key: AckKey,
     agent_id: i64,
     /// For the log line.
     what: &'static str,
@@ -96,6 +98,8 @@ pub struct BossService {
     last_key_check: Mutex<std::time::Instant>,
     /// The Boss's own identity (identity.key): channel keys with enrolled agents.
     identity: IdentityKeys,
+    /// Those channel keys, derived once per enrolment.
+    channels: ChannelKeys,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
     /// `JOIN`, `JOIN2` and `WHOIS` lines (enrolment by one-time code).
@@ -137,6 +141,7 @@ impl BossService {
             load_master,
             last_key_check: Mutex::new(std::time::Instant::now()),
             identity,
+            channels: ChannelKeys::default(),
             reader: Mutex::new(reader),
             store,
             files,
@@ -210,13 +215,18 @@ impl BossService {
         agent_id: i64,
         generation: u32,
         token: &[u8],
-    ) -> (Result<crate::crypto::fernet::Opened, TokenError>, Option<(Option<u32>, FernetKey)>) {
-        let candidates: Vec<(Option<u32>, FernetKey)> = match enrolled {
-            Some(identity) => match self.identity.channel_key(Side::Boss, &identity.public, agent_id) {
-                Some(key) => vec![(None, key)],
+    ) -> (Result<crate::crypto::fernet::Opened, TokenError>, Option<(Option<u32>, WireKey)>) {
+        let candidates: Vec<(Option<u32>, WireKey)> = match enrolled {
+            Some(identity) => match self.channels.get(&self.identity, identity) {
+                Some(key) => vec![(None, WireKey::Channel(key))],
                 None => Vec::new(),
             },
-            None => keys.keyring.agent_wire_keys(agent_id, generation).into_iter().map(|(e, k)| (Some(e), k)).collect(),
+            None => keys
+                .keyring
+                .agent_wire_keys(agent_id, generation)
+                .into_iter()
+                .map(|(e, k)| (Some(e), WireKey::Derived(k)))
+                .collect(),
         };
         for (epoch, key) in candidates {
             let attempt = key.open(token, Some(self.config.ttl_secs));
@@ -331,8 +341,9 @@ impl BossService {
         if header.kind != Kind::Text {
             return Err((ErrorCode::BadRequest, "v2 carries text messages; send files over v1 for now".into()));
         }
-        let signature = self.check_signature(identity, &header.id, body, plaintext, peer)?;
-        let key = self.identity.channel_key(Side::Boss, &identity.public, agent_id).ok_or_else(auth_failed)?;
+        let signature =
+            self.check_signature(identity, super::verify::Subject::text(&header.id, body), plaintext, peer)?;
+        let key = self.channels.get(&self.identity, identity).ok_or_else(auth_failed)?;
         let op = WriteOp::Message(messages::StoredMessage {
             agent_id,
             message_id: header.id.clone(),
@@ -394,44 +405,26 @@ impl BossService {
         identities::current(&reader, agent_id)
     }
 
-    /// An enrolled agent's text message must carry a signature by its current
-    /// key over the canonical statement (PROTOCOL.md): checked before storing.
+    /// An enrolled agent's text message, and its file's last chunk, must
+    /// carry both signatures by its current key over the canonical statement
+    /// (PROTOCOL.md): checked before storing ([`super::verify::check_sent`]).
     fn check_signature(
         &self,
         identity: &identities::StoredIdentity,
-        id: &str,
-        body: &[u8],
+        subject: super::verify::Subject<'_>,
         plaintext: &[u8],
         peer: &Peer,
-    ) -> Result<messages::MessageSignature, Refusal> {
-        let refuse = |why: &str| {
+    ) -> Result<Box<messages::MessageSignature>, Refusal> {
+        let sig = protocol::decode_signature(plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let checked = super::verify::check_sent(&self.identity.public().ed25519, identity, subject, sig);
+        checked.map(Box::new).map_err(|why| {
             tracing::info!(conn = peer.id, agent = identity.agent_id, "refused: {why}");
             (ErrorCode::Auth, why.to_string())
-        };
-        let sig = protocol::decode_signature(plaintext)
-            .map_err(|e| (ErrorCode::BadRequest, e.0))?
-            .ok_or_else(|| refuse("an enrolled agent must sign every message"))?;
-        let statement = crate::crypto::identity::statement(
-            &self.identity.public().ed25519,
-            identity.agent_id,
-            id,
-            "text",
-            body,
-            sig.time,
-        );
-        identity
-            .public
-            .verify(&statement, &sig.signature)
-            .map_err(|_| refuse("the message's signature does not verify"))?;
-        Ok(messages::MessageSignature {
-            signature: sig.signature.to_vec(),
-            signed_at: sig.time as i64,
-            signer_row: identity.row_id,
         })
     }
 
-    fn ack(key: &FernetKey, id: &str, status: AckStatus, reply: &str) -> String {
-        protocol::format_ack(&key.seal(&protocol::encode_ack(id, status, reply)))
+    fn ack(&self, key: &AckKey, id: &str, status: AckStatus, reply: &str) -> String {
+        key.ack(&self.identity, id, status, reply)
     }
 
     /// Everything for one line up to the database write: authenticate, check
@@ -458,8 +451,8 @@ impl BossService {
             (ErrorCode::Internal, "try again later".to_string())
         })?;
         // An enrolled agent has one key: the channel key of the two
-        // identities (an X25519 agreement, so an enrolled id costs more than
-        // a v1 one; both kinds cost the same whether the MAC is good or bad).
+        // identities (an X25519 agreement on its first line, then cached in
+        // `channels`; both kinds cost the same whether the MAC is good or bad).
         let enrolled = self.enrolled(agent_id).map_err(|e| {
             tracing::error!(error = %e, "identity lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
@@ -519,6 +512,11 @@ impl BossService {
         }
         let alias = keys.registry.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        // An enrolled agent's ACKs carry a receipt the Boss signs.
+        let key = match &enrolled {
+            Some(_) => AckKey::signed(key, agent_id, body),
+            None => AckKey::plain(key),
+        };
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
             Kind::Text => Ok(Step::Commit(PendingAck {
@@ -528,9 +526,12 @@ impl BossService {
                     received_at: now,
                     token: String::from_utf8_lossy(request.token).into_owned(),
                     signature: match &enrolled {
-                        Some(identity) => {
-                            Some(self.check_signature(identity, &header.id, body, &opened.plaintext, peer)?)
-                        }
+                        Some(identity) => Some(self.check_signature(
+                            identity,
+                            super::verify::Subject::text(&header.id, body),
+                            &opened.plaintext,
+                            peer,
+                        )?),
                         None => None,
                     },
                     key_epoch,
@@ -554,7 +555,7 @@ impl BossService {
                 // A file already received is answered from its row: a replayed
                 // chunk of it costs a lookup, never a read or a hash of the file.
                 if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
-                    let line = Self::ack(
+                    let line = self.ack(
                         &key,
                         &header.id,
                         AckStatus::Duplicate,
@@ -563,6 +564,18 @@ impl BossService {
                     // A repeat, not new work: it does not keep the connection alive.
                     return Ok(Step::Reply { line, new: false });
                 }
+                // An enrolled agent signs the whole file with its last chunk:
+                // checked before that chunk is written, so an unsigned file
+                // never completes.
+                let signature = match (&enrolled, &chunk.sha256) {
+                    (Some(identity), Some(sha256)) => Some(self.check_signature(
+                        identity,
+                        super::verify::Subject::file(&chunk.file_id, sha256),
+                        &opened.plaintext,
+                        peer,
+                    )?),
+                    _ => None,
+                };
                 let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
                     ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
                     ChunkError::Refused(why) => {
@@ -580,7 +593,7 @@ impl BossService {
                         // Only a chunk that added bytes is new work; a resend
                         // (even of the latest chunk) is a repeat.
                         let new = stored;
-                        let line = Self::ack(
+                        let line = self.ack(
                             &key,
                             &header.id,
                             AckStatus::Stored,
@@ -598,6 +611,7 @@ impl BossService {
                             stored_as,
                             received_at: now,
                             key_epoch: keys.registry.newest().epoch,
+                            signature,
                         }),
                         key,
                         agent_id,
@@ -692,7 +706,7 @@ impl BossService {
                     Ok(added) => {
                         let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
                         tracing::info!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
-                        let line = Self::ack(&key, &id, status, &reply);
+                        let line = self.ack(&key, &id, status, &reply);
                         if added { Answer::accepted(line) } else { Answer::repeated(line) }
                     }
                     Err(e) => {

@@ -1,15 +1,74 @@
-//! Checking a stored message's signature again (`boss inbox`, `boss verify`):
-//! open its token with the key it arrived under, rebuild the canonical
-//! statement from what the token holds, and verify the kept signature with
-//! the kept public key (which may since have been revoked).
+//! Agents' signatures: checking one as it arrives ([`check_sent`], before
+//! the Boss stores a message or completes a file), and checking a stored one
+//! again (`boss inbox`, `boss verify`, `boss export`): open its token with the
+//! key it arrived under (files: take the recorded SHA-256), rebuild the
+//! canonical statement, and verify the kept signatures with the kept public
+//! key (which may since have been revoked).
+
+use std::borrow::Cow;
 
 use rusqlite::Connection;
+use sha2::{Digest, Sha256};
 
-use crate::crypto::identity::{Side, statement};
-use crate::crypto::{IdentityKeys, KeyRing};
-use crate::db::messages::StoredMessage;
+use crate::crypto::identity::{Side, statement_for_sha256};
+use crate::crypto::minisign::{self, StatementSignatures};
+use crate::crypto::{IdentityKeys, KeyRing, PublicIdentity};
+use crate::db::messages::{MessageSignature, StoredFile, StoredMessage};
 use crate::db::{DbError, agents, identities};
-use crate::net::protocol;
+use crate::net::protocol::{self, MessageSig};
+
+/// What a statement is about: a text message (by its id and body) or a whole
+/// file (by its file id and SHA-256).
+pub struct Subject<'a> {
+    kind: &'static str,
+    id: &'a str,
+    sha256: Cow<'a, str>,
+}
+
+impl<'a> Subject<'a> {
+    pub fn text(id: &'a str, body: &[u8]) -> Self {
+        Subject { kind: "text", id, sha256: Cow::Owned(hex::encode(Sha256::digest(body))) }
+    }
+
+    pub fn file(file_id: &'a str, sha256_hex: &'a str) -> Self {
+        Subject { kind: "file", id: file_id, sha256: Cow::Borrowed(sha256_hex) }
+    }
+
+    fn statement(&self, boss_ed25519: &[u8; 32], agent_id: i64, time: u64) -> Vec<u8> {
+        statement_for_sha256(boss_ed25519, agent_id, self.id, self.kind, &self.sha256, time)
+    }
+}
+
+/// Checks what an enrolled agent sent: both signatures (the statement's and
+/// minisign's global one) must be there and verify under its current key.
+/// The error is the reason to log and to answer with `ERR auth`.
+pub fn check_sent(
+    boss_ed25519: &[u8; 32],
+    identity: &identities::StoredIdentity,
+    subject: Subject<'_>,
+    sig: Option<MessageSig>,
+) -> Result<MessageSignature, &'static str> {
+    let sig = sig.ok_or("an enrolled agent must sign every message and file")?;
+    let trusted = sig.trusted.ok_or("the signature has no tsig (the global signature minisign checks)")?;
+    let statement = subject.statement(boss_ed25519, identity.agent_id, sig.time);
+    minisign::verify_statement(&identity.public, &statement, &sig.signature, Some(&trusted))
+        .map_err(|_| "the signature does not verify")?;
+    let signed_at = i64::try_from(sig.time).map_err(|_| "the signature's time is out of range")?;
+    Ok(MessageSignature {
+        signature: sig.signature.to_vec(),
+        signed_at,
+        signer_row: identity.row_id,
+        trusted: Some(trusted.to_vec()),
+    })
+}
+
+/// What `boss export` writes beside the body: the statement, its
+/// signatures and the key that made them, all checked.
+pub struct Evidence {
+    pub statement: Vec<u8>,
+    pub signatures: StatementSignatures,
+    pub signer: PublicIdentity,
+}
 
 /// What a message's signature says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +94,13 @@ impl SignatureStatus {
     }
 }
 
-/// A stored message opened: its body (if this home can open it) and its
-/// signature's status.
+/// A stored message opened: its body (if this home can open it), its
+/// signature's status, and (verified, with the global signature kept) what
+/// an export needs.
 pub struct Checked {
     pub body: Option<Vec<u8>>,
     pub status: SignatureStatus,
+    pub evidence: Option<Evidence>,
 }
 
 /// Opens and checks one stored message. `boss` is the Boss's identity (None
@@ -58,9 +119,9 @@ pub fn check(
         let epoch = m.key_epoch.unwrap_or(0);
         let body =
             keyring.open_agent_token(m.agent_id, newest, epoch, m.token.as_bytes()).and_then(|o| body_of(&o.plaintext));
-        return Ok(Checked { body: body.map(|(_, b)| b), status: SignatureStatus::Unsigned });
+        return Ok(Checked { body: body.map(|(_, b)| b), status: SignatureStatus::Unsigned, evidence: None });
     };
-    let invalid = |why| Ok(Checked { body: None, status: SignatureStatus::Invalid(why) });
+    let invalid = |why| Ok(Checked { body: None, status: SignatureStatus::Invalid(why), evidence: None });
     let Some(signer) = identities::by_row(conn, sig.signer_row)? else {
         return invalid("its key is not in AgentIdentities");
     };
@@ -74,13 +135,50 @@ pub fn check(
     let Some((header, body)) = key.open(m.token.as_bytes(), None).ok().and_then(|o| body_of(&o.plaintext)) else {
         return invalid("its token does not open");
     };
-    let Ok(signed_at) = u64::try_from(sig.signed_at) else { return invalid("bad time") };
-    let statement = statement(&boss.public().ed25519, m.agent_id, &header.id, "text", &body, signed_at);
-    let status = match signer.public.verify(&statement, &sig.signature) {
-        Ok(()) => {
-            SignatureStatus::Verified { fingerprint: signer.public.fingerprint(), revoked: signer.revoked_at.is_some() }
-        }
-        Err(_) => SignatureStatus::Invalid("the signature does not verify"),
+    let (status, evidence) = check_stored(&boss.public().ed25519, &signer, Subject::text(&header.id, &body), sig);
+    Ok(Checked { body: Some(body), status, evidence })
+}
+
+/// Checks a stored file's signature (over the SHA-256 recorded when it
+/// arrived; `boss export` then compares the decrypted file with that hash).
+pub fn check_file(
+    conn: &Connection,
+    boss: Option<&PublicIdentity>,
+    f: &StoredFile,
+) -> Result<(SignatureStatus, Option<Evidence>), DbError> {
+    let Some(sig) = &f.signature else { return Ok((SignatureStatus::Unsigned, None)) };
+    let invalid = |why| Ok((SignatureStatus::Invalid(why), None));
+    let Some(signer) = identities::by_row(conn, sig.signer_row)? else {
+        return invalid("its key is not in AgentIdentities");
     };
-    Ok(Checked { body: Some(body), status })
+    if signer.agent_id != f.agent_id {
+        return invalid("its key belongs to another agent");
+    }
+    let Some(boss) = boss else { return invalid("this home has no Boss identity to check it with") };
+    Ok(check_stored(&boss.ed25519, &signer, Subject::file(&f.file_id, &f.sha256), sig))
+}
+
+/// The statement rebuilt and its kept signatures verified with the kept key.
+fn check_stored(
+    boss_ed25519: &[u8; 32],
+    signer: &identities::StoredIdentity,
+    subject: Subject<'_>,
+    sig: &MessageSignature,
+) -> (SignatureStatus, Option<Evidence>) {
+    let Ok(signed_at) = u64::try_from(sig.signed_at) else { return (SignatureStatus::Invalid("bad time"), None) };
+    let statement = subject.statement(boss_ed25519, signer.agent_id, signed_at);
+    let trusted = sig.trusted.as_deref();
+    if minisign::verify_statement(&signer.public, &statement, &sig.signature, trusted).is_err() {
+        return (SignatureStatus::Invalid("the signature does not verify"), None);
+    }
+    let status =
+        SignatureStatus::Verified { fingerprint: signer.public.fingerprint(), revoked: signer.revoked_at.is_some() };
+    // Verified above, so both have their lengths.
+    let evidence = match (<[u8; 64]>::try_from(sig.signature.as_slice()), trusted.map(<[u8; 64]>::try_from)) {
+        (Ok(signature), Some(Ok(trusted))) => {
+            Some(Evidence { statement, signatures: StatementSignatures { signature, trusted }, signer: signer.public })
+        }
+        _ => None,
+    };
+    (status, evidence)
 }

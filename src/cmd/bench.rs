@@ -1,5 +1,5 @@
-//! `boss bench`: checks the flags, picks the sending identity (login session
-//! or --agent-id/--key-file, as `send` does), runs [`crate::net::loadgen`]
+//! `boss bench`: checks the flags, picks the sending identity (login session,
+//! --agent-id/--key-file, or a joined home's signed channel, as `send` does), runs [`crate::net::loadgen`]
 //! with a progress bar on stderr, and prints msgs/s and latency percentiles
 //! (or `--json`).
 
@@ -13,7 +13,7 @@ use crate::net::loadgen::{self, LoadConfig, Mode};
 use crate::net::protocol;
 
 use super::Ctx;
-use super::session::sender_identity;
+use super::session::{Identity, identity_key};
 
 /// Largest body: its token (base64, about 4/3 of it) must fit a protocol line.
 const MAX_SIZE: usize = protocol::CHUNK_BYTES;
@@ -85,8 +85,17 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     if args.size > MAX_SIZE {
         return Err(Error::usage(format!("--size is limited to {MAX_SIZE} bytes (one protocol line)")));
     }
+    // A joined home benchmarks what it sends: the channel key, every
+    // message signed and every receipt checked.
+    let identity = Identity::check(&args.to)?;
+    let joined = super::send::joined(ctx, &identity)?;
+    let addr = match (&args.to.addr, &joined) {
+        (Some(addr), _) => addr.clone(),
+        (None, Some(j)) => j.addr.clone(),
+        (None, None) => crate::cli::DEFAULT_ADDR.to_string(),
+    };
     let config = LoadConfig {
-        addr: args.to.addr.clone(),
+        addr,
         connections: args.connections,
         messages: args.messages,
         size: args.size,
@@ -100,13 +109,17 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
     if args.protocol == crate::cli::Protocol::V2 {
         return bench_v2(ctx, &config);
     }
-    let (agent_id, key) = sender_identity(ctx, &args.to)?;
+    let (agent_id, key) = match &joined {
+        Some(j) => (j.agent_id, j.channel(&config.addr, Duration::from_secs(args.timeout))?),
+        None => identity_key(ctx, &identity)?,
+    };
 
     let bar = crate::progress::bar(args.messages, ctx.quiet || ctx.json);
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} msgs {per_sec} eta {eta}") {
         bar.set_style(style);
     }
-    let report = loadgen::run(&config, agent_id, &key, &|| bar.inc(1));
+    let signer = joined.as_ref().map(super::send::Joined::signer);
+    let report = loadgen::run(&config, agent_id, &key, signer, &|| bar.inc(1));
     bar.finish_and_clear();
 
     let acked = report.stored + report.duplicates;
@@ -116,6 +129,7 @@ pub fn bench(ctx: &mut Ctx<'_>, args: BenchArgs) -> Result<()> {
         ctx.json(serde_json::json!({
             "addr": config.addr,
             "agent_id": agent_id,
+            "signed": signer.is_some(),
             "connections": config.connections,
             "messages": config.messages,
             "size": config.size,

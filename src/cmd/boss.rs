@@ -1,4 +1,5 @@
-//! `boss serve` and `boss inbox` (listing, paged and streamed, and `show ID`).
+//! `boss serve`, `boss inbox` (listing, paged and streamed, `show ID`, `get ID`)
+//! and `boss verify ID`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -297,40 +298,46 @@ pub fn inbox_get(ctx: &mut Ctx<'_>, id: &str, out: &Path, force: bool) -> Result
     ctx.say(&format!("Wrote {} ({size} bytes, SHA-256 {sha256} verified).", out.display()))
 }
 
-/// `boss verify ID`: opens the stored message and checks its signature again
-/// with the key it names (revoked since, or not). Fails unless it verifies.
+/// `boss verify ID`: opens the stored message (or takes the stored file's
+/// recorded SHA-256) and checks its signature again with the key it names
+/// (revoked since, or not). Fails unless every entry with that id verifies.
 pub fn verify(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
     use crate::boss::verify::{self, SignatureStatus};
     let gate = require(ctx, Action::ReadInbox)?;
     let identity = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?;
-    let found = crate::db::messages::by_message_id(&gate.conn, id)?;
-    if found.is_empty() {
-        return Err(Error::failed(format!("no message with id {}", crate::output::visible(id))).hint(Hint::SeeInboxIds));
-    }
     let mut results = Vec::new();
-    for m in &found {
+    for m in &crate::db::messages::by_message_id(&gate.conn, id)? {
         let checked = verify::check(&gate.conn, &gate.keyring, identity.as_ref(), m)?;
-        results.push((m.agent_id, checked.status));
+        results.push(("message", m.agent_id, checked.status));
+    }
+    let boss = identity.as_ref().map(crate::crypto::IdentityKeys::public);
+    for f in &crate::db::messages::files_with_id(&gate.conn, id)? {
+        results.push(("file", f.agent_id, verify::check_file(&gate.conn, boss.as_ref(), f)?.0));
+    }
+    let id = visible(id);
+    if results.is_empty() {
+        return Err(Error::failed(format!("no message or file with id {id}")).hint(Hint::SeeInboxIds));
     }
     if ctx.json {
         let list: Vec<_> = results
             .iter()
-            .map(|(agent, status)| serde_json::json!({ "agent_id": agent, "id": id, "signature": status.label() }))
+            .map(|(kind, agent, status)| {
+                serde_json::json!({ "agent_id": agent, "id": id, "kind": kind, "signature": status.label() })
+            })
             .collect();
         ctx.json(serde_json::json!(list))?;
     } else {
-        for (agent, status) in &results {
-            ctx.show(&format!("message {} from agent {agent}: {}", crate::output::visible(id), status.label()))?;
+        for (kind, agent, status) in &results {
+            ctx.show(&format!("{kind} {id} from agent {agent}: {}", status.label()))?;
         }
     }
-    match results.iter().find(|(_, s)| !matches!(s, SignatureStatus::Verified { .. })) {
+    match results.iter().find(|(_, _, s)| !matches!(s, SignatureStatus::Verified { .. })) {
         None => Ok(()),
-        Some((agent, SignatureStatus::Unsigned)) => Err(Error::failed(format!(
-            "message {} from agent {agent} is not signed (it came over the v1 PSK channel)",
-            crate::output::visible(id)
+        Some((kind, agent, SignatureStatus::Unsigned)) => Err(Error::failed(format!(
+            "{kind} {id} from agent {agent} is not signed (it came over the v1 PSK channel)"
         ))),
-        Some((agent, status)) => {
-            Err(Error::failed(format!("message {} from agent {agent}: {}", crate::output::visible(id), status.label())))
+        Some((kind, agent, status)) => {
+            Err(Error::failed(format!("{kind} {id} from agent {agent}: {}", status.label())))
         }
     }
 }

@@ -140,7 +140,7 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
     let result = (|| -> Result<()> {
         step(ctx, 8, "send: an encrypted, HMAC-authenticated message; the Boss's ACK is verified")?;
         let request = |payload| send::SendRequest {
-            addr: addr.to_string(),
+            addr: Some(addr.to_string()),
             identity: session::Identity::LoggedIn,
             timeout: Duration::from_secs(10),
             attempts: 3,

@@ -7,6 +7,7 @@ pub mod boss;
 pub mod db;
 pub mod demo;
 pub mod docs;
+pub mod export;
 pub mod join;
 pub mod key;
 pub mod orders;
@@ -86,6 +87,7 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Order(args) => orders::order(ctx, args),
         Command::Orders(args) => orders::fetch(ctx, args),
         Command::Boss(BossCommand::Verify { id }) => boss::verify(ctx, &id),
+        Command::Boss(BossCommand::Export { id, out }) => export::export(ctx, &id, &out),
         Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {
             agent::export_key(ctx, agent_id, &out, force)
         }

@@ -31,7 +31,8 @@ pub enum Payload {
 
 /// A checked `send`: every flag validated, the file found, before any work.
 pub struct SendRequest {
-    pub addr: String,
+    /// `--addr` or `SPYCTL_ADDR`; None: the joined address, else [`crate::cli::DEFAULT_ADDR`].
+    pub addr: Option<String>,
     pub identity: Identity,
     pub timeout: Duration,
     pub attempts: u32,
@@ -86,12 +87,17 @@ enum JsonStyle {
 
 fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle) -> Result<()> {
     if ctx.json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "sent": what,
             "status": delivered.status,
             "reply": delivered.reply,
             "attempts": delivered.attempts,
         });
+        if let Some(receipt) = &delivered.receipt {
+            // Already checked against the pinned Boss key.
+            value["receipt"] =
+                serde_json::json!({ "statement": receipt.statement, "signature": hex::encode(receipt.signature) });
+        }
         return match style {
             JsonStyle::Single => ctx.json(value),
             JsonStyle::Lines => ctx.json_line(value),
@@ -105,20 +111,36 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
 }
 
 /// A joined agent's home (no database, a pinned Boss): its identity, the
-/// pinned Boss and its agent id.
-struct Joined {
-    keys: IdentityKeys,
-    boss: PublicIdentity,
-    agent_id: i64,
+/// pinned Boss, its agent id and the address it joined.
+pub(super) struct Joined {
+    pub keys: IdentityKeys,
+    pub boss: PublicIdentity,
+    pub agent_id: i64,
+    pub addr: String,
 }
 
-fn joined(ctx: &Ctx<'_>, identity: &Identity) -> Result<Option<Joined>> {
+impl Joined {
+    /// Checks the Boss at `addr` against the pin, then gives the channel key.
+    pub fn channel(&self, addr: &str, timeout: Duration) -> Result<crate::crypto::FernetKey> {
+        crate::net::join::check_boss(addr, timeout, &self.boss)?;
+        self.keys
+            .channel_key(Side::Agent, &self.boss, self.agent_id)
+            .ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))
+    }
+
+    /// Signs each message and checks each receipt, as this agent.
+    pub fn signer(&self) -> MessageSigner<'_> {
+        MessageSigner { keys: &self.keys, boss_ed25519: self.boss.ed25519, agent_id: self.agent_id }
+    }
+}
+
+pub(super) fn joined(ctx: &Ctx<'_>, identity: &Identity) -> Result<Option<Joined>> {
     if !matches!(identity, Identity::LoggedIn) || ctx.home.has_db() {
         return Ok(None);
     }
     let Some(pin) = ctx.home.load_pin()? else { return Ok(None) };
     let boss = pin.boss().ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
-    Ok(Some(Joined { keys: ctx.home.load_identity()?, boss, agent_id: pin.agent_id }))
+    Ok(Some(Joined { keys: ctx.home.load_identity()?, boss, agent_id: pin.agent_id, addr: pin.addr }))
 }
 
 pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
@@ -126,6 +148,12 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
     // signed, and the Boss checked against the pinned keys before anything
     // is sent. Otherwise the v1 PSK channel, as before.
     let joined = joined(ctx, &request.identity)?;
+    // A joined home sends where it joined unless told otherwise.
+    let addr = match (request.addr.clone(), &joined) {
+        (Some(addr), _) => addr,
+        (None, Some(j)) => j.addr.clone(),
+        (None, None) => crate::cli::DEFAULT_ADDR.to_string(),
+    };
     if request.protocol == crate::cli::Protocol::V2 {
         let Some(joined) = &joined else {
             return Err(Error::failed(
@@ -133,26 +161,14 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
             )
             .hint(Hint::AgentHome));
         };
-        return super::send_v2::send(ctx, &request, &joined.keys, &joined.boss, joined.agent_id);
+        return super::send_v2::send(ctx, &request, &addr, &joined.keys, &joined.boss, joined.agent_id);
     }
     let (agent_id, key) = match &joined {
-        Some(j) => {
-            crate::net::join::check_boss(&request.addr, request.timeout, &j.boss)?;
-            let key = j
-                .keys
-                .channel_key(Side::Agent, &j.boss, j.agent_id)
-                .ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
-            (j.agent_id, key)
-        }
+        Some(j) => (j.agent_id, j.channel(&addr, request.timeout)?),
         None => identity_key(ctx, &request.identity)?,
     };
-    let signer = joined.as_ref().map(|j| MessageSigner { keys: &j.keys, boss_ed25519: j.boss.ed25519, agent_id });
-    let config = ClientConfig {
-        addr: request.addr,
-        timeout: request.timeout,
-        attempts: request.attempts,
-        ..ClientConfig::default()
-    };
+    let signer = joined.as_ref().map(Joined::signer);
+    let config = ClientConfig { addr, timeout: request.timeout, attempts: request.attempts, ..ClientConfig::default() };
     let mut sender = Sender::new(config, agent_id, &key).with_signer(signer);
 
     match request.payload {

@@ -26,6 +26,7 @@ pub fn joined_identity(ctx: &Ctx<'_>) -> Result<(IdentityKeys, PublicIdentity, i
 pub fn send(
     ctx: &mut Ctx<'_>,
     request: &SendRequest,
+    addr: &str,
     me: &IdentityKeys,
     boss: &PublicIdentity,
     agent_id: i64,
@@ -43,7 +44,7 @@ pub fn send(
     if texts.is_empty() {
         return Err(Error::failed("nothing to send: no TEXT and no lines on stdin").hint(Hint::SendExample));
     }
-    let mut session = V2Client::connect(&request.addr, request.timeout, me, boss, agent_id)?;
+    let mut session = V2Client::connect(addr, request.timeout, me, boss, agent_id)?;
     if let Some(skew) = session.skew {
         // Said before anything can fail on it (the Boss checks signature times).
         eprintln!(

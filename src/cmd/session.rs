@@ -131,11 +131,6 @@ pub fn identity_key(ctx: &Ctx<'_>, identity: &Identity) -> Result<(i64, FernetKe
     }
 }
 
-/// [`Identity::check`] then [`identity_key`], for commands that need no more.
-pub fn sender_identity(ctx: &Ctx<'_>, to: &SenderArgs) -> Result<(i64, FernetKey)> {
-    identity_key(ctx, &Identity::check(to)?)
-}
-
 pub fn login(ctx: &mut Ctx<'_>, args: LoginArgs) -> Result<()> {
     if args.name.is_none() && args.password_stdin {
         return Err(Error::usage("--password-stdin needs --name (stdin carries the password)"));

@@ -42,6 +42,10 @@ pub struct PublicIdentity {
 pub struct IdentityKeys {
     x25519: x25519_dalek::StaticSecret,
     ed25519: ed25519_dalek::SigningKey,
+    /// Computed once: the Boss names its own key in every statement and
+    /// receipt it checks or signs, and an X25519 base-point multiplication
+    /// per message is measurable (BENCHMARKS.md, identities).
+    public: PublicIdentity,
 }
 
 /// An identity file that does not hold an identity.
@@ -80,10 +84,13 @@ impl IdentityKeys {
     }
 
     fn from_secrets(x25519: &[u8; 32], ed25519: &[u8; 32]) -> Self {
-        IdentityKeys {
-            x25519: x25519_dalek::StaticSecret::from(*x25519),
-            ed25519: ed25519_dalek::SigningKey::from_bytes(ed25519),
-        }
+        let x25519 = x25519_dalek::StaticSecret::from(*x25519);
+        let ed25519 = ed25519_dalek::SigningKey::from_bytes(ed25519);
+        let public = PublicIdentity {
+            x25519: x25519_dalek::PublicKey::from(&x25519).to_bytes(),
+            ed25519: ed25519.verifying_key().to_bytes(),
+        };
+        IdentityKeys { x25519, ed25519, public }
     }
 
     /// The file form: `spyctl-identity-v1 <x25519 secret hex> <ed25519 secret hex>\n`. Wiped on drop.
@@ -109,10 +116,7 @@ impl IdentityKeys {
     }
 
     pub fn public(&self) -> PublicIdentity {
-        PublicIdentity {
-            x25519: x25519_dalek::PublicKey::from(&self.x25519).to_bytes(),
-            ed25519: self.ed25519.verifying_key().to_bytes(),
-        }
+        self.public
     }
 
     /// The X25519 agreement with `their` key, or None if it is not
@@ -197,15 +201,21 @@ impl PublicIdentity {
     /// Checks an Ed25519 signature by this identity (strict verification:
     /// no small-order keys, canonical signatures only).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
-        let signature: [u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.ed25519).map_err(|_| BadSignature)?;
-        key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature)).map_err(|_| BadSignature)
+        verify_ed25519(&self.ed25519, message, signature)
     }
 
     /// Whether the Ed25519 half is a usable public key.
     pub fn is_valid(&self) -> bool {
         ed25519_dalek::VerifyingKey::from_bytes(&self.ed25519).is_ok_and(|k| !k.is_weak())
     }
+}
+
+/// Checks an Ed25519 signature by the key `ed25519` (strict verification:
+/// no small-order keys, canonical signatures only).
+pub fn verify_ed25519(ed25519: &[u8; 32], message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
+    let signature: [u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(ed25519).map_err(|_| BadSignature)?;
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature)).map_err(|_| BadSignature)
 }
 
 /// RFC 4648 base32 (upper case, no padding) of `bytes`.
@@ -242,10 +252,42 @@ fn base32(bytes: &[u8]) -> String {
 /// time <unix seconds>
 /// ```
 pub fn statement(boss_ed25519: &[u8; 32], agent_id: i64, id: &str, kind: &str, body: &[u8], time: u64) -> Vec<u8> {
+    statement_for_sha256(boss_ed25519, agent_id, id, kind, &hex::encode(Sha256::digest(body)), time)
+}
+
+/// [`statement`] for a body known by its SHA-256 (64 lowercase hex digits):
+/// a file's statement names the whole file's hash, which the last chunk
+/// carries, so neither side needs the file in memory to sign or verify.
+pub fn statement_for_sha256(
+    boss_ed25519: &[u8; 32],
+    agent_id: i64,
+    id: &str,
+    kind: &str,
+    sha256_hex: &str,
+    time: u64,
+) -> Vec<u8> {
     format!(
-        "spyctl/v2/message\nboss {}\nagent {agent_id}\nid {id}\nkind {kind}\nsha256 {}\ntime {time}\n",
+        "spyctl/v2/message\nboss {}\nagent {agent_id}\nid {id}\nkind {kind}\nsha256 {sha256_hex}\ntime {time}\n",
         hex::encode(boss_ed25519),
-        hex::encode(Sha256::digest(body))
+    )
+    .into_bytes()
+}
+
+/// The canonical receipt the Boss signs in each ACK to an enrolled agent
+/// (PROTOCOL.md, "Signed receipts"): seven `\n`-terminated lines naming the
+/// Boss's key, the agent, the message id, the SHA-256 of the body the
+/// answered `MSG` carried, how it was filed and when.
+pub fn receipt(
+    boss_ed25519: &[u8; 32],
+    agent_id: i64,
+    id: &str,
+    body_sha256_hex: &str,
+    status: &str,
+    time: u64,
+) -> Vec<u8> {
+    format!(
+        "spyctl/v2/receipt\nboss {}\nagent {agent_id}\nid {id}\nsha256 {body_sha256_hex}\nstatus {status}\ntime {time}\n",
+        hex::encode(boss_ed25519),
     )
     .into_bytes()
 }

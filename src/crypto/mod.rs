@@ -7,6 +7,7 @@ pub mod fernet;
 pub mod files_key;
 pub mod identity;
 pub mod keys;
+pub mod minisign;
 pub mod noise;
 pub mod password;
 pub mod row_mac;

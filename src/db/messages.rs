@@ -13,8 +13,9 @@ pub struct StoredMessage {
     pub received_at: i64,
     pub token: String,
     /// An enrolled agent's message: the signature, its statement's time and
-    /// the AgentIdentities row of the key that made it.
-    pub signature: Option<MessageSignature>,
+    /// the AgentIdentities row of the key that made it (boxed, as in
+    /// [`StoredFile`]: v1 messages should not pay for it in the write queue).
+    pub signature: Option<Box<MessageSignature>>,
     /// The key epoch of the wire key the token is sealed under; None for a
     /// token under an enrolled agent's channel key (not from master.key).
     pub key_epoch: Option<u32>,
@@ -26,6 +27,8 @@ pub struct MessageSignature {
     pub signature: Vec<u8>,
     pub signed_at: i64,
     pub signer_row: i64,
+    /// The global signature minisign checks; None for rows stored before it.
+    pub trusted: Option<Vec<u8>>,
 }
 
 /// A completed file as stored.
@@ -40,6 +43,10 @@ pub struct StoredFile {
     /// Path relative to the home's files/ directory.
     pub stored_as: String,
     pub received_at: i64,
+    /// An enrolled agent's file: the signatures over its statement (boxed:
+    /// most files travel unsigned through the Boss's write queue, which
+    /// should not grow for them).
+    pub signature: Option<Box<MessageSignature>>,
     /// The key epoch of `name`'s token.
     pub key_epoch: u32,
 }
@@ -49,8 +56,9 @@ pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> 
     // Cached: the Boss's writer runs this for every message.
     let changed = conn
         .prepare_cached(
-            "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow, KeyEpoch)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO Messages (AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow, TrustedSignature,
+                                   KeyEpoch)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (AgentId, MessageId) DO NOTHING",
         )?
         .execute(params![
@@ -61,6 +69,7 @@ pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> 
             msg.signature.as_ref().map(|s| s.signature.as_slice()),
             msg.signature.as_ref().map(|s| s.signed_at),
             msg.signature.as_ref().map(|s| s.signer_row),
+            msg.signature.as_ref().and_then(|s| s.trusted.as_deref()),
             msg.key_epoch,
         ])?;
     Ok(changed == 1)
@@ -68,9 +77,11 @@ pub fn insert_message(conn: &Connection, msg: &StoredMessage) -> DbResult<bool> 
 
 /// Inserts unless (agent, file id) is already there. True if it was new.
 pub fn insert_file(conn: &Connection, file: &StoredFile) -> DbResult<bool> {
+    let sig = file.signature.as_ref();
     let changed = conn.execute(
-        "INSERT INTO Files (AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO Files (AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt,
+                            Signature, SignedAt, SignerRow, TrustedSignature, KeyEpoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (AgentId, FileId) DO NOTHING",
         params![
             file.agent_id,
@@ -80,7 +91,11 @@ pub fn insert_file(conn: &Connection, file: &StoredFile) -> DbResult<bool> {
             file.sha256,
             file.stored_as,
             file.received_at,
-            file.key_epoch
+            sig.map(|s| s.signature.as_slice()),
+            sig.map(|s| s.signed_at),
+            sig.map(|s| s.signer_row),
+            sig.and_then(|s| s.trusted.as_deref()),
+            file.key_epoch,
         ],
     )?;
     Ok(changed == 1)
@@ -147,22 +162,28 @@ pub fn inbox_keys_for_id(conn: &Connection, id: &str) -> DbResult<Vec<InboxKey>>
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-const MESSAGE_COLUMNS: &str = "AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow, KeyEpoch";
+const MESSAGE_COLUMNS: &str =
+    "AgentId, MessageId, ReceivedAt, Token, Signature, SignedAt, SignerRow, TrustedSignature, KeyEpoch";
 
-fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
-    let signature = match (row.get::<_, Option<Vec<u8>>>(4)?, row.get::<_, Option<i64>>(5)?, row.get(6)?) {
+/// The four signature columns starting at `first`: `Signature, SignedAt,
+/// SignerRow, TrustedSignature`.
+fn signature_columns(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<MessageSignature>> {
+    Ok(match (row.get::<_, Option<Vec<u8>>>(first)?, row.get::<_, Option<i64>>(first + 1)?, row.get(first + 2)?) {
         (Some(signature), Some(signed_at), Some(signer_row)) => {
-            Some(MessageSignature { signature, signed_at, signer_row })
+            Some(MessageSignature { signature, signed_at, signer_row, trusted: row.get(first + 3)? })
         }
         _ => None,
-    };
+    })
+}
+
+fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         agent_id: row.get(0)?,
         message_id: row.get(1)?,
         received_at: row.get(2)?,
         token: row.get(3)?,
-        signature,
-        key_epoch: row.get(7)?,
+        signature: signature_columns(row, 4)?.map(Box::new),
+        key_epoch: row.get(8)?,
     })
 }
 
@@ -187,14 +208,15 @@ pub fn message_at(conn: &Connection, row_id: i64) -> DbResult<Option<StoredMessa
 pub fn file_at(conn: &Connection, row_id: i64) -> DbResult<Option<StoredFile>> {
     use rusqlite::OptionalExtension;
     Ok(conn
-        .prepare_cached(
-            "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch FROM Files WHERE RowId = ?1",
-        )?
+        .prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM Files WHERE RowId = ?1"))?
         .query_row([row_id], file_from_row)
         .optional()?)
 }
 
-/// A Files row selected as `AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch`.
+const FILE_COLUMNS: &str = "AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, \
+                            Signature, SignedAt, SignerRow, TrustedSignature, KeyEpoch";
+
+/// A Files row selected as [`FILE_COLUMNS`].
 fn file_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
     Ok(StoredFile {
         agent_id: row.get(0)?,
@@ -204,7 +226,8 @@ fn file_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFile> {
         sha256: row.get(4)?,
         stored_as: row.get(5)?,
         received_at: row.get(6)?,
-        key_epoch: row.get(7)?,
+        signature: signature_columns(row, 7)?.map(Box::new),
+        key_epoch: row.get(11)?,
     })
 }
 
@@ -219,10 +242,7 @@ pub fn file_record(conn: &Connection, agent_id: i64, file_id: &str) -> DbResult<
 
 /// Every completed file with this file id (normally one).
 pub fn files_with_id(conn: &Connection, file_id: &str) -> DbResult<Vec<StoredFile>> {
-    let mut stmt = conn.prepare(
-        "SELECT AgentId, FileId, FileName, Size, Sha256, StoredAs, ReceivedAt, KeyEpoch FROM Files WHERE FileId = ?1 \
-         ORDER BY RowId",
-    )?;
+    let mut stmt = conn.prepare(&format!("SELECT {FILE_COLUMNS} FROM Files WHERE FileId = ?1 ORDER BY RowId"))?;
     let rows = stmt.query_map([file_id], file_from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -300,6 +300,15 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 7 (orders)");
     }
+    if version < 8 {
+        // Version 8 (issue 13, exports and signed files): minisign's global
+        // signature beside each message signature, and file signatures.
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATE_V8)?;
+        tx.pragma_update(None, "user_version", 8)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 8 (signed files, exports)");
+    }
     Ok(())
 }
 
@@ -348,6 +357,16 @@ const MIGRATE_V5: &str = "
     CREATE UNIQUE INDEX IF NOT EXISTS AgentIdentitiesCurrent ON AgentIdentities (AgentId) WHERE RevokedAt IS NULL;
     CREATE TABLE IF NOT EXISTS EnrolCodes (
         AgentId INTEGER PRIMARY KEY, CodeHash TEXT NOT NULL, ExpiresAt INTEGER NOT NULL, IssuedBy INTEGER NOT NULL);
+";
+
+/// The version-8 step (issue 13's exports and signed files): the columns of
+/// sql/schema.sql it adds. Rows stored before it have no global signature: they verify, but cannot be exported.
+const MIGRATE_V8: &str = "
+    ALTER TABLE Messages ADD COLUMN TrustedSignature BLOB;
+    ALTER TABLE Files ADD COLUMN Signature BLOB;
+    ALTER TABLE Files ADD COLUMN SignedAt INTEGER;
+    ALTER TABLE Files ADD COLUMN SignerRow INTEGER;
+    ALTER TABLE Files ADD COLUMN TrustedSignature BLOB;
 ";
 
 /// Runs the DDL (drop + create every table), records the new database's
@@ -447,6 +466,9 @@ mod tests {
              ALTER TABLE Agents DROP COLUMN WireEpoch;
              ALTER TABLE LoginFailures DROP COLUMN KeyEpoch; ALTER TABLE LoginLockouts DROP COLUMN KeyEpoch;
              ALTER TABLE Messages DROP COLUMN KeyEpoch; ALTER TABLE Files DROP COLUMN KeyEpoch;
+             ALTER TABLE Messages DROP COLUMN TrustedSignature; ALTER TABLE Files DROP COLUMN Signature;
+             ALTER TABLE Files DROP COLUMN SignedAt; ALTER TABLE Files DROP COLUMN SignerRow;
+             ALTER TABLE Files DROP COLUMN TrustedSignature;
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");
@@ -470,5 +492,11 @@ mod tests {
         migrated.query_row("SELECT COUNT(*) FROM EnrolCodes", [], |r| r.get::<_, i64>(0)).expect("v4 codes");
         assert_eq!(live_epochs(&migrated).expect("v6 epochs"), vec![0], "old rows are epoch 0");
         migrated.query_row("SELECT COUNT(*) FROM Orders", [], |r| r.get::<_, i64>(0)).expect("v7 orders");
+        migrated
+            .query_row("SELECT COUNT(TrustedSignature) FROM Messages", [], |r| r.get::<_, i64>(0))
+            .expect("v8 message column");
+        migrated
+            .query_row("SELECT COUNT(Signature) + COUNT(TrustedSignature) FROM Files", [], |r| r.get::<_, i64>(0))
+            .expect("v8 file columns");
     }
 }

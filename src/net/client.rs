@@ -46,6 +46,17 @@ pub struct Delivered {
     pub reply: String,
     /// Attempts it took (1 if the first went through).
     pub attempts: u32,
+    /// An enrolled agent's: the Boss's signed receipt, checked against the
+    /// pinned Boss key.
+    pub receipt: Option<Receipt>,
+}
+
+/// A receipt the Boss signed (PROTOCOL.md, "Signed receipts"): the statement
+/// and the Ed25519 signature that verified over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub statement: String,
+    pub signature: [u8; 64],
 }
 
 /// Why a message was not delivered.
@@ -121,6 +132,10 @@ pub enum AckError {
     Malformed(ProtocolError),
     /// A valid ACK, for another message.
     OtherMessage { expected: String, acked: String },
+    /// An ACK to an enrolled agent without the Boss's signed receipt.
+    NoReceipt,
+    /// A receipt whose signature does not verify under the pinned Boss key.
+    BadReceipt,
 }
 
 impl std::fmt::Display for AckError {
@@ -132,6 +147,8 @@ impl std::fmt::Display for AckError {
             AckError::Token(TokenError::Invalid) => f.write_str("it is not sealed under this agent's key"),
             AckError::Malformed(e) => e.fmt(f),
             AckError::OtherMessage { expected, acked } => write!(f, "it acknowledges message {acked}, not {expected}"),
+            AckError::NoReceipt => f.write_str("it carries no receipt signed by the Boss"),
+            AckError::BadReceipt => f.write_str("its receipt is not signed by the pinned Boss key"),
         }
     }
 }
@@ -142,7 +159,7 @@ impl std::error::Error for AckError {
             // Both are shown in their own words above, so what lies below them follows.
             AckError::Token(e) => e.source(),
             AckError::Malformed(e) => e.source(),
-            AckError::OtherMessage { .. } => None,
+            AckError::OtherMessage { .. } | AckError::NoReceipt | AckError::BadReceipt => None,
         }
     }
 }
@@ -153,6 +170,9 @@ struct Outgoing {
     header: Header,
     plaintext: Vec<u8>,
     body_len: usize,
+    /// An enrolled agent's message: its body's SHA-256 (hex), which the
+    /// Boss's receipt must name.
+    body_sha256: Option<String>,
 }
 
 /// Messages sent and not yet acknowledged, oldest first. The Boss answers in
@@ -165,7 +185,9 @@ struct InFlight {
 }
 
 /// An enrolled agent's signing key and what its statements name: each text
-/// message it sends carries an Ed25519 signature (PROTOCOL.md, "Signed messages").
+/// message, and each file's last chunk (for the whole file), carries the
+/// statement's two signatures (PROTOCOL.md, "Signed messages").
+#[derive(Clone, Copy)]
 pub struct MessageSigner<'k> {
     pub keys: &'k IdentityKeys,
     pub boss_ed25519: [u8; 32],
@@ -173,26 +195,56 @@ pub struct MessageSigner<'k> {
 }
 
 impl MessageSigner<'_> {
-    /// The plaintext of `header` + `body`, signed if it is a text message.
+    /// The plaintext of `header` + `body`, signed if it is a text message or
+    /// a file's last chunk (the one naming the whole file's SHA-256).
     pub fn encode(&self, header: &Header, body: &[u8]) -> Vec<u8> {
-        if header.kind != protocol::Kind::Text {
-            return protocol::encode_message(header, body);
-        }
+        use crate::crypto::identity::{statement, statement_for_sha256};
         let time = crate::crypto::fernet::unix_now();
-        let statement =
-            crate::crypto::identity::statement(&self.boss_ed25519, self.agent_id, &header.id, "text", body, time);
-        let sig = protocol::MessageSig { time, signature: self.keys.sign(&statement) };
+        let statement = match &header.kind {
+            protocol::Kind::Text => statement(&self.boss_ed25519, self.agent_id, &header.id, "text", body, time),
+            protocol::Kind::FileChunk(protocol::FileChunk { file_id, sha256: Some(sha256), .. }) => {
+                statement_for_sha256(&self.boss_ed25519, self.agent_id, file_id, "file", sha256, time)
+            }
+            protocol::Kind::FileChunk(_) => return protocol::encode_message(header, body),
+        };
+        let sigs = crate::crypto::minisign::sign_statement(self.keys, &statement);
+        let sig = protocol::MessageSig { time, signature: sigs.signature, trusted: Some(sigs.trusted) };
         protocol::encode_signed_message(header, body, &sig)
+    }
+}
+
+impl MessageSigner<'_> {
+    /// The ACK's receipt, checked: signed by the pinned Boss key over this
+    /// agent, message id, body hash, status and the receipt's time.
+    fn check_receipt(&self, header: &protocol::AckHeader, body_sha256: &str) -> Result<Receipt, SendError> {
+        let bad = SendError::BadAck;
+        let (Some(time), Some(sig)) = (header.ts, &header.sig) else { return Err(bad(AckError::NoReceipt)) };
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(sig, &mut signature).map_err(|_| bad(AckError::BadReceipt))?;
+        let statement = crate::crypto::identity::receipt(
+            &self.boss_ed25519,
+            self.agent_id,
+            &header.id,
+            body_sha256,
+            header.status.as_str(),
+            time,
+        );
+        crate::crypto::identity::verify_ed25519(&self.boss_ed25519, &statement, &signature)
+            .map_err(|_| bad(AckError::BadReceipt))?;
+        Ok(Receipt { statement: String::from_utf8_lossy(&statement).into_owned(), signature })
     }
 }
 
 impl InFlight {
     fn push(&mut self, header: Header, body: &[u8], signer: Option<&MessageSigner<'_>>) {
-        let plaintext = match signer {
-            Some(signer) => signer.encode(&header, body),
-            None => protocol::encode_message(&header, body),
+        let (plaintext, body_sha256) = match signer {
+            Some(signer) => {
+                use sha2::{Digest, Sha256};
+                (signer.encode(&header, body), Some(hex::encode(Sha256::digest(body))))
+            }
+            None => (protocol::encode_message(&header, body), None),
         };
-        self.queue.push_back(Outgoing { header, plaintext, body_len: body.len() });
+        self.queue.push_back(Outgoing { header, plaintext, body_len: body.len(), body_sha256 });
     }
 }
 
@@ -268,7 +320,7 @@ impl<'k> Sender<'k> {
                     Ok(Reply::Ack { token }) => {
                         let done = in_flight.queue.pop_front().expect("a reply answers a message in flight");
                         in_flight.written -= 1;
-                        let ack = self.verify_ack(&done.header.id, token)?;
+                        let ack = self.verify_ack(&done, token)?;
                         return Ok((done, Delivered { attempts: attempt, ..ack }));
                     }
                     Ok(Reply::Err { code, text }) if code.is_retryable() => AttemptError::Refused { code, text },
@@ -305,7 +357,8 @@ impl<'k> Sender<'k> {
         self.read_reply()
     }
 
-    fn verify_ack(&self, id: &str, token: &[u8]) -> Result<Delivered, SendError> {
+    fn verify_ack(&self, done: &Outgoing, token: &[u8]) -> Result<Delivered, SendError> {
+        let id = done.header.id.as_str();
         // No TTL: the ACK must echo this message's fresh random id, so an old
         // ACK cannot stand in for it, and the Boss's clock need not match ours.
         let opened = self.key.open(token, None).map_err(|e| SendError::BadAck(AckError::Token(e)))?;
@@ -314,7 +367,13 @@ impl<'k> Sender<'k> {
         if header.id != id {
             return Err(SendError::BadAck(AckError::OtherMessage { expected: id.to_string(), acked: header.id }));
         }
-        Ok(Delivered { status: header.status, reply, attempts: 1 })
+        // An enrolled agent checks the receipt against the Boss key it
+        // pinned: nothing else could have signed it.
+        let receipt = match (&self.signer, &done.body_sha256) {
+            (Some(signer), Some(body_sha256)) => Some(signer.check_receipt(&header, body_sha256)?),
+            _ => None,
+        };
+        Ok(Delivered { status: header.status, reply, attempts: 1, receipt })
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
@@ -493,17 +552,20 @@ mod tests {
     fn an_ack_sealed_an_hour_ago_is_accepted_and_one_from_the_future_is_not() {
         let key = FernetKey::from_bytes(&[3; 32]);
         let sender = Sender::new(ClientConfig::default(), 1, &key);
+        let mut in_flight = InFlight::default();
+        in_flight.push(Header { id: "m1".into(), kind: protocol::Kind::Text }, b"hi", None);
+        let m1 = in_flight.queue.pop_front().expect("queued");
         let ack = protocol::encode_ack("m1", AckStatus::Stored, "Good work.");
         let old = key.seal_with(&ack, unix_now() - 3600, [1; 16]);
-        assert_eq!(sender.verify_ack("m1", old.as_bytes()).expect("an hour-old ACK").reply, "Good work.");
+        assert_eq!(sender.verify_ack(&m1, old.as_bytes()).expect("an hour-old ACK").reply, "Good work.");
         let ahead = key.seal_with(&ack, unix_now() + 120, [1; 16]);
         assert!(matches!(
-            sender.verify_ack("m1", ahead.as_bytes()),
+            sender.verify_ack(&m1, ahead.as_bytes()),
             Err(SendError::BadAck(AckError::Token(TokenError::Expired)))
         ));
         let other = key.seal_with(&protocol::encode_ack("m2", AckStatus::Stored, "x"), unix_now(), [1; 16]);
         assert!(matches!(
-            sender.verify_ack("m1", other.as_bytes()),
+            sender.verify_ack(&m1, other.as_bytes()),
             Err(SendError::BadAck(AckError::OtherMessage { .. }))
         ));
     }

@@ -13,7 +13,7 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use super::client::{ClientConfig, SendError, Sender};
+use super::client::{ClientConfig, MessageSigner, SendError, Sender};
 use super::ids::random_id;
 use super::protocol::{AckStatus, Header, Kind};
 use crate::crypto::FernetKey;
@@ -142,12 +142,20 @@ impl Tally {
     }
 }
 
-/// Runs the benchmark as agent `agent_id` with its wire key. `on_ack` is
-/// called once per acknowledged message, from the sender threads (progress).
+/// Runs the benchmark as agent `agent_id` with its wire key (an enrolled
+/// agent: its channel key, and `signer` signs every message and checks every
+/// receipt, as `send` does). `on_ack` is called once per acknowledged
+/// message, from the sender threads (progress).
 ///
 /// A sender stops at its first failure (the others go on), so a dead Boss
 /// ends the run quickly instead of timing out M times.
-pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn() + Sync)) -> LoadReport {
+pub fn run(
+    config: &LoadConfig,
+    agent_id: i64,
+    key: &FernetKey,
+    signer: Option<MessageSigner<'_>>,
+    on_ack: &(dyn Fn() + Sync),
+) -> LoadReport {
     let senders = config.connections.max(1);
     let body = vec![b'x'; config.size];
     let client =
@@ -162,8 +170,11 @@ pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn
                 scope.spawn(move || {
                     start_line.wait();
                     match config.mode {
-                        Mode::Persistent => send_pipelined(client, agent_id, key, config.pipeline, count, body, on_ack),
-                        Mode::PerMessage => send_per_message(client, agent_id, key, count, body, on_ack),
+                        Mode::Persistent => {
+                            let sender = Sender::new(client, agent_id, key).with_signer(signer);
+                            send_pipelined(sender, config.pipeline, count, body, on_ack)
+                        }
+                        Mode::PerMessage => send_per_message(client, agent_id, key, signer, count, body, on_ack),
                     }
                 })
             })
@@ -203,17 +214,8 @@ pub fn run(config: &LoadConfig, agent_id: i64, key: &FernetKey, on_ack: &(dyn Fn
 /// each message waits for the previous ACK). A message's latency runs from
 /// when it is queued (just before it is sealed and written) to its verified
 /// ACK, as in [`send_per_message`].
-fn send_pipelined(
-    client: ClientConfig,
-    agent_id: i64,
-    key: &FernetKey,
-    window: usize,
-    count: u64,
-    body: &[u8],
-    on_ack: &(dyn Fn() + Sync),
-) -> Tally {
+fn send_pipelined(mut sender: Sender<'_>, window: usize, count: u64, body: &[u8], on_ack: &(dyn Fn() + Sync)) -> Tally {
     let mut tally = Tally { latencies: Vec::with_capacity(count.min(1_000_000) as usize), ..Tally::default() };
-    let mut sender = Sender::new(client, agent_id, key);
     let mut started: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     let messages = (0..count).map(|_| {
         started.push_back(Instant::now());
@@ -241,6 +243,7 @@ fn send_per_message(
     client: ClientConfig,
     agent_id: i64,
     key: &FernetKey,
+    signer: Option<MessageSigner<'_>>,
     count: u64,
     body: &[u8],
     on_ack: &(dyn Fn() + Sync),
@@ -250,7 +253,7 @@ fn send_per_message(
         let header = Header { id: random_id(), kind: Kind::Text };
         let began = Instant::now();
         // Dropping the Sender closes its connection after the ACK.
-        let result = Sender::new(client.clone(), agent_id, key).send(&header, body);
+        let result = Sender::new(client.clone(), agent_id, key).with_signer(signer).send(&header, body);
         let took = began.elapsed();
         match result {
             Ok(delivered) => {

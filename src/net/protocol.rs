@@ -244,6 +244,10 @@ struct WireHeader {
     ts: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sig: Option<String>,
+    /// The global signature minisign checks, over `sig || trusted comment`
+    /// (PROTOCOL.md, "Exports that stock minisign verifies"), 128 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tsig: Option<String>,
 }
 
 /// An enrolled agent's signature on a message, carried in its header.
@@ -252,6 +256,8 @@ pub struct MessageSig {
     /// The statement's `time` line.
     pub time: u64,
     pub signature: [u8; 64],
+    /// `tsig`: the global signature over `signature || trusted comment`.
+    pub trusted: Option<[u8; 64]>,
 }
 
 /// Ids are 1..=64 characters of `[A-Za-z0-9_-]`: hex, UUIDs and ULIDs all fit.
@@ -284,23 +290,33 @@ pub fn encode_signed_message(header: &Header, body: &[u8], sig: &MessageSig) -> 
     let mut wire = wire_header(header);
     wire.ts = Some(sig.time);
     wire.sig = Some(hex::encode(sig.signature));
+    wire.tsig = sig.trusted.map(hex::encode);
     encode_wire(wire, body)
 }
 
 /// The signature a message's header carries, if any (the header is checked
-/// by [`decode_message`]; this reads only `ts` and `sig`).
+/// by [`decode_message`]; this reads only `ts`, `sig` and `tsig`).
 pub fn decode_signature(plaintext: &[u8]) -> Result<Option<MessageSig>, ProtocolError> {
     let newline = plaintext.iter().position(|b| *b == b'\n').ok_or_else(|| bad("the plaintext has no header line"))?;
     let wire: WireHeader =
         serde_json::from_slice(&plaintext[..newline]).map_err(|_| bad("bad header: not a valid header object"))?;
     match (wire.ts, wire.sig) {
+        (None, None) if wire.tsig.is_some() => Err(bad("tsig comes with ts and sig")),
         (None, None) => Ok(None),
         (Some(time), Some(sig)) => {
             let mut signature = [0u8; 64];
             hex::decode_to_slice(&sig, &mut signature).map_err(|_| bad("sig must be 128 hex digits"))?;
-            Ok(Some(MessageSig { time, signature }))
+            let trusted = match wire.tsig {
+                Some(tsig) => {
+                    let mut trusted = [0u8; 64];
+                    hex::decode_to_slice(&tsig, &mut trusted).map_err(|_| bad("tsig must be 128 hex digits"))?;
+                    Some(trusted)
+                }
+                None => None,
+            };
+            Ok(Some(MessageSig { time, signature, trusted }))
         }
-        _ => Err(bad("ts and sig come together")),
+        (None, Some(_)) | (Some(_), None) => Err(bad("ts and sig come together")),
     }
 }
 
@@ -325,6 +341,7 @@ fn wire_header(header: &Header) -> WireHeader {
             sha256: None,
             ts: None,
             sig: None,
+            tsig: None,
         },
         Kind::FileChunk(c) => WireHeader {
             v: VERSION,
@@ -337,6 +354,7 @@ fn wire_header(header: &Header) -> WireHeader {
             sha256: c.sha256.clone(),
             ts: None,
             sig: None,
+            tsig: None,
         },
     }
 }
@@ -405,17 +423,45 @@ pub enum AckStatus {
     Duplicate,
 }
 
+impl AckStatus {
+    /// The word on the wire (and in a receipt statement).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckStatus::Stored => "stored",
+            AckStatus::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// The ACK token's header: which message, and how it was filed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckHeader {
     pub v: u32,
     pub id: String,
     pub status: AckStatus,
+    /// To an enrolled agent: the receipt's time (unix seconds) and the
+    /// Boss's Ed25519 signature over the receipt statement, 128 lowercase hex
+    /// digits (PROTOCOL.md, "Signed receipts").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 /// ACK plaintext: the header line, `\n`, the Boss's reply text.
 pub fn encode_ack(id: &str, status: AckStatus, reply: &str) -> Vec<u8> {
-    let header = AckHeader { v: VERSION, id: id.to_string(), status };
+    encode_signed_ack(id, status, reply, None)
+}
+
+/// [`encode_ack`] with a signed receipt's time and signature in the header.
+pub fn encode_signed_ack(id: &str, status: AckStatus, reply: &str, receipt: Option<(u64, &[u8; 64])>) -> Vec<u8> {
+    let header = AckHeader {
+        v: VERSION,
+        id: id.to_string(),
+        status,
+        ts: receipt.map(|(time, _)| time),
+        sig: receipt.map(|(_, sig)| hex::encode(sig)),
+    };
     let mut out = serde_json::to_vec(&header).expect("ack header serialises");
     out.push(b'\n');
     out.extend_from_slice(reply.as_bytes());

@@ -51,6 +51,7 @@ const HELP_PAGES: &[&[&str]] = &[
     &["boss", "inbox"],
     &["boss", "inbox", "show"],
     &["boss", "verify"],
+    &["boss", "export"],
     &["boss", "bench"],
     &["send"],
     &["demo"],
@@ -99,6 +100,7 @@ const USAGE_ERRORS: &[(&str, &[&str], i32)] = &[
     ("key-file-without-agent", &["send", "--key-file", "k", "hi"], 2),
     ("text-and-file", &["send", "hi", "--file", "x"], 2),
     ("unknown-shell", &["completions", "cmd.exe"], 2),
+    ("export-without-out", &["boss", "export", "abc"], 2),
 ];
 
 #[test]

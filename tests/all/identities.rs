@@ -8,16 +8,17 @@ use rusqlite::Connection;
 use serde_json::Value;
 use spyctl::crypto::fernet::unix_now;
 use spyctl::crypto::identity::{Side, statement};
+use spyctl::crypto::minisign::sign_statement;
 use spyctl::crypto::{FernetKey, IdentityKeys, MasterKey, PublicIdentity};
 use spyctl::net::protocol::{self, ErrorCode, Header, Kind, MessageSig};
 
 use crate::support::*;
 
 /// The agent every test enrols: field agent 6 (Jason Bourne, level 2).
-const AGENT: i64 = 6;
+pub(crate) const AGENT: i64 = 6;
 
 /// A Boss home (initialised, director logged in) with its server running.
-fn boss_home() -> (TestHome, Boss) {
+pub(crate) fn boss_home() -> (TestHome, Boss) {
     let home = TestHome::initialised();
     home.login(DIRECTOR);
     let boss = home.boss(&[]);
@@ -25,30 +26,30 @@ fn boss_home() -> (TestHome, Boss) {
 }
 
 /// `agent enroll N --json` -> the code.
-fn enroll(home: &TestHome, agent: i64) -> String {
+pub(crate) fn enroll(home: &TestHome, agent: i64) -> String {
     let out: Value =
         serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &agent.to_string()]))).expect("enroll --json");
     out["code"].as_str().expect("code").to_string()
 }
 
 /// `join CODE --addr ADDR` in `agent`'s home.
-fn join(agent: &TestHome, code: &str, addr: &str) -> std::process::Output {
+pub(crate) fn join(agent: &TestHome, code: &str, addr: &str) -> std::process::Output {
     agent.run(&["join", code, "--addr", addr])
 }
 
-fn json(out: std::process::Output) -> Value {
+pub(crate) fn json(out: std::process::Output) -> Value {
     serde_json::from_str(&ok(out)).expect("json")
 }
 
 /// The only line of a failure's stderr.
 #[track_caller]
-fn one_line(out: std::process::Output) -> String {
+pub(crate) fn one_line(out: std::process::Output) -> String {
     let err = fails(out, 1);
     assert_eq!(err.lines().count(), 1, "not one line: {err}");
     err
 }
 
-fn count(home: &TestHome, sql: &str) -> i64 {
+pub(crate) fn count(home: &TestHome, sql: &str) -> i64 {
     Connection::open(home.db_path()).expect("open").query_row(sql, [], |r| r.get(0)).expect("count")
 }
 
@@ -56,12 +57,12 @@ fn identities(home: &TestHome) -> i64 {
     count(home, "SELECT COUNT(*) FROM AgentIdentities")
 }
 
-fn messages(home: &TestHome) -> i64 {
+pub(crate) fn messages(home: &TestHome) -> i64 {
     count(home, "SELECT COUNT(*) FROM Messages")
 }
 
 /// The agent home's identity, read as an attacker on that machine could.
-fn public_of(home: &TestHome) -> PublicIdentity {
+pub(crate) fn public_of(home: &TestHome) -> PublicIdentity {
     let text = std::fs::read_to_string(home.path().join("identity.key")).expect("identity.key");
     IdentityKeys::from_file_text(&text).expect("identity").public()
 }
@@ -218,7 +219,9 @@ fn forged_line(key: &FernetKey, boss_ed25519: &[u8; 32], signer: Option<&Identit
         Some(keys) => {
             let time = unix_now();
             let st = statement(boss_ed25519, AGENT, &header.id, "text", body.as_bytes(), time);
-            protocol::encode_signed_message(&header, body.as_bytes(), &MessageSig { time, signature: keys.sign(&st) })
+            let sigs = sign_statement(keys, &st);
+            let sig = MessageSig { time, signature: sigs.signature, trusted: Some(sigs.trusted) };
+            protocol::encode_signed_message(&header, body.as_bytes(), &sig)
         }
         None => protocol::encode_message(&header, body.as_bytes()),
     };
@@ -337,5 +340,29 @@ fn a_python_client_with_pypi_spake2_enrols_and_sends_a_signed_message() {
     let inbox = json(home.run(&["--json", "boss", "inbox"]));
     assert_eq!(inbox[0]["content"], "Hello from Python");
     assert_eq!(inbox[0]["signature"], format!("verified {}", lines[0]), "same agent fingerprint on both sides");
+    boss.stop_clean();
+}
+
+/// `send` in a joined home goes to the address it joined unless `--addr`
+/// (or `SPYCTL_ADDR`) says otherwise.
+#[test]
+fn a_joined_home_sends_to_the_address_it_joined_by_default() {
+    let (home, boss) = boss_home();
+    let agent = TestHome::new();
+    ok(join(&agent, &enroll(&home, AGENT), &boss.addr));
+    let sent = json(agent.run(&["--json", "send", "no address given"]));
+    assert_eq!(sent["status"], "stored");
+    assert_eq!(json(home.run(&["--json", "boss", "inbox"]))[0]["content"], "no address given");
+    // An explicit address still wins: here, one where nobody listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nobody = closed.local_addr().expect("addr").to_string();
+    drop(closed);
+    let err = one_line(agent.run(&["send", "--addr", &nobody, "--attempts", "1", "elsewhere"]));
+    assert!(err.contains(&nobody), "{err}");
+    let err = one_line(
+        agent.cmd(&["send", "--attempts", "1", "from env"]).env("SPYCTL_ADDR", &nobody).output().expect("run"),
+    );
+    assert!(err.contains(&nobody), "{err}");
+    assert_eq!(messages(&home), 1);
     boss.stop_clean();
 }

@@ -104,7 +104,11 @@ def main():
         f"spyctl/v2/message\nboss {boss_ed.hex()}\nagent {agent_id}\nid {msg_id}\nkind text\n"
         f"sha256 {hashlib.sha256(body).hexdigest()}\ntime {now}\n"
     ).encode()
-    header = {"v": 1, "id": msg_id, "kind": "text", "ts": now, "sig": ed_key.sign(statement).hex()}
+    sig = ed_key.sign(statement)
+    # minisign's global signature: over sig || the statement's lines joined by spaces.
+    trusted_comment = statement.decode().rstrip("\n").replace("\n", " ")
+    tsig = ed_key.sign(sig + trusted_comment.encode())
+    header = {"v": 1, "id": msg_id, "kind": "text", "ts": now, "sig": sig.hex(), "tsig": tsig.hex()}
     token = fernet.encrypt(json.dumps(header).encode() + b"\n" + body).decode()
     verb, ack = line.ask(f"MSG {agent_id} {token}")
     if verb != "ACK":

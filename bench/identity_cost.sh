@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# bench/identity_cost.sh [BIN] [ROUNDS]: what identities cost (issue 13), each
+# beside its reference in the same run, on 127.0.0.1 with one Boss.
+#  1. Enrolment: ROUNDS x (`agent enroll 6` in the Boss's home, `join CODE`
+#     from a fresh agent home). Prints join's own timing of the exchange
+#     (connect to JOINED: SPAKE2, key confirmation, the Boss's commit; no
+#     process start) and the wall time of each whole `join` process beside
+#     `spyctl --version` (process start alone).
+#  2. Ingest at 8 persistent connections, 64 B messages: `boss bench` as agent 1
+#     over v1 (PSK, its exported wire key) and as enrolled agent 6 (channel
+#     key, Ed25519 signature + minisign global signature per message, Boss
+#     verifies both, signed receipt per ACK checked by the agent), alternating
+#     PSK, signed, PSK, signed ... ROUNDS times so both see the same load.
+# Prints `uptime` before and after: the machine may be shared.
+set -euo pipefail
+BIN=${1:-target/release/spyctl}
+ROUNDS=${2:-5}
+N=${N:-4000}
+WORK=$(mktemp -d)
+trap 'kill "$(jobs -p)" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+echo "uptime before: $(uptime)"
+BOSS=$WORK/boss
+mkdir -m 700 "$BOSS"
+SP=("$BIN" --home "$BOSS")
+"${SP[@]}" -q db init >/dev/null
+printf 'mission-accepted-96\n' | "${SP[@]}" -q login --name 'Ethan Hunt' --password-stdin
+"${SP[@]}" -q agent key export 1 --out "$WORK/agent1.key"
+"${SP[@]}" boss serve --bind 127.0.0.1:0 --max-connections 512 >"$WORK/serve.out" 2>/dev/null &
+ADDR=""
+for _ in $(seq 100); do
+    ADDR=$(sed -n 's/^Boss listening on \([^ ]*\).*/\1/p' "$WORK/serve.out")
+    [ -n "$ADDR" ] && break
+    sleep 0.1
+done
+[ -n "$ADDR" ] || { echo "the Boss did not start" >&2; exit 1; }
+now() { date +%s%N; }
+
+echo "== enrolment, $ROUNDS rounds (agent 6, a fresh agent home each time)"
+for i in $(seq "$ROUNDS"); do
+    CODE=$("${SP[@]}" --json agent enroll 6 | sed -n 's/.*"code": *"\([^"]*\)".*/\1/p')
+    AGENT=$WORK/agent-$i
+    mkdir -m 700 "$AGENT"
+    t0=$(now)
+    OUT=$("$BIN" --home "$AGENT" --json join "$CODE" --addr "$ADDR")
+    t1=$(now)
+    t2=$(now)
+    "$BIN" --version >/dev/null
+    t3=$(now)
+    EXCHANGE=$(printf '%s' "$OUT" | sed -n 's/.*"elapsed_ms": *\([0-9.]*\).*/\1/p')
+    printf 'join exchange %s ms; join process %.1f ms; spyctl --version %.1f ms\n' \
+        "$EXCHANGE" "$(echo "($t1 - $t0) / 1000000" | bc -l)" "$(echo "($t3 - $t2) / 1000000" | bc -l)"
+done
+LAST=$WORK/agent-$ROUNDS
+
+echo "== ingest, 8 persistent connections, $N x 64 B per run, alternating"
+for i in $(seq "$ROUNDS"); do
+    "$BIN" --json boss bench --addr "$ADDR" -c 8 -n "$N" -s 64 --agent-id 1 --key-file "$WORK/agent1.key" \
+        >"$WORK/psk-$i.json"
+    "$BIN" --home "$LAST" --json boss bench --addr "$ADDR" -c 8 -n "$N" -s 64 >"$WORK/signed-$i.json"
+    for kind in psk signed; do
+        python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%-6s round %s: %7.0f msgs/s  p50 %.3f ms  p99 %.3f ms  stored %d  signed %s" % (sys.argv[2], sys.argv[3], r["msgs_per_sec"], r["latency_us"]["p50"]/1e3, r["latency_us"]["p99"]/1e3, r["stored"], r["signed"]))' \
+            "$WORK/$kind-$i.json" "$kind" "$i"
+    done
+done
+echo "uptime after: $(uptime)"
