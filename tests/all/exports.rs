@@ -78,6 +78,10 @@ fn an_exported_message_verifies_with_stock_minisign_and_nothing_changed_does() {
 
     let body = std::fs::read(out.join("body")).expect("body");
     assert_eq!(body, b"Package delivered");
+    // agent.pub holds the key the agent's own home shows.
+    let minisign_key = json(agent.run(&["--json", "whoami"]))["minisign_public_key"].as_str().expect("key").to_string();
+    let public_key = std::fs::read_to_string(out.join("agent.pub")).expect("agent.pub");
+    assert_eq!(public_key.lines().nth(1), Some(minisign_key.as_str()));
     let statement = std::fs::read_to_string(out.join("statement")).expect("statement");
     assert!(statement.starts_with("spyctl/v2/message\n") && statement.contains(&format!("\nid {id}\n")));
     assert_eq!(statement_sha256(&statement), sha256_hex(&body), "the statement names the body");
