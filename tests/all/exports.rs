@@ -285,3 +285,19 @@ fn an_enrolled_agents_text_with_a_bad_or_missing_global_signature_is_refused() {
     assert_eq!(messages(&home), 1);
     boss.stop_clean();
 }
+
+/// PROTOCOL.md's version-2 worked example: its three export files, checked
+/// by the stock minisign binary.
+#[test]
+fn the_worked_example_verifies_with_stock_minisign() {
+    if !have_minisign() {
+        return;
+    }
+    let values: std::collections::HashMap<&str, String> = crate::protocol_doc::v2::values().into_iter().collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["statement", "statement.minisig", "agent.pub"] {
+        std::fs::write(dir.path().join(name), &values[name]).expect("write");
+    }
+    let printed = ok(minisign_verify(&dir.path().join("agent.pub"), &dir.path().join("statement")));
+    assert!(printed.contains("Signature and comment signature verified"), "{printed}");
+}
