@@ -1,5 +1,6 @@
-//! PROTOCOL.md's worked examples (v1 tokens; v2 statement, export and receipt), recomputed with spyctl's own code: if the
-//! key derivation, header encoding or token format drifts from the document,
+//! PROTOCOL.md's worked examples (v1 tokens; v2 statement, export and
+//! receipt), recomputed with spyctl's own code: if the key derivation, header
+//! encoding, token format or a signed statement drifts from the document,
 //! this fails.
 
 use spyctl::crypto::{FernetKey, MasterKey};
