@@ -196,19 +196,24 @@ pub fn whoami(ctx: &mut Ctx<'_>) -> Result<()> {
     if !ctx.home.has_db()
         && let Some(pin) = ctx.home.load_pin()?
     {
-        let mine = ctx.home.load_identity()?.public().fingerprint();
+        let public = ctx.home.load_identity()?.public();
+        let mine = public.fingerprint();
+        // What `boss export`'s agent.pub must hold for this agent's key.
+        let minisign = crate::crypto::minisign::public_key_line(&public.ed25519);
         if ctx.json {
             return ctx.json(serde_json::json!({
                 "agent_id": pin.agent_id,
                 "fingerprint": mine,
+                "minisign_public_key": minisign,
                 "boss_fingerprint": pin.boss_fingerprint,
                 "boss_addr": pin.addr,
             }));
         }
-        return ctx.show(&format!(
+        ctx.show(&format!(
             "agent {}, identity {mine}; enrolled with the Boss {} at {}",
             pin.agent_id, pin.boss_fingerprint, pin.addr
-        ));
+        ))?;
+        return ctx.show(&format!("minisign public key (what `boss export` files must hold): {minisign}"));
     }
     let gate = require_login(ctx)?;
     let boss = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?.map(|k| k.public().fingerprint());

@@ -83,13 +83,20 @@ pub fn verify_statement(
     Ok(())
 }
 
-/// A minisign public key file (`minisign -p FILE`).
-pub fn public_key_file(ed25519: &[u8; 32], untrusted_comment: &str) -> String {
+/// The key line of a minisign public key (what `minisign -P` takes):
+/// base64 of `Ed || key id || Ed25519 public key`. The agent's home prints
+/// it (`whoami`), so a reader can check an export's `agent.pub` against it.
+pub fn public_key_line(ed25519: &[u8; 32]) -> String {
     let mut raw = Vec::with_capacity(42);
     raw.extend_from_slice(ED);
     raw.extend_from_slice(&key_id(ed25519));
     raw.extend_from_slice(ed25519);
-    format!("untrusted comment: {}\n{}\n", one_line(untrusted_comment), STANDARD.encode_to_string(&raw))
+    STANDARD.encode_to_string(&raw)
+}
+
+/// A minisign public key file (`minisign -p FILE`).
+pub fn public_key_file(ed25519: &[u8; 32], untrusted_comment: &str) -> String {
+    format!("untrusted comment: {}\n{}\n", one_line(untrusted_comment), public_key_line(ed25519))
 }
 
 /// A minisign signature file (`minisign -x FILE`, by default `<file>.minisig`)

@@ -78,6 +78,10 @@ fn an_exported_message_verifies_with_stock_minisign_and_nothing_changed_does() {
 
     let body = std::fs::read(out.join("body")).expect("body");
     assert_eq!(body, b"Package delivered");
+    // agent.pub holds the key the agent's own home shows.
+    let minisign_key = json(agent.run(&["--json", "whoami"]))["minisign_public_key"].as_str().expect("key").to_string();
+    let public_key = std::fs::read_to_string(out.join("agent.pub")).expect("agent.pub");
+    assert_eq!(public_key.lines().nth(1), Some(minisign_key.as_str()));
     let statement = std::fs::read_to_string(out.join("statement")).expect("statement");
     assert!(statement.starts_with("spyctl/v2/message\n") && statement.contains(&format!("\nid {id}\n")));
     assert_eq!(statement_sha256(&statement), sha256_hex(&body), "the statement names the body");
@@ -280,4 +284,20 @@ fn an_enrolled_agents_text_with_a_bad_or_missing_global_signature_is_refused() {
     assert!(raw.msg(AGENT, &text(None, true)).is_ack());
     assert_eq!(messages(&home), 1);
     boss.stop_clean();
+}
+
+/// PROTOCOL.md's version-2 worked example: its three export files, checked
+/// by the stock minisign binary.
+#[test]
+fn the_worked_example_verifies_with_stock_minisign() {
+    if !have_minisign() {
+        return;
+    }
+    let values: std::collections::HashMap<&str, String> = crate::protocol_doc::v2::values().into_iter().collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["statement", "statement.minisig", "agent.pub"] {
+        std::fs::write(dir.path().join(name), &values[name]).expect("write");
+    }
+    let printed = ok(minisign_verify(&dir.path().join("agent.pub"), &dir.path().join("statement")));
+    assert!(printed.contains("Signature and comment signature verified"), "{printed}");
 }

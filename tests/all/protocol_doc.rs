@@ -1,5 +1,6 @@
-//! PROTOCOL.md's worked example, recomputed with spyctl's own code: if the
-//! key derivation, header encoding or token format drifts from the document,
+//! PROTOCOL.md's worked examples (v1 tokens; v2 statement, export and
+//! receipt), recomputed with spyctl's own code: if the key derivation, header
+//! encoding, token format or a signed statement drifts from the document,
 //! this fails.
 
 use spyctl::crypto::{FernetKey, MasterKey};
@@ -86,5 +87,58 @@ fn protocol_md_states_what_the_boss_does() {
     assert_eq!(spyctl::net::protocol::parse_agent_id(b"9223372036854775808"), None);
     for (name, doc) in [("PROTOCOL.md", &doc), ("SECURITY.md", &flat("SECURITY.md"))] {
         assert!(!doc.contains("ACK older than 300 s"), "{name} claims ACKs older than 300 s are refused");
+    }
+}
+
+/// Version 2's worked example (PROTOCOL.md, "Worked example: a signed message,
+/// its export and its receipt"): fixed identities, so every signature is
+/// fixed too (Ed25519 is deterministic). Recomputed here; `exports` checks
+/// the same files with stock minisign.
+pub(crate) mod v2 {
+    use spyctl::crypto::IdentityKeys;
+    use spyctl::crypto::identity::{receipt, statement};
+    use spyctl::crypto::minisign::{public_key_file, sign_statement, signature_file};
+
+    pub const BOSS_SECRETS: &str = "spyctl-identity-v1 \
+        202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f \
+        404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f";
+    pub const AGENT_SECRETS: &str = "spyctl-identity-v1 \
+        606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f \
+        808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f";
+    pub const AGENT: i64 = 6;
+    pub const ID: &str = super::MESSAGE_ID;
+    pub const BODY: &[u8] = b"The eagle has landed.";
+    pub const SIGNED_AT: u64 = 1_800_000_000;
+    pub const RECEIPT_AT: u64 = 1_800_000_001;
+    pub const COMMENT: &str = "spyctl agent 6";
+
+    /// Everything the example shows, in the order it shows it.
+    pub fn values() -> Vec<(&'static str, String)> {
+        let boss = IdentityKeys::from_file_text(BOSS_SECRETS).expect("boss");
+        let agent = IdentityKeys::from_file_text(AGENT_SECRETS).expect("agent");
+        let boss_ed = boss.public().ed25519;
+        let st = statement(&boss_ed, AGENT, ID, "text", BODY, SIGNED_AT);
+        let sigs = sign_statement(&agent, &st);
+        let body_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(BODY));
+        let rc = receipt(&boss_ed, AGENT, ID, &body_sha, "stored", RECEIPT_AT);
+        vec![
+            ("boss ed25519", hex::encode(boss_ed)),
+            ("agent ed25519", hex::encode(agent.public().ed25519)),
+            ("statement", String::from_utf8(st.clone()).expect("ascii")),
+            ("sig", hex::encode(sigs.signature)),
+            ("tsig", hex::encode(sigs.trusted)),
+            ("agent.pub", public_key_file(&agent.public().ed25519, COMMENT)),
+            ("statement.minisig", signature_file(&agent.public().ed25519, &st, &sigs, COMMENT)),
+            ("receipt", String::from_utf8(rc.clone()).expect("ascii")),
+            ("receipt sig", hex::encode(boss.sign(&rc))),
+        ]
+    }
+}
+
+#[test]
+fn v2_worked_example_matches_spyctl_and_protocol_md() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).expect("PROTOCOL.md");
+    for (what, value) in v2::values() {
+        assert!(doc.contains(&value), "PROTOCOL.md lacks the example's {what}:\n{value}");
     }
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""An enrolled agent written from PROTOCOL.md only ("Enrolment", "Signed messages").
+"""An enrolled agent written from PROTOCOL.md only ("Enrolment", "Signed messages and files", "Signed receipts").
 
     join_client.py ADDR CODE TEXT
 
 Joins the Boss at ADDR (HOST:PORT) with the one-time CODE (from
 `spyctl agent enroll`), using PyPI `spake2` (python-spake2) for SPAKE2 and
 `cryptography` for X25519, Ed25519, HKDF, HMAC and Fernet. Then sends TEXT as a
-signed text message over the channel key and prints three lines: the agent's
-fingerprint, the Boss's fingerprint and the ACK status (`stored`).
+signed text message over the channel key, checks the Boss's signed receipt in
+the ACK and prints three lines: the agent's fingerprint, the Boss's
+fingerprint and the ACK status (`stored`).
 
 Exit codes: 0 done; 1 refused (`ERR`), 3 a confirmation failed or the answer
 breaks the protocol.
@@ -24,7 +25,8 @@ import time
 
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from spake2 import SPAKE2_A
@@ -117,6 +119,15 @@ def main():
     ack_header = json.loads(plain.split(b"\n", 1)[0])
     if ack_header["id"] != msg_id:
         fail("the ACK names another message")
+    # The signed receipt ("Signed receipts"), checked with the Boss's key.
+    receipt = (
+        f"spyctl/v2/receipt\nboss {boss_ed.hex()}\nagent {agent_id}\nid {msg_id}\n"
+        f"sha256 {hashlib.sha256(body).hexdigest()}\nstatus {ack_header['status']}\ntime {ack_header['ts']}\n"
+    ).encode()
+    try:
+        Ed25519PublicKey.from_public_bytes(boss_ed).verify(bytes.fromhex(ack_header["sig"]), receipt)
+    except (InvalidSignature, KeyError, ValueError):
+        fail("the ACK's receipt is not signed by the Boss")
     print(fingerprint(my_x, my_ed))
     print(fingerprint(boss_x, boss_ed))
     print(ack_header["status"])
