@@ -357,7 +357,24 @@ impl BossService {
                 let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
                 tracing::info!(conn = peer.id, agent = agent_id, msg = %header.id, ?status, "text message (v2)");
                 let reply = format!("Message received. Good work, {alias}.");
-                Ok((protocol::encode_ack(&header.id, status, &reply), added))
+                // The same signed receipt as a v1 ACK to an enrolled agent:
+                // evidence the agent can keep, beyond this session.
+                let time = crate::crypto::fernet::unix_now();
+                let body_sha256 = {
+                    use sha2::{Digest, Sha256};
+                    hex::encode(Sha256::digest(body))
+                };
+                let boss_ed25519 = self.identity.public().ed25519;
+                let statement = crate::crypto::identity::receipt(
+                    &boss_ed25519,
+                    agent_id,
+                    &header.id,
+                    &body_sha256,
+                    status.as_str(),
+                    time,
+                );
+                let signature = self.identity.sign(&statement);
+                Ok((protocol::encode_signed_ack(&header.id, status, &reply, Some((time, &signature))), added))
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "store failed");

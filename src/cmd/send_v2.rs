@@ -57,8 +57,19 @@ pub fn send(
     for text in &texts {
         let header = Header { id: random_id(), kind: Kind::Text };
         let (ack, reply) = session.send(&signer.encode(&header, text.as_bytes()))?;
+        let body_sha256 = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(text.as_bytes()))
+        };
+        let receipt = signer.check_receipt(&ack, &body_sha256)?;
         if ctx.json {
-            let value = serde_json::json!({ "sent": "text", "status": ack.status, "reply": reply, "protocol": "v2" });
+            let value = serde_json::json!({
+                "sent": "text",
+                "status": ack.status,
+                "reply": reply,
+                "protocol": "v2",
+                "receipt": { "statement": receipt.statement, "signature": hex::encode(receipt.signature) },
+            });
             if texts.len() == 1 {
                 ctx.json(value)?
             } else {

@@ -216,7 +216,7 @@ impl MessageSigner<'_> {
 impl MessageSigner<'_> {
     /// The ACK's receipt, checked: signed by the pinned Boss key over this
     /// agent, message id, body hash, status and the receipt's time.
-    fn check_receipt(&self, header: &protocol::AckHeader, body_sha256: &str) -> Result<Receipt, SendError> {
+    pub(crate) fn check_receipt(&self, header: &protocol::AckHeader, body_sha256: &str) -> Result<Receipt, SendError> {
         let bad = SendError::BadAck;
         let (Some(time), Some(sig)) = (header.ts, &header.sig) else { return Err(bad(AckError::NoReceipt)) };
         let mut signature = [0u8; 64];

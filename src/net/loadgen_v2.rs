@@ -42,12 +42,16 @@ pub fn run(
     on_ack: &(dyn Fn() + Sync),
 ) -> V2Report {
     let body = "x".repeat(config.size);
+    let body_sha256 = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(body.as_bytes()))
+    };
     let start = Barrier::new(config.connections + 1);
     let signer = MessageSigner { keys: me, boss_ed25519: boss.ed25519, agent_id };
     let (tallies, elapsed) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..config.connections)
             .map(|index| {
-                let (start, body, signer) = (&start, &body, &signer);
+                let (start, body, signer, body_sha256) = (&start, &body, &signer, &body_sha256);
                 scope.spawn(move || {
                     let mut tally = Tally::default();
                     let count = share(config.messages, config.connections, index);
@@ -74,7 +78,13 @@ pub fn run(
                         }
                         let Some(client) = session.as_mut() else { break };
                         let header = Header { id: random_id(), kind: Kind::Text };
-                        match client.send(&signer.encode(&header, body.as_bytes())) {
+                        let sent = client.send(&signer.encode(&header, body.as_bytes())).and_then(|(ack, reply)| {
+                            // Every receipt checked, as `send` checks it.
+                            signer.check_receipt(&ack, &body_sha256).map(|_| (ack, reply)).map_err(|_| {
+                                super::v2_client::V2Error::Unauthenticated("a receipt that does not verify")
+                            })
+                        });
+                        match sent {
                             Ok((ack, _)) => {
                                 tally.latencies.push(micros(began.elapsed()));
                                 match ack.status {

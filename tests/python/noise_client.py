@@ -6,8 +6,9 @@
 
 AGENT_IDENTITY_FILE is the agent home's identity.key (`spyctl-identity-v1
 <x25519 secret hex> <ed25519 secret hex>`). Runs the IK handshake against the
-Boss's static key, sends TEXT as a signed text message in one transport frame
-and prints the ACK's status (`stored`) and the Boss's clock skew in seconds.
+Boss's static key, sends TEXT as a signed text message (`sig` and `tsig`) in
+one transport frame, checks the Boss's signed receipt in the ACK, and prints
+the ACK's status (`stored`) and the Boss's clock skew in seconds.
 
 Exit codes: 0 done; 1 refused (an authenticated error frame); 3 the answer
 breaks the protocol.
@@ -21,7 +22,8 @@ import socket
 import sys
 import time
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from noise.connection import Keypair, NoiseConnection
 
 
@@ -84,7 +86,11 @@ def main():
         f"sha256 {hashlib.sha256(body).hexdigest()}\ntime {now}\n"
     ).encode()
     ed_key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(ed_hex))
-    header = {"v": 1, "id": msg_id, "kind": "text", "ts": now, "sig": ed_key.sign(statement).hex()}
+    sig = ed_key.sign(statement)
+    # minisign's global signature: over sig || the statement's lines joined by spaces.
+    trusted_comment = statement.decode().rstrip("\n").replace("\n", " ")
+    tsig = ed_key.sign(sig + trusted_comment.encode())
+    header = {"v": 1, "id": msg_id, "kind": "text", "ts": now, "sig": sig.hex(), "tsig": tsig.hex()}
     send_line("F", noise.encrypt(b"M" + json.dumps(header).encode() + b"\n" + body))
 
     prefix, _, rest = read_line().partition(" ")
@@ -98,6 +104,15 @@ def main():
     ack = json.loads(frame[1:].split(b"\n", 1)[0])
     if ack["id"] != msg_id:
         fail("the ACK names another message")
+    # The signed receipt ("Signed receipts"), checked with the Boss's key.
+    receipt = (
+        f"spyctl/v2/receipt\nboss {boss_ed.hex()}\nagent {agent_id}\nid {msg_id}\n"
+        f"sha256 {hashlib.sha256(body).hexdigest()}\nstatus {ack['status']}\ntime {ack['ts']}\n"
+    ).encode()
+    try:
+        Ed25519PublicKey.from_public_bytes(boss_ed).verify(bytes.fromhex(ack["sig"]), receipt)
+    except (InvalidSignature, KeyError, ValueError):
+        fail("the ACK's receipt is not signed by the Boss")
     print(ack["status"])
     print(skew)
 
