@@ -80,7 +80,7 @@ pub fn run(
                         let header = Header { id: random_id(), kind: Kind::Text };
                         let sent = client.send(&signer.encode(&header, body.as_bytes())).and_then(|(ack, reply)| {
                             // Every receipt checked, as `send` checks it.
-                            signer.check_receipt(&ack, &body_sha256).map(|_| (ack, reply)).map_err(|_| {
+                            signer.check_receipt(&ack, body_sha256).map(|_| (ack, reply)).map_err(|_| {
                                 super::v2_client::V2Error::Unauthenticated("a receipt that does not verify")
                             })
                         });
