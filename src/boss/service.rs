@@ -3,24 +3,27 @@
 //! under the same agent key.
 //!
 //! An unknown agent and a bad MAC get the same `ERR auth` after the same work
-//! (the MAC is checked before the agent is looked up), so a prober learns
+//! (the MAC is checked before the agent's row is read), so a prober learns
 //! nothing about which agent ids exist. A resent message id (a retry, or a
 //! replay within the TTL) is stored once and acknowledged as `duplicate`.
+//! Agents' keys and checked rows come from the per-agent cache
+//! (`agent_keys`, through [`BossService::keys_for`]); a write authorised from
+//! it is confirmed by the writer when the registry may have changed.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-use crate::crypto::identity::Side;
-use crate::crypto::{FernetKey, IdentityKeys, KeyRing, MasterKey, PublicIdentity, TokenError};
+use crate::crypto::{FernetKey, IdentityKeys, MasterKey, PublicIdentity, TokenError};
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
+use super::agent_keys::{AgentEntry, AgentKeys, RowStatus};
 use super::files::{ChunkError, ChunkOutcome, FileAssembler, Quota};
-use super::store::{Store, WriteOp};
+use super::store::{Guard, Store, Write, WriteOp, Written};
 
 /// Settings the operator chooses.
 #[derive(Debug, Clone)]
@@ -57,12 +60,21 @@ enum Step {
     Reply { line: String, new: bool },
     /// The answer is an ACK once this write is committed.
     Commit(PendingAck),
+    /// The registry changed under the agent cache: authorise the line again.
+    Stale,
 }
+
+/// How many times a line is authorised again after the registry changed
+/// under it before the client is told to try later.
+const STALE_RETRIES: u32 = 3;
 
 /// An ACK waiting for its write's commit.
 struct PendingAck {
-    op: WriteOp,
-    key: FernetKey,
+    write: Write,
+    /// The cache entry and which of its candidate keys opened the line: the
+    /// ACK is sealed under the same key.
+    entry: Arc<AgentEntry>,
+    key: usize,
     agent_id: i64,
     /// For the log line.
     what: &'static str,
@@ -72,7 +84,8 @@ struct PendingAck {
 
 /// The Boss's line handler.
 pub struct BossService {
-    keyring: KeyRing,
+    /// Per-agent keys and checked rows, and the master secret they come from.
+    agent_keys: AgentKeys,
     /// The Boss's own identity (identity.key): channel keys with enrolled agents.
     identity: IdentityKeys,
     keys: RegistryKeys,
@@ -107,7 +120,7 @@ impl BossService {
         Ok(BossService {
             enrolment,
             keys: RegistryKeys::derive(&keyring),
-            keyring,
+            agent_keys: AgentKeys::new(keyring),
             identity,
             reader: Mutex::new(reader),
             store,
@@ -135,17 +148,13 @@ impl BossService {
         }
     }
 
-    /// The agent's stored (encrypted) alias, or None if no such agent (now).
-    /// Called only once the token's MAC has verified.
-    fn stored_alias(&self, agent_id: i64) -> Result<Option<db::agents::StoredAgent>, DbError> {
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        db::agents::by_id(&reader, agent_id)
-    }
-
-    /// Agent `agent_id`'s key generation, or 0 if there is no such agent.
-    fn key_generation(&self, agent_id: i64) -> Result<u32, DbError> {
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        db::agents::key_generation_or_zero(&reader, agent_id)
+    /// The cache entry for agent `agent_id`: the candidate keys its lines
+    /// may be sealed under (try each; the ACK is sealed under the one that
+    /// opened), its key generation and enrolled identity. The one place the
+    /// Boss gets an agent's wire keys; an id with no agent gets a stand-in
+    /// whose key opens nothing, at the same cost.
+    fn keys_for(&self, agent_id: i64) -> Result<Arc<AgentEntry>, DbError> {
+        self.agent_keys.lookup(agent_id, self.store.registry_epoch(), &self.reader, &self.identity)
     }
 
     /// The size and SHA-256 of agent `agent_id`'s completed file `file_id`.
@@ -155,12 +164,6 @@ impl BossService {
             tracing::error!(error = %e, "file lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
         })
-    }
-
-    /// The agent's current identity, if it is enrolled.
-    fn enrolled(&self, agent_id: i64) -> Result<Option<identities::StoredIdentity>, DbError> {
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        identities::current(&reader, agent_id)
     }
 
     /// An enrolled agent's text message must carry a signature by its current
@@ -214,45 +217,51 @@ impl BossService {
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
-        // The MAC is checked before anything depends on whether agent N
-        // exists: a bad MAC costs one one-integer read (the agent's key
-        // generation, 0 for an id with no agent: the same B-tree walk and the
-        // same one-row answer either way), one key derivation and one MAC
-        // check, so neither the answer nor its timing tells a known id from
-        // an unknown one. Only the current generation's key opens: a revoked
-        // key, or a line sealed under one, is refused.
-        let generation = self.key_generation(agent_id).map_err(|e| {
+        let internal = |e: DbError| {
             tracing::error!(error = %e, "agent lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
-        })?;
-        // An enrolled agent has one key: the channel key of the two
-        // identities (an X25519 agreement, so an enrolled id costs more than
-        // a v1 one; both kinds cost the same whether the MAC is good or bad).
-        let enrolled = self.enrolled(agent_id).map_err(|e| {
-            tracing::error!(error = %e, "identity lookup failed");
-            (ErrorCode::Internal, "try again later".to_string())
-        })?;
-        let key = match &enrolled {
-            Some(identity) => {
-                self.identity.channel_key(Side::Boss, &identity.public, agent_id).ok_or_else(auth_failed)?
-            }
-            None => self.keyring.agent_wire_key_at(agent_id, generation),
         };
-        let opened = key.open(request.token, Some(self.config.ttl_secs));
+        // The MAC is checked before anything depends on whether agent N
+        // exists: a bad MAC costs one cache lookup (an id with no agent gets
+        // a stand-in key) and one MAC check per candidate key, so neither
+        // the answer nor its timing tells a known id from an unknown one.
+        // Only the current generation's key is a candidate: a revoked key,
+        // or a line sealed under one, is refused. An enrolled agent's one
+        // candidate is the channel key of the two identities.
+        let entry = self.keys_for(agent_id).map_err(internal)?;
+        let mut opened = Err(TokenError::Invalid);
+        let mut opened_by = 0;
+        for (i, candidate) in entry.candidates().iter().enumerate() {
+            opened = candidate.open(request.token, Some(self.config.ttl_secs));
+            if !matches!(opened, Err(TokenError::Invalid)) {
+                opened_by = i;
+                break;
+            }
+        }
         if let Err(TokenError::Invalid) = opened {
+            // The cache may not have the agent's newest key yet: refused only
+            // once the registry agrees (the same reads for any id).
+            if !self.agent_keys.confirm(agent_id, &entry, &self.reader).map_err(internal)? {
+                return Ok(Step::Stale);
+            }
             tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth");
             return Err(auth_failed());
         }
         // Sealed under agent N's key, which only the master secret makes: now
         // it is safe to spend work on the agent. An id with no agent (removed
         // since) is still `auth`, and only a key holder can reach this branch.
-        let alias = self.stored_alias(agent_id).map_err(|e| {
-            tracing::error!(error = %e, "agent lookup failed");
-            (ErrorCode::Internal, "try again later".to_string())
-        })?;
-        let Some(alias) = alias else {
-            tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth (no such agent)");
-            return Err(auth_failed());
+        let checked = match self.agent_keys.row_status(&entry, &self.reader, &self.keys).map_err(internal)? {
+            RowStatus::Good(checked) => checked,
+            RowStatus::Missing => {
+                tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth (no such agent)");
+                return Err(auth_failed());
+            }
+            RowStatus::Tampered(e) => {
+                tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
+                return Err(auth_failed());
+            }
+            // Revoked between the two reads: the key it was checked under is gone.
+            RowStatus::Moved => return Err(auth_failed()),
         };
         let opened = match opened {
             Ok(o) => o,
@@ -265,34 +274,29 @@ impl BossService {
                 ));
             }
         };
-        // A row changed without the key (a rolled-back revocation, say) is
-        // not trusted, whatever the token.
-        if let Err(e) = crate::registry::check_row(&self.keys, &alias) {
-            tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
-            return Err(auth_failed());
-        }
-        if alias.key_generation != generation {
-            // Revoked between the two reads: the key it was checked under is gone.
-            return Err(auth_failed());
-        }
-        let alias = self.keys.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
+        let alias = checked.alias.as_str();
+        let guard = || Some(Guard { epoch: entry.epoch, seen: checked.seen.clone() });
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
             Kind::Text => Ok(Step::Commit(PendingAck {
-                op: WriteOp::Message(messages::StoredMessage {
-                    agent_id,
-                    message_id: header.id.clone(),
-                    received_at: now,
-                    token: String::from_utf8_lossy(request.token).into_owned(),
-                    signature: match &enrolled {
-                        Some(identity) => {
-                            Some(self.check_signature(identity, &header.id, body, &opened.plaintext, peer)?)
-                        }
-                        None => None,
-                    },
-                }),
-                key,
+                write: Write {
+                    op: WriteOp::Message(messages::StoredMessage {
+                        agent_id,
+                        message_id: header.id.clone(),
+                        received_at: now,
+                        token: String::from_utf8_lossy(request.token).into_owned(),
+                        signature: match &entry.enrolled {
+                            Some(identity) => {
+                                Some(self.check_signature(identity, &header.id, body, &opened.plaintext, peer)?)
+                            }
+                            None => None,
+                        },
+                    }),
+                    guard: guard(),
+                },
+                entry: entry.clone(),
+                key: opened_by,
                 agent_id,
                 what: "text message",
                 id: header.id,
@@ -308,11 +312,22 @@ impl BossService {
                         format!("files are limited to {} bytes", self.config.max_file_bytes),
                     ));
                 }
+                // A chunk is answered (and written) without waiting for a
+                // commit, so the writer cannot confirm the cache entry it was
+                // authorised on: confirm it here, against the registry now.
+                let current = {
+                    let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+                    checked.seen.still_current(&reader).map_err(internal)?
+                };
+                if !current {
+                    return Ok(Step::Stale);
+                }
+                let key = &entry.candidates()[opened_by];
                 // A file already received is answered from its row: a replayed
                 // chunk of it costs a lookup, never a read or a hash of the file.
                 if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
                     let line = Self::ack(
-                        &key,
+                        key,
                         &header.id,
                         AckStatus::Duplicate,
                         &format!("File already received: {size} bytes, SHA-256 {sha256}."),
@@ -338,7 +353,7 @@ impl BossService {
                         // (even of the latest chunk) is a repeat.
                         let new = stored;
                         let line = Self::ack(
-                            &key,
+                            key,
                             &header.id,
                             AckStatus::Stored,
                             &format!("{received} of {} bytes", chunk.size),
@@ -346,16 +361,20 @@ impl BossService {
                         Ok(Step::Reply { line, new })
                     }
                     ChunkOutcome::Complete { stored_as, sha256, size } => Ok(Step::Commit(PendingAck {
-                        op: WriteOp::File(messages::StoredFile {
-                            agent_id,
-                            file_id: chunk.file_id.clone(),
-                            name: self.keys.conceal(&chunk.name),
-                            size: size as i64,
-                            sha256,
-                            stored_as,
-                            received_at: now,
-                        }),
-                        key,
+                        write: Write {
+                            op: WriteOp::File(messages::StoredFile {
+                                agent_id,
+                                file_id: chunk.file_id.clone(),
+                                name: self.keys.conceal(&chunk.name),
+                                size: size as i64,
+                                sha256,
+                                stored_as,
+                                received_at: now,
+                            }),
+                            guard: guard(),
+                        },
+                        entry: entry.clone(),
+                        key: opened_by,
                         agent_id,
                         what: "file received",
                         reply: format!("File received: {} bytes, SHA-256 verified. Good work, {alias}.", chunk.size),
@@ -379,15 +398,28 @@ impl LineHandler for BossService {
     /// slot), and an ERR is refused. Refusals are logged per line at debug
     /// only: the server counts them and logs a summary each second.
     fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
-        let steps: Vec<Result<Step, Refusal>> = lines.iter().map(|line| self.prepare(line, peer)).collect();
+        self.answer(lines, peer, STALE_RETRIES)
+    }
+}
+
+impl BossService {
+    /// [`LineHandler::handle_batch`], with `retries` left for lines whose
+    /// authorisation the registry overtook ([`Step::Stale`], [`Written::Stale`]):
+    /// those are answered as if they had arrived after the change.
+    fn answer(&self, lines: &[&[u8]], peer: &Peer, retries: u32) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(lines.len());
         let mut pending = Vec::new();
-        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(steps.len());
-        for step in steps {
-            answers.push(match step {
+        let mut stale = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            answers.push(match self.prepare(line, peer) {
                 Ok(Step::Reply { line, new: true }) => Some(Answer::accepted(line)),
                 Ok(Step::Reply { line, new: false }) => Some(Answer::repeated(line)),
                 Ok(Step::Commit(ack)) => {
-                    pending.push(ack);
+                    pending.push((i, ack));
+                    None
+                }
+                Ok(Step::Stale) => {
+                    stale.push(i);
                     None
                 }
                 Err((code, text)) => {
@@ -398,30 +430,57 @@ impl LineHandler for BossService {
                 }
             });
         }
-        let (ops, acks): (Vec<WriteOp>, Vec<_>) =
-            pending.into_iter().map(|p| (p.op, (p.key, p.agent_id, p.what, p.id, p.reply))).unzip();
-        let mut committed =
-            self.store.write_all(ops).into_iter().zip(acks).map(|(result, (key, agent_id, what, id, reply))| {
-                match result {
-                    Ok(added) => {
+        // Lines that were all refused cost the writer nothing.
+        if !pending.is_empty() {
+            type Ack = (usize, Arc<AgentEntry>, usize, i64, &'static str, String, String);
+            let (writes, acks): (Vec<Write>, Vec<Ack>) = pending
+                .into_iter()
+                .map(|(i, p)| (p.write, (i, p.entry, p.key, p.agent_id, p.what, p.id, p.reply)))
+                .unzip();
+            for (result, (i, entry, key, agent_id, what, id, reply)) in
+                self.store.write_all(writes).into_iter().zip(acks)
+            {
+                let key = &entry.candidates()[key];
+                answers[i] = match result {
+                    Ok(Written::Stale) => {
+                        stale.push(i);
+                        None
+                    }
+                    Ok(written) => {
+                        let added = written == Written::Added;
                         let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
-                        tracing::info!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
-                        let line = Self::ack(&key, &id, status, &reply);
-                        if added { Answer::accepted(line) } else { Answer::repeated(line) }
+                        // Per line at debug only: the server logs a count of
+                        // lines stored each second at info.
+                        tracing::debug!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
+                        let line = Self::ack(key, &id, status, &reply);
+                        Some(if added { Answer::accepted(line) } else { Answer::repeated(line) })
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "store failed");
-                        Answer::refused(ErrorCode::Internal, "could not store the message; try again")
+                        Some(Answer::refused(ErrorCode::Internal, "could not store the message; try again"))
                     }
-                }
-            });
+                };
+            }
+        }
+        if !stale.is_empty() {
+            stale.sort_unstable();
+            let again: Vec<Answer> = if retries == 0 {
+                tracing::warn!(lines = stale.len(), "the registry kept changing under these lines; refused");
+                stale.iter().map(|_| Answer::refused(ErrorCode::Internal, "try again later")).collect()
+            } else {
+                // The epoch has moved on (or a chunk found the registry
+                // changed): the next lookup reloads the cache.
+                self.agent_keys.invalidate();
+                let lines: Vec<&[u8]> = stale.iter().map(|&i| lines[i]).collect();
+                self.answer(&lines, peer, retries - 1)
+            };
+            for (i, answer) in stale.into_iter().zip(again) {
+                answers[i] = Some(answer);
+            }
+        }
         answers
             .into_iter()
-            .map(|answer| {
-                answer
-                    .or_else(|| committed.next())
-                    .unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
-            })
+            .map(|answer| answer.unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error")))
             .collect()
     }
 }
