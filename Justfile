@@ -58,6 +58,10 @@ bench-load addr="127.0.0.1:5000" connections="8" messages="4000":
 bench-compare: bench-setup
     bash scripts/bench-compare.sh
 
+# Boss CPU per message from /proc, beside the fsync rate and the Python Boss, 3 rounds of 8 x 20,000 (issue 15).
+bench-cpu: bench-setup
+    cargo build --release && target/bench-venv/bin/python bench/boss_cpu.py --runs 3 --python
+
 # Hardening, long runs: 64x1000 load, 10 kill -9 crashes, 10k hostile lines, 200 slow clients; figures in target/hardening-figures.txt.
 hardening:
     bash scripts/hardening-long.sh

@@ -44,11 +44,12 @@ impl ChannelKeys {
     }
 }
 
-/// The key a line was opened with: derived for this line (v1), or an
-/// enrolled agent's shared channel key.
+/// The key a line was opened with: derived for this line (v1), an enrolled
+/// agent's shared channel key, or a candidate from the Boss's agent cache.
 pub enum WireKey {
     Derived(FernetKey),
     Channel(Arc<FernetKey>),
+    Cached(Arc<FernetKey>),
 }
 
 impl std::ops::Deref for WireKey {
@@ -57,7 +58,7 @@ impl std::ops::Deref for WireKey {
     fn deref(&self) -> &FernetKey {
         match self {
             WireKey::Derived(key) => key,
-            WireKey::Channel(key) => key,
+            WireKey::Channel(key) | WireKey::Cached(key) => key,
         }
     }
 }

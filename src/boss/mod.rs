@@ -1,8 +1,10 @@
 //! The Boss: where the server, the store and the crypto meet. `service`
-//! answers protocol lines, `store` commits them in groups, `files` assembles
+//! answers protocol lines (with agents' keys from the `agent_keys` cache),
+//! `store` commits them in groups, `files` assembles
 //! uploads (a sweeper thread expires abandoned ones while it runs), `inbox`
 //! reads back what arrived, `receipt` signs ACKs to enrolled agents.
 
+pub mod agent_keys;
 pub mod channels;
 pub mod enroll;
 pub mod files;

@@ -6,6 +6,9 @@
 //! (the MAC is checked before the agent is looked up), so a prober learns
 //! nothing about which agent ids exist. A resent message id (a retry, or a
 //! replay within the TTL) is stored once and acknowledged as `duplicate`.
+//! Agents' keys and checked rows come from the per-agent cache
+//! (`agent_keys`, through [`BossService::keys_for`]); a write authorised from
+//! it is confirmed by the writer when the registry may have changed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,10 +21,11 @@ use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
+use super::agent_keys::{AgentEntry, AgentKeys, RowStatus};
 use super::channels::{ChannelKeys, WireKey};
 use super::files::{ChunkError, ChunkOutcome, FileAssembler, Quota};
 use super::receipt::AckKey;
-use super::store::{Store, WriteOp};
+use super::store::{Guard, Store, Write, WriteOp, Written};
 
 /// Settings the operator chooses.
 #[derive(Debug, Clone)]
@@ -66,11 +70,18 @@ enum Step {
     Reply { line: String, new: bool },
     /// The answer is an ACK once this write is committed.
     Commit(PendingAck),
+    /// The registry (or the live key epochs) changed under the agent cache:
+    /// authorise the line again.
+    Stale,
 }
+
+/// How many times a line is authorised again after the registry changed
+/// under it before the client is told to try later.
+const STALE_RETRIES: u32 = 3;
 
 /// An ACK waiting for its write's commit.
 struct PendingAck {
-    op: WriteOp,
+    write: Write,
     key: AckKey,
     agent_id: i64,
     /// For the log line.
@@ -79,9 +90,9 @@ struct PendingAck {
     reply: String,
 }
 
-/// The keys of every live key epoch, swapped whole when they change.
+/// The registry's keys of every live key epoch, swapped whole when they
+/// change (the wire keys live in the agent cache, which is reset then too).
 struct EpochKeys {
-    keyring: KeyRing,
     registry: RegistryKeys,
     /// `db::epochs::fingerprint` when these were loaded.
     fingerprint: String,
@@ -96,6 +107,8 @@ pub struct BossService {
     load_master: Box<dyn Fn() -> Option<MasterKeys> + Send + Sync>,
     /// When an auth failure last made the Boss look for new key epochs.
     last_key_check: Mutex<std::time::Instant>,
+    /// Per-agent keys and checked rows, and the master secrets they come from.
+    agent_keys: AgentKeys,
     /// The Boss's own identity (identity.key): channel keys with enrolled agents.
     identity: IdentityKeys,
     /// Those channel keys, derived once per enrolment.
@@ -137,9 +150,10 @@ impl BossService {
         Ok(BossService {
             enrolment,
             v2: super::v2::V2Sessions::default(),
-            keys: RwLock::new(Arc::new(EpochKeys { keyring, registry, fingerprint })),
+            keys: RwLock::new(Arc::new(EpochKeys { registry, fingerprint })),
             load_master,
             last_key_check: Mutex::new(std::time::Instant::now()),
+            agent_keys: AgentKeys::new(keyring),
             identity,
             channels: ChannelKeys::default(),
             reader: Mutex::new(reader),
@@ -181,7 +195,7 @@ impl BossService {
             db::live_epochs(&reader)
         };
         let keyring = match (live, (self.load_master)()) {
-            (Ok(live), Some(master)) => match master.bind(current.keyring.database_id(), &live) {
+            (Ok(live), Some(master)) => match master.bind(self.agent_keys.keyring().database_id(), &live) {
                 Ok(keyring) => keyring,
                 Err(e) => {
                     tracing::error!(error = %e, "key epochs changed but master.key cannot follow; keeping the old keys");
@@ -196,45 +210,10 @@ impl BossService {
         self.files.set_keys(keyring.files_keys());
         let registry = RegistryKeys::derive(&keyring);
         let epochs: Vec<u32> = keyring.epochs().collect();
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EpochKeys { keyring, registry, fingerprint });
+        self.agent_keys.replace_keyring(keyring);
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(EpochKeys { registry, fingerprint });
         tracing::info!(?epochs, "key epochs changed: now accepting keys of these epochs, writing under the newest");
         true
-    }
-
-    /// Opens a request token. A v1 agent may hold its wire key of any live
-    /// key epoch (one exported before the last `key rotate` works until that
-    /// epoch is retired): each epoch's key is tried, newest first, and a bad
-    /// MAC tries them all, known id or not, so the cost still says nothing.
-    /// An enrolled agent has its one channel key. Returns the outcome and,
-    /// unless no key's MAC matched, the key (and its epoch) that opened it.
-    #[allow(clippy::type_complexity)]
-    fn open_line(
-        &self,
-        keys: &EpochKeys,
-        enrolled: Option<&identities::StoredIdentity>,
-        agent_id: i64,
-        generation: u32,
-        token: &[u8],
-    ) -> (Result<crate::crypto::fernet::Opened, TokenError>, Option<(Option<u32>, WireKey)>) {
-        let candidates: Vec<(Option<u32>, WireKey)> = match enrolled {
-            Some(identity) => match self.channels.get(&self.identity, identity) {
-                Some(key) => vec![(None, WireKey::Channel(key))],
-                None => Vec::new(),
-            },
-            None => keys
-                .keyring
-                .agent_wire_keys(agent_id, generation)
-                .into_iter()
-                .map(|(e, k)| (Some(e), WireKey::Derived(k)))
-                .collect(),
-        };
-        for (epoch, key) in candidates {
-            let attempt = key.open(token, Some(self.config.ttl_secs));
-            if !matches!(attempt, Err(TokenError::Invalid)) {
-                return (attempt, Some((epoch, key)));
-            }
-        }
-        (Err(TokenError::Invalid), None)
     }
 
     /// Whether the keys were swapped (by any thread) since `seen` was taken.
@@ -277,10 +256,13 @@ impl BossService {
         db::agents::by_id(&reader, agent_id)
     }
 
-    /// Agent `agent_id`'s key generation, or 0 if there is no such agent.
-    fn key_generation(&self, agent_id: i64) -> Result<u32, DbError> {
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        db::agents::key_generation_or_zero(&reader, agent_id)
+    /// The cache entry for agent `agent_id`: the candidate keys its lines
+    /// may be sealed under (try each; the ACK is sealed under the one that
+    /// opened), its key generation and enrolled identity. The one place the
+    /// Boss gets an agent's wire keys; an id with no agent gets a stand-in
+    /// whose keys open nothing, at the same cost.
+    fn keys_for(&self, agent_id: i64) -> Result<Arc<AgentEntry>, DbError> {
+        self.agent_keys.lookup(agent_id, self.store.registry_epoch(), &self.reader, &self.identity)
     }
 
     /// The size and SHA-256 of agent `agent_id`'s completed file `file_id`.
@@ -352,8 +334,10 @@ impl BossService {
             signature: Some(signature),
             key_epoch: None,
         });
-        match self.store.write_all(vec![op]).pop() {
-            Some(Ok(added)) => {
+        // No cache guard: the identity was read just above, in this call.
+        match self.store.write_all(vec![Write { op, guard: None }]).pop() {
+            Some(Ok(written)) => {
+                let added = written == Written::Added;
                 let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
                 tracing::info!(conn = peer.id, agent = agent_id, msg = %header.id, ?status, "text message (v2)");
                 let reply = format!("Message received. Good work, {alias}.");
@@ -404,8 +388,8 @@ impl BossService {
         if !stored.is_empty() {
             let at = crate::crypto::fernet::unix_now() as i64;
             let op = WriteOp::OrdersDelivered { agent_id: identity.agent_id, ids: stored.to_vec(), at };
-            match self.store.write_all(vec![op]).pop() {
-                Some(Ok(changed)) => confirmed = changed,
+            match self.store.write_all(vec![Write { op, guard: None }]).pop() {
+                Some(Ok(written)) => confirmed = written == Written::Added,
                 Some(Err(e)) => return Err(internal(&e)),
                 None => return Err(internal(&"the writer stopped")),
             }
@@ -456,47 +440,65 @@ impl BossService {
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
-        // The MAC is checked before anything depends on whether agent N
-        // exists: a bad MAC costs one one-integer read (the agent's key
-        // generation, 0 for an id with no agent: the same B-tree walk and the
-        // same one-row answer either way), one key derivation and one MAC
-        // check, so neither the answer nor its timing tells a known id from
-        // an unknown one. Only the current generation's key opens: a revoked
-        // key, or a line sealed under one, is refused.
-        let generation = self.key_generation(agent_id).map_err(|e| {
+        let internal = |e: DbError| {
             tracing::error!(error = %e, "agent lookup failed");
             (ErrorCode::Internal, "try again later".to_string())
-        })?;
-        // An enrolled agent has one key: the channel key of the two
-        // identities (an X25519 agreement on its first line, then cached in
-        // `channels`; both kinds cost the same whether the MAC is good or bad).
-        let enrolled = self.enrolled(agent_id).map_err(|e| {
-            tracing::error!(error = %e, "identity lookup failed");
-            (ErrorCode::Internal, "try again later".to_string())
-        })?;
-        let mut keys = self.current_keys();
-        let (mut opened, mut chosen) = self.open_line(&keys, enrolled.as_ref(), agent_id, generation, request.token);
-        // A key of an epoch added a moment ago (`key rotate` in another
-        // process, not yet polled): look once more, at most every 100 ms, so
-        // a forged line cannot make the Boss re-read master.key at will.
-        if chosen.is_none() && enrolled.is_none() && (self.refresh_keys_soon() || self.keys_changed_since(&keys)) {
-            keys = self.current_keys();
-            (opened, chosen) = self.open_line(&keys, None, agent_id, generation, request.token);
+        };
+        // The MAC is checked before anything depends on whether agent N
+        // exists: a bad MAC costs one cache lookup (an id with no agent gets
+        // a stand-in with as many keys) and one MAC check per candidate key,
+        // so neither the answer nor its timing tells a known id from an
+        // unknown one. Only the current generation's keys are candidates (one
+        // per live key epoch): a revoked key, or a line sealed under one, is
+        // refused. An enrolled agent's one candidate is the channel key.
+        let keys = self.current_keys();
+        let entry = self.keys_for(agent_id).map_err(internal)?;
+        let mut opened = Err(TokenError::Invalid);
+        let mut opened_by = 0;
+        for (i, candidate) in entry.candidates().iter().enumerate() {
+            opened = candidate.key.open(request.token, Some(self.config.ttl_secs));
+            if !matches!(opened, Err(TokenError::Invalid)) {
+                opened_by = i;
+                break;
+            }
         }
-        let Some((key_epoch, key)) = chosen else {
+        if let Err(TokenError::Invalid) = opened {
+            // A key of an epoch added a moment ago (`key rotate` in another
+            // process, not yet polled): look once more, at most every 100 ms,
+            // so a forged line cannot make the Boss re-read master.key at will.
+            if self.refresh_keys_soon() || self.keys_changed_since(&keys) {
+                return Ok(Step::Stale);
+            }
+            // The cache may not have the agent's newest key yet: refused only
+            // once the registry agrees (the same reads for any id).
+            if !self.agent_keys.confirm(agent_id, &entry, &self.reader).map_err(internal)? {
+                return Ok(Step::Stale);
+            }
             tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth");
             return Err(auth_failed());
-        };
-        // Sealed under agent N's key, which only the master secret makes: now
-        // it is safe to spend work on the agent. An id with no agent (removed
-        // since) is still `auth`, and only a key holder can reach this branch.
-        let alias = self.stored_alias(agent_id).map_err(|e| {
-            tracing::error!(error = %e, "agent lookup failed");
-            (ErrorCode::Internal, "try again later".to_string())
-        })?;
-        let Some(alias) = alias else {
-            tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth (no such agent)");
-            return Err(auth_failed());
+        }
+        let candidate = &entry.candidates()[opened_by];
+        let key_epoch = candidate.epoch;
+        // Sealed under agent N's key, which only its secrets make: now it is
+        // safe to spend work on the agent. An id with no agent (removed since)
+        // is still `auth`, and only a key holder can reach this branch.
+        let checked = match self.agent_keys.row_status(&entry, &self.reader, &keys.registry).map_err(internal)? {
+            RowStatus::Good(checked) => checked,
+            RowStatus::Missing => {
+                tracing::debug!(conn = peer.id, agent = agent_id, "refused: auth (no such agent)");
+                return Err(auth_failed());
+            }
+            RowStatus::Tampered(e) => {
+                // Or rewrapped a moment ago under a key epoch this Boss has
+                // not loaded yet (`key rotate` in another process): look now.
+                if self.refresh_keys() || self.keys_changed_since(&keys) {
+                    return Ok(Step::Stale);
+                }
+                tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
+                return Err(auth_failed());
+            }
+            // Revoked between the two reads: the key it was checked under is gone.
+            RowStatus::Moved => return Err(auth_failed()),
         };
         let opened = match opened {
             Ok(o) => o,
@@ -509,25 +511,10 @@ impl BossService {
                 ));
             }
         };
-        // A row a rotation (another process) has just rewrapped under an
-        // epoch this Boss has not polled yet: look now. Only a key holder
-        // gets this far, so this cannot be used to make the Boss re-read.
-        if keys.registry.at(alias.key_epoch).is_none() {
-            // Whoever swaps the keys (this thread or the poller), take the newest.
-            self.refresh_keys();
-            keys = self.current_keys();
-        }
-        // A row changed without the key (a rolled-back revocation, say) is
-        // not trusted, whatever the token.
-        if let Err(e) = crate::registry::check_row(&keys.registry, &alias) {
-            tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
-            return Err(auth_failed());
-        }
-        if alias.key_generation != generation {
-            // Revoked between the two reads: the key it was checked under is gone.
-            return Err(auth_failed());
-        }
-        let alias = keys.registry.reveal(&alias.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
+        let alias = checked.alias.as_str();
+        let guard = || Some(Guard { epoch: entry.epoch, seen: checked.seen.clone() });
+        let enrolled = &entry.enrolled;
+        let key = WireKey::Cached(Arc::clone(&candidate.key));
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         // An enrolled agent's ACKs carry a receipt the Boss signs.
         let key = match &enrolled {
@@ -537,22 +524,25 @@ impl BossService {
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
             Kind::Text => Ok(Step::Commit(PendingAck {
-                op: WriteOp::Message(messages::StoredMessage {
-                    agent_id,
-                    message_id: header.id.clone(),
-                    received_at: now,
-                    token: String::from_utf8_lossy(request.token).into_owned(),
-                    signature: match &enrolled {
-                        Some(identity) => Some(self.check_signature(
-                            identity,
-                            super::verify::Subject::text(&header.id, body),
-                            &opened.plaintext,
-                            peer,
-                        )?),
-                        None => None,
-                    },
-                    key_epoch,
-                }),
+                write: Write {
+                    op: WriteOp::Message(messages::StoredMessage {
+                        agent_id,
+                        message_id: header.id.clone(),
+                        received_at: now,
+                        token: String::from_utf8_lossy(request.token).into_owned(),
+                        signature: match enrolled {
+                            Some(identity) => Some(self.check_signature(
+                                identity,
+                                super::verify::Subject::text(&header.id, body),
+                                &opened.plaintext,
+                                peer,
+                            )?),
+                            None => None,
+                        },
+                        key_epoch,
+                    }),
+                    guard: guard(),
+                },
                 key,
                 agent_id,
                 what: "text message",
@@ -569,6 +559,16 @@ impl BossService {
                         format!("files are limited to {} bytes", self.config.max_file_bytes),
                     ));
                 }
+                // A chunk is answered (and written) without waiting for a
+                // commit, so the writer cannot confirm the cache entry it was
+                // authorised on: confirm it here, against the registry now.
+                let current = {
+                    let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+                    checked.seen.still_current(&reader).map_err(internal)?
+                };
+                if !current {
+                    return Ok(Step::Stale);
+                }
                 // A file already received is answered from its row: a replayed
                 // chunk of it costs a lookup, never a read or a hash of the file.
                 if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
@@ -584,7 +584,7 @@ impl BossService {
                 // An enrolled agent signs the whole file with its last chunk:
                 // checked before that chunk is written, so an unsigned file
                 // never completes.
-                let signature = match (&enrolled, &chunk.sha256) {
+                let signature = match (enrolled, &chunk.sha256) {
                     (Some(identity), Some(sha256)) => Some(self.check_signature(
                         identity,
                         super::verify::Subject::file(&chunk.file_id, sha256),
@@ -619,17 +619,20 @@ impl BossService {
                         Ok(Step::Reply { line, new })
                     }
                     ChunkOutcome::Complete { stored_as, sha256, size } => Ok(Step::Commit(PendingAck {
-                        op: WriteOp::File(messages::StoredFile {
-                            agent_id,
-                            file_id: chunk.file_id.clone(),
-                            name: keys.registry.conceal(&chunk.name),
-                            size: size as i64,
-                            sha256,
-                            stored_as,
-                            received_at: now,
-                            key_epoch: keys.registry.newest().epoch,
-                            signature,
-                        }),
+                        write: Write {
+                            op: WriteOp::File(messages::StoredFile {
+                                agent_id,
+                                file_id: chunk.file_id.clone(),
+                                name: keys.registry.conceal(&chunk.name),
+                                size: size as i64,
+                                sha256,
+                                stored_as,
+                                received_at: now,
+                                key_epoch: keys.registry.newest().epoch,
+                                signature,
+                            }),
+                            guard: guard(),
+                        },
                         key,
                         agent_id,
                         what: "file received",
@@ -689,22 +692,34 @@ impl BossService {
                         |(code, text)| Answer::refused(code, &text),
                         |step| match step {
                             Step::Reply { line, .. } => Answer::repeated(line),
-                            Step::Commit(_) => Answer::refused(ErrorCode::Internal, "internal error"),
+                            Step::Commit(_) | Step::Stale => Answer::refused(ErrorCode::Internal, "internal error"),
                         },
                     ),
                     false => Answer::refused(ErrorCode::Forbidden, "v1 is switched off on this Boss: use protocol v2"),
                 })
                 .collect();
         }
-        let steps: Vec<Result<Step, Refusal>> = lines.iter().map(|line| self.prepare(line, peer)).collect();
+        self.answer(lines, peer, STALE_RETRIES)
+    }
+
+    /// v1 lines, with `retries` left for lines whose authorisation the
+    /// registry overtook ([`Step::Stale`], [`Written::Stale`]): those are
+    /// answered as if they had arrived after the change. Every write goes to
+    /// the store in one job, so a client's pipelined messages share a commit.
+    fn answer(&self, lines: &[&[u8]], peer: &Peer, retries: u32) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(lines.len());
         let mut pending = Vec::new();
-        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(steps.len());
-        for step in steps {
-            answers.push(match step {
+        let mut stale = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            answers.push(match self.prepare(line, peer) {
                 Ok(Step::Reply { line, new: true }) => Some(Answer::accepted(line)),
                 Ok(Step::Reply { line, new: false }) => Some(Answer::repeated(line)),
                 Ok(Step::Commit(ack)) => {
-                    pending.push(ack);
+                    pending.push((i, ack));
+                    None
+                }
+                Ok(Step::Stale) => {
+                    stale.push(i);
                     None
                 }
                 Err((code, text)) => {
@@ -715,30 +730,52 @@ impl BossService {
                 }
             });
         }
-        let (ops, acks): (Vec<WriteOp>, Vec<_>) =
-            pending.into_iter().map(|p| (p.op, (p.key, p.agent_id, p.what, p.id, p.reply))).unzip();
-        let mut committed =
-            self.store.write_all(ops).into_iter().zip(acks).map(|(result, (key, agent_id, what, id, reply))| {
-                match result {
-                    Ok(added) => {
+        // Lines that were all refused cost the writer nothing.
+        if !pending.is_empty() {
+            type Ack = (usize, AckKey, i64, &'static str, String, String);
+            let (writes, acks): (Vec<Write>, Vec<Ack>) =
+                pending.into_iter().map(|(i, p)| (p.write, (i, p.key, p.agent_id, p.what, p.id, p.reply))).unzip();
+            for (result, (i, key, agent_id, what, id, reply)) in self.store.write_all(writes).into_iter().zip(acks) {
+                answers[i] = match result {
+                    Ok(Written::Stale) => {
+                        stale.push(i);
+                        None
+                    }
+                    Ok(written) => {
+                        let added = written == Written::Added;
                         let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
-                        tracing::info!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
+                        // Per line at debug only: the server logs a count of
+                        // lines stored each second at info.
+                        tracing::debug!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
                         let line = self.ack(&key, &id, status, &reply);
-                        if added { Answer::accepted(line) } else { Answer::repeated(line) }
+                        Some(if added { Answer::accepted(line) } else { Answer::repeated(line) })
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "store failed");
-                        Answer::refused(ErrorCode::Internal, "could not store the message; try again")
+                        Some(Answer::refused(ErrorCode::Internal, "could not store the message; try again"))
                     }
-                }
-            });
+                };
+            }
+        }
+        if !stale.is_empty() {
+            stale.sort_unstable();
+            let again: Vec<Answer> = if retries == 0 {
+                tracing::warn!(lines = stale.len(), "the registry kept changing under these lines; refused");
+                stale.iter().map(|_| Answer::refused(ErrorCode::Internal, "try again later")).collect()
+            } else {
+                // The epoch has moved on (or a chunk found the registry
+                // changed): the next lookup reloads the cache.
+                self.agent_keys.invalidate();
+                let lines: Vec<&[u8]> = stale.iter().map(|&i| lines[i]).collect();
+                self.answer(&lines, peer, retries - 1)
+            };
+            for (i, answer) in stale.into_iter().zip(again) {
+                answers[i] = Some(answer);
+            }
+        }
         answers
             .into_iter()
-            .map(|answer| {
-                answer
-                    .or_else(|| committed.next())
-                    .unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
-            })
+            .map(|answer| answer.unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error")))
             .collect()
     }
 }

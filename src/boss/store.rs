@@ -5,14 +5,25 @@
 //! and commits once (one WAL fsync with `synchronous=FULL`), then answers each
 //! request. Under load many messages share one fsync; every ACK still follows
 //! its own message's commit.
+//!
+//! The writer also keeps the *registry epoch* the agent cache
+//! (`agent_keys`) relies on: inside each write transaction it reads SQLite's
+//! `PRAGMA data_version`, which changes only when another connection (another
+//! process's `agent revoke`, say) has committed since this connection last
+//! looked, and then advances the epoch. A write authorised from an older
+//! epoch is committed only if the agent's row and identity are still what the
+//! authorisation saw, checked in the same transaction (no other commit can
+//! come between: the transaction holds the write lock).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::agent_keys::Snapshot;
 use crate::db::{self, DbError, messages};
 
 /// Most writes committed in one transaction.
@@ -31,6 +42,31 @@ pub enum WriteOp {
         ids: Vec<String>,
         at: i64,
     },
+}
+
+/// What a write was authorised on: the registry epoch of the agent cache
+/// entry, and what it saw of the agent.
+pub struct Guard {
+    pub epoch: u64,
+    pub seen: Arc<Snapshot>,
+}
+
+/// A write and, if it was authorised from the agent cache, its guard.
+pub struct Write {
+    pub op: WriteOp,
+    pub guard: Option<Guard>,
+}
+
+/// What became of one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Committed: a new row.
+    Added,
+    /// Committed: the row was already there (a resent id).
+    Already,
+    /// Not written: the agent's row or identity changed since the write was
+    /// authorised. Authorise it again from the current registry.
+    Stale,
 }
 
 /// Why a write was not committed, or the writer could not start.
@@ -70,12 +106,12 @@ impl std::error::Error for StoreError {
     }
 }
 
-/// Whether the write added a row (false: it was already there).
-pub type WriteResult = Result<bool, StoreError>;
+/// What became of one write, or why the transaction holding it failed.
+pub type WriteResult = Result<Written, StoreError>;
 
 /// One or more writes from one connection, answered together.
 struct Job {
-    ops: Vec<WriteOp>,
+    ops: Vec<Write>,
     done: SyncSender<Vec<WriteResult>>,
 }
 
@@ -83,6 +119,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Store {
     queue: SyncSender<Job>,
+    /// Advanced by the writer when another connection has committed.
+    epoch: Arc<AtomicU64>,
 }
 
 /// Owns the writer thread; dropping every [`Store`] and calling
@@ -103,17 +141,25 @@ impl StoreThread {
 pub fn start(db_path: &Path) -> Result<(Store, StoreThread), StoreError> {
     let conn = db::open(db_path).map_err(StoreError::Open)?;
     let (queue, jobs) = mpsc::sync_channel(QUEUE_DEPTH);
+    let epoch = Arc::new(AtomicU64::new(0));
+    let watch = Watch { epoch: epoch.clone(), version: None };
     let handle = std::thread::Builder::new()
         .name("db-writer".into())
-        .spawn(move || writer_loop(conn, jobs))
+        .spawn(move || writer_loop(conn, jobs, watch))
         .map_err(StoreError::Spawn)?;
-    Ok((Store { queue }, StoreThread { handle }))
+    Ok((Store { queue, epoch }, StoreThread { handle }))
 }
 
 impl Store {
+    /// The registry epoch: changes when the writer has seen another
+    /// connection's commit (see the module comment).
+    pub fn registry_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     /// Queues several writes and waits until they are committed (or failed);
     /// one result per write, in order.
-    pub fn write_all(&self, ops: Vec<WriteOp>) -> Vec<WriteResult> {
+    pub fn write_all(&self, ops: Vec<Write>) -> Vec<WriteResult> {
         let count = ops.len();
         let stopped = || (0..count).map(|_| Err(StoreError::Stopped)).collect();
         let (done, answer) = mpsc::sync_channel(1);
@@ -124,7 +170,30 @@ impl Store {
     }
 }
 
-fn writer_loop(mut conn: Connection, jobs: Receiver<Job>) {
+/// The writer's view of other connections' commits.
+struct Watch {
+    epoch: Arc<AtomicU64>,
+    /// `PRAGMA data_version` when last read; None before the first
+    /// transaction (which therefore advances the epoch: the Boss's own
+    /// start-up writes came from other connections).
+    version: Option<i64>,
+}
+
+impl Watch {
+    /// Reads the connection's data version inside its write transaction and
+    /// advances the epoch if another connection committed since the last
+    /// read; returns the epoch now.
+    fn check(&mut self, tx: &Connection) -> Result<u64, DbError> {
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.version != Some(version) {
+            self.version = Some(version);
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(self.epoch.load(Ordering::SeqCst))
+    }
+}
+
+fn writer_loop(mut conn: Connection, jobs: Receiver<Job>, mut watch: Watch) {
     // Ends when every Store handle is dropped and the queue is empty.
     while let Ok(first) = jobs.recv() {
         let mut writes = first.ops.len();
@@ -138,7 +207,7 @@ fn writer_loop(mut conn: Connection, jobs: Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let mut results = commit_batch(&mut conn, batch.iter().flat_map(|job| job.ops.iter())).into_iter();
+        let mut results = commit_batch(&mut conn, &mut watch, batch.iter().flat_map(|job| job.ops.iter())).into_iter();
         tracing::debug!(writes, jobs = batch.len(), "group commit");
         for job in batch {
             let answer: Vec<WriteResult> = results.by_ref().take(job.ops.len()).collect();
@@ -150,19 +219,32 @@ fn writer_loop(mut conn: Connection, jobs: Receiver<Job>) {
 
 /// Applies the batch in one transaction. If the commit fails, every write in
 /// it fails: nothing is acknowledged that is not on disk.
-fn commit_batch<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp> + Clone) -> Vec<WriteResult> {
+fn commit_batch<'a>(
+    conn: &mut Connection,
+    watch: &mut Watch,
+    ops: impl Iterator<Item = &'a Write> + Clone,
+) -> Vec<WriteResult> {
     let count = ops.clone().count();
-    let mut attempt = || -> Result<Vec<bool>, DbError> {
+    let mut attempt = || -> Result<Vec<Written>, DbError> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let epoch = watch.check(&tx)?;
         let mut added = Vec::with_capacity(count);
-        for op in ops.clone() {
-            added.push(match op {
+        for write in ops.clone() {
+            if let Some(guard) = &write.guard
+                && guard.epoch != epoch
+                && !guard.seen.still_current(&tx)?
+            {
+                added.push(Written::Stale);
+                continue;
+            }
+            let new = match &write.op {
                 WriteOp::Message(m) => messages::insert_message(&tx, m)?,
                 WriteOp::File(f) => messages::insert_file(&tx, f)?,
                 WriteOp::OrdersDelivered { agent_id, ids, at } => {
                     crate::db::orders::mark_delivered(&tx, *agent_id, ids, *at)? > 0
                 }
-            });
+            };
+            added.push(if new { Written::Added } else { Written::Already });
         }
         tx.commit()?;
         Ok(added)
@@ -174,5 +256,81 @@ fn commit_batch<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp
             let shared = Arc::new(e);
             (0..count).map(|_| Err(StoreError::Commit(shared.clone()))).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::agents;
+
+    fn message(agent_id: i64, id: &str) -> WriteOp {
+        WriteOp::Message(messages::StoredMessage {
+            agent_id,
+            message_id: id.into(),
+            received_at: 0,
+            token: "token".into(),
+            signature: None,
+            key_epoch: Some(0),
+        })
+    }
+
+    /// A write authorised before another connection changed the agent's
+    /// row is not committed (the writer's epoch moved on and the row is not
+    /// what was seen); one authorised on the current row is, whatever the
+    /// epoch.
+    #[test]
+    fn a_write_authorised_before_another_connections_change_is_stale() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("spyctl.db");
+        let mut other = db::create(&path).expect("create");
+        let tx = other.transaction().expect("tx");
+        db::apply_schema(&tx, &[9; db::DATABASE_ID_BYTES]).expect("schema");
+        tx.commit().expect("commit");
+        let agent = agents::NewStoredAgent {
+            name: "n",
+            alias: "a",
+            level: 1,
+            password_hash: "h",
+            name_index: "i",
+            key_epoch: 0,
+        };
+        let id = agents::insert(&other, &agent).expect("insert");
+        let seen = |conn: &Connection| {
+            Arc::new(Snapshot {
+                agent_id: id,
+                row: agents::by_id(conn, id).expect("read").expect("row"),
+                identity: None,
+            })
+        };
+        let (store, thread) = start(&path).expect("start");
+        let before = seen(&other);
+        let epoch = store.registry_epoch();
+        let write = |guard_epoch, seen: &Arc<Snapshot>, msg: &str| {
+            store
+                .write_all(vec![Write {
+                    op: message(id, msg),
+                    guard: Some(Guard { epoch: guard_epoch, seen: seen.clone() }),
+                }])
+                .pop()
+                .expect("one result")
+                .expect("committed")
+        };
+        // An old epoch, but the row is as seen: written.
+        assert_eq!(write(epoch, &before, "m1"), Written::Added);
+        let current = store.registry_epoch();
+        assert_ne!(current, epoch, "the first transaction starts a new epoch");
+        assert_eq!(write(current, &before, "m2"), Written::Added);
+        // Another connection revokes (bumps the generation): a write
+        // authorised in the epoch before is stale, and nothing is written.
+        agents::bump_key_generation(&other, id).expect("revoke");
+        assert_eq!(write(current, &before, "m3"), Written::Stale);
+        assert!(store.registry_epoch() > current, "the writer saw the other connection's commit");
+        // Authorised again on the row as it is now: written.
+        assert_eq!(write(current, &seen(&other), "m3"), Written::Added);
+        let count: i64 = other.query_row("SELECT COUNT(*) FROM Messages", [], |r| r.get(0)).expect("count");
+        assert_eq!(count, 3, "m1, m2 and m3 once");
+        drop(store);
+        thread.join();
     }
 }

@@ -41,6 +41,38 @@ const MIN_RAW_LEN: usize = HEADER_LEN + BLOCK + MAC_LEN;
 /// this the clock-skew allowance; Python's `cryptography.fernet` uses 60.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
 
+/// IVs taken from one read of the OS random number generator.
+const IVS_PER_READ: usize = 32;
+
+std::thread_local! {
+    /// OS randomness not yet used as an IV, and how much of it is used.
+    static IV_POOL: std::cell::RefCell<(Zeroizing<[u8; IVS_PER_READ * BLOCK]>, usize)> =
+        std::cell::RefCell::new((Zeroizing::new([0u8; IVS_PER_READ * BLOCK]), IVS_PER_READ * BLOCK));
+}
+
+/// A fresh random IV: 16 bytes of the OS random number generator, read 32 IVs
+/// at a time per thread, so a Boss sealing an ACK per message makes one
+/// `getrandom` call per 32 messages instead of one each. Each byte is handed
+/// out once; a thread's pool is never shared (spyctl never forks without
+/// exec'ing at once).
+fn fresh_iv() -> [u8; 16] {
+    IV_POOL.with(|pool| {
+        let (bytes, used) = &mut *pool.borrow_mut();
+        if *used == bytes.len() {
+            // The OS RNG failing is not something a caller can recover from; a
+            // token with a predictable IV would be worse than stopping.
+            getrandom::fill(bytes.as_mut()).expect("the operating system's random number generator failed");
+            *used = 0;
+        }
+        let mut iv = [0u8; 16];
+        iv.copy_from_slice(&bytes[*used..*used + BLOCK]);
+        // Wiped as it is handed out: the pool holds only IVs still to come.
+        bytes[*used..*used + BLOCK].zeroize();
+        *used += BLOCK;
+        iv
+    })
+}
+
 /// A 32-byte Fernet key: 16 bytes for HMAC-SHA256, 16 for AES-128.
 /// No `Debug`, no `Clone`: key bytes are wiped when the value drops.
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -125,14 +157,10 @@ impl FernetKey {
         self.seal_dated(plaintext, unix_now())
     }
 
-    /// Encrypts `plaintext` with a random IV and the given timestamp (a
+    /// Encrypts `plaintext` with a fresh IV and the given timestamp (a
     /// rotated token keeps the time it was first made).
     pub fn seal_dated(&self, plaintext: &[u8], timestamp: u64) -> String {
-        let mut iv = [0u8; 16];
-        // The OS RNG failing is not something a caller can recover from; a token
-        // with a predictable IV would be worse than stopping.
-        getrandom::fill(&mut iv).expect("the operating system's random number generator failed");
-        self.seal_with(plaintext, timestamp, iv)
+        self.seal_with(plaintext, timestamp, fresh_iv())
     }
 
     /// What Python's `MultiFernet.rotate` does: opens `token` under any of
@@ -280,6 +308,15 @@ mod tests {
 
     fn key() -> FernetKey {
         FernetKey::from_bytes(&[7u8; 32])
+    }
+
+    #[test]
+    fn ivs_from_the_pool_are_all_different_across_refills() {
+        let ivs: std::collections::HashSet<[u8; 16]> = (0..IVS_PER_READ * 3 + 5).map(|_| fresh_iv()).collect();
+        assert_eq!(ivs.len(), IVS_PER_READ * 3 + 5, "no IV handed out twice");
+        // Each sealed token carries its own IV (bytes 9..25 of the raw token).
+        let iv_of = |token: &str| URL_SAFE.decode_to_vec(token).expect("base64")[9..25].to_vec();
+        assert_ne!(iv_of(&key().seal(b"a")), iv_of(&key().seal(b"a")));
     }
 
     #[test]

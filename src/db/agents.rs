@@ -9,7 +9,7 @@ use super::{DbError, DbResult};
 pub const INSERT_SQL: &str = include_str!("../../sql/insert_agent.sql");
 
 /// One Agents row, as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAgent {
     pub id: i64,
     /// Fernet token under the at-rest key.
@@ -125,6 +125,23 @@ pub fn key_generation_or_zero(conn: &Connection, id: i64) -> DbResult<u32> {
     Ok(conn
         .prepare_cached("SELECT coalesce((SELECT KeyGeneration FROM Agents WHERE AgentId = ?1), 0)")?
         .query_row([id], |row| row.get(0))?)
+}
+
+/// Agent `id`'s key generation, or None if there is no such agent: one
+/// aggregate row either way, so the work does not depend on which.
+pub fn generation_of(conn: &Connection, id: i64) -> DbResult<Option<u32>> {
+    let (count, generation): (i64, u32) = conn
+        .prepare_cached("SELECT COUNT(*), coalesce(MAX(KeyGeneration), 0) FROM Agents WHERE AgentId = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok((count > 0).then_some(generation))
+}
+
+/// Every agent's id and key generation: all the Boss's agent cache reads
+/// before a line's MAC is checked (never the rest of a row).
+pub fn key_generations(conn: &Connection) -> DbResult<Vec<(i64, u32)>> {
+    let mut stmt = conn.prepare("SELECT AgentId, KeyGeneration FROM Agents")?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Sets a row's integrity tag.

@@ -349,13 +349,23 @@ const SERVER_KINDS: [(&str, Kind); 4] = [
 /// can make a refusal per microsecond, and must not be able to fill the disk
 /// through the log. Each line is at most a hundred bytes or so, so refusals
 /// cost the log at most about `kinds x 100` bytes a second.
+///
+/// Lines answered with new work (and repeats) are counted here too and
+/// summarised at info once a second: a line per stored message would cost
+/// the Boss a formatted write for every message (issue 15).
 struct RefusalLog {
     counts: [AtomicU64; ErrorCode::ALL.len() + SERVER_KINDS.len()],
+    accepted: AtomicU64,
+    repeated: AtomicU64,
 }
 
 impl RefusalLog {
     fn new() -> RefusalLog {
-        RefusalLog { counts: std::array::from_fn(|_| AtomicU64::new(0)) }
+        RefusalLog {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            accepted: AtomicU64::new(0),
+            repeated: AtomicU64::new(0),
+        }
     }
 
     fn index(kind: Kind) -> usize {
@@ -373,8 +383,14 @@ impl RefusalLog {
         self.counts[Self::index(kind)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Logs one line for each kind counted since the last flush, with its count.
+    /// Logs one line for each kind counted since the last flush, with its
+    /// count, and one for the lines answered with an ACK.
     fn flush(&self) {
+        let accepted = self.accepted.swap(0, Ordering::Relaxed);
+        let repeated = self.repeated.swap(0, Ordering::Relaxed);
+        if accepted + repeated > 0 {
+            tracing::info!(stored = accepted, repeated, "lines answered since the last summary");
+        }
         for (i, count) in self.counts.iter().enumerate() {
             let n = count.swap(0, Ordering::Relaxed);
             if n == 0 {
@@ -505,6 +521,7 @@ impl Server {
                 stopping_since: None,
                 drained: false,
                 idle_since: Instant::now(),
+                read_timeout: None,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("conn-{next_id}"))
@@ -564,6 +581,10 @@ struct Connection<'s> {
     drained: bool,
     /// The connection's start or its last accepted line: the idle timer's origin.
     idle_since: Instant,
+    /// The read timeout last set on the socket: set again only when it
+    /// changes (almost always the poll interval), not with a system call
+    /// before every read.
+    read_timeout: Option<Duration>,
 }
 
 impl Drop for Connection<'_> {
@@ -629,14 +650,21 @@ impl Connection<'_> {
                 buf.shrink_to(8 * 1024);
             }
             let mut reply = String::new();
-            let mut accepted = false;
+            let (mut stored, mut repeated) = (0, 0);
             for answer in answers {
                 match answer.outcome {
-                    Outcome::Accepted => accepted = true,
-                    Outcome::Repeated => {}
+                    Outcome::Accepted => stored += 1,
+                    Outcome::Repeated => repeated += 1,
                     Outcome::Refused(code) => self.refusals.note(Kind::Line(code)),
                 }
                 reply.push_str(&answer.line);
+            }
+            let accepted = stored > 0;
+            if stored > 0 {
+                self.refusals.accepted.fetch_add(stored, Ordering::Relaxed);
+            }
+            if repeated > 0 {
+                self.refusals.repeated.fetch_add(repeated, Ordering::Relaxed);
             }
             if accepted {
                 self.idle_since = Instant::now();
@@ -750,7 +778,9 @@ impl Connection<'_> {
                 Some(start) => self.limits.line_deadline.checked_sub(start.elapsed()).ok_or(ReadEnd::Deadline)?,
             };
             let wait = remaining.min(self.limits.poll).max(Duration::from_millis(1));
-            let _ = self.stream.set_read_timeout(Some(wait));
+            if self.read_timeout != Some(wait) && self.stream.set_read_timeout(Some(wait)).is_ok() {
+                self.read_timeout = Some(wait);
+            }
             // Never read past the cap: the buffer grows at most to max bytes.
             // Reads start at 4 KiB and double with the line up to 64 KiB, so a
             // connection idling for its next line holds 4 KiB, not 64 KiB.

@@ -390,6 +390,47 @@ fn a_bad_mac_is_refused_before_the_agent_row_is_read() {
     boss.stop_clean();
 }
 
+/// The Boss keeps agents' keys and checked rows between lines (issue 15);
+/// a revocation committed by another process still refuses the very next
+/// line from the old key, a text line and a file chunk alike, on a
+/// connection whose earlier lines were accepted, and nothing of it is kept.
+#[test]
+fn a_revocation_in_another_process_refuses_the_next_line_of_a_running_boss() {
+    let (home, agent, boss) = setup();
+    let old = agent_key(&home, agent);
+    let mut conn = RawClient::connect(&boss.addr);
+    for text in ["first", "second"] {
+        assert!(conn.msg(agent, &text_token(&old, &random_id(), text)).is_ack(), "{text}");
+    }
+    ok(home.run(&["agent", "revoke", &agent.to_string()]));
+    let reply = conn.msg(agent, &text_token(&old, &random_id(), "after the revocation"));
+    assert_eq!(reply.code(), Some(ErrorCode::Auth), "{reply:?}");
+    let data = random_bytes(1000, 0x15);
+    let reply = conn.msg(agent, &chunk_token(&old, &random_id(), 0, &data, None));
+    assert_eq!(reply.code(), Some(ErrorCode::Auth), "{reply:?}");
+    assert!(agent_files(&home, agent).is_empty(), "no chunk of the old key was written");
+    let new = export_key(&home, agent, &home.path().join("new.key"));
+    assert!(conn.msg(agent, &text_token(&new, &random_id(), "with the new key")).is_ack());
+    assert_eq!(inbox_texts(&inbox(&home)), ["first", "second", "with the new key"]);
+    boss.stop_clean();
+}
+
+/// A row changed without the key under a running Boss whose cache holds it
+/// (here a raised level) is refused at the next line, as at the first.
+#[test]
+fn a_row_tampered_under_a_running_boss_is_refused_at_the_next_line() {
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let mut conn = RawClient::connect(&boss.addr);
+    assert!(conn.msg(agent, &text_token(&key, &random_id(), "before")).is_ack());
+    let writer = Connection::open(home.db_path()).expect("open spyctl.db");
+    writer.execute("UPDATE Agents SET AgentSecurityLevel = 5 WHERE AgentId = ?1", [agent]).expect("raise");
+    let reply = conn.msg(agent, &text_token(&key, &random_id(), "after"));
+    assert_eq!(reply.code(), Some(ErrorCode::Auth), "{reply:?}");
+    let stopped = boss.stop();
+    assert!(stopped.log_tail.contains("integrity"), "the Boss logs why: {}", stopped.log_tail);
+}
+
 // ---------------------------------------------------------------------------
 // 7. Garbage from one client does not disturb another
 // ---------------------------------------------------------------------------
