@@ -16,7 +16,7 @@ use crate::net::protocol::{self, Header, Kind};
 use crate::net::server::Limits;
 use crate::registry::{NewAgent, SAMPLE_AGENTS};
 
-use super::{Ctx, agent, boss, db, send, session};
+use super::{Ctx, agent, boss, db, join, orders, send, session};
 
 const DIRECTOR: usize = 0; // Ethan Hunt, level 5
 const FIELD_AGENT: usize = 5; // Jason Bourne, level 2
@@ -164,15 +164,75 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
             return Err(Error::failed(format!("demo step 10 failed: the tampered message got {reply:?}")));
         }
 
-        step(ctx, 11, "boss inbox: a director reads what arrived, decrypted")?;
         session::login_as(ctx, director.name, director.password, 600)?;
+        step(
+            ctx,
+            11,
+            "agent enroll + join: a second home (the agent's own machine) makes its own keys and enrols by a \
+             one-time code",
+        )?;
+        let field_id = {
+            let mut gate = session::require(ctx, crate::auth::roles::Action::ManageAgents)?;
+            let visible = crate::registry::visible_to(&gate.conn, &gate.keys, gate.agent.level)?;
+            let field_id = visible
+                .iter()
+                .find(|a| a.name == field.name)
+                .map(|a| a.id)
+                .ok_or_else(|| Error::failed("demo step 11 failed: the field agent is missing"))?;
+            let (code, _) = crate::registry::issue_code(&mut gate.conn, &gate.keys, &gate.agent, field_id, 600)?;
+            ctx.show(&format!("spyctl agent enroll {field_id} -> {code}   (say it to the agent; single use, 10 min)"))?;
+            (field_id, code.to_string())
+        };
+        let (field_id, code) = field_id;
+        let agent_home = Home::at(ctx.home.dir().join("agent-machine"));
+        agent_home.ensure()?;
+        {
+            let mut actx =
+                Ctx { home: agent_home.clone(), home_given: true, json: false, quiet: ctx.quiet, out: &mut *ctx.out };
+            let join_args = crate::cli::JoinArgs { code, addr: addr.to_string(), timeout: 10 };
+            join::join(&mut actx, join_args)?;
+
+            step(
+                &mut actx,
+                12,
+                "send --protocol v2: a Noise IK session from the agent's home, the text signed, the receipt signed",
+            )?;
+            let text = "Package collected. Heading to the safe house.";
+            let request = send::SendRequest {
+                addr: Some(addr.to_string()),
+                identity: session::Identity::LoggedIn,
+                timeout: Duration::from_secs(10),
+                attempts: 3,
+                payload: send::Payload::Text(text.into()),
+                protocol: crate::cli::Protocol::V2,
+            };
+            send::send(&mut actx, request)?;
+        }
+
+        step(
+            ctx,
+            13,
+            "order, then orders: a director's order waits sealed in the agent's outbox; the agent fetches it over v2",
+        )?;
+        let order = crate::cli::OrderArgs {
+            words: vec![field_id.to_string(), "Burn the notebook after reading.".into()],
+            level: None,
+        };
+        orders::order(ctx, order)?;
+        {
+            let mut actx =
+                Ctx { home: agent_home, home_given: true, json: false, quiet: ctx.quiet, out: &mut *ctx.out };
+            orders::fetch(&mut actx, crate::cli::OrdersArgs { addr: addr.to_string(), timeout: 10, offline: false })?;
+        }
+
+        step(ctx, 14, "boss inbox: a director reads what arrived, decrypted (the v2 message verified as the agent's)")?;
         // The whole tour's inbox, in the order it arrived.
         let everything = crate::cli::InboxArgs { command: None, limit: 1, all: true, since: None, oldest_first: true };
         boss::inbox(ctx, everything)?;
         Ok(())
     })();
 
-    step(ctx, 12, "Ctrl-C for the Boss: stop accepting, finish in-flight messages, commit")?;
+    step(ctx, 15, "Ctrl-C for the Boss: stop accepting, finish in-flight messages, commit")?;
     shutdown.shutdown();
     let stats = server.join().map_err(|_| Error::failed("the demo's Boss thread panicked"))?;
     ctx.show(&format!(
