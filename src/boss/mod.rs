@@ -5,7 +5,6 @@
 //! reads back what arrived, `receipt` signs ACKs to enrolled agents.
 
 pub mod agent_keys;
-pub mod channels;
 pub mod enroll;
 pub mod files;
 pub mod inbox;

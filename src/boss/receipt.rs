@@ -10,15 +10,16 @@
 
 use sha2::{Digest, Sha256};
 
-use super::channels::WireKey;
-use crate::crypto::IdentityKeys;
+use std::sync::Arc;
+
 use crate::crypto::identity::receipt;
+use crate::crypto::{FernetKey, IdentityKeys};
 use crate::net::protocol::{self, AckStatus};
 
 /// What seals an ACK: the agent's Fernet key and, for an enrolled agent,
 /// the facts its receipt names.
 pub struct AckKey {
-    fernet: WireKey,
+    fernet: Arc<FernetKey>,
     receipt: Option<ReceiptFacts>,
 }
 
@@ -30,20 +31,26 @@ struct ReceiptFacts {
 
 impl AckKey {
     /// An ACK key for a v1 (PSK) agent: no receipt.
-    pub fn plain(fernet: WireKey) -> Self {
+    pub fn plain(fernet: Arc<FernetKey>) -> Self {
         AckKey { fernet, receipt: None }
     }
 
     /// An ACK key for an enrolled agent's `MSG` with this body: its ACKs
     /// carry a signed receipt.
-    pub fn signed(fernet: WireKey, agent_id: i64, body: &[u8]) -> Self {
+    pub fn signed(fernet: Arc<FernetKey>, agent_id: i64, body: &[u8]) -> Self {
         AckKey { fernet, receipt: Some(ReceiptFacts { agent_id, body_sha256: hex::encode(Sha256::digest(body)) }) }
     }
 
     /// The `ACK <token>` line: sealed under the agent's key, with a receipt
     /// signed by `boss` when the agent is enrolled.
     pub fn ack(&self, boss: &IdentityKeys, id: &str, status: AckStatus, reply: &str) -> String {
-        let plaintext = match &self.receipt {
+        protocol::format_ack(&self.fernet.seal(&self.plaintext(boss, id, status, reply)))
+    }
+
+    /// The ACK's plaintext (header with the signed receipt, if any, and the
+    /// reply): sealed by [`Self::ack`] for v1, sent in a Noise frame for v2.
+    pub fn plaintext(&self, boss: &IdentityKeys, id: &str, status: AckStatus, reply: &str) -> Vec<u8> {
+        match &self.receipt {
             None => protocol::encode_ack(id, status, reply),
             Some(facts) => {
                 let time = crate::crypto::fernet::unix_now();
@@ -52,7 +59,6 @@ impl AckKey {
                 let signature = boss.sign(&statement);
                 protocol::encode_signed_ack(id, status, reply, Some((time, &signature)))
             }
-        };
-        protocol::format_ack(&self.fernet.seal(&plaintext))
+        }
     }
 }

@@ -22,7 +22,6 @@ use crate::net::server::{Answer, LineHandler, Peer};
 use crate::registry::RegistryKeys;
 
 use super::agent_keys::{AgentEntry, AgentKeys, RowStatus};
-use super::channels::{ChannelKeys, WireKey};
 use super::files::{ChunkError, ChunkOutcome, FileAssembler, Quota};
 use super::receipt::AckKey;
 use super::store::{Guard, Store, Write, WriteOp, Written};
@@ -111,8 +110,6 @@ pub struct BossService {
     agent_keys: AgentKeys,
     /// The Boss's own identity (identity.key): channel keys with enrolled agents.
     identity: IdentityKeys,
-    /// Those channel keys, derived once per enrolment.
-    channels: ChannelKeys,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
     /// `JOIN`, `JOIN2` and `WHOIS` lines (enrolment by one-time code).
@@ -155,7 +152,6 @@ impl BossService {
             last_key_check: Mutex::new(std::time::Instant::now()),
             agent_keys: AgentKeys::new(keyring),
             identity,
-            channels: ChannelKeys::default(),
             reader: Mutex::new(reader),
             store,
             files,
@@ -279,11 +275,6 @@ impl BossService {
         &self.identity
     }
 
-    /// The agent's current identity, if it is enrolled (v2 handshakes).
-    pub(super) fn enrolled_identity(&self, agent_id: i64) -> Result<Option<identities::StoredIdentity>, DbError> {
-        self.enrolled(agent_id)
-    }
-
     /// A v2 text message from a session whose handshake proved `identity`:
     /// the same checks as a v1 line after its MAC (the agent row and its tag,
     /// the identity still current, the signature), stored through the same
@@ -325,7 +316,17 @@ impl BossService {
         }
         let signature =
             self.check_signature(identity, super::verify::Subject::text(&header.id, body), plaintext, peer)?;
-        let key = self.channels.get(&self.identity, identity).ok_or_else(auth_failed)?;
+        // The channel key from the agent cache when it holds this identity
+        // (the usual case), else derived now.
+        let entry = self.keys_for(agent_id).map_err(|e| internal(&e))?;
+        let key = match (&entry.enrolled, entry.candidates().first()) {
+            (Some(cached), Some(candidate)) if cached.row_id == identity.row_id => Arc::clone(&candidate.key),
+            _ => Arc::new(
+                self.identity
+                    .channel_key(crate::crypto::identity::Side::Boss, &identity.public, agent_id)
+                    .ok_or_else(auth_failed)?,
+            ),
+        };
         let op = WriteOp::Message(messages::StoredMessage {
             agent_id,
             message_id: header.id.clone(),
@@ -343,22 +344,8 @@ impl BossService {
                 let reply = format!("Message received. Good work, {alias}.");
                 // The same signed receipt as a v1 ACK to an enrolled agent:
                 // evidence the agent can keep, beyond this session.
-                let time = crate::crypto::fernet::unix_now();
-                let body_sha256 = {
-                    use sha2::{Digest, Sha256};
-                    hex::encode(Sha256::digest(body))
-                };
-                let boss_ed25519 = self.identity.public().ed25519;
-                let statement = crate::crypto::identity::receipt(
-                    &boss_ed25519,
-                    agent_id,
-                    &header.id,
-                    &body_sha256,
-                    status.as_str(),
-                    time,
-                );
-                let signature = self.identity.sign(&statement);
-                Ok((protocol::encode_signed_ack(&header.id, status, &reply, Some((time, &signature))), added))
+                let ack = AckKey::signed(key, agent_id, body).plaintext(&self.identity, &header.id, status, &reply);
+                Ok((ack, added))
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "store failed");
@@ -401,7 +388,7 @@ impl BossService {
     }
 
     /// The agent's current identity, if it is enrolled.
-    fn enrolled(&self, agent_id: i64) -> Result<Option<identities::StoredIdentity>, DbError> {
+    pub(super) fn enrolled(&self, agent_id: i64) -> Result<Option<identities::StoredIdentity>, DbError> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         identities::current(&reader, agent_id)
     }
@@ -436,6 +423,9 @@ impl BossService {
             // Enrolment steps are not stored work: they do not keep a connection alive.
             let keys = self.current_keys();
             return self.enrolment.handle(line, peer, &keys.registry).map(|line| Step::Reply { line, new: false });
+        }
+        if !self.config.v1 {
+            return Err((ErrorCode::Forbidden, "v1 is switched off on this Boss: use protocol v2".into()));
         }
         let request = protocol::parse_request(line).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         let agent_id = request.agent_id;
@@ -514,7 +504,7 @@ impl BossService {
         let alias = checked.alias.as_str();
         let guard = || Some(Guard { epoch: entry.epoch, seen: checked.seen.clone() });
         let enrolled = &entry.enrolled;
-        let key = WireKey::Cached(Arc::clone(&candidate.key));
+        let key = Arc::clone(&candidate.key);
         let (header, body) = protocol::decode_message(&opened.plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
         // An enrolled agent's ACKs carry a receipt the Boss signs.
         let key = match &enrolled {
@@ -670,38 +660,18 @@ impl LineHandler for BossService {
                     if crate::net::v2::is_v2_line(line) {
                         self.v2.handle(self, line, peer)
                     } else {
-                        self.handle_v1_batch(&[line], peer)
+                        self.answer(&[line], peer, STALE_RETRIES)
                             .pop()
                             .unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
                     }
                 })
                 .collect();
         }
-        self.handle_v1_batch(lines, peer)
+        self.answer(lines, peer, STALE_RETRIES)
     }
 }
 
 impl BossService {
-    /// v1 lines: authenticate each, then one store job (one commit) for all.
-    fn handle_v1_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
-        if !self.config.v1 {
-            return lines
-                .iter()
-                .map(|line| match super::enroll::is_enrolment_line(line) {
-                    true => self.prepare(line, peer).map_or_else(
-                        |(code, text)| Answer::refused(code, &text),
-                        |step| match step {
-                            Step::Reply { line, .. } => Answer::repeated(line),
-                            Step::Commit(_) | Step::Stale => Answer::refused(ErrorCode::Internal, "internal error"),
-                        },
-                    ),
-                    false => Answer::refused(ErrorCode::Forbidden, "v1 is switched off on this Boss: use protocol v2"),
-                })
-                .collect();
-        }
-        self.answer(lines, peer, STALE_RETRIES)
-    }
-
     /// v1 lines, with `retries` left for lines whose authorisation the
     /// registry overtook ([`Step::Stale`], [`Written::Stale`]): those are
     /// answered as if they had arrived after the change. Every write goes to

@@ -148,7 +148,7 @@ impl V2Sessions {
             return plain_refusal(ErrorCode::BadRequest, "handshake payload is not a hello");
         };
         let their_static: Option<[u8; 32]> = responder.get_remote_static().and_then(|k| k.try_into().ok());
-        let enrolled = match service.enrolled_identity(hello.agent) {
+        let enrolled = match service.enrolled(hello.agent) {
             Ok(found) => found.filter(|identity| Some(identity.public.x25519) == their_static),
             Err(e) => {
                 tracing::error!(error = %e, "identity lookup failed");

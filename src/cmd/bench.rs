@@ -28,7 +28,7 @@ fn bench_v2(ctx: &mut Ctx<'_>, config: &LoadConfig) -> Result<()> {
     if config.pipeline > 1 {
         return Err(Error::usage("--pipeline is for v1 only (a v2 session answers one message at a time)"));
     }
-    let (me, boss, agent_id) = super::send_v2::joined_identity(ctx)?;
+    let super::send::Joined { keys: me, boss, agent_id, .. } = super::send_v2::joined_identity(ctx)?;
     let bar = crate::progress::bar(config.messages, ctx.quiet || ctx.json);
     let report = crate::net::loadgen_v2::run(config, agent_id, &me, &boss, &|| bar.inc(1));
     bar.finish_and_clear();

@@ -75,7 +75,7 @@ fn order_error(e: OrderError) -> Error {
 }
 
 pub fn fetch(ctx: &mut Ctx<'_>, args: OrdersArgs) -> Result<()> {
-    let (me, boss, agent_id) = super::send_v2::joined_identity(ctx)?;
+    let super::send::Joined { keys: me, boss, agent_id, .. } = super::send_v2::joined_identity(ctx)?;
     let path = ctx.home.dir().join(received_orders::ORDERS_FILE);
     let key = me.orders_key();
     let mut known =

@@ -14,13 +14,12 @@ use crate::net::v2_client::V2Client;
 use super::Ctx;
 use super::send::{Payload, SendRequest};
 
-/// A joined home's identity, its pinned Boss and its AgentId.
-pub fn joined_identity(ctx: &Ctx<'_>) -> Result<(IdentityKeys, PublicIdentity, i64)> {
-    let pin = ctx.home.load_pin()?.ok_or_else(|| {
-        Error::failed("v2 needs an enrolled identity: this home has no boss.pin").hint(Hint::AgentHome)
-    })?;
-    let boss = pin.boss().ok_or_else(|| Error::failed("boss.pin holds no usable keys").hint(Hint::JoinAgain))?;
-    Ok((ctx.home.load_identity()?, boss, pin.agent_id))
+/// The joined home's identity, pinned Boss and AgentId (`send::joined`),
+/// or the error for a home that never joined: v2 needs an enrolled identity.
+pub(super) fn joined_identity(ctx: &Ctx<'_>) -> Result<super::send::Joined> {
+    super::send::joined(ctx, &super::session::Identity::LoggedIn)?.ok_or_else(|| {
+        Error::failed("v2 needs an enrolled identity: run it in a home made by `spyctl join`").hint(Hint::AgentHome)
+    })
 }
 
 pub fn send(

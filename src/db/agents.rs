@@ -119,14 +119,6 @@ pub fn at_or_below(conn: &Connection, max_level: u8) -> DbResult<Vec<StoredAgent
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The agent's key generation, or 0 when there is no such agent: one
-/// integer row either way, so a caller's work does not depend on which.
-pub fn key_generation_or_zero(conn: &Connection, id: i64) -> DbResult<u32> {
-    Ok(conn
-        .prepare_cached("SELECT coalesce((SELECT KeyGeneration FROM Agents WHERE AgentId = ?1), 0)")?
-        .query_row([id], |row| row.get(0))?)
-}
-
 /// Agent `id`'s key generation, or None if there is no such agent: one
 /// aggregate row either way, so the work does not depend on which.
 pub fn generation_of(conn: &Connection, id: i64) -> DbResult<Option<u32>> {

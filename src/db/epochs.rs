@@ -36,11 +36,6 @@ pub fn all(conn: &Connection) -> DbResult<Vec<EpochRow>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The highest epoch ever recorded, retired or not (a new one goes above it).
-pub fn highest(conn: &Connection) -> DbResult<Option<u32>> {
-    Ok(conn.query_row("SELECT max(Epoch) FROM KeyEpochs", [], |row| row.get(0)).optional()?.flatten())
-}
-
 /// Marks an epoch retired; true if it was live.
 pub fn retire(conn: &Connection, epoch: u32, now: i64) -> DbResult<bool> {
     Ok(conn

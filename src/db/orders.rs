@@ -54,13 +54,3 @@ pub fn mark_delivered(conn: &Connection, agent_id: i64, ids: &[String], now: i64
     }
     Ok(changed)
 }
-
-/// (pending, delivered) counts for one agent.
-pub fn counts(conn: &Connection, agent_id: i64) -> DbResult<(i64, i64)> {
-    Ok(conn.query_row(
-        "SELECT count(*) FILTER (WHERE DeliveredAt IS NULL), count(*) FILTER (WHERE DeliveredAt IS NOT NULL) \
-         FROM Orders WHERE AgentId = ?1",
-        [agent_id],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?)
-}
