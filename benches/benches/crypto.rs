@@ -1,4 +1,4 @@
-//! `cargo bench --bench crypto`: criterion micro-benchmarks of the hot paths a
+//! `cargo bench -p spyctl-benches --bench crypto`: criterion micro-benchmarks of the hot paths a
 //! message takes: Fernet seal/open (throughput at 64 B, 1 KiB, 64 KiB, 1 MiB),
 //! the blind index, one Argon2id password hash, and the protocol parsers.
 //!
