@@ -14,6 +14,7 @@ use crate::net::protocol::ErrorCode;
 use crate::net::server::{Answer, Outcome, Peer};
 use crate::net::v2::{self, Frame, Hello, LineKind, Welcome};
 
+use super::handshake_budget::HandshakeBudget;
 use super::service::BossService;
 
 /// One connection's agreed keys and who is on the other end.
@@ -22,10 +23,11 @@ struct Session {
     identity: StoredIdentity,
 }
 
-/// Every open v2 session, by connection id.
-#[derive(Default)]
+/// Every open v2 session, by connection id, and what failed handshakes
+/// each address may still cost.
 pub struct V2Sessions {
     sessions: Mutex<HashMap<u64, Session>>,
+    budget: HandshakeBudget,
 }
 
 fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
@@ -33,6 +35,11 @@ fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
 }
 
 impl V2Sessions {
+    /// Sessions with a budget of `failed_handshakes_per_second` per address.
+    pub fn new(failed_handshakes_per_second: u32) -> Self {
+        V2Sessions { sessions: Mutex::default(), budget: HandshakeBudget::new(failed_handshakes_per_second) }
+    }
+
     /// Answers one v2 line from connection `peer`.
     pub fn handle(&self, service: &BossService, line: &[u8], peer: &Peer) -> Answer {
         // Taken out while in use: a connection's lines come one at a time
@@ -136,6 +143,14 @@ impl V2Sessions {
     /// is not the enrolled key of the agent it names, an authenticated error
     /// follows and no session is kept.
     fn handshake(&self, service: &BossService, message: &[u8], peer: &Peer) -> Answer {
+        // Charged before any DH; given back below if a session results.
+        if !self.budget.try_charge(peer.addr.ip(), std::time::Instant::now()) {
+            tracing::debug!(conn = peer.id, "v2: handshake refused, this address's failed-handshake budget is spent");
+            return plain_refusal(
+                ErrorCode::Busy,
+                "too many v2 handshakes without a session from your address; try again in a second",
+            );
+        }
         let Ok(mut responder) = noise::responder(service.identity_keys()) else {
             return plain_refusal(ErrorCode::Internal, "try again later");
         };
@@ -167,6 +182,7 @@ impl V2Sessions {
         match enrolled {
             Some(identity) => {
                 tracing::debug!(conn = peer.id, agent = hello.agent, "v2 session");
+                self.budget.refund(peer.addr.ip());
                 self.put_back(peer, Session { transport, identity });
                 // A finished mutual handshake proves the agent's key: the
                 // connection counts as authentic (never evicted for a newcomer).

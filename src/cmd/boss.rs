@@ -53,6 +53,7 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
         },
         partial_expiry: Duration::from_secs(args.partial_expiry),
         v1: args.v1 == crate::cli::Switch::On,
+        failed_handshakes_per_second: args.failed_handshakes,
     };
     let boss = Boss::bind(&ctx.home, &args.bind, limits, config)?;
     let addr = boss.local_addr();
