@@ -104,6 +104,7 @@ pub enum Hint {
     RotateFirst,
     SeeKeyStatus,
     ResumeRewrap,
+    ResumeSend,
 }
 
 impl fmt::Display for Hint {
@@ -182,6 +183,9 @@ impl fmt::Display for Hint {
             }
             Hint::InboxShowWhole => f.write_str("`spyctl boss inbox show ID` prints one whole"),
             Hint::SeeInboxIds => f.write_str("see the Id column of `spyctl boss inbox`"),
+            Hint::ResumeSend => f.write_str(
+                "run the same `spyctl send --file` again: it resumes from what the Boss already holds",
+            ),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod progress;
 pub mod received_orders;
 pub mod registry;
 pub mod stats;
+pub mod upload_journal;
 
 pub use error::{Error, Result};
 

@@ -270,6 +270,22 @@ impl BossService {
         })
     }
 
+    /// Where agent `agent_id`'s upload `file_id` stands (the offset query):
+    /// recorded files from their row, else what the part file durably holds.
+    /// Only ever about the asking agent's own uploads.
+    pub(super) fn committed_offset(&self, agent_id: i64, file_id: &str) -> Result<protocol::Committed, Refusal> {
+        if let Some((size, sha256)) = self.completed_file(agent_id, file_id)? {
+            return Ok(protocol::Committed::Complete { size: size.max(0) as u64, sha256 });
+        }
+        self.files.committed(agent_id, file_id).map_err(|e| match e {
+            ChunkError::Rejected(why) | ChunkError::Refused(why) => (ErrorCode::BadRequest, why),
+            ChunkError::Io(why) => {
+                tracing::error!(error = %why, "offset query failed");
+                (ErrorCode::Internal, "could not read the upload; try again".to_string())
+            }
+        })
+    }
+
     /// The Boss's own identity keys (the v2 handshake's static key).
     pub(super) fn identity_keys(&self) -> &IdentityKeys {
         &self.identity
@@ -513,6 +529,15 @@ impl BossService {
         };
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
+            Kind::Offset { file_id } => {
+                // A question, not stored work: sealed under the key that
+                // opened it, no receipt (nothing was filed), and not new
+                // work for the connection's idle timer.
+                let committed = self.committed_offset(agent_id, file_id)?;
+                tracing::debug!(conn = peer.id, agent = agent_id, file = %file_id, ?committed, "offset query");
+                let reply = protocol::encode_offset_reply(&header.id, &committed);
+                Ok(Step::Reply { line: protocol::format_ack(&candidate.key.seal(&reply)), new: false })
+            }
             Kind::Text => Ok(Step::Commit(PendingAck {
                 write: Write {
                     op: WriteOp::Message(messages::StoredMessage {
