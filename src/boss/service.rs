@@ -286,6 +286,19 @@ impl BossService {
         })
     }
 
+    /// A v2 offset query (frame `Q`) from agent `agent_id`'s session: the
+    /// plaintext of a v1 offset query, answered with the plaintext of the v1
+    /// offset ACK (frame `U`).
+    pub(super) fn offset_query(&self, agent_id: i64, plaintext: &[u8], peer: &Peer) -> Result<Vec<u8>, Refusal> {
+        let (header, _) = protocol::decode_message(plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let Kind::Offset { file_id } = &header.kind else {
+            return Err((ErrorCode::BadRequest, "a Q frame carries an offset query".into()));
+        };
+        let committed = self.committed_offset(agent_id, file_id)?;
+        tracing::debug!(conn = peer.id, agent = agent_id, file = %file_id, ?committed, "offset query (v2)");
+        Ok(protocol::encode_offset_reply(&header.id, &committed))
+    }
+
     /// The Boss's own identity keys (the v2 handshake's static key).
     pub(super) fn identity_keys(&self) -> &IdentityKeys {
         &self.identity

@@ -333,3 +333,48 @@ fn offset_queries_without_the_key_learn_nothing_and_deny_no_one() {
     assert!(boss.panics().is_empty());
     boss.stop_clean();
 }
+
+#[test]
+fn the_offset_query_over_v2_reports_the_same_and_refuses_a_bad_query_authenticated() {
+    use spyctl::crypto::IdentityKeys;
+    use spyctl::net::v2_client::{V2Client, V2Error};
+    let (home, boss, agent) = enrolled();
+    let (file, data) = local_file(&agent, 24 << 20, 18);
+    let before = partial_bytes(&home);
+    let mut sender = spawn_send(&agent, &file, &boss.addr, &agent.path().join("send-1.log"));
+    assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
+    kill9(&mut sender);
+    let keys = |home: &TestHome| {
+        IdentityKeys::from_file_text(&std::fs::read_to_string(home.path().join("identity.key")).expect("identity.key"))
+            .expect("identity")
+    };
+    let mut v2 = V2Client::connect(&boss.addr, Duration::from_secs(5), &keys(&agent), &keys(&home).public(), AGENT)
+        .expect("handshake");
+    // The v1 answer (the resumed send asks over v1) and the v2 one agree.
+    let file_id = recorded(&home).first().map(|f| f.0.clone());
+    assert!(file_id.is_none(), "not recorded yet");
+    let partial = std::fs::read_dir(home.path().join(format!("files/{AGENT}")))
+        .expect("dir")
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            Some(name.strip_prefix('.')?.strip_suffix(".part")?.to_string())
+        })
+        .expect("a partial upload");
+    let over_v2 = v2.query_offset(&partial).expect("offset over v2");
+    let protocol::Committed::Partial { offset, size } = over_v2 else { panic!("{over_v2:?}") };
+    assert_eq!(size, data.len() as u64);
+    assert!(offset >= 2 << 20, "{offset}");
+    assert_eq!(v2.query_offset("never-sent").expect("offset"), protocol::Committed::None);
+    // A bad file id: an authenticated bad_request, and the session goes on.
+    assert!(matches!(v2.query_offset("../x"), Err(V2Error::Refused { code: ErrorCode::BadRequest, .. })));
+    let resumed = send_to_end(&agent, &file, &boss.addr);
+    assert_eq!(resumed["resumed_from"].as_u64(), Some(offset), "{resumed}");
+    let (file_id, _, sha256) = recorded(&home).pop().expect("recorded");
+    assert_eq!(file_id, partial);
+    assert_eq!(
+        v2.query_offset(&file_id).expect("offset"),
+        protocol::Committed::Complete { size: data.len() as u64, sha256 }
+    );
+    boss.stop_clean();
+}
