@@ -12,6 +12,14 @@
 //! under its final name or not there at all. The inbox lists only files whose
 //! row the writer committed after the rename.
 //!
+//! How much of an upload is held is what the offset query reports
+//! ([`FileAssembler::committed`]): the plaintext of the part file's whole
+//! segments, synced first. A Boss killed while appending a chunk can leave
+//! that last segment cut short; it was never acknowledged, so it is cut off
+//! (before the next chunk is written or the offset reported) rather than
+//! failing every later chunk of the upload, and a part file cut inside its
+//! header is begun again.
+//!
 //! The first chunk pins the file's size and name in a small `.<file-id>.pin`
 //! beside the part file; every later chunk must state the same, no chunk may
 //! be larger than [`CHUNK_BYTES`] or reach past the pinned size, and the size

@@ -1,5 +1,6 @@
 //! `send`: a text, each line of stdin, or a file, to the Boss; waits for and
-//! verifies each acknowledgement.
+//! verifies each acknowledgement. A file upload that was cut off resumes
+//! from what the Boss holds, through the home's upload journal.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

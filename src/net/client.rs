@@ -4,7 +4,10 @@
 //! Retries are safe by design: on a timeout, a dropped connection or a
 //! retryable `ERR` (busy, internal), the same message id is sent again over a
 //! fresh connection, re-sealed so it stays inside the freshness window, and
-//! the Boss stores it once (`duplicate` on the second arrival).
+//! the Boss stores it once (`duplicate` on the second arrival). Files are the
+//! exception: after an interruption [`send_file`] asks the Boss for the
+//! upload's committed offset ([`Sender::query_offset`]) and goes on from
+//! there, so nothing the Boss holds is sent twice.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};

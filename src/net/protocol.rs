@@ -538,8 +538,8 @@ pub fn encode_offset_reply(id: &str, committed: &Committed) -> Vec<u8> {
 /// well-formed state; a partial offset within its size, a hex SHA-256).
 pub fn decode_offset_reply(plaintext: &[u8]) -> Result<OffsetReply, ProtocolError> {
     let newline = plaintext.iter().position(|b| *b == b'\n').ok_or_else(|| bad("the ACK has no header line"))?;
-    let reply: OffsetReply =
-        serde_json::from_slice(&plaintext[..newline]).map_err(|_| bad("bad offset reply: not a valid header object"))?;
+    let reply: OffsetReply = serde_json::from_slice(&plaintext[..newline])
+        .map_err(|_| bad("bad offset reply: not a valid header object"))?;
     let sane = match &reply.committed {
         Committed::None => true,
         Committed::Partial { offset, size } => offset <= size,
@@ -666,10 +666,16 @@ mod tests {
     fn offset_queries_and_replies_round_trip_and_bad_ones_are_refused() {
         let query = Header { id: "q1".into(), kind: Kind::Offset { file_id: "f_1".into() } };
         let encoded = encode_message(&query, b"");
-        assert_eq!(String::from_utf8_lossy(&encoded), "{\"v\":1,\"id\":\"q1\",\"kind\":\"offset\",\"file_id\":\"f_1\"}\n");
+        assert_eq!(
+            String::from_utf8_lossy(&encoded),
+            "{\"v\":1,\"id\":\"q1\",\"kind\":\"offset\",\"file_id\":\"f_1\"}\n"
+        );
         assert_eq!(decode_message(&encoded).expect("decodes").0, query);
         assert!(decode_message(&encode_message(&query, b"x")).is_err(), "a body");
-        for bad in [&b"{\"v\":1,\"id\":\"q\",\"kind\":\"offset\"}\n"[..], b"{\"v\":1,\"id\":\"q\",\"kind\":\"offset\",\"file_id\":\"../x\"}\n"] {
+        for bad in [
+            &b"{\"v\":1,\"id\":\"q\",\"kind\":\"offset\"}\n"[..],
+            b"{\"v\":1,\"id\":\"q\",\"kind\":\"offset\",\"file_id\":\"../x\"}\n",
+        ] {
             assert!(decode_message(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         for committed in [
@@ -680,8 +686,14 @@ mod tests {
             let reply = decode_offset_reply(&encode_offset_reply("q1", &committed)).expect("decodes");
             assert_eq!((reply.id.as_str(), reply.committed), ("q1", committed));
         }
-        let head = String::from_utf8(encode_offset_reply("q1", &Committed::Partial { offset: 5, size: 9 })).expect("utf-8");
-        assert!(head.starts_with("{\"v\":1,\"id\":\"q1\",\"status\":\"offset\",\"state\":\"partial\",\"offset\":5,\"size\":9}\n"), "{head}");
+        let head =
+            String::from_utf8(encode_offset_reply("q1", &Committed::Partial { offset: 5, size: 9 })).expect("utf-8");
+        assert!(
+            head.starts_with(
+                "{\"v\":1,\"id\":\"q1\",\"status\":\"offset\",\"state\":\"partial\",\"offset\":5,\"size\":9}\n"
+            ),
+            "{head}"
+        );
         for bad in [
             &b"{\"v\":1,\"id\":\"q\",\"status\":\"stored\",\"state\":\"none\"}\n"[..],
             b"{\"v\":1,\"id\":\"q\",\"status\":\"offset\",\"state\":\"partial\",\"offset\":10,\"size\":9}\n",

@@ -105,15 +105,8 @@ fn kill9(child: &mut Child) {
 
 /// Runs `send --file` to the end and returns its JSON.
 fn send_to_end(agent: &TestHome, file: &Path, addr: &str) -> Value {
-    serde_json::from_str(&ok(agent.run(&[
-        "--json",
-        "send",
-        "--file",
-        file.to_str().expect("utf-8"),
-        "--addr",
-        addr,
-    ])))
-    .expect("send --json")
+    serde_json::from_str(&ok(agent.run(&["--json", "send", "--file", file.to_str().expect("utf-8"), "--addr", addr])))
+        .expect("send --json")
 }
 
 /// Agent 6's recorded files: (file id, size, SHA-256).
