@@ -189,18 +189,19 @@ def main():
 
     # The recorded file, exported by the Boss and hashed.
     inbox = json.loads(run(sp + ["--json", "boss", "inbox", "--all"]))
-    files = [m for m in inbox if m.get("kind") == "file" or "size" in m]
     out_path = os.path.join(work, "exported")
+    # Newest first: the interrupted upload's file.
     file_id = [m["id"] for m in inbox][0]
     run(sp + ["boss", "inbox", "get", file_id, "--out", out_path])
     got = hashlib.sha256(open(out_path, "rb").read()).hexdigest()
-    print("inbox entries: %d; exported SHA-256 %s local %s: %s" %
+    print("inbox entries: %d (expected 2: the uninterrupted reference and the interrupted upload); "
+          "exported SHA-256 %s local %s: %s" %
           (len(inbox), got[:16], local_sha[:16], "MATCH" if got == local_sha else "MISMATCH"))
     boss["proc"].send_signal(signal.SIGTERM)
     boss["proc"].wait()
     print("uptime after:", run(["uptime"]).strip())
     subprocess.run(["rm", "-rf", work])
-    if got != local_sha:
+    if got != local_sha or len(inbox) != 2:
         sys.exit(1)
 
 

@@ -10,11 +10,11 @@ use crate::cli::SendArgs;
 use crate::crypto::identity::Side;
 use crate::crypto::{IdentityKeys, PublicIdentity};
 use crate::error::{Error, Hint, Result};
-use crate::net::client::{self, ClientConfig, Delivered, FileSendError, MessageSigner, ResumeFrom, SendError, Sender};
+use crate::net::client::{ClientConfig, Delivered, MessageSigner, Sender};
 use crate::net::ids::random_id;
 use crate::net::protocol::{AckStatus, Header, Kind};
 
-use crate::upload_journal::{Entry, Journal};
+use crate::resumable::{self, Plan};
 
 use super::Ctx;
 use super::session::{Identity, identity_key};
@@ -125,73 +125,37 @@ fn report_with(
     ctx.show(&format!("Boss: {} [{status}]", crate::output::visible(&delivered.reply)))
 }
 
-/// `send --file`: resumes the upload the journal names if the Boss holds
-/// part of it and the file is unchanged, else starts it afresh; journals it
-/// before the first chunk and forgets it once the Boss has the file.
+/// `send --file`: resumes an interrupted upload of the same file (see
+/// [`crate::resumable`]) and says where it started.
 fn send_file(ctx: &mut Ctx<'_>, sender: &mut Sender<'_>, agent_id: i64, path: &Path, name: &str) -> Result<()> {
-    let cannot_read = |e| Error::caused(format!("cannot read {}", path.display()), e);
-    let journal = Journal::in_home(ctx.home.dir());
-    let key = Journal::key(agent_id, path).map_err(cannot_read)?;
-    let journal_err = |e| Error::caused("cannot use the upload journal (uploads/ in the home)", e);
-    // Hashed before anything is sent: the last chunk names this hash, and it
-    // is what tells an unchanged file from a changed one on a resume.
-    let (size, sha256) = client::hash_file(path).map_err(cannot_read)?;
-    let mut restarted = None;
-    let mut start = None;
-    if let Some(entry) = journal.load(&key).map_err(journal_err)? {
-        if entry.size != size || entry.sha256 != sha256 {
-            restarted = Some("the file changed since the interrupted send");
-        } else {
-            match client::resume_point(&sender.query_offset(&entry.file_id)?, size, &sha256) {
-                ResumeFrom::Offset(offset) => start = Some((entry.file_id, offset)),
-                ResumeFrom::Done { size, sha256 } => {
-                    journal.remove(&key).map_err(journal_err)?;
-                    let extra = [("resumed_from".to_string(), size.into())].into_iter().collect();
-                    return report_with(ctx, name, &client::already_received(size, &sha256), JsonStyle::Single, extra);
-                }
-                ResumeFrom::Mismatch(why) => restarted = Some(why),
-            }
+    let prepared = resumable::prepare(ctx.home.dir(), agent_id, sender, path)?;
+    let restarted = match &prepared.plan {
+        Plan::Fresh { restarted: Some(why) } => {
+            ctx.say(&format!("Starting over from byte 0: {why}."))?;
+            Some(*why)
         }
-    }
-    if let Some(why) = restarted {
-        ctx.say(&format!("Starting over from byte 0: {why}."))?;
-    }
-    let (file_id, resumed_from) = start.unwrap_or_else(|| (random_id(), 0));
-    if resumed_from > 0 {
-        ctx.say(&format!("Resuming at byte {resumed_from} of {size}: the Boss holds the bytes before it."))?;
-    }
-    let entry = Entry { file_id: file_id.clone(), size, sha256: sha256.clone() };
-    journal.save(&key, &entry).map_err(journal_err)?;
-    let upload = client::Upload { path, name, file_id, size, sha256 };
-    let bar = crate::progress::bar(size, ctx.quiet || ctx.json);
-    bar.set_position(resumed_from);
-    let sent = client::send_file(sender, &upload, resumed_from, client::FILE_WINDOW, |done, _| bar.set_position(done));
-    bar.finish_and_clear();
-    let sent = match sent {
-        Ok(sent) => sent,
-        Err(e) => {
-            // Refused outright (a hash mismatch: the file changed while it
-            // was sent): the Boss dropped the upload, so must the journal.
-            // Otherwise the same command resumes it.
-            let refused = matches!(&e, FileSendError::Send(SendError::Refused { .. }));
-            if refused {
-                journal.remove(&key).map_err(journal_err)?;
-                return Err(e.into());
-            }
-            let hint = matches!(&e, FileSendError::Send(SendError::Unreachable { .. }));
-            let err = Error::from(e);
-            return Err(if hint { err.hint(Hint::ResumeSend) } else { err });
+        Plan::Resume { offset } => {
+            let size = prepared.size;
+            ctx.say(&format!("Resuming at byte {offset} of {size}: the Boss holds the bytes before it."))?;
+            None
         }
+        Plan::Fresh { restarted: None } | Plan::Received { .. } => None,
     };
-    journal.remove(&key).map_err(journal_err)?;
+    let bar = crate::progress::bar(prepared.size, ctx.quiet || ctx.json);
+    if let Plan::Resume { offset } = prepared.plan {
+        bar.set_position(offset);
+    }
+    let outcome = prepared.send(sender, name, |done, _| bar.set_position(done));
+    bar.finish_and_clear();
+    let outcome = outcome?;
     let mut extra = serde_json::Map::new();
-    extra.insert("resumed_from".into(), resumed_from.into());
-    extra.insert("bytes_sent".into(), sent.bytes_sent.into());
-    extra.insert("interruptions".into(), sent.interruptions.into());
+    extra.insert("resumed_from".into(), outcome.resumed_from.into());
+    extra.insert("bytes_sent".into(), outcome.bytes_sent.into());
+    extra.insert("interruptions".into(), outcome.interruptions.into());
     if let Some(why) = restarted {
         extra.insert("restarted".into(), why.into());
     }
-    report_with(ctx, name, &sent.delivered, JsonStyle::Single, extra)
+    report_with(ctx, name, &outcome.delivered, JsonStyle::Single, extra)
 }
 
 /// A joined agent's home (no database, a pinned Boss): its identity, the
