@@ -33,7 +33,9 @@ pub struct Prepared {
     pub plan: Plan,
     pub size: u64,
     path: PathBuf,
-    journal: Journal,
+    /// None when the sender has no home to keep it in: the upload is then
+    /// sent as before, without resume across runs.
+    journal: Option<Journal>,
     key: String,
     file_id: String,
     sha256: String,
@@ -84,17 +86,26 @@ impl std::error::Error for ResumeError {
     }
 }
 
-/// Hashes the file at `path`, reads the journal of `home` for it (as agent
-/// `agent_id`) and, if it names an unfinished upload of this very file, asks
-/// the Boss where that upload stands.
-pub fn prepare(home: &Path, agent_id: i64, sender: &mut Sender<'_>, path: &Path) -> Result<Prepared, ResumeError> {
+/// Hashes the file at `path`, reads the journal of `home` (if there is one)
+/// for it (as agent `agent_id`) and, if it names an unfinished upload of
+/// this very file, asks the Boss where that upload stands.
+pub fn prepare(
+    home: Option<&Path>,
+    agent_id: i64,
+    sender: &mut Sender<'_>,
+    path: &Path,
+) -> Result<Prepared, ResumeError> {
     let read = |source| ResumeError::Read { path: path.to_path_buf(), source };
-    let journal = Journal::in_home(home);
+    let journal = home.map(Journal::in_home);
     let key = Journal::key(agent_id, path).map_err(read)?;
     let (size, sha256) = client::hash_file(path).map_err(read)?;
     let mut plan = Plan::Fresh { restarted: None };
     let mut file_id = None;
-    if let Some(entry) = journal.load(&key).map_err(ResumeError::Journal)? {
+    let entry = match &journal {
+        Some(journal) => journal.load(&key).map_err(ResumeError::Journal)?,
+        None => None,
+    };
+    if let Some(entry) = entry {
         if entry.size != size || entry.sha256 != sha256 {
             plan = Plan::Fresh { restarted: Some("the file changed since the interrupted send") };
         } else {
@@ -116,6 +127,16 @@ pub fn prepare(home: &Path, agent_id: i64, sender: &mut Sender<'_>, path: &Path)
 }
 
 impl Prepared {
+    /// Writes the journal entry (if there is a journal).
+    fn save(&self, entry: &Entry) -> Result<(), ResumeError> {
+        self.journal.as_ref().map_or(Ok(()), |j| j.save(&self.key, entry)).map_err(ResumeError::Journal)
+    }
+
+    /// Forgets the journal entry (if there is a journal).
+    fn forget(&self) -> Result<(), ResumeError> {
+        self.journal.as_ref().map_or(Ok(()), |j| j.remove(&self.key)).map_err(ResumeError::Journal)
+    }
+
     /// Sends the upload as planned, recorded as `name`; `progress` is told
     /// the bytes the Boss holds.
     pub fn send(
@@ -124,10 +145,9 @@ impl Prepared {
         name: &str,
         progress: impl FnMut(u64, u64),
     ) -> Result<Outcome, ResumeError> {
-        let journal_err = ResumeError::Journal;
         let start = match &self.plan {
             Plan::Received { size, sha256 } => {
-                self.journal.remove(&self.key).map_err(journal_err)?;
+                self.forget()?;
                 return Ok(Outcome {
                     delivered: client::already_received(*size, sha256),
                     resumed_from: *size,
@@ -139,7 +159,7 @@ impl Prepared {
             Plan::Fresh { .. } => 0,
         };
         let entry = Entry { file_id: self.file_id.clone(), size: self.size, sha256: self.sha256.clone() };
-        self.journal.save(&self.key, &entry).map_err(journal_err)?;
+        self.save(&entry)?;
         let upload = client::Upload {
             path: &self.path,
             name,
@@ -149,7 +169,7 @@ impl Prepared {
         };
         match client::send_file(sender, &upload, start, client::FILE_WINDOW, progress) {
             Ok(sent) => {
-                self.journal.remove(&self.key).map_err(journal_err)?;
+                self.forget()?;
                 Ok(Outcome {
                     delivered: sent.delivered,
                     resumed_from: start,
@@ -160,10 +180,10 @@ impl Prepared {
             // Refused outright (a hash mismatch: the file changed while it
             // was sent): the Boss dropped the upload, so does the journal.
             Err(source @ FileSendError::Send(SendError::Refused { .. })) => {
-                self.journal.remove(&self.key).map_err(journal_err)?;
+                self.forget()?;
                 Err(ResumeError::Send { source, resumable: false })
             }
-            Err(source) => Err(ResumeError::Send { source, resumable: true }),
+            Err(source) => Err(ResumeError::Send { source, resumable: self.journal.is_some() }),
         }
     }
 }

@@ -128,7 +128,17 @@ fn report_with(
 /// `send --file`: resumes an interrupted upload of the same file (see
 /// [`crate::resumable`]) and says where it started.
 fn send_file(ctx: &mut Ctx<'_>, sender: &mut Sender<'_>, agent_id: i64, path: &Path, name: &str) -> Result<()> {
-    let prepared = resumable::prepare(ctx.home.dir(), agent_id, sender, path)?;
+    // The journal lives in the sender's home. A sender with a key file and
+    // no home still sends (no home is made for it), but cannot resume
+    // across runs.
+    let home = ctx.home.dir().is_dir().then(|| ctx.home.dir().to_path_buf());
+    if home.is_none() {
+        ctx.say(&format!(
+            "No home at {} to keep a resume journal in: an interrupted upload will start over.",
+            ctx.home.dir().display()
+        ))?;
+    }
+    let prepared = resumable::prepare(home.as_deref(), agent_id, sender, path)?;
     let restarted = match &prepared.plan {
         Plan::Fresh { restarted: Some(why) } => {
             ctx.say(&format!("Starting over from byte 0: {why}."))?;
