@@ -528,10 +528,10 @@ impl std::error::Error for FileSendError {
 
 /// Chunks `send --file` keeps in flight: one. An interruption (either side
 /// killed, the network cut) then loses at most the one chunk not yet
-/// acknowledged, and a resume re-sends at most that chunk (issue 14's bound).
-/// Four in flight overlapped sealing, the network and the Boss's fsync, but
-/// re-sent up to four chunks; measured on this 2-core machine under load ~5,
-/// 256 MiB went at 44 MiB/s with four and 35 MiB/s with one (BENCHMARKS.md).
+/// acknowledged, and a resume re-sends at most that chunk (issue 14's bound;
+/// four in flight re-sent up to four). The price is the overlap of sealing,
+/// the network and the Boss's fsync that four had: between nothing and half
+/// again the time for 64 MiB on the loaded 2-core machine (BENCHMARKS.md).
 pub const FILE_WINDOW: usize = 1;
 
 /// One file to send: where it is, what the Boss records, and the upload it
