@@ -545,7 +545,7 @@ pub fn decode_offset_reply(plaintext: &[u8]) -> Result<OffsetReply, ProtocolErro
         Committed::Partial { offset, size } => offset <= size,
         Committed::Complete { sha256, .. } => valid_sha256(sha256),
     };
-    if reply.status != "offset" || !sane {
+    if reply.v != VERSION || reply.status != "offset" || !sane {
         return Err(bad("bad offset reply"));
     }
     Ok(reply)
