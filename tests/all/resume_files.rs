@@ -443,3 +443,38 @@ fn a_network_cut_mid_upload_is_resumed_in_process_from_the_committed_offset() {
     the_one_file_is(&home, &data);
     boss.stop_clean();
 }
+
+/// `tests/python/resume_client.py` (written from PROTOCOL.md) as agent 1,
+/// with its exported wire key in a directory of its own.
+fn python_resume(boss: &Boss, key: &Path, file: &Path, file_id: &str, stop_after: Option<usize>) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/resume_client.py");
+    let mut command = crate::python_interop::python_command(crate::python_interop::python());
+    command.arg(&script).args([&boss.addr, "1", key.to_str().expect("utf-8"), file.to_str().expect("utf-8"), file_id]);
+    if let Some(n) = stop_after {
+        command.arg(n.to_string());
+    }
+    serde_json::from_str(&ok(command.stdin(Stdio::null()).output().expect("run resume_client.py"))).expect("json")
+}
+
+#[test]
+fn a_python_client_written_from_protocol_md_resumes_an_upload() {
+    let (home, boss, _agent) = enrolled();
+    let client = TestHome::new();
+    let key = client.path().join("agent1.key");
+    ok(home.run(&["agent", "key", "export", "1", "--out", key.to_str().expect("utf-8")]));
+    let data = random_bytes(3 * CHUNK_BYTES + 100, 20);
+    let file = client.path().join("report.bin");
+    std::fs::write(&file, &data).expect("file");
+
+    let cut = python_resume(&boss, &key, &file, "py-upload-1", Some(3));
+    assert_eq!(cut, serde_json::json!({"state": "none", "resumed_from": 0, "chunks": 3, "status": "stopped"}));
+    let resumed = python_resume(&boss, &key, &file, "py-upload-1", None);
+    assert_eq!(
+        resumed,
+        serde_json::json!({"state": "partial", "resumed_from": 3 * CHUNK_BYTES, "chunks": 1, "status": "stored"})
+    );
+    let again = python_resume(&boss, &key, &file, "py-upload-1", None);
+    assert_eq!(again["state"], "complete", "{again}");
+    assert_eq!(stored_file(&home, 1, "py-upload-1"), data);
+    boss.stop_clean();
+}
