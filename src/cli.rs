@@ -387,7 +387,7 @@ pub struct SendArgs {
     /// The message; without TEXT or --file, each line of stdin is sent as a message
     #[arg(conflicts_with = "file")]
     pub text: Option<String>,
-    /// Send a file instead of text
+    /// Send a file instead of text; run the same command again to resume an interrupted upload
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     #[command(flatten)]

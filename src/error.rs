@@ -104,6 +104,7 @@ pub enum Hint {
     RotateFirst,
     SeeKeyStatus,
     ResumeRewrap,
+    ResumeSend,
 }
 
 impl fmt::Display for Hint {
@@ -182,6 +183,10 @@ impl fmt::Display for Hint {
             }
             Hint::InboxShowWhole => f.write_str("`spyctl boss inbox show ID` prints one whole"),
             Hint::SeeInboxIds => f.write_str("see the Id column of `spyctl boss inbox`"),
+            Hint::ResumeSend => f.write_str(
+                "once the Boss is reachable, run the same `spyctl send --file` again: it resumes from what the Boss \
+                 already holds",
+            ),
         }
     }
 }
@@ -424,6 +429,22 @@ impl From<crate::net::join::JoinError> for Error {
             _ => None,
         };
         Error::from_layer(err, hint)
+    }
+}
+
+impl From<crate::resumable::ResumeError> for Error {
+    fn from(err: crate::resumable::ResumeError) -> Self {
+        use crate::resumable::ResumeError;
+        match err {
+            // Kept in the journal: the usual hint for the failure, then how to resume.
+            ResumeError::Send { source, resumable: true } => {
+                let resumable = matches!(&source, FileSendError::Send(SendError::Unreachable { .. }));
+                let err = Error::from(source);
+                if resumable { err.hint(Hint::ResumeSend) } else { err }
+            }
+            ResumeError::Send { source, resumable: false } => source.into(),
+            other => Error::from_layer(other, None),
+        }
     }
 }
 

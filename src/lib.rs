@@ -22,7 +22,9 @@ pub mod output;
 pub mod progress;
 pub mod received_orders;
 pub mod registry;
+pub mod resumable;
 pub mod stats;
+pub mod upload_journal;
 
 pub use error::{Error, Result};
 

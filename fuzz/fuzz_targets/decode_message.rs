@@ -1,5 +1,5 @@
-//! The token plaintext parser (header line + body) and the ACK parser on
-//! arbitrary bytes: never panics; whatever it accepts obeys PROTOCOL.md's
+//! The token plaintext parser (header line + body), the ACK parser and the
+//! offset answer's parser on arbitrary bytes: never panics; whatever it accepts obeys PROTOCOL.md's
 //! header rules and re-encodes to a message that decodes to the same thing.
 #![no_main]
 
@@ -19,6 +19,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(end <= c.size);
                 assert_eq!(c.sha256.is_some(), end == c.size);
             }
+            Kind::Offset { file_id } => {
+                assert!(protocol::valid_id(file_id));
+                assert!(body.is_empty());
+            }
         }
         let again = protocol::encode_message(&header, body);
         let (h2, b2) = protocol::decode_message(&again).expect("a re-encoded message decodes");
@@ -26,4 +30,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(b2, body);
     }
     let _ = protocol::decode_ack(data);
+    if let Ok(reply) = protocol::decode_offset_reply(data) {
+        let again = protocol::encode_offset_reply(&reply.id, &reply.committed);
+        assert_eq!(protocol::decode_offset_reply(&again).expect("a re-encoded answer decodes"), reply);
+    }
 });

@@ -12,6 +12,14 @@
 //! under its final name or not there at all. The inbox lists only files whose
 //! row the writer committed after the rename.
 //!
+//! How much of an upload is held is what the offset query reports
+//! ([`FileAssembler::committed`]): the plaintext of the part file's whole
+//! segments, synced first. A Boss killed while appending a chunk can leave
+//! that last segment cut short; it was never acknowledged, so it is cut off
+//! (before the next chunk is written or the offset reported) rather than
+//! failing every later chunk of the upload, and a part file cut inside its
+//! header is begun again.
+//!
 //! The first chunk pins the file's size and name in a small `.<file-id>.pin`
 //! beside the part file; every later chunk must state the same, no chunk may
 //! be larger than [`CHUNK_BYTES`] or reach past the pinned size, and the size
@@ -57,7 +65,7 @@ use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 use super::sealed_file::{FilesKeys, Header, Layout, SealedError, SealedFile};
-use crate::net::protocol::{CHUNK_BYTES, FileChunk};
+use crate::net::protocol::{CHUNK_BYTES, Committed, FileChunk};
 
 /// Where one chunk left its file.
 #[derive(Debug, PartialEq, Eq)]
@@ -443,7 +451,15 @@ impl FileAssembler {
         };
         let layout = match known {
             Some(layout) if !new_part => layout,
-            _ => SealedFile::layout(&part).map_err(sealed_err)?,
+            _ => match recovered_layout(&part)? {
+                Some(layout) => layout,
+                // Cut inside its header (a Boss killed as it began the
+                // file): nothing of it was acknowledged, so begin it again.
+                None => {
+                    sealed.start(&part).map_err(sealed_err)?;
+                    SealedFile::layout(&part).map_err(sealed_err)?
+                }
+            },
         };
         let have = layout.plaintext_len;
         if chunk.offset > have {
@@ -510,6 +526,57 @@ impl FileAssembler {
         let _ = rustix::fs::unlinkat(&dirs.agent, pin_name, AtFlags::empty());
         dirs.sync_new().map_err(io_err)?;
         Ok(ChunkOutcome::Complete { stored_as: relative, sha256, size })
+    }
+
+    /// How much of agent `agent_id`'s upload `file_id` is durably held (the
+    /// offset query, PROTOCOL.md "Resuming a file"): the plaintext bytes of
+    /// the part file's whole segments, synced before they are reported, and
+    /// the size the first chunk pinned. A last segment cut short by a crash
+    /// is dropped first, as the next chunk would drop it. A file renamed
+    /// into place but not yet recorded counts as all bytes held. Whether the
+    /// file is recorded is the caller's question (the database's).
+    pub fn committed(&self, agent_id: i64, file_id: &str) -> Result<Committed, ChunkError> {
+        if !crate::net::protocol::valid_id(file_id) {
+            return Err(ChunkError::Rejected("invalid file id".into()));
+        }
+        let _shared = self.sweep.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let agent_lock = {
+            let mut agents = self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            agents.entry(agent_id).or_default().clone()
+        };
+        let _agent = agent_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some((_home, root, _)) = self.open_root(false).map_err(io_err)? else { return Ok(Committed::None) };
+        let agent = match open_dir(&root, OsStr::new(&agent_id.to_string())) {
+            Ok(agent) => agent,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Committed::None),
+            Err(e) => return Err(io_err(e)),
+        };
+        let part_name = format!(".{file_id}.part");
+        let pin_name = format!(".{file_id}.pin");
+        match open_file(&agent, OsStr::new(&part_name), OFlags::RDWR) {
+            Ok(part) => {
+                let mut text = vec![0u8; 256];
+                let pin = open_file(&agent, OsStr::new(&pin_name), OFlags::RDONLY)
+                    .and_then(|f| f.read_at(&mut text, 0))
+                    .ok()
+                    .and_then(|n| Pin::from_text(&text[..n]));
+                // A part file with no pin is not an upload a client can resume.
+                let Some(pin) = pin else { return Ok(Committed::None) };
+                let offset = recovered_layout(&part)?.map_or(0, |layout| layout.plaintext_len);
+                // What is reported must survive a crash, like an ACK.
+                part.sync_data().map_err(io_err)?;
+                Ok(Committed::Partial { offset, size: pin.size })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => match open_file(&agent, OsStr::new(file_id), OFlags::RDONLY) {
+                Ok(done) => {
+                    let size = SealedFile::layout(&done).map_err(sealed_err)?.plaintext_len;
+                    Ok(Committed::Partial { offset: size, size })
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Committed::None),
+                Err(e) => Err(io_err(e)),
+            },
+            Err(e) => Err(io_err(e)),
+        }
     }
 
     /// Reads a sealed file back, checking every segment, and returns its
@@ -609,6 +676,18 @@ impl FileAssembler {
     }
 }
 
+/// The layout of a part file's whole segments, after cutting off a last
+/// segment a crash left short (never acknowledged, see
+/// [`SealedFile::whole_segments`]); `None` when its header is incomplete.
+fn recovered_layout(part: &File) -> Result<Option<Layout>, ChunkError> {
+    let Some(layout) = SealedFile::whole_segments(part).map_err(sealed_err)? else { return Ok(None) };
+    if part.metadata().map_err(io_err)?.len() > layout.end {
+        part.set_len(layout.end).map_err(io_err)?;
+        part.sync_data().map_err(io_err)?;
+    }
+    Ok(Some(layout))
+}
+
 fn sealed_err(e: SealedError) -> ChunkError {
     match e {
         SealedError::Io(e) => ChunkError::Io(e),
@@ -692,6 +771,8 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::symlink;
+
+    const TAG: u32 = super::super::sealed_file::TAG_BYTES as u32;
 
     fn test_key() -> FilesKeys {
         FilesKeys::single(crate::crypto::FilesKey::from_bytes(&[6u8; 32]))
@@ -785,6 +866,51 @@ mod tests {
         FileAssembler::new(tmp.path().join("files"), test_key()).write_chunk(4, &other, &data[..5]).expect("first");
         let wrong = FileChunk { file_id: "f2".into(), ..chunk(5, 12, Some("00".repeat(32))) };
         assert!(matches!(restarted.write_chunk(4, &wrong, &data[5..]), Err(ChunkError::Rejected(_))));
+    }
+
+    #[test]
+    fn the_committed_offset_is_what_the_part_file_holds_and_a_torn_tail_is_dropped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().join("files"), test_key());
+        let data = b"hello, boss!";
+        let sha = hex::encode(Sha256::digest(data));
+        assert_eq!(files.committed(4, "f1").expect("query"), Committed::None, "no files/ yet");
+        files.write_chunk(4, &chunk(0, 12, None), &data[..5]).expect("first chunk");
+        assert_eq!(files.committed(4, "f1").expect("query"), Committed::Partial { offset: 5, size: 12 });
+        assert_eq!(files.committed(5, "f1").expect("query"), Committed::None, "another agent's upload");
+        assert!(matches!(files.committed(4, "../f1"), Err(ChunkError::Rejected(_))));
+        // A Boss killed while appending the next segment: its length and
+        // half its bytes are on disk. Reported and resumed from 5.
+        let part = tmp.path().join("files/4/.f1.part");
+        let whole_len = fs::metadata(&part).expect("part").len();
+        let mut torn = fs::read(&part).expect("part");
+        torn.extend_from_slice(&(7u32 + TAG).to_be_bytes());
+        torn.extend_from_slice(&[9u8; 10]);
+        fs::write(&part, &torn).expect("tear");
+        let restarted = FileAssembler::new(tmp.path().join("files"), test_key());
+        assert_eq!(restarted.committed(4, "f1").expect("query"), Committed::Partial { offset: 5, size: 12 });
+        assert_eq!(fs::metadata(&part).expect("part").len(), whole_len, "the torn tail is cut off");
+        // And a chunk arriving over a torn tail (no query first) cuts it too.
+        fs::write(&part, &torn).expect("tear again");
+        let done = restarted.write_chunk(4, &chunk(5, 12, Some(sha.clone())), &data[5..]).expect("completes");
+        assert!(matches!(done, ChunkOutcome::Complete { ref sha256, .. } if *sha256 == sha), "{done:?}");
+        // Renamed into place, not yet recorded: every byte is held.
+        assert_eq!(restarted.committed(4, "f1").expect("query"), Committed::Partial { offset: 12, size: 12 });
+    }
+
+    #[test]
+    fn a_part_file_cut_inside_its_header_starts_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().join("files"), test_key());
+        let data = b"hello, boss!";
+        files.write_chunk(4, &chunk(0, 12, None), &data[..5]).expect("first chunk");
+        fs::write(tmp.path().join("files/4/.f1.part"), b"SPYF").expect("cut in the header");
+        let restarted = FileAssembler::new(tmp.path().join("files"), test_key());
+        assert_eq!(restarted.committed(4, "f1").expect("query"), Committed::Partial { offset: 0, size: 12 });
+        restarted.write_chunk(4, &chunk(0, 12, None), &data[..5]).expect("first chunk again");
+        let sha = hex::encode(Sha256::digest(data));
+        let done = restarted.write_chunk(4, &chunk(5, 12, Some(sha)), &data[5..]).expect("completes");
+        assert!(matches!(done, ChunkOutcome::Complete { size: 12, .. }), "{done:?}");
     }
 
     #[test]

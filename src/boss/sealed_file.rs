@@ -176,6 +176,37 @@ impl<'k> SealedFile<'k> {
         Ok(layout)
     }
 
+    /// Walks the segments like [`Self::layout`], but stops before a last
+    /// segment cut short (its length or its bytes run past the end of the
+    /// file), as a Boss killed in the middle of [`Self::append`] leaves it.
+    /// Those bytes were never acknowledged: an ACK follows only a whole
+    /// segment's sync. `None` when even the header is incomplete.
+    pub fn whole_segments(file: &File) -> Result<Option<Layout>, SealedError> {
+        let file_len = file.metadata()?.len();
+        let header = match Header::read(file) {
+            Ok(header) => header,
+            // Cut inside the header (a new header is HEADER_BYTES long).
+            Err(SealedError::Corrupt) if file_len < HEADER_BYTES => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut layout = Layout { plaintext_len: 0, segments: 0, end: header.len };
+        while layout.end + 4 <= file_len {
+            let mut len = [0u8; 4];
+            read_exact_at(file, &mut len, layout.end)?;
+            let len = u64::from(u32::from_be_bytes(len));
+            if len < TAG_BYTES as u64 {
+                return Err(SealedError::Corrupt);
+            }
+            if layout.end + 4 + len > file_len {
+                break;
+            }
+            layout.plaintext_len += len - TAG_BYTES as u64;
+            layout.segments += 1;
+            layout.end += 4 + len;
+        }
+        Ok(Some(layout))
+    }
+
     /// Seals `plaintext` as segment `layout.segments` (the last one if
     /// `last`) and appends it at `layout.end`. The caller syncs.
     pub fn append(&self, file: &File, layout: &Layout, last: bool, plaintext: &[u8]) -> Result<(), SealedError> {

@@ -273,6 +273,35 @@ impl BossService {
         })
     }
 
+    /// Where agent `agent_id`'s upload `file_id` stands (the offset query):
+    /// recorded files from their row, else what the part file durably holds.
+    /// Only ever about the asking agent's own uploads.
+    pub(super) fn committed_offset(&self, agent_id: i64, file_id: &str) -> Result<protocol::Committed, Refusal> {
+        if let Some((size, sha256)) = self.completed_file(agent_id, file_id)? {
+            return Ok(protocol::Committed::Complete { size: size.max(0) as u64, sha256 });
+        }
+        self.files.committed(agent_id, file_id).map_err(|e| match e {
+            ChunkError::Rejected(why) | ChunkError::Refused(why) => (ErrorCode::BadRequest, why),
+            ChunkError::Io(why) => {
+                tracing::error!(error = %why, "offset query failed");
+                (ErrorCode::Internal, "could not read the upload; try again".to_string())
+            }
+        })
+    }
+
+    /// A v2 offset query (frame `Q`) from agent `agent_id`'s session: the
+    /// plaintext of a v1 offset query, answered with the plaintext of the v1
+    /// offset ACK (frame `U`).
+    pub(super) fn offset_query(&self, agent_id: i64, plaintext: &[u8], peer: &Peer) -> Result<Vec<u8>, Refusal> {
+        let (header, _) = protocol::decode_message(plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        let Kind::Offset { file_id } = &header.kind else {
+            return Err((ErrorCode::BadRequest, "a Q frame carries an offset query".into()));
+        };
+        let committed = self.committed_offset(agent_id, file_id)?;
+        tracing::debug!(conn = peer.id, agent = agent_id, file = %file_id, ?committed, "offset query (v2)");
+        Ok(protocol::encode_offset_reply(&header.id, &committed))
+    }
+
     /// The Boss's own identity keys (the v2 handshake's static key).
     pub(super) fn identity_keys(&self) -> &IdentityKeys {
         &self.identity
@@ -516,6 +545,15 @@ impl BossService {
         };
         let now = crate::crypto::fernet::unix_now() as i64;
         match &header.kind {
+            Kind::Offset { file_id } => {
+                // A question, not stored work: sealed under the key that
+                // opened it, no receipt (nothing was filed), and not new
+                // work for the connection's idle timer.
+                let committed = self.committed_offset(agent_id, file_id)?;
+                tracing::debug!(conn = peer.id, agent = agent_id, file = %file_id, ?committed, "offset query");
+                let reply = protocol::encode_offset_reply(&header.id, &committed);
+                Ok(Step::Reply { line: protocol::format_ack(&candidate.key.seal(&reply)), new: false })
+            }
             Kind::Text => Ok(Step::Commit(PendingAck {
                 write: Write {
                     op: WriteOp::Message(messages::StoredMessage {

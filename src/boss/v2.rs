@@ -76,6 +76,12 @@ impl V2Sessions {
                         }
                     }
                     Ok(Frame::Fetch) => self.offer(service, &mut session, &[]),
+                    Ok(Frame::Query(query)) => match service.offset_query(session.identity.agent_id, &query, peer) {
+                        Ok(reply) => seal(&mut session.transport, Frame::Offset(reply), Outcome::Repeated),
+                        Err((code, text)) => {
+                            seal(&mut session.transport, Frame::Error(code, text), Outcome::Refused(code))
+                        }
+                    },
                     Ok(Frame::Stored(json)) => match serde_json::from_slice::<Vec<String>>(&json) {
                         Ok(ids) if ids.len() <= 1024 => self.offer(service, &mut session, &ids),
                         _ => {

@@ -1,17 +1,20 @@
 //! `send`: a text, each line of stdin, or a file, to the Boss; waits for and
-//! verifies each acknowledgement.
+//! verifies each acknowledgement. A file upload that was cut off resumes
+//! from what the Boss holds, through the home's upload journal.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::SendArgs;
 use crate::crypto::identity::Side;
 use crate::crypto::{IdentityKeys, PublicIdentity};
 use crate::error::{Error, Hint, Result};
-use crate::net::client::{self, ClientConfig, Delivered, MessageSigner, Sender};
+use crate::net::client::{ClientConfig, Delivered, MessageSigner, Sender};
 use crate::net::ids::random_id;
 use crate::net::protocol::{AckStatus, Header, Kind};
+
+use crate::resumable::{self, Plan};
 
 use super::Ctx;
 use super::session::{Identity, identity_key};
@@ -86,6 +89,17 @@ enum JsonStyle {
 }
 
 fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle) -> Result<()> {
+    report_with(ctx, what, delivered, style, serde_json::Map::new())
+}
+
+/// [`report`] with `extra` fields in the JSON.
+fn report_with(
+    ctx: &mut Ctx<'_>,
+    what: &str,
+    delivered: &Delivered,
+    style: JsonStyle,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     if ctx.json {
         let mut value = serde_json::json!({
             "sent": what,
@@ -93,6 +107,7 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
             "reply": delivered.reply,
             "attempts": delivered.attempts,
         });
+        value.as_object_mut().expect("an object").extend(extra);
         if let Some(receipt) = &delivered.receipt {
             // Already checked against the pinned Boss key.
             value["receipt"] =
@@ -108,6 +123,49 @@ fn report(ctx: &mut Ctx<'_>, what: &str, delivered: &Delivered, style: JsonStyle
         AckStatus::Duplicate => "already stored (duplicate)",
     };
     ctx.show(&format!("Boss: {} [{status}]", crate::output::visible(&delivered.reply)))
+}
+
+/// `send --file`: resumes an interrupted upload of the same file (see
+/// [`crate::resumable`]) and says where it started.
+fn send_file(ctx: &mut Ctx<'_>, sender: &mut Sender<'_>, agent_id: i64, path: &Path, name: &str) -> Result<()> {
+    // The journal lives in the sender's home. A sender with a key file and
+    // no home still sends (no home is made for it), but cannot resume
+    // across runs.
+    let home = ctx.home.dir().is_dir().then(|| ctx.home.dir().to_path_buf());
+    if home.is_none() {
+        ctx.say(&format!(
+            "No home at {} to keep a resume journal in: an interrupted upload will start over.",
+            ctx.home.dir().display()
+        ))?;
+    }
+    let prepared = resumable::prepare(home.as_deref(), agent_id, sender, path)?;
+    let restarted = match &prepared.plan {
+        Plan::Fresh { restarted: Some(why) } => {
+            ctx.say(&format!("Starting over from byte 0: {why}."))?;
+            Some(*why)
+        }
+        Plan::Resume { offset } => {
+            let size = prepared.size;
+            ctx.say(&format!("Resuming at byte {offset} of {size}: the Boss holds the bytes before it."))?;
+            None
+        }
+        Plan::Fresh { restarted: None } | Plan::Received { .. } => None,
+    };
+    let bar = crate::progress::bar(prepared.size, ctx.quiet || ctx.json);
+    if let Plan::Resume { offset } = prepared.plan {
+        bar.set_position(offset);
+    }
+    let outcome = prepared.send(sender, name, |done, _| bar.set_position(done));
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("resumed_from".into(), outcome.resumed_from.into());
+    extra.insert("bytes_sent".into(), outcome.bytes_sent.into());
+    extra.insert("interruptions".into(), outcome.interruptions.into());
+    if let Some(why) = restarted {
+        extra.insert("restarted".into(), why.into());
+    }
+    report_with(ctx, name, &outcome.delivered, JsonStyle::Single, extra)
 }
 
 /// A joined agent's home (no database, a pinned Boss): its identity, the
@@ -172,12 +230,7 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
     let mut sender = Sender::new(config, agent_id, &key).with_signer(signer);
 
     match request.payload {
-        Payload::File { path, name, size } => {
-            let bar = crate::progress::bar(size, ctx.quiet || ctx.json);
-            let delivered = client::send_file(&mut sender, &path, &name, |done, _| bar.set_position(done))?;
-            bar.finish_and_clear();
-            report(ctx, &name, &delivered, JsonStyle::Single)
-        }
+        Payload::File { path, name, .. } => send_file(ctx, &mut sender, agent_id, &path, &name),
         Payload::Text(text) => {
             let header = Header { id: random_id(), kind: Kind::Text };
             let delivered = sender.send(&header, text.as_bytes())?;

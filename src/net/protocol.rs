@@ -200,6 +200,10 @@ pub enum Kind {
     Text,
     /// One chunk of a file; the body is the chunk's bytes.
     FileChunk(FileChunk),
+    /// A question, not a message: how much of upload `file_id` the Boss
+    /// durably holds for this agent (PROTOCOL.md, "Resuming a file"). The
+    /// body is empty; the answer is an [`OffsetReply`].
+    Offset { file_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,6 +360,19 @@ fn wire_header(header: &Header) -> WireHeader {
             sig: None,
             tsig: None,
         },
+        Kind::Offset { file_id } => WireHeader {
+            v: VERSION,
+            id: header.id.clone(),
+            kind: "offset".into(),
+            file_id: Some(file_id.clone()),
+            name: None,
+            offset: None,
+            size: None,
+            sha256: None,
+            ts: None,
+            sig: None,
+            tsig: None,
+        },
     }
 }
 
@@ -408,7 +425,16 @@ pub fn decode_message(plaintext: &[u8]) -> Result<(Header, &[u8]), ProtocolError
             }
             Kind::FileChunk(FileChunk { file_id, name, offset, size, sha256: wire.sha256 })
         }
-        _ => return Err(bad("unknown kind; expected \"text\" or \"file\"")),
+        "offset" => {
+            let Some(file_id) = wire.file_id.filter(|id| valid_id(id)) else {
+                return Err(bad("an offset query needs a valid file_id"));
+            };
+            if !body.is_empty() {
+                return Err(bad("an offset query has an empty body"));
+            }
+            Kind::Offset { file_id }
+        }
+        _ => return Err(bad("unknown kind; expected \"text\", \"file\" or \"offset\"")),
     };
     Ok((Header { id: wire.id, kind }, body))
 }
@@ -466,6 +492,63 @@ pub fn encode_signed_ack(id: &str, status: AckStatus, reply: &str, receipt: Opti
     out.push(b'\n');
     out.extend_from_slice(reply.as_bytes());
     out
+}
+
+/// Where an upload stands on the Boss, as an offset query's answer tells.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Committed {
+    /// Nothing held for this file id: start at offset 0.
+    None,
+    /// `offset` bytes durably held of an upload whose first chunk pinned
+    /// `size` bytes. `offset == size` means every byte is held but the file
+    /// is not yet recorded: send the last chunk again.
+    Partial { offset: u64, size: u64 },
+    /// Received and recorded: nothing to send.
+    Complete { size: u64, sha256: String },
+}
+
+/// The plaintext of an offset query's ACK: `{"v":1,"id":...,"status":"offset",
+/// "state":...}` (flat), `\n`, then a line for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetReply {
+    pub v: u32,
+    pub id: String,
+    /// Always `"offset"`: an answer, not a receipt for stored work.
+    pub status: String,
+    #[serde(flatten)]
+    pub committed: Committed,
+}
+
+/// Builds an offset query's ACK plaintext.
+pub fn encode_offset_reply(id: &str, committed: &Committed) -> Vec<u8> {
+    let reply = OffsetReply { v: VERSION, id: id.to_string(), status: "offset".into(), committed: committed.clone() };
+    let text = match committed {
+        Committed::None => "No upload of that file id.".to_string(),
+        Committed::Partial { offset, size } => format!("{offset} of {size} bytes held."),
+        Committed::Complete { size, .. } => format!("File already received: {size} bytes."),
+    };
+    let mut out = serde_json::to_vec(&reply).expect("offset reply serialises");
+    out.push(b'\n');
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// Reads an offset query's ACK plaintext (checked: status `offset`, a
+/// well-formed state; a partial offset within its size, a hex SHA-256).
+pub fn decode_offset_reply(plaintext: &[u8]) -> Result<OffsetReply, ProtocolError> {
+    let newline = plaintext.iter().position(|b| *b == b'\n').ok_or_else(|| bad("the ACK has no header line"))?;
+    let reply: OffsetReply = serde_json::from_slice(&plaintext[..newline])
+        .map_err(|_| bad("bad offset reply: not a valid header object"))?;
+    let sane = match &reply.committed {
+        Committed::None => true,
+        Committed::Partial { offset, size } => offset <= size,
+        Committed::Complete { sha256, .. } => valid_sha256(sha256),
+    };
+    if reply.v != VERSION || reply.status != "offset" || !sane {
+        return Err(bad("bad offset reply"));
+    }
+    Ok(reply)
 }
 
 pub fn decode_ack(plaintext: &[u8]) -> Result<(AckHeader, String), ProtocolError> {
@@ -576,6 +659,48 @@ mod tests {
         ] {
             let err = decode_message(case).expect_err("invalid header");
             assert!(!err.0.contains("SECRET"), "{}", err.0);
+        }
+    }
+
+    #[test]
+    fn offset_queries_and_replies_round_trip_and_bad_ones_are_refused() {
+        let query = Header { id: "q1".into(), kind: Kind::Offset { file_id: "f_1".into() } };
+        let encoded = encode_message(&query, b"");
+        assert_eq!(
+            String::from_utf8_lossy(&encoded),
+            "{\"v\":1,\"id\":\"q1\",\"kind\":\"offset\",\"file_id\":\"f_1\"}\n"
+        );
+        assert_eq!(decode_message(&encoded).expect("decodes").0, query);
+        assert!(decode_message(&encode_message(&query, b"x")).is_err(), "a body");
+        for bad in [
+            &b"{\"v\":1,\"id\":\"q\",\"kind\":\"offset\"}\n"[..],
+            b"{\"v\":1,\"id\":\"q\",\"kind\":\"offset\",\"file_id\":\"../x\"}\n",
+        ] {
+            assert!(decode_message(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for committed in [
+            Committed::None,
+            Committed::Partial { offset: 5, size: 9 },
+            Committed::Complete { size: 9, sha256: "ab".repeat(32) },
+        ] {
+            let reply = decode_offset_reply(&encode_offset_reply("q1", &committed)).expect("decodes");
+            assert_eq!((reply.id.as_str(), reply.committed), ("q1", committed));
+        }
+        let head =
+            String::from_utf8(encode_offset_reply("q1", &Committed::Partial { offset: 5, size: 9 })).expect("utf-8");
+        assert!(
+            head.starts_with(
+                "{\"v\":1,\"id\":\"q1\",\"status\":\"offset\",\"state\":\"partial\",\"offset\":5,\"size\":9}\n"
+            ),
+            "{head}"
+        );
+        for bad in [
+            &b"{\"v\":1,\"id\":\"q\",\"status\":\"stored\",\"state\":\"none\"}\n"[..],
+            b"{\"v\":1,\"id\":\"q\",\"status\":\"offset\",\"state\":\"partial\",\"offset\":10,\"size\":9}\n",
+            b"{\"v\":1,\"id\":\"q\",\"status\":\"offset\",\"state\":\"complete\",\"size\":9,\"sha256\":\"zz\"}\n",
+            b"{\"v\":1,\"id\":\"q\",\"status\":\"offset\",\"state\":\"maybe\"}\n",
+        ] {
+            assert!(decode_offset_reply(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -122,6 +122,11 @@ pub enum Frame {
     Orders(Vec<u8>),
     /// The agent stored these orders (a JSON array of ids); send the next.
     Stored(Vec<u8>),
+    /// An offset query: exactly the plaintext of a v1 `kind: "offset"`
+    /// message (PROTOCOL.md, "Resuming a file").
+    Query(Vec<u8>),
+    /// Its answer: exactly the plaintext of the v1 offset ACK.
+    Offset(Vec<u8>),
 }
 
 impl Frame {
@@ -133,6 +138,8 @@ impl Frame {
             Frame::Fetch => b"O".to_vec(),
             Frame::Orders(json) => [b"R".as_slice(), json].concat(),
             Frame::Stored(json) => [b"K".as_slice(), json].concat(),
+            Frame::Query(bytes) => [b"Q".as_slice(), bytes].concat(),
+            Frame::Offset(bytes) => [b"U".as_slice(), bytes].concat(),
         }
     }
 
@@ -149,7 +156,9 @@ impl Frame {
             Some((b'O', [])) => Ok(Frame::Fetch),
             Some((b'R', rest)) => Ok(Frame::Orders(rest.to_vec())),
             Some((b'K', rest)) => Ok(Frame::Stored(rest.to_vec())),
-            _ => Err(bad("a frame starts with M, A, E, O, R or K")),
+            Some((b'Q', rest)) => Ok(Frame::Query(rest.to_vec())),
+            Some((b'U', rest)) => Ok(Frame::Offset(rest.to_vec())),
+            _ => Err(bad("a frame starts with M, A, E, O, R, K, Q or U")),
         }
     }
 }

@@ -132,9 +132,30 @@ impl V2Client {
         match self.read_frame()? {
             Frame::Ack(json) => protocol::decode_ack(&json).map_err(|_| V2Error::Unauthenticated("a malformed ACK")),
             Frame::Error(code, text) => Err(V2Error::Refused { code, text }),
-            Frame::Message(_) | Frame::Fetch | Frame::Orders(_) | Frame::Stored(_) => {
-                Err(V2Error::Unauthenticated("an unexpected frame where an ACK was due"))
-            }
+            Frame::Message(_)
+            | Frame::Fetch
+            | Frame::Orders(_)
+            | Frame::Stored(_)
+            | Frame::Query(_)
+            | Frame::Offset(_) => Err(V2Error::Unauthenticated("an unexpected frame where an ACK was due")),
+        }
+    }
+
+    /// Asks how much of upload `file_id` the Boss durably holds for this
+    /// agent (frame `Q`, answered by `U`; PROTOCOL.md "Resuming a file").
+    pub fn query_offset(&mut self, file_id: &str) -> Result<protocol::Committed, V2Error> {
+        let id = crate::net::ids::random_id();
+        let header = protocol::Header { id: id.clone(), kind: protocol::Kind::Offset { file_id: file_id.to_string() } };
+        let frame = Frame::Query(protocol::encode_message(&header, b"")).encode();
+        let n = self.transport.write_message(&frame, &mut self.buf).map_err(|e| V2Error::Handshake(e.to_string()))?;
+        self.writer.write_all(v2::format_line(LineKind::Transport, &self.buf[..n]).as_bytes())?;
+        match self.read_frame()? {
+            Frame::Offset(plaintext) => match protocol::decode_offset_reply(&plaintext) {
+                Ok(reply) if reply.id == id => Ok(reply.committed),
+                _ => Err(V2Error::Unauthenticated("a malformed offset answer")),
+            },
+            Frame::Error(code, text) => Err(V2Error::Refused { code, text }),
+            _ => Err(V2Error::Unauthenticated("an unexpected frame where an offset was due")),
         }
     }
 

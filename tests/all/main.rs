@@ -23,6 +23,7 @@ mod protocol_doc;
 mod protocol_v2;
 mod python_interop;
 mod receipts;
+mod resume_files;
 mod row_integrity;
 mod support;
 mod terminal_safety;
