@@ -475,7 +475,7 @@ impl From<crate::net::v2_client::V2Error> for Error {
             V2Error::Io(_) | V2Error::Closed => Some(Hint::BossNotRunning),
             V2Error::Handshake(_) => Some(Hint::PinnedBossChanged),
             V2Error::Refused { code: ErrorCode::Auth, .. } => Some(Hint::JoinAgain),
-            V2Error::Unauthenticated(_) | V2Error::Refused { .. } => None,
+            V2Error::Unauthenticated(_) | V2Error::Refused { .. } | V2Error::Busy(_) => None,
         };
         Error::from_layer(err, hint)
     }

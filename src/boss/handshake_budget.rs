@@ -15,9 +15,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Addresses tracked at once. Only addresses below a full bucket are kept
-/// (a full one is the same as none), so reaching this takes thousands of
-/// addresses each failing handshakes every second; past it the budget lets
+/// Addresses tracked at once (about 5 MB). When the table is full, buckets
+/// that have refilled (the same as none) are dropped first, so staying full
+/// takes tens of thousands of addresses each failing handshakes every few
+/// seconds, more DH work than the Boss could do; past it the budget lets
 /// handshakes through rather than refuse addresses it cannot track.
 const MAX_TRACKED: usize = 65_536;
 

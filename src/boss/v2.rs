@@ -149,7 +149,8 @@ impl V2Sessions {
     /// is not the enrolled key of the agent it names, an authenticated error
     /// follows and no session is kept.
     fn handshake(&self, service: &BossService, message: &[u8], peer: &Peer) -> Answer {
-        // Charged before any DH; given back below if a session results.
+        // Charged before any DH; given back when a session results, or when
+        // the Boss itself failed (the peer should not pay for that).
         if !self.budget.try_charge(peer.addr.ip(), std::time::Instant::now()) {
             tracing::debug!(conn = peer.id, "v2: handshake refused, this address's failed-handshake budget is spent");
             return plain_refusal(
@@ -157,6 +158,15 @@ impl V2Sessions {
                 "too many v2 handshakes without a session from your address; try again in a second",
             );
         }
+        let answer = self.respond(service, message, peer);
+        if matches!(answer.outcome, Outcome::Accepted | Outcome::Refused(ErrorCode::Internal)) {
+            self.budget.refund(peer.addr.ip());
+        }
+        answer
+    }
+
+    /// The handshake proper (see [`Self::handshake`]).
+    fn respond(&self, service: &BossService, message: &[u8], peer: &Peer) -> Answer {
         let Ok(mut responder) = noise::responder(service.identity_keys()) else {
             return plain_refusal(ErrorCode::Internal, "try again later");
         };
@@ -188,7 +198,6 @@ impl V2Sessions {
         match enrolled {
             Some(identity) => {
                 tracing::debug!(conn = peer.id, agent = hello.agent, "v2 session");
-                self.budget.refund(peer.addr.ip());
                 self.put_back(peer, Session { transport, identity });
                 // A finished mutual handshake proves the agent's key: the
                 // connection counts as authentic (never evicted for a newcomer).

@@ -110,11 +110,14 @@ impl SignatureStatus {
             SignatureStatus::Unsigned => "unsigned".into(),
             SignatureStatus::Verified { fingerprint, revoked, global } => {
                 let revoked = if *revoked { " (since-revoked key)" } else { "" };
-                let global = match global {
-                    GlobalSignature::Verified | GlobalSignature::Missing => "",
-                    GlobalSignature::Bad => "; its minisign global signature does NOT verify",
-                };
-                format!("verified {fingerprint}{revoked}{global}")
+                match global {
+                    GlobalSignature::Verified | GlobalSignature::Missing => format!("verified {fingerprint}{revoked}"),
+                    // Not "verified ...": a script matching that prefix must not take it as whole.
+                    GlobalSignature::Bad => format!(
+                        "INVALID: the minisign global signature does NOT verify \
+                         (the statement signature by {fingerprint}{revoked} does)"
+                    ),
+                }
             }
             SignatureStatus::Invalid(why) => format!("INVALID: {why}"),
         }
@@ -200,7 +203,7 @@ fn check_stored(
     let (global, evidence) = match sig.trusted.as_deref() {
         None => (GlobalSignature::Missing, None),
         Some(trusted) => {
-            let ok = minisign::verify_statement(&signer.public, &statement, &sig.signature, Some(trusted)).is_ok();
+            let ok = minisign::verify_global(&signer.public, &statement, &sig.signature, trusted).is_ok();
             // Verified, so both have their lengths.
             match (ok, <[u8; 64]>::try_from(sig.signature.as_slice()), <[u8; 64]>::try_from(trusted)) {
                 (true, Ok(signature), Ok(trusted)) => (

@@ -76,11 +76,22 @@ pub fn verify_statement(
     trusted: Option<&[u8]>,
 ) -> Result<(), BadSignature> {
     public.verify(statement, signature)?;
-    if let Some(trusted) = trusted {
-        let signature: &[u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
-        public.verify(&global_message(signature, &trusted_comment(statement)), trusted)?;
+    match trusted {
+        Some(trusted) => verify_global(public, statement, signature, trusted),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Checks only the global signature (`trusted`, over `signature ||
+/// trusted comment`), for a statement signature already checked.
+pub fn verify_global(
+    public: &PublicIdentity,
+    statement: &[u8],
+    signature: &[u8],
+    trusted: &[u8],
+) -> Result<(), BadSignature> {
+    let signature: &[u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
+    public.verify(&global_message(signature, &trusted_comment(statement)), trusted)
 }
 
 /// The key line of a minisign public key (what `minisign -P` takes):

@@ -29,6 +29,9 @@ pub enum V2Error {
     },
     /// The Boss closed the connection.
     Closed,
+    /// The Boss answered the handshake `busy` (unauthenticated: nothing was
+    /// agreed yet), still after the retries.
+    Busy(String),
 }
 
 impl std::fmt::Display for V2Error {
@@ -39,6 +42,9 @@ impl std::fmt::Display for V2Error {
             V2Error::Unauthenticated(what) => write!(f, "refused an unauthenticated answer: {what}"),
             V2Error::Refused { code, text } => write!(f, "the Boss refused the message ({code}): {text}"),
             V2Error::Closed => f.write_str("the Boss closed the v2 connection"),
+            V2Error::Busy(text) => {
+                write!(f, "the Boss is busy and refused the v2 handshake: {text} (not authenticated)")
+            }
         }
     }
 }
@@ -57,6 +63,9 @@ impl From<std::io::Error> for V2Error {
         V2Error::Io(e)
     }
 }
+
+/// How long to wait before each retry of a handshake answered `busy`.
+const BUSY_BACKOFF: [Duration; 3] = [Duration::from_millis(250), Duration::from_millis(500), Duration::from_secs(1)];
 
 /// An open, authenticated v2 connection.
 pub struct V2Client {
@@ -78,11 +87,19 @@ impl V2Client {
         boss: &PublicIdentity,
         agent_id: i64,
     ) -> Result<V2Client, V2Error> {
-        let stream = super::try_each_address(addr, |a| TcpStream::connect_timeout(&a, timeout))?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let _ = stream.set_nodelay(true);
-        Self::over(stream, me, boss, agent_id)
+        // `busy` is the Boss's per-address handshake budget (or its load):
+        // worth a few tries with backoff, on a new connection each.
+        let mut waits = BUSY_BACKOFF.iter();
+        loop {
+            let stream = super::try_each_address(addr, |a| TcpStream::connect_timeout(&a, timeout))?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            let _ = stream.set_nodelay(true);
+            match (Self::over(stream, me, boss, agent_id), waits.next()) {
+                (Err(V2Error::Busy(_)), Some(wait)) => std::thread::sleep(*wait),
+                (result, _) => return result,
+            }
+        }
     }
 
     /// The handshake over an open stream (tests put a recorder in between).
@@ -102,8 +119,12 @@ impl V2Client {
         writer.write_all(v2::format_line(LineKind::Handshake, &buf[..n]).as_bytes())?;
         let mut reader = BufReader::new(stream);
         let line = read_line(&mut reader)?;
-        if let Ok(protocol::Reply::Err { code, text }) = protocol::parse_reply(&line) {
-            return Err(V2Error::Handshake(format!("the Boss answered `{code}: {text}` (not authenticated)")));
+        match protocol::parse_reply(&line) {
+            Ok(protocol::Reply::Err { code: ErrorCode::Busy, text }) => return Err(V2Error::Busy(text)),
+            Ok(protocol::Reply::Err { code, text }) => {
+                return Err(V2Error::Handshake(format!("the Boss answered `{code}: {text}` (not authenticated)")));
+            }
+            _ => {}
         }
         let (kind, message) = v2::parse_line(&line).map_err(|_| V2Error::Unauthenticated("not a handshake line"))?;
         if kind != LineKind::Handshake {

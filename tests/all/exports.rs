@@ -282,7 +282,8 @@ fn a_bad_global_signature_is_refused_at_verify_and_export_a_missing_one_at_inges
     let bad_id = spyctl::net::ids::random_id();
     assert!(raw.msg(AGENT, &text(&bad_id, Some(wrong))).is_ack(), "the statement signature is the agent's");
     let entry = newest(&home);
-    assert!(entry["signature"].as_str().expect("label").contains("global signature does NOT verify"), "{entry}");
+    let label = entry["signature"].as_str().expect("label");
+    assert!(label.starts_with("INVALID") && label.contains("global signature does NOT verify"), "{entry}");
     let err = one_line(home.run(&["boss", "verify", &bad_id]));
     assert!(err.contains("global signature does NOT verify"), "{err}");
     let out = home.path().join("export");
@@ -300,6 +301,26 @@ fn a_bad_global_signature_is_refused_at_verify_and_export_a_missing_one_at_inges
     ok(home.run(&["boss", "verify", &good_id]));
     ok(home.run(&["boss", "export", &good_id, "--out", out.to_str().expect("utf-8")]));
     assert_eq!(messages(&home), 2);
+
+    // A file whose last chunk carries a tsig made for another statement:
+    // it completes (its statement signature is the agent's), then neither
+    // verifies nor exports.
+    let bad_file = forger.file(b"the plans", |f, id, sha| {
+        let mut sig = f.signed(&f.agent, id, sha, true);
+        sig.trusted = f.signed(&f.agent, "other-file", sha, true).trusted;
+        Some(sig)
+    });
+    assert!(raw.msg(AGENT, &bad_file).is_ack());
+    let entry = newest(&home);
+    assert_eq!(entry["kind"], "file");
+    assert!(entry["signature"].as_str().expect("label").starts_with("INVALID"), "{entry}");
+    let file_id = entry["id"].as_str().expect("id").to_string();
+    let err = one_line(home.run(&["boss", "verify", &file_id]));
+    assert!(err.contains("global signature does NOT verify"), "{err}");
+    let out = home.path().join("export-file");
+    let err = one_line(home.run(&["boss", "export", &file_id, "--out", out.to_str().expect("utf-8")]));
+    assert!(err.contains("does not verify"), "{err}");
+    assert!(!out.exists(), "nothing was written");
     boss.stop_clean();
 }
 

@@ -375,6 +375,8 @@ fn failed_handshakes_past_an_addresss_budget_get_busy_and_enrolled_ones_never_co
     assert!(worked as f64 <= 2.0 + elapsed.ceil(), "{worked} handshakes in {elapsed:.2} s: {answers:?}");
     let busy: Vec<&String> = answers.iter().filter(|a| !a.starts_with("NOISE ")).collect();
     assert!(!busy.is_empty() && busy.iter().all(|a| a.starts_with("ERR busy") && a.contains("try again")), "{busy:?}");
+    // The enrolled agent's client retries `busy` with backoff: its send still goes through.
+    ok(agent.run(&["send", "--protocol", "v2", "--addr", &boss.addr, "after the flood"]));
     // The bucket refills at 1 per second.
     std::thread::sleep(Duration::from_millis(1100));
     assert!(first_answer().starts_with("NOISE "));
