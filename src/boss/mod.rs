@@ -5,6 +5,7 @@
 //! reads back what arrived, `receipt` signs ACKs to enrolled agents.
 
 pub mod agent_keys;
+pub mod chat;
 pub mod enroll;
 pub mod files;
 pub mod inbox;
@@ -135,6 +136,12 @@ impl Boss {
 /// changed the live key epochs (one tiny read of the KeyEpochs table).
 pub const KEY_POLL: Duration = Duration::from_millis(500);
 
+/// How often the dispatcher looks for orders queued by another process. A
+/// `PRAGMA data_version` costs a few microseconds, so 1 ms keeps delivery to
+/// a listening agent well inside the 10 ms at a fraction of a
+/// percent of one core (BENCHMARKS.md, "Orders to a listening agent").
+pub const OUTBOX_POLL: Duration = Duration::from_millis(1);
+
 /// Runs the server with `service` as its handler, and beside it the
 /// housekeeping thread (a scoped thread, so it borrows the service and cannot
 /// outlive it): it picks up key-epoch changes made by other processes and
@@ -147,8 +154,28 @@ fn serve(server: Server, service: service::BossService) -> Stats {
     let sweep_period = (service.partial_expiry() / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let wake = sweep_period.min(KEY_POLL);
     let (stop, stopped) = mpsc::channel::<()>();
+    let (stop_dispatch, dispatch_stopped) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let service = &service;
+        // The dispatcher: pushes orders queued by `spyctl order` (another
+        // process) to listening agents as soon as their commit is visible.
+        match service.outbox_watch() {
+            Ok(mut watch) => {
+                scope.spawn(move || {
+                    while let Err(RecvTimeoutError::Timeout) = dispatch_stopped.recv_timeout(OUTBOX_POLL) {
+                        match watch.changed() {
+                            Ok(true) => service.push_orders(),
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "the outbox watch failed; listening agents get no pushes");
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot watch the outbox; listening agents get no pushes"),
+        }
         scope.spawn(move || {
             let mut last_sweep = std::time::Instant::now();
             // Wakes every `wake`; the sender's drop (shutdown) ends it at once.
@@ -162,6 +189,7 @@ fn serve(server: Server, service: service::BossService) -> Stats {
         });
         let stats = server.run(service);
         drop(stop);
+        drop(stop_dispatch);
         stats
     })
 }

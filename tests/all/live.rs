@@ -1,0 +1,249 @@
+//! `listen` and `chat` over protocol v2 (issue 14, parts 3 and 4), end to
+//! end: a Boss home with `boss serve` on loopback, a separate joined agent
+//! home, and the real binary in each role with piped stdin and stdout. An
+//! order queued while the agent listens reaches it unasked (and a backlog
+//! queued before), stored before it is confirmed; chat lines cross both ways
+//! between two running processes, are stored sealed, and wait for a side
+//! that is away; a forged frame pushed into a live session is refused.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::support::*;
+
+const AGENT: i64 = 6;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A Boss home (director logged in) with its server, and agent 6 joined from its own home.
+fn setup() -> (TestHome, Boss, TestHome) {
+    let home = TestHome::initialised();
+    home.login(DIRECTOR);
+    let boss = home.boss(&[]);
+    let code: Value =
+        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
+    let agent = TestHome::new();
+    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
+    (home, boss, agent)
+}
+
+fn count(home: &TestHome, sql: &str) -> i64 {
+    Connection::open(home.db_path()).expect("open").query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+/// A running spyctl with its stdin held open and its stdout and stderr read
+/// line by line as they come.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Receiver<String>,
+    err: Receiver<String>,
+}
+
+impl Running {
+    fn start(home: &TestHome, args: &[&str]) -> Running {
+        let mut child = home
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spyctl");
+        let stdin = child.stdin.take();
+        let lines = |read: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(read).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        };
+        let out = lines(Box::new(child.stdout.take().expect("stdout")));
+        let err = lines(Box::new(child.stderr.take().expect("stderr")));
+        Running { child, stdin, out, err }
+    }
+
+    /// The next stdout line, waiting at most [`WAIT`].
+    #[track_caller]
+    fn next_line(&self) -> String {
+        self.out.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no output line; stderr: {}", self.stderr_now()))
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    #[track_caller]
+    fn wait_stderr(&self, needle: &str) -> String {
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(line) = self.err.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return line;
+            }
+        }
+        panic!("no stderr line with {needle:?}");
+    }
+
+    fn stderr_now(&self) -> String {
+        self.err.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    fn type_line(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(format!("{text}\n").as_bytes()).expect("type");
+        stdin.flush().expect("flush");
+    }
+
+    /// Closes stdin (end of input) and waits for the exit code.
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.stdin.take());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code(), self.stderr_now());
+            }
+            if start.elapsed() > WAIT {
+                let _ = self.child.kill();
+                panic!("spyctl did not exit at the end of its input");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Neither the database nor its write-ahead log holds `text`.
+#[track_caller]
+fn no_plaintext(home: &TestHome, text: &str) {
+    for path in [home.db_path(), home.path().join("spyctl.db-wal")] {
+        if path.exists() {
+            assert!(!file_contains(&path, text.as_bytes()), "{text:?} in {} in plaintext", path.display());
+        }
+    }
+}
+
+#[test]
+fn listen_gets_the_backlog_then_an_order_queued_while_it_listens_each_stored_before_confirmed() {
+    let (home, boss, agent) = setup();
+    ok(home.run(&["order", &AGENT.to_string(), "Backlog: check the dead drop"]));
+    let listener = Running::start(&agent, &["--json", "listen", "--addr", &boss.addr]);
+    let first: Value = serde_json::from_str(&listener.next_line()).expect("json order");
+    assert_eq!(first["text"], "Backlog: check the dead drop", "{first}");
+    // Queued by another process while the agent listens: pushed unasked.
+    ok(home.run(&["order", &AGENT.to_string(), "Live: leave by the east gate"]));
+    let second: Value = serde_json::from_str(&listener.next_line()).expect("json order");
+    assert_eq!(second["text"], "Live: leave by the east gate", "{second}");
+    assert!(second["from"].as_i64().is_some_and(|id| id != AGENT), "from the director: {second}");
+    wait_until("both orders confirmed", || {
+        count(&home, "SELECT count(*) FROM Orders WHERE DeliveredAt IS NOT NULL") == 2
+    });
+    // Stored in the agent's home (sealed) before it was confirmed.
+    let offline: Value =
+        serde_json::from_str(&ok(agent.run(&["--json", "orders", "--offline"]))).expect("offline json");
+    assert_eq!(offline["orders"].as_array().map(Vec::len), Some(2), "{offline}");
+    assert!(!file_contains(&agent.path().join("orders"), b"east gate"), "the agent's copy is sealed");
+    // The Boss going away ends `listen` with one clear line, non-zero.
+    boss.stop();
+    listener.wait_stderr("the Boss closed the connection");
+}
+
+#[test]
+fn chat_relays_both_ways_between_two_processes_and_waits_for_a_side_that_is_away() {
+    let (home, boss, agent) = setup();
+    // The director speaks first, while the agent is away: stored, sealed.
+    let mut director = Running::start(&home, &["chat", &AGENT.to_string(), "--addr", &boss.addr]);
+    director.wait_stderr("Chat with agent 6 open");
+    director.type_line("While you were out: the bridge is watched");
+    director.wait_stderr("lines are stored and delivered when the agent joins");
+    wait_until("the line stored", || count(&home, "SELECT count(*) FROM ChatLines") == 1);
+    let mut agent_chat = Running::start(&agent, &["chat", "--addr", &boss.addr]);
+    let waiting = agent_chat.next_line();
+    assert!(
+        waiting.contains("] director ") && waiting.ends_with(": While you were out: the bridge is watched"),
+        "{waiting}"
+    );
+    director.wait_stderr("agent 6 is in the chat");
+    // Both ways, each shown on the other side without it typing anything.
+    agent_chat.type_line("Copy that, taking the tunnel");
+    let heard = director.next_line();
+    assert!(heard.ends_with("agent 6: Copy that, taking the tunnel"), "{heard}");
+    director.type_line("Good. Burn this channel after");
+    let heard = agent_chat.next_line();
+    assert!(heard.contains("] director ") && heard.ends_with(": Good. Burn this channel after"), "{heard}");
+    // Too long: one clear line, nothing sent, the chat goes on.
+    agent_chat.type_line(&"x".repeat(5000));
+    agent_chat.wait_stderr("a chat line is at most 4096: not sent");
+    agent_chat.type_line("Still here");
+    assert!(director.next_line().ends_with("agent 6: Still here"));
+    let (code, err) = agent_chat.finish();
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = director.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(count(&home, "SELECT count(*) FROM ChatLines"), 4);
+    assert_eq!(count(&home, "SELECT count(*) FROM ChatLines WHERE DeliveredAt IS NULL"), 0);
+    for text in ["bridge is watched", "taking the tunnel", "Burn this channel", "Still here"] {
+        no_plaintext(&home, text);
+    }
+    boss.stop();
+}
+
+#[test]
+fn chat_refuses_an_unknown_or_unenrolled_agent_and_a_field_agent_in_one_line() {
+    let (home, boss, _agent) = setup();
+    let err = fails(home.run(&["chat", "5", "--addr", &boss.addr]), 1);
+    assert!(err.contains("agent 5 has no enrolled identity"), "{err}");
+    let err = fails(home.run(&["chat", "99", "--addr", &boss.addr]), 1);
+    assert!(err.contains("no agent 99"), "{err}");
+    home.login(FIELD_AGENT);
+    let err = fails(home.run(&["chat", &AGENT.to_string(), "--addr", &boss.addr]), 1);
+    assert!(err.contains("give orders"), "{err}");
+    // An agent's home that never joined has no key to chat with.
+    let stranger = TestHome::new();
+    let err = fails(stranger.run(&["chat", "--addr", &boss.addr]), 1);
+    assert!(err.contains("enrolled identity"), "{err}");
+    boss.stop();
+}
+
+#[test]
+fn a_forged_or_injected_frame_in_a_listening_session_is_refused_and_nothing_is_stored() {
+    let (home, boss, agent) = setup();
+    ok(home.run(&["order", &AGENT.to_string(), "Genuine order"]));
+    // Line 0 from the Boss is the handshake; line 1 the pushed backlog.
+    // Replaced by a frame that is not the Boss's: random bytes, a plain ERR.
+    let forged = v2_forged_line();
+    for injected in [forged.as_bytes().to_vec(), b"ERR auth your key is revoked".to_vec()] {
+        let (addr, _) = crate::protocol_v2::proxy(&boss.addr, Some((1, injected)));
+        let out = agent.run(&["listen", "--addr", &addr]);
+        let err = fails(out, 1);
+        assert!(err.contains("refused an unauthenticated answer"), "{err}");
+    }
+    assert!(!agent.path().join("orders").exists(), "nothing stored from a forged push");
+    assert_eq!(count(&home, "SELECT count(*) FROM Orders WHERE DeliveredAt IS NULL"), 1, "still pending");
+    boss.stop();
+}
+
+/// An `F` line whose bytes no session key made.
+fn v2_forged_line() -> String {
+    let noise = random_bytes(64, 14);
+    spyctl::net::v2::format_line(spyctl::net::v2::LineKind::Transport, &noise).trim_end().to_string()
+}
