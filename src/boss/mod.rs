@@ -136,11 +136,14 @@ impl Boss {
 /// changed the live key epochs (one tiny read of the KeyEpochs table).
 pub const KEY_POLL: Duration = Duration::from_millis(500);
 
-/// How often the dispatcher looks for orders queued by another process. A
-/// `PRAGMA data_version` costs a few microseconds, so 1 ms keeps delivery to
-/// a listening agent well inside the 10 ms at a fraction of a
-/// percent of one core (BENCHMARKS.md, "Orders to a listening agent").
+/// How often the dispatcher looks for orders queued by another process while
+/// an agent listens. A `PRAGMA data_version` costs microseconds; the wakeups
+/// cost more (BENCHMARKS.md, "Orders to a listening agent"), hence
+/// [`OUTBOX_POLL_IDLE`] while nobody listens (a listener gets its backlog
+/// when it starts, so a slower poll then delays nothing already queued).
 pub const OUTBOX_POLL: Duration = Duration::from_millis(1);
+/// The dispatcher's interval while no agent listens.
+pub const OUTBOX_POLL_IDLE: Duration = Duration::from_millis(50);
 
 /// Runs the server with `service` as its handler, and beside it the
 /// housekeeping thread (a scoped thread, so it borrows the service and cannot
@@ -162,7 +165,8 @@ fn serve(server: Server, service: service::BossService) -> Stats {
         match service.outbox_watch() {
             Ok(mut watch) => {
                 scope.spawn(move || {
-                    while let Err(RecvTimeoutError::Timeout) = dispatch_stopped.recv_timeout(OUTBOX_POLL) {
+                    let interval = || if service.has_listeners() { OUTBOX_POLL } else { OUTBOX_POLL_IDLE };
+                    while let Err(RecvTimeoutError::Timeout) = dispatch_stopped.recv_timeout(interval()) {
                         match watch.changed() {
                             Ok(true) => service.push_orders(),
                             Ok(false) => {}

@@ -239,6 +239,11 @@ impl BossService {
         super::orders::OutboxWatch::open(&self.db_path)
     }
 
+    /// Whether any agent listens for orders over v2 now.
+    pub fn has_listeners(&self) -> bool {
+        self.v2.has_listeners()
+    }
+
     /// Pushes newly queued orders to the agents listening over v2.
     pub fn push_orders(&self) {
         self.v2.push_orders(self);

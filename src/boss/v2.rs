@@ -367,6 +367,10 @@ impl V2Sessions {
         }
     }
 
+    pub fn has_listeners(&self) -> bool {
+        !self.listeners.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     /// Pushes new orders to every listening session with nothing in flight.
     /// Called by the dispatcher when the outbox may have changed.
     pub fn push_orders(&self, service: &BossService) {
