@@ -275,6 +275,29 @@ mod tests {
         assert_eq!(skew(1000, 970), None);
     }
 
+    fn json_round_trips<T>(json: &[u8])
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        if let Ok(value) = serde_json::from_slice::<T>(json) {
+            let again = serde_json::to_vec(&value).expect("re-encodes");
+            assert_eq!(serde_json::from_slice::<T>(&again).expect("re-parses"), value);
+        }
+    }
+
+    #[test]
+    fn live_payloads_parse_strictly() {
+        assert!(serde_json::from_slice::<JoinChat>(b"{}").is_ok());
+        assert!(serde_json::from_slice::<JoinChat>(b"{\"agent\":6,\"director\":1}").is_ok());
+        assert!(serde_json::from_slice::<JoinChat>(b"{\"agent\":6,\"root\":true}").is_err());
+        assert!(serde_json::from_slice::<ChatText>(b"{\"text\":\"hi\"}").is_ok());
+        assert!(serde_json::from_slice::<ChatText>(b"{}").is_err());
+        let line = ChatLine { id: "a".into(), at: 1, from: 2, text: "x".into() };
+        json_round_trips::<ChatLine>(&serde_json::to_vec(&line).expect("encodes"));
+        let status = ChatStatus { agent: 6, online: false, stored: None };
+        assert_eq!(serde_json::to_string(&status).expect("encodes"), "{\"agent\":6,\"online\":false}");
+    }
+
     proptest::proptest! {
         #[test]
         fn parsers_never_panic_and_what_they_accept_round_trips(
@@ -285,7 +308,20 @@ mod tests {
                 proptest::prop_assert_eq!(parse_line(again.trim_end().as_bytes()).expect("parses"), (kind, message));
             }
             if let Ok(frame) = Frame::decode(&bytes) {
-                proptest::prop_assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
+                proptest::prop_assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame.clone());
+                // The live frames' JSON payloads (the fuzz target does the same).
+                match frame {
+                    Frame::Join(json) => {
+                        json_round_trips::<JoinChat>(&json);
+                        json_round_trips::<ChatStatus>(&json);
+                    }
+                    Frame::Chat(json) => {
+                        json_round_trips::<ChatText>(&json);
+                        json_round_trips::<ChatLine>(&json);
+                    }
+                    Frame::Push(json) => json_round_trips::<Vec<Order>>(&json),
+                    _ => {}
+                }
             }
         }
 

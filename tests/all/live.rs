@@ -247,3 +247,37 @@ fn v2_forged_line() -> String {
     let noise = random_bytes(64, 14);
     spyctl::net::v2::format_line(spyctl::net::v2::LineKind::Transport, &noise).trim_end().to_string()
 }
+
+#[test]
+fn only_the_boss_key_joins_another_agents_chat_and_live_frames_out_of_turn_are_refused() {
+    use spyctl::crypto::IdentityKeys;
+    use spyctl::net::protocol::ErrorCode;
+    use spyctl::net::v2::JoinChat;
+    use spyctl::net::v2_client::{Pushed, V2Client};
+    let (home, boss, agent) = setup();
+    let agent_home = spyctl::home::Home::at(agent.path());
+    let me = agent_home.load_identity().expect("identity");
+    let pin = agent_home.load_pin().expect("pin").expect("pinned").boss().expect("keys");
+    let connect = |keys: &IdentityKeys, id: i64| {
+        V2Client::connect(&boss.addr, Duration::from_secs(5), keys, &pin, id).expect("v2").into_live().expect("live")
+    };
+    let refused = |next: Pushed| match next {
+        Pushed::Refused { code, text } => (code, text),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // An agent's key cannot open another agent's chat.
+    let (sender, mut receiver) = connect(&me, AGENT);
+    sender.join(&JoinChat { agent: Some(5), director: None }).expect("send");
+    let (code, text) = refused(receiver.next().expect("answer"));
+    assert_eq!(code, ErrorCode::Forbidden, "{text}");
+    // A chat line before joining is refused, authenticated.
+    sender.say("out of turn").expect("send");
+    assert_eq!(refused(receiver.next().expect("answer")).0, ErrorCode::BadRequest);
+    // The Boss's own key (a director's chat) cannot listen for an agent's orders.
+    let boss_keys = spyctl::home::Home::at(home.path()).load_identity().expect("boss identity");
+    let (sender, mut receiver) = connect(&boss_keys, 1);
+    sender.listen().expect("send");
+    assert_eq!(refused(receiver.next().expect("answer")).0, ErrorCode::Forbidden);
+    assert_eq!(count(&home, "SELECT count(*) FROM ChatLines"), 0, "nothing stored");
+    boss.stop();
+}
