@@ -94,18 +94,7 @@ pub fn chat(ctx: &mut Ctx<'_>, args: ChatArgs) -> Result<()> {
                     progress.lock().unwrap_or_else(|p| p.into_inner()).stored += 1;
                 }
                 if other_online != Some(status.online) && !quiet {
-                    let other = if args.agent.is_some() { format!("agent {agent_id}") } else { "no director".into() };
-                    eprintln!(
-                        "{}",
-                        match (status.online, args.agent.is_some()) {
-                            (true, true) => format!("agent {agent_id} is in the chat."),
-                            (true, false) => "a director is in the chat.".to_string(),
-                            (false, _) => format!(
-                                "{other} is in the chat now: lines are stored and delivered when {} joins.",
-                                if args.agent.is_some() { "the agent" } else { "a director" }
-                            ),
-                        }
-                    );
+                    eprintln!("{}", presence(status.online, args.agent));
                 }
                 other_online = Some(status.online);
             }
@@ -127,6 +116,19 @@ pub fn chat(ctx: &mut Ctx<'_>, args: ChatArgs) -> Result<()> {
             }
             Pushed::Heartbeat | Pushed::Orders(_) => {}
         }
+    }
+}
+
+/// One line saying whether the other side is in the chat (`agent`: the
+/// agent a director chats with; none on the agent's side).
+fn presence(online: bool, agent: Option<i64>) -> String {
+    match (online, agent) {
+        (true, Some(agent)) => format!("agent {agent} is in the chat."),
+        (true, None) => "a director is in the chat.".to_string(),
+        (false, Some(agent)) => {
+            format!("agent {agent} is not in the chat: lines are stored and delivered when the agent joins.")
+        }
+        (false, None) => "no director is in the chat: lines are stored and delivered when a director joins.".into(),
     }
 }
 

@@ -65,7 +65,7 @@ pub fn order(ctx: &mut Ctx<'_>, args: OrderArgs) -> Result<()> {
         return ctx.json(serde_json::json!({ "queued": list }));
     }
     for (agent, id) in &queued {
-        ctx.say(&format!("Order {id} queued for agent {agent}; it is delivered when the agent runs `spyctl orders`."))?;
+        ctx.say(&format!("Order {id} queued for agent {agent}; it reaches the agent at once if it runs `spyctl listen`, else at its next `spyctl orders`."))?;
     }
     Ok(())
 }
