@@ -66,7 +66,7 @@ pub fn chat(ctx: &mut Ctx<'_>, args: ChatArgs) -> Result<()> {
     let mut other_online = None;
     let quiet = ctx.quiet || ctx.json;
     loop {
-        let pushed = match receiver.next() {
+        let pushed = match receiver.receive() {
             Ok(pushed) => pushed,
             Err(V2Error::Closed) | Err(V2Error::Io(_))
                 if progress.lock().unwrap_or_else(|p| p.into_inner()).input_ended =>

@@ -40,7 +40,7 @@ pub fn listen(ctx: &mut Ctx<'_>, args: ListenArgs) -> Result<()> {
     }
     let mut listening = false;
     loop {
-        match receiver.next() {
+        match receiver.receive() {
             Ok(Pushed::Orders(offer)) => {
                 if !listening {
                     listening = true;

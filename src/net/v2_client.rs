@@ -310,7 +310,7 @@ pub struct V2Receiver {
 impl V2Receiver {
     /// Waits for the Boss's next frame. Anything unauthenticated, or not a
     /// frame the Boss pushes, is an error: the session is then over.
-    pub fn next(&mut self) -> Result<Pushed, V2Error> {
+    pub fn receive(&mut self) -> Result<Pushed, V2Error> {
         let line = read_line(&mut self.reader)?;
         let frame = open_frame(&mut self.transport.lock().unwrap_or_else(|p| p.into_inner()), &line)?;
         match frame {

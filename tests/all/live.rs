@@ -268,16 +268,16 @@ fn only_the_boss_key_joins_another_agents_chat_and_live_frames_out_of_turn_are_r
     // An agent's key cannot open another agent's chat.
     let (sender, mut receiver) = connect(&me, AGENT);
     sender.join(&JoinChat { agent: Some(5), director: None }).expect("send");
-    let (code, text) = refused(receiver.next().expect("answer"));
+    let (code, text) = refused(receiver.receive().expect("answer"));
     assert_eq!(code, ErrorCode::Forbidden, "{text}");
     // A chat line before joining is refused, authenticated.
     sender.say("out of turn").expect("send");
-    assert_eq!(refused(receiver.next().expect("answer")).0, ErrorCode::BadRequest);
+    assert_eq!(refused(receiver.receive().expect("answer")).0, ErrorCode::BadRequest);
     // The Boss's own key (a director's chat) cannot listen for an agent's orders.
     let boss_keys = spyctl::home::Home::at(home.path()).load_identity().expect("boss identity");
     let (sender, mut receiver) = connect(&boss_keys, 1);
     sender.listen().expect("send");
-    assert_eq!(refused(receiver.next().expect("answer")).0, ErrorCode::Forbidden);
+    assert_eq!(refused(receiver.receive().expect("answer")).0, ErrorCode::Forbidden);
     assert_eq!(count(&home, "SELECT count(*) FROM ChatLines"), 0, "nothing stored");
     boss.stop();
 }
