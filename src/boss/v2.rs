@@ -8,8 +8,8 @@
 //!
 //! A session that listens for orders (`L`) or joins a chat (`J`) becomes
 //! *live*: the Boss then writes to it unasked (pushed orders, the other
-//! side's chat lines), so from then on every frame for it, answers included,
-//! is sealed and written under the session's lock, in nonce order, and the
+//! side's chat lines). So every frame of a session, answers included, is
+//! sealed and written under the session's lock, in nonce order, and the
 //! connection thread gets empty answers to write.
 
 use std::collections::HashMap;
@@ -58,20 +58,19 @@ struct Session {
 }
 
 impl Session {
-    fn live(&self) -> bool {
-        !matches!(self.mode, Mode::Requests) && self.socket.is_some()
-    }
-
     fn agent_side(&self) -> bool {
         matches!(self.who, Who::Agent(_))
     }
 
-    /// Seals `frame` as the session's next `F` line. A live session writes
-    /// it itself (under the caller's lock) and gives the connection thread an
-    /// empty answer; otherwise the thread writes the returned line.
+    /// Seals `frame` as the session's next `F` line and writes it at once,
+    /// under the caller's lock, giving the connection thread an empty answer:
+    /// frames then reach the wire in nonce order even when the session turns
+    /// live in the middle of a pipelined batch (a pushed frame must never
+    /// overtake an answer sealed before it). Without a socket (in-process
+    /// callers), the thread writes the returned line.
     fn respond(&mut self, frame: Frame, outcome: Outcome) -> Answer {
         let answer = seal(&mut self.transport, frame, outcome);
-        if !self.live() {
+        if self.socket.is_none() {
             return answer;
         }
         if !self.push_line(&answer.line) {
@@ -403,7 +402,8 @@ impl V2Sessions {
     }
 
     fn forget(&self, _service: &BossService, conn: u64) {
-        if let Some(shared) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn) {
+        let removed = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+        if let Some(shared) = removed {
             lock(&shared).closed = true;
         }
         self.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);

@@ -281,3 +281,52 @@ fn only_the_boss_key_joins_another_agents_chat_and_live_frames_out_of_turn_are_r
     assert_eq!(count(&home, "SELECT count(*) FROM ChatLines"), 0, "nothing stored");
     boss.stop();
 }
+
+/// A client that pipelines a heartbeat and `L` in one write gets both
+/// answers in nonce order: the push that `L` starts never overtakes the
+/// answer sealed before it (each opens with the next receiving nonce).
+#[test]
+fn answers_and_pushes_of_one_pipelined_batch_arrive_in_nonce_order() {
+    use spyctl::crypto::noise;
+    use spyctl::net::v2::{self, Frame, Hello, LineKind};
+    let (home, boss, agent) = setup();
+    ok(home.run(&["order", &AGENT.to_string(), "Pipelined order"]));
+    let agent_home = spyctl::home::Home::at(agent.path());
+    let me = agent_home.load_identity().expect("identity");
+    let pin = agent_home.load_pin().expect("pin").expect("pinned").boss().expect("keys");
+    let mut handshake = noise::initiator(&me, &pin.x25519).expect("initiator");
+    let stream = std::net::TcpStream::connect(&boss.addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let hello =
+        serde_json::to_vec(&Hello { v: 2, agent: AGENT, time: spyctl::crypto::fernet::unix_now() }).expect("hello");
+    let mut buf = vec![0u8; noise::MAX_MESSAGE];
+    let n = handshake.write_message(&hello, &mut buf).expect("message 1");
+    writer.write_all(v2::format_line(LineKind::Handshake, &buf[..n]).as_bytes()).expect("send");
+    let mut read_line = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read");
+        v2::parse_line(line.trim_end().as_bytes()).expect("a v2 line").1
+    };
+    let answer = read_line();
+    handshake.read_message(&answer, &mut buf).expect("message 2");
+    let mut transport = handshake.into_transport_mode().expect("transport");
+    let mut batch = String::new();
+    for frame in [Frame::Heartbeat, Frame::Listen] {
+        let n = transport.write_message(&frame.encode(), &mut buf).expect("seal");
+        batch.push_str(&v2::format_line(LineKind::Transport, &buf[..n]));
+    }
+    writer.write_all(batch.as_bytes()).expect("pipelined");
+    let mut open = |message: Vec<u8>| {
+        let mut plain = vec![0u8; message.len()];
+        let n = transport.read_message(&message, &mut plain).expect("opens with the next nonce");
+        Frame::decode(&plain[..n]).expect("frame")
+    };
+    assert_eq!(open(read_line()), Frame::Heartbeat);
+    match open(read_line()) {
+        Frame::Push(json) => assert!(String::from_utf8_lossy(&json).contains("Pipelined order")),
+        other => panic!("expected the pushed backlog, got {other:?}"),
+    }
+    boss.stop();
+}
