@@ -166,10 +166,12 @@ fn serve(server: Server, service: service::BossService) -> Stats {
             Ok(mut watch) => {
                 scope.spawn(move || {
                     let interval = || if service.has_listeners() { OUTBOX_POLL } else { OUTBOX_POLL_IDLE };
+                    // Set when a listener was busy: try it again next tick.
+                    let mut retry = false;
                     while let Err(RecvTimeoutError::Timeout) = dispatch_stopped.recv_timeout(interval()) {
                         match watch.changed() {
-                            Ok(true) => service.push_orders(),
-                            Ok(false) => {}
+                            Ok(changed) if changed || retry => retry = !service.push_orders(),
+                            Ok(_) => {}
                             Err(e) => {
                                 tracing::error!(error = %e, "the outbox watch failed; listening agents get no pushes");
                                 break;

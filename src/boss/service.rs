@@ -244,9 +244,10 @@ impl BossService {
         self.v2.has_listeners()
     }
 
-    /// Pushes newly queued orders to the agents listening over v2.
-    pub fn push_orders(&self) {
-        self.v2.push_orders(self);
+    /// Pushes newly queued orders to the agents listening over v2; false if
+    /// a busy session was skipped (try again shortly).
+    pub fn push_orders(&self) -> bool {
+        self.v2.push_orders(self)
     }
 
     pub fn partial_expiry(&self) -> std::time::Duration {

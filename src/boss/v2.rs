@@ -371,12 +371,23 @@ impl V2Sessions {
     }
 
     /// Pushes new orders to every listening session with nothing in flight.
-    /// Called by the dispatcher when the outbox may have changed.
-    pub fn push_orders(&self, service: &BossService) {
+    /// Called by the dispatcher when the outbox may have changed. A session
+    /// busy on its own thread (its lock held, say by a write to a peer that
+    /// stopped reading) is skipped, not waited for: returns false if any
+    /// was, and the dispatcher tries again at its next tick.
+    pub fn push_orders(&self, service: &BossService) -> bool {
         let listening: Vec<u64> = self.listeners.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let mut all = true;
         for conn in listening {
             let Some(shared) = self.get(conn) else { continue };
-            let mut session = lock(&shared);
+            let mut session = match shared.try_lock() {
+                Ok(session) => session,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    all = false;
+                    continue;
+                }
+            };
             let identity = match (&session.who, &session.mode) {
                 (Who::Agent(identity), Mode::Listening { in_flight }) if in_flight.is_empty() && !session.closed => {
                     identity.clone()
@@ -393,6 +404,7 @@ impl V2Sessions {
                 }
             }
         }
+        all
     }
 
     /// Forgets the session of a closed connection, and tells the other side

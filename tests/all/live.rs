@@ -330,3 +330,77 @@ fn answers_and_pushes_of_one_pipelined_batch_arrive_in_nonce_order() {
     }
     boss.stop();
 }
+
+/// An enrolled agent that listens but stops reading, while flooding the Boss
+/// with heartbeats, fills its socket until its own connection thread blocks
+/// writing an answer (holding its session). The dispatcher skips that
+/// session instead of waiting for it, so another listening agent still gets
+/// each order (the Boss's write timeout is set far beyond the wait here, so a
+/// dispatcher that waited would not deliver the second order in time).
+#[test]
+fn a_listener_that_stops_reading_does_not_hold_up_another_listeners_orders() {
+    use spyctl::crypto::noise;
+    use spyctl::net::v2::{self, Frame, Hello, LineKind};
+    let home = TestHome::initialised();
+    home.login(DIRECTOR);
+    let boss = home.boss(&["--line-deadline", "600"]);
+    let joined = |id: i64| {
+        let code: Value =
+            serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &id.to_string()]))).expect("enroll");
+        let agent = TestHome::new();
+        ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
+        agent
+    };
+    let (stuck, good) = (joined(5), joined(AGENT));
+    // Agent 5: a raw client that listens, then only writes.
+    let stuck_home = spyctl::home::Home::at(stuck.path());
+    let me = stuck_home.load_identity().expect("identity");
+    let pin = stuck_home.load_pin().expect("pin").expect("pinned").boss().expect("keys");
+    let mut handshake = noise::initiator(&me, &pin.x25519).expect("initiator");
+    let stream = std::net::TcpStream::connect(&boss.addr).expect("connect");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let hello = serde_json::to_vec(&Hello { v: 2, agent: 5, time: spyctl::crypto::fernet::unix_now() }).expect("hello");
+    let mut buf = vec![0u8; noise::MAX_MESSAGE];
+    let n = handshake.write_message(&hello, &mut buf).expect("message 1");
+    writer.write_all(v2::format_line(LineKind::Handshake, &buf[..n]).as_bytes()).expect("send");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("message 2");
+    let answer = v2::parse_line(line.trim_end().as_bytes()).expect("v2 line").1;
+    handshake.read_message(&answer, &mut buf).expect("opens");
+    let mut transport = handshake.into_transport_mode().expect("transport");
+    let flood = std::thread::spawn(move || {
+        let mut seal = |frame: Frame| {
+            let n = transport.write_message(&frame.encode(), &mut buf).expect("seal");
+            v2::format_line(LineKind::Transport, &buf[..n])
+        };
+        let _ = writer.write_all(seal(Frame::Listen).as_bytes());
+        // About 13 MiB of heartbeats, never reading an answer: more than the
+        // socket buffers on both sides hold.
+        let mut chunk = String::new();
+        for _ in 0..500_000 {
+            chunk.push_str(&seal(Frame::Heartbeat));
+            if chunk.len() > 256 * 1024 {
+                if writer.write_all(chunk.as_bytes()).is_err() {
+                    return;
+                }
+                chunk.clear();
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let listener = Running::start(&good, &["--json", "listen", "--addr", &boss.addr]);
+    for text in ["First, while agent 5 is stuck", "Second, while agent 5 is stuck"] {
+        ok(home.run(&["order", &AGENT.to_string(), text]));
+        let got: Value = serde_json::from_str(&listener.next_line()).expect("json order");
+        assert_eq!(got["text"], text, "{got}");
+    }
+    drop(listener);
+    // Closing with answers unread resets the connection, which frees the
+    // Boss's blocked write (else it would wait out its 600 s timeout).
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = flood.join();
+    drop(reader);
+    drop(stream);
+    boss.stop();
+}
