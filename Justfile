@@ -16,7 +16,7 @@ test:
 # Formatting and lints, as CI checks them.
 lint:
     cargo fmt --all -- --check
-    cargo clippy --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets -- -D warnings
 
 # Exactly what CI runs.
 ci:
@@ -44,7 +44,7 @@ completions shell="bash":
 
 # Criterion micro-benchmarks: Fernet seal/open by size, blind index, Argon2id, parsers.
 bench:
-    cargo bench --bench crypto
+    cargo bench -p spyctl-benches --bench crypto
 
 # Install the Python reference Boss's requirements (bench/) into target/bench-venv.
 bench-setup:

@@ -8,9 +8,11 @@
 #     `spyctl --version` (process start alone).
 #  2. Ingest at 8 persistent connections, 64 B messages: `boss bench` as agent 1
 #     over v1 (PSK, its exported wire key) and as enrolled agent 6 (channel
-#     key, Ed25519 signature + minisign global signature per message, Boss
-#     verifies both, signed receipt per ACK checked by the agent), alternating
-#     PSK, signed, PSK, signed ... ROUNDS times so both see the same load.
+#     key, Ed25519 signature + minisign global signature per message, the
+#     Boss verifies the statement signature before storing, signed receipt
+#     per ACK checked by the agent), alternating PSK, signed, PSK, signed ...
+#     ROUNDS times so both see the same load. Each run also prints the Boss's
+#     own CPU per message (user + system, /proc/PID/stat).
 # Prints `uptime` before and after: the machine may be shared.
 set -euo pipefail
 BIN=${1:-target/release/spyctl}
@@ -53,13 +55,22 @@ done
 LAST=$WORK/agent-$ROUNDS
 
 echo "== ingest, 8 persistent connections, $N x 64 B per run, alternating"
+# The Boss's own CPU (user + system ticks of all its threads, /proc/PID/stat)
+# around each run: per message, it does not depend on what else the machine runs.
+BOSS_PID=$(jobs -p | tail -1)
+boss_ticks() { awk '{ print $14 + $15 }' "/proc/$BOSS_PID/stat"; }
+TICK=$(getconf CLK_TCK)
 for i in $(seq "$ROUNDS"); do
+    b0=$(boss_ticks)
     "$BIN" --json boss bench --addr "$ADDR" -c 8 -n "$N" -s 64 --agent-id 1 --key-file "$WORK/agent1.key" \
         >"$WORK/psk-$i.json"
+    b1=$(boss_ticks)
     "$BIN" --home "$LAST" --json boss bench --addr "$ADDR" -c 8 -n "$N" -s 64 >"$WORK/signed-$i.json"
+    b2=$(boss_ticks)
     for kind in psk signed; do
-        python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%-6s round %s: %7.0f msgs/s  p50 %.3f ms  p99 %.3f ms  stored %d  signed %s" % (sys.argv[2], sys.argv[3], r["msgs_per_sec"], r["latency_us"]["p50"]/1e3, r["latency_us"]["p99"]/1e3, r["stored"], r["signed"]))' \
-            "$WORK/$kind-$i.json" "$kind" "$i"
+        if [ "$kind" = psk ]; then ticks=$((b1 - b0)); else ticks=$((b2 - b1)); fi
+        python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%-6s round %s: %7.0f msgs/s  p50 %.3f ms  p99 %.3f ms  stored %d  signed %s  Boss CPU %.1f us/msg" % (sys.argv[2], sys.argv[3], r["msgs_per_sec"], r["latency_us"]["p50"]/1e3, r["latency_us"]["p99"]/1e3, r["stored"], r["signed"], int(sys.argv[4]) / int(sys.argv[5]) * 1e6 / r["stored"]))' \
+            "$WORK/$kind-$i.json" "$kind" "$i" "$ticks" "$TICK"
     done
 done
 echo "uptime after: $(uptime)"

@@ -63,7 +63,7 @@ openssl speed -elapsed -mr -seconds 1 -hmac sha256 >"$OUT/openssl-hmac.mr" 2>/de
 grep '^+F' "$OUT/openssl-aes.mr" "$OUT/openssl-hmac.mr" | sed 's/^.*+F:[0-9]*:/  /'
 echo "  (bytes/s at 16, 64, 256, 1024, 8192, 16384 B blocks, wall clock)"
 if [ "${SKIP_CRITERION:-0}" != 1 ]; then
-    cargo bench --quiet --bench crypto 2>&1 | grep -E '^(fernet|blind_index|password|protocol)/|time:|thrpt:' \
+    cargo bench --quiet -p spyctl-benches --bench crypto 2>&1 | grep -E '^(fernet|blind_index|password|protocol)/|time:|thrpt:' \
         | tee "$OUT/criterion.txt"
 fi
 "$PY" bench/fernet_speed.py --json >"$OUT/python-fernet.json"

@@ -379,6 +379,11 @@ pub struct ServeArgs {
     /// Serve v1 `MSG` lines (the Fernet PSK channel); `off` leaves enrolment and v2 sessions only
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub v1: Switch,
+    /// v2 handshakes that end without a session (each costs the Boss a few X25519 operations) one address may
+    /// make per second, in bursts of twice that; past it the address gets `ERR busy` at no cost until it
+    /// refills. Handshakes of enrolled agents never count. 0 turns the limit off
+    #[arg(long, default_value_t = crate::boss::handshake_budget::DEFAULT_PER_SECOND, value_name = "N")]
+    pub failed_handshakes: u32,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod agent_keys;
 pub mod chat;
 pub mod enroll;
 pub mod files;
+pub mod handshake_budget;
 pub mod inbox;
 pub mod orders;
 pub mod receipt;

@@ -41,6 +41,8 @@ pub struct BossConfig {
     /// Whether v1 `MSG` lines (the Fernet PSK channel) are served; enrolment
     /// lines and v2 sessions are served either way.
     pub v1: bool,
+    /// Failed v2 handshakes one address may cost per second (0: no limit).
+    pub failed_handshakes_per_second: u32,
 }
 
 impl Default for BossConfig {
@@ -51,6 +53,7 @@ impl Default for BossConfig {
             quota: Quota { max_stored_bytes: 4 << 30, max_partial_uploads: 8, min_free_bytes: 256 << 20 },
             partial_expiry: std::time::Duration::from_secs(60 * 60),
             v1: true,
+            failed_handshakes_per_second: super::handshake_budget::DEFAULT_PER_SECOND,
         }
     }
 }
@@ -148,7 +151,7 @@ impl BossService {
         let registry = RegistryKeys::derive(&keyring);
         Ok(BossService {
             enrolment,
-            v2: super::v2::V2Sessions::default(),
+            v2: super::v2::V2Sessions::new(config.failed_handshakes_per_second),
             keys: RwLock::new(Arc::new(EpochKeys { registry, fingerprint })),
             load_master,
             last_key_check: Mutex::new(std::time::Instant::now()),

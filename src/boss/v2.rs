@@ -23,13 +23,14 @@ use crate::net::protocol::ErrorCode;
 use crate::net::server::{Answer, Outcome, Peer};
 use crate::net::v2::{self, ChatStatus, ChatText, Frame, Hello, JoinChat, LineKind, Welcome};
 
+use super::handshake_budget::HandshakeBudget;
 use super::service::BossService;
 use super::store::WriteOp;
 
 /// Who is on the other end of a session.
 enum Who {
     /// An enrolled agent, proved by its static key.
-    Agent(StoredIdentity),
+    Agent(Box<StoredIdentity>),
     /// The Boss's own static key: a director's `chat N` from the Boss's home
     /// (only that home holds the key). `director` is the AgentId it gave.
     Director { director: i64 },
@@ -43,7 +44,7 @@ enum Mode {
     /// and are not yet confirmed (nothing more is pushed until they are).
     Listening { in_flight: Vec<String> },
     /// In the chat of `agent` (the agent's own, or a director's with it).
-    Chat { agent: StoredIdentity },
+    Chat { agent: Box<StoredIdentity> },
 }
 
 /// One connection's agreed keys and who is on the other end.
@@ -108,14 +109,15 @@ fn lock(session: &Shared) -> MutexGuard<'_, Session> {
     session.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Every open v2 session, by connection id, with the indexes the pushers use.
-#[derive(Default)]
+/// Every open v2 session, by connection id, with the indexes the pushers
+/// use, and what failed handshakes each address may still cost.
 pub struct V2Sessions {
     sessions: Mutex<HashMap<u64, Shared>>,
     /// Listening sessions: connection id to agent.
     listeners: Mutex<HashMap<u64, i64>>,
     /// Chat sessions by agent: connection id and whether it is the agent's side.
     rooms: Mutex<HashMap<i64, Vec<(u64, bool)>>>,
+    budget: HandshakeBudget,
 }
 
 fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
@@ -127,6 +129,16 @@ fn refuse(session: &mut Session, code: ErrorCode, text: &str) -> Answer {
 }
 
 impl V2Sessions {
+    /// Sessions with a budget of `failed_handshakes_per_second` per address.
+    pub fn new(failed_handshakes_per_second: u32) -> Self {
+        V2Sessions {
+            sessions: Mutex::default(),
+            listeners: Mutex::default(),
+            rooms: Mutex::default(),
+            budget: HandshakeBudget::new(failed_handshakes_per_second),
+        }
+    }
+
     fn get(&self, conn: u64) -> Option<Shared> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&conn).cloned()
     }
@@ -170,7 +182,7 @@ impl V2Sessions {
             Err(e) => return refuse(&mut session, ErrorCode::BadRequest, &e.0),
         };
         let identity = match &session.who {
-            Who::Agent(identity) => Some(identity.clone()),
+            Who::Agent(identity) => Some((**identity).clone()),
             Who::Director { .. } => None,
         };
         match (frame, identity) {
@@ -242,7 +254,7 @@ impl V2Sessions {
             return refuse(&mut session, ErrorCode::BadRequest, "J carries {} or {\"agent\":N,\"director\":D}");
         };
         let agent = match (&session.who, join.agent) {
-            (Who::Agent(identity), None) => identity.clone(),
+            (Who::Agent(identity), None) => (**identity).clone(),
             (Who::Agent(_), Some(_)) => {
                 return refuse(&mut session, ErrorCode::Forbidden, "an agent chats in its own chat only");
             }
@@ -266,7 +278,7 @@ impl V2Sessions {
         }
         let agent_id = agent.agent_id;
         let agent_side = session.agent_side();
-        session.mode = Mode::Chat { agent: agent.clone() };
+        session.mode = Mode::Chat { agent: Box::new(agent.clone()) };
         let online = {
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             let room = rooms.entry(agent_id).or_default();
@@ -312,7 +324,7 @@ impl V2Sessions {
         let Mode::Chat { agent } = &session.mode else {
             return refuse(&mut session, ErrorCode::BadRequest, "join a chat (J) before sending lines");
         };
-        let agent = agent.clone();
+        let agent = (**agent).clone();
         let Ok(ChatText { text }) = serde_json::from_slice::<ChatText>(json) else {
             return refuse(&mut session, ErrorCode::BadRequest, "C carries {\"text\":\"...\"}");
         };
@@ -390,7 +402,7 @@ impl V2Sessions {
             };
             let identity = match (&session.who, &session.mode) {
                 (Who::Agent(identity), Mode::Listening { in_flight }) if in_flight.is_empty() && !session.closed => {
-                    identity.clone()
+                    (**identity).clone()
                 }
                 _ => continue,
             };
@@ -444,6 +456,14 @@ impl V2Sessions {
     /// (a director in the Boss's home), an authenticated error follows and
     /// no session is kept.
     fn handshake(&self, service: &BossService, message: &[u8], peer: &Peer) -> Answer {
+        // Charged before any DH; given back below if a session results.
+        if !self.budget.try_charge(peer.addr.ip(), std::time::Instant::now()) {
+            tracing::debug!(conn = peer.id, "v2: handshake refused, this address's failed-handshake budget is spent");
+            return plain_refusal(
+                ErrorCode::Busy,
+                "too many v2 handshakes without a session from your address; try again in a second",
+            );
+        }
         let Ok(mut responder) = noise::responder(service.identity_keys()) else {
             return plain_refusal(ErrorCode::Internal, "try again later");
         };
@@ -460,7 +480,9 @@ impl V2Sessions {
             Some(Who::Director { director: hello.agent })
         } else {
             match service.enrolled(hello.agent) {
-                Ok(found) => found.filter(|identity| Some(identity.public.x25519) == their_static).map(Who::Agent),
+                Ok(found) => found
+                    .filter(|identity| Some(identity.public.x25519) == their_static)
+                    .map(|identity| Who::Agent(Box::new(identity))),
                 Err(e) => {
                     tracing::error!(error = %e, "identity lookup failed");
                     return plain_refusal(ErrorCode::Internal, "try again later");
@@ -479,6 +501,7 @@ impl V2Sessions {
         match who {
             Some(who) => {
                 tracing::debug!(conn = peer.id, agent = hello.agent, "v2 session");
+                self.budget.refund(peer.addr.ip());
                 let session =
                     Session { transport, who, mode: Mode::Requests, socket: peer.socket.clone(), closed: false };
                 self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, Arc::new(Mutex::new(session)));

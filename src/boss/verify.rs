@@ -40,8 +40,16 @@ impl<'a> Subject<'a> {
 }
 
 /// Checks what an enrolled agent sent: both signatures (the statement's and
-/// minisign's global one) must be there and verify under its current key.
-/// The error is the reason to log and to answer with `ERR auth`.
+/// minisign's global one) must be there, and the statement's must verify
+/// under its current key. The error is the reason to log and to answer with
+/// `ERR auth`.
+///
+/// The global signature is kept unchecked here: it signs `signature ||
+/// trusted comment`, which says nothing the statement signature does not,
+/// and only minisign needs it. `boss verify`, `boss inbox` and `boss export`
+/// check it (see [`GlobalSignature`]); a bad one spoils only that agent's
+/// own export. Checking it here would be a second Ed25519 verification per
+/// message (~46 µs, BENCHMARKS.md "Identities").
 pub fn check_sent(
     boss_ed25519: &[u8; 32],
     identity: &identities::StoredIdentity,
@@ -51,7 +59,10 @@ pub fn check_sent(
     let sig = sig.ok_or("an enrolled agent must sign every message and file")?;
     let trusted = sig.trusted.ok_or("the signature has no tsig (the global signature minisign checks)")?;
     let statement = subject.statement(boss_ed25519, identity.agent_id, sig.time);
-    minisign::verify_statement(&identity.public, &statement, &sig.signature, Some(&trusted))
+    identity
+        .verifier
+        .ok_or("its key is not a valid Ed25519 key")?
+        .verify(&statement, &sig.signature)
         .map_err(|_| "the signature does not verify")?;
     let signed_at = i64::try_from(sig.time).map_err(|_| "the signature's time is out of range")?;
     Ok(MessageSignature {
@@ -70,13 +81,25 @@ pub struct Evidence {
     pub signer: PublicIdentity,
 }
 
+/// minisign's global signature kept with a verified statement signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalSignature {
+    /// It verifies: the entry can be exported for `minisign -V`.
+    Verified,
+    /// None was kept (sent before exports existed).
+    Missing,
+    /// It does not verify (the agent's client sent a bad one): the message
+    /// is still the agent's, but it cannot be exported for minisign.
+    Bad,
+}
+
 /// What a message's signature says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignatureStatus {
     /// Sent over the v1 PSK channel: authenticated, not signed.
     Unsigned,
     /// Signed by the agent key with this fingerprint (revoked since, or not).
-    Verified { fingerprint: String, revoked: bool },
+    Verified { fingerprint: String, revoked: bool, global: GlobalSignature },
     /// A signature is stored but does not verify (or its key is unknown).
     Invalid(&'static str),
 }
@@ -85,9 +108,13 @@ impl SignatureStatus {
     pub fn label(&self) -> String {
         match self {
             SignatureStatus::Unsigned => "unsigned".into(),
-            SignatureStatus::Verified { fingerprint, revoked: false } => format!("verified {fingerprint}"),
-            SignatureStatus::Verified { fingerprint, revoked: true } => {
-                format!("verified {fingerprint} (since-revoked key)")
+            SignatureStatus::Verified { fingerprint, revoked, global } => {
+                let revoked = if *revoked { " (since-revoked key)" } else { "" };
+                let global = match global {
+                    GlobalSignature::Verified | GlobalSignature::Missing => "",
+                    GlobalSignature::Bad => "; its minisign global signature does NOT verify",
+                };
+                format!("verified {fingerprint}{revoked}{global}")
             }
             SignatureStatus::Invalid(why) => format!("INVALID: {why}"),
         }
@@ -167,18 +194,31 @@ fn check_stored(
 ) -> (SignatureStatus, Option<Evidence>) {
     let Ok(signed_at) = u64::try_from(sig.signed_at) else { return (SignatureStatus::Invalid("bad time"), None) };
     let statement = subject.statement(boss_ed25519, signer.agent_id, signed_at);
-    let trusted = sig.trusted.as_deref();
-    if minisign::verify_statement(&signer.public, &statement, &sig.signature, trusted).is_err() {
+    if minisign::verify_statement(&signer.public, &statement, &sig.signature, None).is_err() {
         return (SignatureStatus::Invalid("the signature does not verify"), None);
     }
-    let status =
-        SignatureStatus::Verified { fingerprint: signer.public.fingerprint(), revoked: signer.revoked_at.is_some() };
-    // Verified above, so both have their lengths.
-    let evidence = match (<[u8; 64]>::try_from(sig.signature.as_slice()), trusted.map(<[u8; 64]>::try_from)) {
-        (Ok(signature), Some(Ok(trusted))) => {
-            Some(Evidence { statement, signatures: StatementSignatures { signature, trusted }, signer: signer.public })
+    let (global, evidence) = match sig.trusted.as_deref() {
+        None => (GlobalSignature::Missing, None),
+        Some(trusted) => {
+            let ok = minisign::verify_statement(&signer.public, &statement, &sig.signature, Some(trusted)).is_ok();
+            // Verified, so both have their lengths.
+            match (ok, <[u8; 64]>::try_from(sig.signature.as_slice()), <[u8; 64]>::try_from(trusted)) {
+                (true, Ok(signature), Ok(trusted)) => (
+                    GlobalSignature::Verified,
+                    Some(Evidence {
+                        statement,
+                        signatures: StatementSignatures { signature, trusted },
+                        signer: signer.public,
+                    }),
+                ),
+                _ => (GlobalSignature::Bad, None),
+            }
         }
-        _ => None,
+    };
+    let status = SignatureStatus::Verified {
+        fingerprint: signer.public.fingerprint(),
+        revoked: signer.revoked_at.is_some(),
+        global,
     };
     (status, evidence)
 }

@@ -53,6 +53,7 @@ pub fn serve(ctx: &mut Ctx<'_>, args: ServeArgs) -> Result<()> {
         },
         partial_expiry: Duration::from_secs(args.partial_expiry),
         v1: args.v1 == crate::cli::Switch::On,
+        failed_handshakes_per_second: args.failed_handshakes,
     };
     let boss = Boss::bind(&ctx.home, &args.bind, limits, config)?;
     let addr = boss.local_addr();
@@ -302,7 +303,7 @@ pub fn inbox_get(ctx: &mut Ctx<'_>, id: &str, out: &Path, force: bool) -> Result
 /// recorded SHA-256) and checks its signature again with the key it names
 /// (revoked since, or not). Fails unless every entry with that id verifies.
 pub fn verify(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
-    use crate::boss::verify::{self, SignatureStatus};
+    use crate::boss::verify::{self, GlobalSignature, SignatureStatus};
     let gate = require(ctx, Action::ReadInbox)?;
     let identity = ctx.home.has_identity().then(|| ctx.home.load_identity()).transpose()?;
     let mut results = Vec::new();
@@ -331,7 +332,11 @@ pub fn verify(ctx: &mut Ctx<'_>, id: &str) -> Result<()> {
             ctx.show(&format!("{kind} {id} from agent {agent}: {}", status.label()))?;
         }
     }
-    match results.iter().find(|(_, _, s)| !matches!(s, SignatureStatus::Verified { .. })) {
+    // A kept global signature that does not verify fails too: what is kept must all check.
+    let good = |s: &SignatureStatus| {
+        matches!(s, SignatureStatus::Verified { global: GlobalSignature::Verified | GlobalSignature::Missing, .. })
+    };
+    match results.iter().find(|(_, _, s)| !good(s)) {
         None => Ok(()),
         Some((kind, agent, SignatureStatus::Unsigned)) => Err(Error::failed(format!(
             "{kind} {id} from agent {agent} is not signed (it came over the v1 PSK channel)"

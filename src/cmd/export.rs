@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::auth::roles::Action;
 use crate::boss::files::FileAssembler;
-use crate::boss::verify::{self, Evidence, SignatureStatus};
+use crate::boss::verify::{self, Evidence, GlobalSignature, SignatureStatus};
 use crate::crypto::minisign;
 use crate::error::{Error, Hint, Result};
 use crate::output::visible;
@@ -77,6 +77,12 @@ pub fn export(ctx: &mut Ctx<'_>, id: &str, out: &Path) -> Result<()> {
     let (kind, agent) = (entry.kind, entry.agent_id);
     let evidence = match (&entry.status, entry.evidence.take()) {
         (SignatureStatus::Verified { .. }, Some(evidence)) => evidence,
+        (SignatureStatus::Verified { global: GlobalSignature::Bad, .. }, _) => {
+            return Err(Error::failed(format!(
+                "{kind} {shown} from agent {agent} is signed, but the global signature minisign needs does not \
+                 verify (the agent's client sent a bad one): nothing was written"
+            )));
+        }
         (SignatureStatus::Verified { .. }, None) => {
             return Err(Error::failed(format!(
                 "{kind} {shown} from agent {agent} was stored without the global signature minisign needs \

@@ -49,11 +49,12 @@ pub fn listen(ctx: &mut Ctx<'_>, args: ListenArgs) -> Result<()> {
                 if offer.is_empty() {
                     continue;
                 }
-                let fresh: Vec<_> = offer.iter().filter(|o| !known.iter().any(|k| k.id == o.id)).cloned().collect();
                 // On disk first; only then is the Boss told they arrived.
+                // `append` adds the new ones (each id once) at the end of `known`.
+                let before = known.len();
                 received_orders::append(&path, &key, &mut known, &offer)
                     .map_err(|e| Error::caused(format!("cannot write {}", path.display()), e))?;
-                for order in &fresh {
+                for order in &known[before..] {
                     if ctx.json {
                         ctx.json_line(serde_json::to_value(order).expect("an order always encodes"))?;
                     } else {

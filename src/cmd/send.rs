@@ -130,7 +130,7 @@ impl Joined {
 
     /// Signs each message and checks each receipt, as this agent.
     pub fn signer(&self) -> MessageSigner<'_> {
-        MessageSigner { keys: &self.keys, boss_ed25519: self.boss.ed25519, agent_id: self.agent_id }
+        MessageSigner::new(&self.keys, self.boss.ed25519, self.agent_id)
     }
 }
 

@@ -57,7 +57,7 @@ pub fn send(
     }
     let mut session = V2Client::connect(addr, request.timeout, me, boss, agent_id)?;
     warn_skew(session.skew);
-    let signer = MessageSigner { keys: me, boss_ed25519: boss.ed25519, agent_id };
+    let signer = MessageSigner::new(me, boss.ed25519, agent_id);
     for text in &texts {
         let header = Header { id: random_id(), kind: Kind::Text };
         let (ack, reply) = session.send(&signer.encode(&header, text.as_bytes()))?;

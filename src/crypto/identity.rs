@@ -213,9 +213,27 @@ impl PublicIdentity {
 /// Checks an Ed25519 signature by the key `ed25519` (strict verification:
 /// no small-order keys, canonical signatures only).
 pub fn verify_ed25519(ed25519: &[u8; 32], message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
-    let signature: [u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(ed25519).map_err(|_| BadSignature)?;
-    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature)).map_err(|_| BadSignature)
+    Verifier::new(ed25519)?.verify(message, signature)
+}
+
+/// An Ed25519 public key decoded once, for checking many signatures by it.
+/// Decoding is a point decompression (a field exponentiation); a key that
+/// signs every message (an agent's, at the Boss; the Boss's, at a sender
+/// checking receipts) is decoded when it is loaded, not per signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verifier(ed25519_dalek::VerifyingKey);
+
+impl Verifier {
+    /// Decodes `ed25519`; a key that is not a curve point fails here.
+    pub fn new(ed25519: &[u8; 32]) -> Result<Self, BadSignature> {
+        ed25519_dalek::VerifyingKey::from_bytes(ed25519).map(Verifier).map_err(|_| BadSignature)
+    }
+
+    /// Checks a signature strictly (as [`verify_ed25519`]).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
+        let signature: [u8; 64] = signature.try_into().map_err(|_| BadSignature)?;
+        self.0.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature)).map_err(|_| BadSignature)
+    }
 }
 
 /// RFC 4648 base32 (upper case, no padding) of `bytes`.

@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbResult;
 use crate::crypto::PublicIdentity;
+use crate::crypto::identity::Verifier;
 
 /// One AgentIdentities row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub struct StoredIdentity {
     pub row_id: i64,
     pub agent_id: i64,
     pub public: PublicIdentity,
+    /// `public`'s Ed25519 key decoded once (None if it is not a curve point,
+    /// which enrolment refuses): the Boss checks every signature with it.
+    pub verifier: Option<Verifier>,
     pub enrolled_at: i64,
     /// When a newer enrolment or a revocation replaced it.
     pub revoked_at: Option<i64>,
@@ -25,10 +29,12 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredIdentity> {
         let bytes: Vec<u8> = row.get(i)?;
         bytes.try_into().map_err(|_| rusqlite::Error::InvalidColumnType(i, "key".into(), rusqlite::types::Type::Blob))
     };
+    let public = PublicIdentity { x25519: key(2)?, ed25519: key(3)? };
     Ok(StoredIdentity {
         row_id: row.get(0)?,
         agent_id: row.get(1)?,
-        public: PublicIdentity { x25519: key(2)?, ed25519: key(3)? },
+        verifier: Verifier::new(&public.ed25519).ok(),
+        public,
         enrolled_at: row.get(4)?,
         revoked_at: row.get(5)?,
     })

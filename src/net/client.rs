@@ -189,9 +189,19 @@ struct InFlight {
 /// statement's two signatures (PROTOCOL.md, "Signed messages").
 #[derive(Clone, Copy)]
 pub struct MessageSigner<'k> {
-    pub keys: &'k IdentityKeys,
-    pub boss_ed25519: [u8; 32],
-    pub agent_id: i64,
+    keys: &'k IdentityKeys,
+    boss_ed25519: [u8; 32],
+    /// The pinned Boss key decoded once: every receipt is checked with it.
+    boss_verifier: Option<crate::crypto::identity::Verifier>,
+    agent_id: i64,
+}
+
+impl<'k> MessageSigner<'k> {
+    /// Signs as `keys` (agent `agent_id`) for the Boss pinned as `boss_ed25519`.
+    pub fn new(keys: &'k IdentityKeys, boss_ed25519: [u8; 32], agent_id: i64) -> Self {
+        let boss_verifier = crate::crypto::identity::Verifier::new(&boss_ed25519).ok();
+        MessageSigner { keys, boss_ed25519, boss_verifier, agent_id }
+    }
 }
 
 impl MessageSigner<'_> {
@@ -229,8 +239,9 @@ impl MessageSigner<'_> {
             header.status.as_str(),
             time,
         );
-        crate::crypto::identity::verify_ed25519(&self.boss_ed25519, &statement, &signature)
-            .map_err(|_| bad(AckError::BadReceipt))?;
+        // A pinned key that is not a curve point verifies nothing.
+        let verifier = self.boss_verifier.ok_or(bad(AckError::BadReceipt))?;
+        verifier.verify(&statement, &signature).map_err(|_| bad(AckError::BadReceipt))?;
         Ok(Receipt { statement: String::from_utf8_lossy(&statement).into_owned(), signature })
     }
 }

@@ -47,7 +47,7 @@ pub fn run(
         hex::encode(Sha256::digest(body.as_bytes()))
     };
     let start = Barrier::new(config.connections + 1);
-    let signer = MessageSigner { keys: me, boss_ed25519: boss.ed25519, agent_id };
+    let signer = MessageSigner::new(me, boss.ed25519, agent_id);
     let (tallies, elapsed) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..config.connections)
             .map(|index| {

@@ -142,3 +142,131 @@ fn v2_worked_example_matches_spyctl_and_protocol_md() {
         assert!(doc.contains(&value), "PROTOCOL.md lacks the example's {what}:\n{value}");
     }
 }
+
+/// PROTOCOL.md's "Worked example, version 2: a Noise session": the same
+/// keys and message as the signature example above, plus two fixed
+/// ephemeral keys (real ones are random; Noise's only randomness is the
+/// ephemerals, so fixing them fixes every byte).
+pub(crate) mod noise_example {
+    use spyctl::crypto::IdentityKeys;
+    use spyctl::crypto::identity::{receipt, statement};
+    use spyctl::crypto::minisign::sign_statement;
+    use spyctl::crypto::noise::{PROLOGUE, builder};
+    use spyctl::net::protocol::{self, AckStatus, Header, Kind, MessageSig};
+    use spyctl::net::v2::{Frame, Hello, LineKind, Welcome, format_line};
+
+    use super::v2::{AGENT, AGENT_SECRETS, BODY, BOSS_SECRETS, ID, RECEIPT_AT, SIGNED_AT};
+
+    pub const AGENT_EPHEMERAL: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+    pub const BOSS_EPHEMERAL: &str = "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf";
+    pub const HANDSHAKE_AT: u64 = 1_800_000_000;
+    pub const REPLY: &str = "Message received. Good work, Black Widow.";
+
+    /// The X25519 secret in an identity file's text (its first key).
+    pub fn x25519_secret(identity_file: &str) -> [u8; 32] {
+        let hex_text = identity_file.split_whitespace().nth(1).expect("x25519 secret");
+        hex::decode(hex_text).expect("hex").try_into().expect("32 bytes")
+    }
+
+    /// The four plaintexts, in the order they cross the wire.
+    pub fn plaintexts() -> [(&'static str, Vec<u8>); 4] {
+        let boss = IdentityKeys::from_file_text(BOSS_SECRETS).expect("boss");
+        let agent = IdentityKeys::from_file_text(AGENT_SECRETS).expect("agent");
+        let boss_ed = boss.public().ed25519;
+        let sigs = sign_statement(&agent, &statement(&boss_ed, AGENT, ID, "text", BODY, SIGNED_AT));
+        let sig = MessageSig { time: SIGNED_AT, signature: sigs.signature, trusted: Some(sigs.trusted) };
+        let header = Header { id: ID.into(), kind: Kind::Text };
+        let body_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(BODY));
+        let receipt_sig = boss.sign(&receipt(&boss_ed, AGENT, ID, &body_sha, "stored", RECEIPT_AT));
+        let ack = protocol::encode_signed_ack(ID, AckStatus::Stored, REPLY, Some((RECEIPT_AT, &receipt_sig)));
+        [
+            ("hello", serde_json::to_vec(&Hello { v: 2, agent: AGENT, time: HANDSHAKE_AT }).expect("json")),
+            ("welcome", serde_json::to_vec(&Welcome { time: HANDSHAKE_AT }).expect("json")),
+            ("message frame", Frame::Message(protocol::encode_signed_message(&header, BODY, &sig)).encode()),
+            ("ack frame", Frame::Ack(ack).encode()),
+        ]
+    }
+
+    /// The four lines spyctl's Noise (snow with spyctl's primitives) makes.
+    pub fn lines() -> Vec<String> {
+        let boss = IdentityKeys::from_file_text(BOSS_SECRETS).expect("boss");
+        let (agent_e, boss_e) = (hex::decode(AGENT_EPHEMERAL).expect("hex"), hex::decode(BOSS_EPHEMERAL).expect("hex"));
+        let (agent_s, boss_s) = (x25519_secret(AGENT_SECRETS), x25519_secret(BOSS_SECRETS));
+        let boss_x25519 = boss.public().x25519;
+        let mut initiator = builder()
+            .local_private_key(&agent_s)
+            .and_then(|b| b.remote_public_key(&boss_x25519))
+            .and_then(|b| b.prologue(PROLOGUE))
+            .expect("initiator keys")
+            .fixed_ephemeral_key_for_testing_only(&agent_e)
+            .build_initiator()
+            .expect("initiator");
+        let mut responder = builder()
+            .local_private_key(&boss_s)
+            .and_then(|b| b.prologue(PROLOGUE))
+            .expect("responder keys")
+            .fixed_ephemeral_key_for_testing_only(&boss_e)
+            .build_responder()
+            .expect("responder");
+        let [(_, hello), (_, welcome), (_, message), (_, ack)] = plaintexts();
+        let (mut wire, mut opened) = (vec![0u8; 65_535], vec![0u8; 65_535]);
+        let mut lines = Vec::new();
+        let n = initiator.write_message(&hello, &mut wire).expect("message 1");
+        let got = responder.read_message(&wire[..n], &mut opened).expect("read 1");
+        assert_eq!(&opened[..got], hello.as_slice());
+        lines.push(format_line(LineKind::Handshake, &wire[..n]));
+        let n = responder.write_message(&welcome, &mut wire).expect("message 2");
+        let got = initiator.read_message(&wire[..n], &mut opened).expect("read 2");
+        assert_eq!(&opened[..got], welcome.as_slice());
+        lines.push(format_line(LineKind::Handshake, &wire[..n]));
+        let mut agent_side = initiator.into_transport_mode().expect("transport");
+        let mut boss_side = responder.into_transport_mode().expect("transport");
+        let n = agent_side.write_message(&message, &mut wire).expect("frame");
+        let got = boss_side.read_message(&wire[..n], &mut opened).expect("open");
+        assert_eq!(&opened[..got], message.as_slice());
+        lines.push(format_line(LineKind::Transport, &wire[..n]));
+        let n = boss_side.write_message(&ack, &mut wire).expect("frame");
+        let got = agent_side.read_message(&wire[..n], &mut opened).expect("open");
+        assert_eq!(&opened[..got], ack.as_slice());
+        lines.push(format_line(LineKind::Transport, &wire[..n]));
+        lines.into_iter().map(|l| l.trim_end().to_string()).collect()
+    }
+}
+
+/// The Noise example's four lines: spyctl makes them, PROTOCOL.md shows
+/// them, and PyPI `noiseprotocol` (an independent Noise implementation,
+/// driven by tests/python/noise_worked_example.py) makes the same bytes from
+/// the same keys and plaintexts.
+#[test]
+fn v2_noise_worked_example_matches_spyctl_python_and_protocol_md() {
+    use noise_example::*;
+    let lines = lines();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).expect("PROTOCOL.md");
+    let flat_doc: String = doc.split_whitespace().collect();
+    for (i, line) in lines.iter().enumerate() {
+        assert!(flat_doc.contains(&line.replace(' ', "")), "PROTOCOL.md lacks line {}:\n{line}", i + 1);
+    }
+    for (what, plaintext) in plaintexts() {
+        let text = String::from_utf8(plaintext).expect("ascii");
+        assert!(doc.contains(&text), "PROTOCOL.md lacks the {what} plaintext:\n{text}");
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/noise_worked_example.py");
+    let [hello, welcome, message, ack] = plaintexts().map(|(_, p)| hex::encode(p));
+    let out = crate::python_interop::python_command(crate::python_interop::python())
+        .args([
+            script,
+            &hex::encode(x25519_secret(v2::AGENT_SECRETS)),
+            &hex::encode(x25519_secret(v2::BOSS_SECRETS)),
+            AGENT_EPHEMERAL,
+            BOSS_EPHEMERAL,
+            &hello,
+            &welcome,
+            &message,
+            &ack,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run python");
+    let printed = crate::support::ok(out);
+    assert_eq!(printed.lines().collect::<Vec<_>>(), lines, "noiseprotocol makes other bytes");
+}

@@ -331,3 +331,53 @@ fn boss_bench_over_v2_stores_every_signed_message_in_both_modes() {
     assert_eq!(verified, 80, "every v2 message kept its signature");
     boss.stop();
 }
+
+/// A keyless client's v2 handshakes cost the Boss X25519 work before it
+/// knows the key is not enrolled; past its address's budget of failed
+/// handshakes (`--failed-handshakes N` per second, bursts of 2N; 1 here) it gets
+/// `ERR busy` with no handshake answer, while enrolled agents' handshakes
+/// never count against it. Without the budget the attacker's every first
+/// message is answered with a Noise message 2 and this fails.
+#[test]
+fn failed_handshakes_past_an_addresss_budget_get_busy_and_enrolled_ones_never_count() {
+    let home = TestHome::initialised();
+    home.login(DIRECTOR);
+    let boss = home.boss(&["--failed-handshakes", "1"]);
+    let code: Value =
+        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
+    let agent = TestHome::new();
+    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
+    // Twice the burst of sessions from this address: none is charged.
+    for i in 0..8 {
+        ok(agent.run(&["send", "--protocol", "v2", "--addr", &boss.addr, &format!("session {i}")]));
+    }
+    // A stranger's well-formed first messages (its own key, claiming agent 6).
+    let boss_x25519 = identity_of(&home).public().x25519;
+    let first_answer = || {
+        let stranger = IdentityKeys::generate().expect("rng");
+        let mut handshake = noise::initiator(&stranger, &boss_x25519).expect("initiator");
+        let hello = serde_json::to_vec(&v2::Hello { v: 2, agent: AGENT, time: 0 }).expect("json");
+        let mut buf = vec![0u8; noise::MAX_MESSAGE];
+        let n = handshake.write_message(&hello, &mut buf).expect("message 1");
+        let mut stream = TcpStream::connect(&boss.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream.write_all(v2::format_line(LineKind::Handshake, &buf[..n]).as_bytes()).expect("send");
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).expect("answer");
+        line
+    };
+    let started = std::time::Instant::now();
+    let answers: Vec<String> = (0..8).map(|_| first_answer()).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let worked = answers.iter().filter(|a| a.starts_with("NOISE ")).count();
+    assert!(answers[..2].iter().all(|a| a.starts_with("NOISE ")), "the burst of 2: {answers:?}");
+    // One more token per second of the run: on a slow machine a few more may pass.
+    assert!(worked as f64 <= 2.0 + elapsed.ceil(), "{worked} handshakes in {elapsed:.2} s: {answers:?}");
+    let busy: Vec<&String> = answers.iter().filter(|a| !a.starts_with("NOISE ")).collect();
+    assert!(!busy.is_empty() && busy.iter().all(|a| a.starts_with("ERR busy") && a.contains("try again")), "{busy:?}");
+    // The bucket refills at 1 per second.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(first_answer().starts_with("NOISE "));
+    assert!(messages(&home) >= 8);
+    boss.stop();
+}

@@ -1,4 +1,4 @@
-//! `cargo bench --bench crypto`: criterion micro-benchmarks of the hot paths a
+//! `cargo bench -p spyctl-benches --bench crypto`: criterion micro-benchmarks of the hot paths a
 //! message takes: Fernet seal/open (throughput at 64 B, 1 KiB, 64 KiB, 1 MiB),
 //! the blind index, one Argon2id password hash, and the protocol parsers.
 //!
@@ -117,7 +117,7 @@ fn noise_handshake(c: &mut Criterion) {
 /// agent's two signatures, the Boss's two verifications and its receipt.
 fn identity(c: &mut Criterion) {
     use spyctl::crypto::IdentityKeys;
-    use spyctl::crypto::identity::{receipt, statement, verify_ed25519};
+    use spyctl::crypto::identity::{Verifier, receipt, statement, verify_ed25519};
     use spyctl::crypto::minisign::{sign_statement, verify_statement};
     let boss = IdentityKeys::generate().expect("rng");
     let agent = IdentityKeys::generate().expect("rng");
@@ -134,6 +134,9 @@ fn identity(c: &mut Criterion) {
     });
     group.bench_function("boss_sign_receipt", |b| b.iter(|| boss.sign(&rc)));
     group.bench_function("agent_verify_receipt", |b| b.iter(|| verify_ed25519(&boss.public().ed25519, &rc, &rc_sig)));
+    group.bench_function("decode_ed25519_key", |b| b.iter(|| Verifier::new(black_box(&agent.public().ed25519))));
+    let decoded = Verifier::new(&boss.public().ed25519).expect("a valid key");
+    group.bench_function("agent_verify_receipt_decoded_key", |b| b.iter(|| decoded.verify(&rc, &rc_sig)));
     group.bench_function("channel_key_x25519_hkdf", |b| {
         b.iter(|| boss.channel_key(spyctl::crypto::identity::Side::Boss, &agent.public(), 6))
     });
