@@ -1,6 +1,7 @@
--- spyctl schema, version 8. `spyctl db init` runs this whole file: it drops
+-- spyctl schema, version 9. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
+DROP TABLE IF EXISTS ChatLines;
 DROP TABLE IF EXISTS Orders;
 DROP TABLE IF EXISTS EnrolCodes;
 DROP TABLE IF EXISTS AgentIdentities;
@@ -186,3 +187,23 @@ CREATE TABLE Orders (
     UNIQUE (AgentId, OrderId)
 );
 CREATE INDEX OrdersPending ON Orders (AgentId, RowId) WHERE DeliveredAt IS NULL;
+
+-- Chat lines relayed by the Boss between an enrolled agent (`spyctl chat`)
+-- and a director (`spyctl chat N`). Sealed is the line's text as a Fernet
+-- token under the agent's channel key, as for Orders. ToAgent is 1 for a
+-- director's line to the agent, 0 for the agent's line to the directors;
+-- Sender is the AgentId of who typed it. A line is DeliveredAt once written
+-- to a chat session of the other side; until then it waits for that side to
+-- join.
+CREATE TABLE ChatLines (
+    RowId       INTEGER PRIMARY KEY,
+    AgentId     INTEGER NOT NULL,
+    LineId      TEXT    NOT NULL,
+    CreatedAt   INTEGER NOT NULL,
+    Sender      INTEGER NOT NULL,
+    ToAgent     INTEGER NOT NULL,
+    Sealed      TEXT    NOT NULL,
+    DeliveredAt INTEGER,
+    UNIQUE (AgentId, LineId)
+);
+CREATE INDEX ChatPending ON ChatLines (AgentId, ToAgent, RowId) WHERE DeliveredAt IS NULL;

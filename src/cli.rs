@@ -62,6 +62,10 @@ pub enum Command {
     Order(OrderArgs),
     /// On the agent's machine: fetch pending orders over v2, keep them in this home, list them
     Orders(OrdersArgs),
+    /// On the agent's machine: stay connected over v2 and print each order as it arrives
+    Listen(ListenArgs),
+    /// Full-duplex chat over v2: `chat` in an agent's joined home, `chat N` for a director in the Boss's home
+    Chat(ChatArgs),
     /// Run the whole tour in a throw-away home, narrating each step
     Demo(DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, ...) to stdout
@@ -436,6 +440,35 @@ pub struct OrdersArgs {
     /// List the orders this home already holds, without contacting the Boss
     #[arg(long)]
     pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Each order is stored in this home (sealed) before the Boss is told it arrived, exactly as \
+                  `orders` does, then printed. Runs until Ctrl-C, Ctrl-D on a terminal, or the Boss closing the \
+                  connection; reconnecting is up to you (run it again: nothing is lost meanwhile).")]
+pub struct ListenArgs {
+    /// The Boss's address
+    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Seconds to wait for the connection and the handshake
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Type a line and press Enter to send it; the other side's lines appear as they arrive. \
+                  Lines typed while the other side is away are stored (sealed) by the Boss and delivered when \
+                  it joins. Ctrl-D (end of input) leaves once the Boss has stored every line sent.")]
+pub struct ChatArgs {
+    /// A director, in the Boss's home: the enrolled agent to chat with. An agent, in its joined home: nothing
+    #[arg(value_name = "AGENT_ID")]
+    pub agent: Option<i64>,
+    /// The Boss's address
+    #[arg(long, default_value = "127.0.0.1:5000", env = "SPYCTL_ADDR", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// Seconds to wait for the connection and the handshake
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout: u64,
 }
 
 /// Which wire protocol `send` speaks.

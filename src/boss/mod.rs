@@ -5,6 +5,7 @@
 //! reads back what arrived, `receipt` signs ACKs to enrolled agents.
 
 pub mod agent_keys;
+pub mod chat;
 pub mod enroll;
 pub mod files;
 pub mod handshake_budget;
@@ -136,6 +137,15 @@ impl Boss {
 /// changed the live key epochs (one tiny read of the KeyEpochs table).
 pub const KEY_POLL: Duration = Duration::from_millis(500);
 
+/// How often the dispatcher looks for orders queued by another process while
+/// an agent listens. A `PRAGMA data_version` costs microseconds; the wakeups
+/// cost more (BENCHMARKS.md, "Orders to a listening agent"), hence
+/// [`OUTBOX_POLL_IDLE`] while nobody listens (a listener gets its backlog
+/// when it starts, so a slower poll then delays nothing already queued).
+pub const OUTBOX_POLL: Duration = Duration::from_millis(1);
+/// The dispatcher's interval while no agent listens.
+pub const OUTBOX_POLL_IDLE: Duration = Duration::from_millis(50);
+
 /// Runs the server with `service` as its handler, and beside it the
 /// housekeeping thread (a scoped thread, so it borrows the service and cannot
 /// outlive it): it picks up key-epoch changes made by other processes and
@@ -148,8 +158,31 @@ fn serve(server: Server, service: service::BossService) -> Stats {
     let sweep_period = (service.partial_expiry() / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let wake = sweep_period.min(KEY_POLL);
     let (stop, stopped) = mpsc::channel::<()>();
+    let (stop_dispatch, dispatch_stopped) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let service = &service;
+        // The dispatcher: pushes orders queued by `spyctl order` (another
+        // process) to listening agents as soon as their commit is visible.
+        match service.outbox_watch() {
+            Ok(mut watch) => {
+                scope.spawn(move || {
+                    let interval = || if service.has_listeners() { OUTBOX_POLL } else { OUTBOX_POLL_IDLE };
+                    // Set when a listener was busy: try it again next tick.
+                    let mut retry = false;
+                    while let Err(RecvTimeoutError::Timeout) = dispatch_stopped.recv_timeout(interval()) {
+                        match watch.changed() {
+                            Ok(changed) if changed || retry => retry = !service.push_orders(),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "the outbox watch failed; listening agents get no pushes");
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot watch the outbox; listening agents get no pushes"),
+        }
         scope.spawn(move || {
             let mut last_sweep = std::time::Instant::now();
             // Wakes every `wake`; the sender's drop (shutdown) ends it at once.
@@ -163,6 +196,7 @@ fn serve(server: Server, service: service::BossService) -> Stats {
         });
         let stats = server.run(service);
         drop(stop);
+        drop(stop_dispatch);
         stats
     })
 }

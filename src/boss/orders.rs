@@ -106,3 +106,37 @@ pub fn offer(
     }
     Ok(out)
 }
+
+/// Notices orders queued by another process (`spyctl order` commits in the
+/// director's own process): a read-only connection whose `PRAGMA
+/// data_version` changes whenever any other connection commits, checked on a
+/// short interval by the Boss's dispatcher thread. Only when it changed is
+/// the outbox's highest RowId read, and only a new one counts, so the Boss's
+/// own group commits (messages, confirmations) cost one pragma each.
+pub struct OutboxWatch {
+    conn: Connection,
+    data_version: i64,
+    highest: i64,
+}
+
+impl OutboxWatch {
+    pub fn open(db_path: &std::path::Path) -> Result<OutboxWatch, OrderError> {
+        let conn = crate::db::open_read_only(db_path)?;
+        let mut watch = OutboxWatch { conn, data_version: -1, highest: -1 };
+        watch.changed()?;
+        Ok(watch)
+    }
+
+    /// Whether an order was queued since the last call.
+    pub fn changed(&mut self) -> Result<bool, OrderError> {
+        let version: i64 = self.conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if version == self.data_version {
+            return Ok(false);
+        }
+        self.data_version = version;
+        let highest: i64 = self.conn.query_row("SELECT COALESCE(MAX(RowId), 0) FROM Orders", [], |row| row.get(0))?;
+        let grew = highest > self.highest;
+        self.highest = highest;
+        Ok(grew)
+    }
+}

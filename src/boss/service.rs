@@ -122,6 +122,8 @@ pub struct BossService {
     store: Store,
     files: FileAssembler,
     config: BossConfig,
+    /// The database, for the dispatcher's own watching connection.
+    db_path: std::path::PathBuf,
 }
 
 impl BossService {
@@ -159,6 +161,7 @@ impl BossService {
             store,
             files,
             config,
+            db_path: db_path.to_path_buf(),
         })
     }
 
@@ -234,6 +237,22 @@ impl BossService {
     }
 
     /// How long a partial upload may sit untouched.
+    /// A watch on the outbox for orders queued by other processes.
+    pub fn outbox_watch(&self) -> Result<super::orders::OutboxWatch, super::orders::OrderError> {
+        super::orders::OutboxWatch::open(&self.db_path)
+    }
+
+    /// Whether any agent listens for orders over v2 now.
+    pub fn has_listeners(&self) -> bool {
+        self.v2.has_listeners()
+    }
+
+    /// Pushes newly queued orders to the agents listening over v2; false if
+    /// a busy session was skipped (try again shortly).
+    pub fn push_orders(&self) -> bool {
+        self.v2.push_orders(self)
+    }
+
     pub fn partial_expiry(&self) -> std::time::Duration {
         self.config.partial_expiry
     }
@@ -417,6 +436,37 @@ impl BossService {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let orders = super::orders::offer(&reader, &self.identity, identity).map_err(|e| internal(&e))?;
         Ok((orders, confirmed))
+    }
+
+    /// The agent's channel key (for its orders and chat lines at rest).
+    pub(super) fn channel_key(&self, identity: &identities::StoredIdentity) -> Option<crate::crypto::FernetKey> {
+        self.identity.channel_key(crate::crypto::identity::Side::Boss, &identity.public, identity.agent_id)
+    }
+
+    /// Stores one chat line through the group-commit writer.
+    pub(super) fn chat_write(&self, op: WriteOp) -> Result<(), Refusal> {
+        match self.store.write_all(vec![Write { op, guard: None }]).pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "chat write failed");
+                Err((ErrorCode::Internal, "could not store the chat line; try again".into()))
+            }
+            None => Err((ErrorCode::Internal, "could not store the chat line; try again".into())),
+        }
+    }
+
+    /// The chat lines waiting for one side of the agent's chat.
+    pub(super) fn chat_backlog(
+        &self,
+        identity: &identities::StoredIdentity,
+        to_agent: bool,
+    ) -> Result<Vec<crate::net::v2::ChatLine>, Refusal> {
+        let key = self.channel_key(identity).ok_or((ErrorCode::Auth, "the agent's key is unusable".to_string()))?;
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        super::chat::backlog(&reader, &key, identity, to_agent).map_err(|e| {
+            tracing::error!(error = %e, "chat backlog read failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        })
     }
 
     /// The agent's current identity, if it is enrolled.
@@ -688,7 +738,7 @@ impl LineHandler for BossService {
     /// slot), and an ERR is refused. Refusals are logged per line at debug
     /// only: the server counts them and logs a summary each second.
     fn closed(&self, peer: &Peer) {
-        self.v2.closed(peer);
+        self.v2.closed(self, peer);
     }
 
     fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {

@@ -42,6 +42,14 @@ pub enum WriteOp {
         ids: Vec<String>,
         at: i64,
     },
+    /// A chat line to relay, sealed (v2 `chat`). "New" unless its id was stored.
+    ChatLine(crate::db::chat::StoredChatLine),
+    /// Chat lines written to a session of the other side.
+    ChatDelivered {
+        agent_id: i64,
+        ids: Vec<String>,
+        at: i64,
+    },
 }
 
 /// What a write was authorised on: the registry epoch of the agent cache
@@ -242,6 +250,10 @@ fn commit_batch<'a>(
                 WriteOp::File(f) => messages::insert_file(&tx, f)?,
                 WriteOp::OrdersDelivered { agent_id, ids, at } => {
                     crate::db::orders::mark_delivered(&tx, *agent_id, ids, *at)? > 0
+                }
+                WriteOp::ChatLine(line) => crate::db::chat::insert(&tx, line)?,
+                WriteOp::ChatDelivered { agent_id, ids, at } => {
+                    crate::db::chat::mark_delivered(&tx, *agent_id, ids, *at)? > 0
                 }
             };
             added.push(if new { Written::Added } else { Written::Already });

@@ -1,32 +1,122 @@
 //! The Boss's end of v2 connections (PROTOCOL.md, "Version 2"): the Noise IK
 //! responder, one transport session per connection, and authenticated
 //! answers. A session exists only after a handshake whose static key is the
-//! enrolled identity the agent claims; it is dropped when its connection
+//! enrolled identity the agent claims, or the Boss's own key (a director's
+//! `chat N`, run in the Boss's home); it is dropped when its connection
 //! closes. Storing goes through the same checks and group-commit writer as
 //! v1 (`BossService::accept_v2_text`).
+//!
+//! A session that listens for orders (`L`) or joins a chat (`J`) becomes
+//! *live*: the Boss then writes to it unasked (pushed orders, the other
+//! side's chat lines). So every frame of a session, answers included, is
+//! sealed and written under the session's lock, in nonce order, and the
+//! connection thread gets empty answers to write.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::io::Write as _;
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::crypto::noise;
 use crate::db::identities::StoredIdentity;
 use crate::net::protocol::ErrorCode;
 use crate::net::server::{Answer, Outcome, Peer};
-use crate::net::v2::{self, Frame, Hello, LineKind, Welcome};
+use crate::net::v2::{self, ChatStatus, ChatText, Frame, Hello, JoinChat, LineKind, Welcome};
 
 use super::handshake_budget::HandshakeBudget;
 use super::service::BossService;
+use super::store::WriteOp;
+
+/// Who is on the other end of a session.
+enum Who {
+    /// An enrolled agent, proved by its static key.
+    Agent(Box<StoredIdentity>),
+    /// The Boss's own static key: a director's `chat N` from the Boss's home
+    /// (only that home holds the key). `director` is the AgentId it gave.
+    Director { director: i64 },
+}
+
+/// What a session is doing.
+enum Mode {
+    /// Request and answer only (messages, `orders`).
+    Requests,
+    /// `listen`: orders are pushed as they arrive; `in_flight` were pushed
+    /// and are not yet confirmed (nothing more is pushed until they are).
+    Listening { in_flight: Vec<String> },
+    /// In the chat of `agent` (the agent's own, or a director's with it).
+    Chat { agent: Box<StoredIdentity> },
+}
 
 /// One connection's agreed keys and who is on the other end.
 struct Session {
     transport: snow::TransportState,
-    identity: StoredIdentity,
+    who: Who,
+    mode: Mode,
+    socket: Option<Arc<TcpStream>>,
+    /// Set when the connection closed or the session failed: pushers that
+    /// still hold it write nothing more.
+    closed: bool,
 }
 
-/// Every open v2 session, by connection id, and what failed handshakes
-/// each address may still cost.
+impl Session {
+    fn agent_side(&self) -> bool {
+        matches!(self.who, Who::Agent(_))
+    }
+
+    /// Seals `frame` as the session's next `F` line and writes it at once,
+    /// under the caller's lock, giving the connection thread an empty answer:
+    /// frames then reach the wire in nonce order even when the session turns
+    /// live in the middle of a pipelined batch (a pushed frame must never
+    /// overtake an answer sealed before it). Without a socket (in-process
+    /// callers), the thread writes the returned line.
+    fn respond(&mut self, frame: Frame, outcome: Outcome) -> Answer {
+        let answer = seal(&mut self.transport, frame, outcome);
+        if self.socket.is_none() {
+            return answer;
+        }
+        if !self.push_line(&answer.line) {
+            return Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) };
+        }
+        Answer { line: String::new(), outcome: answer.outcome }
+    }
+
+    /// Seals and writes `frame` unasked; false (and the connection shut) if
+    /// the write failed.
+    fn push(&mut self, frame: Frame) -> bool {
+        if self.closed {
+            return false;
+        }
+        let line = seal(&mut self.transport, frame, Outcome::Accepted).line;
+        self.push_line(&line)
+    }
+
+    fn push_line(&mut self, line: &str) -> bool {
+        let Some(socket) = &self.socket else { return false };
+        if (&**socket).write_all(line.as_bytes()).is_ok() {
+            return true;
+        }
+        // A peer that stopped reading: end the connection (its thread sees
+        // the shut socket and closes) rather than push into it again.
+        let _ = socket.shutdown(Shutdown::Both);
+        self.closed = true;
+        false
+    }
+}
+
+type Shared = Arc<Mutex<Session>>;
+
+fn lock(session: &Shared) -> MutexGuard<'_, Session> {
+    session.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every open v2 session, by connection id, with the indexes the pushers
+/// use, and what failed handshakes each address may still cost.
 pub struct V2Sessions {
-    sessions: Mutex<HashMap<u64, Session>>,
+    sessions: Mutex<HashMap<u64, Shared>>,
+    /// Listening sessions: connection id to agent.
+    listeners: Mutex<HashMap<u64, i64>>,
+    /// Chat sessions by agent: connection id and whether it is the agent's side.
+    rooms: Mutex<HashMap<i64, Vec<(u64, bool)>>>,
     budget: HandshakeBudget,
 }
 
@@ -34,111 +124,332 @@ fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
     Answer::refused(code, text)
 }
 
+fn refuse(session: &mut Session, code: ErrorCode, text: &str) -> Answer {
+    session.respond(Frame::Error(code, text.to_string()), Outcome::Refused(code))
+}
+
 impl V2Sessions {
     /// Sessions with a budget of `failed_handshakes_per_second` per address.
     pub fn new(failed_handshakes_per_second: u32) -> Self {
-        V2Sessions { sessions: Mutex::default(), budget: HandshakeBudget::new(failed_handshakes_per_second) }
+        V2Sessions {
+            sessions: Mutex::default(),
+            listeners: Mutex::default(),
+            rooms: Mutex::default(),
+            budget: HandshakeBudget::new(failed_handshakes_per_second),
+        }
+    }
+
+    fn get(&self, conn: u64) -> Option<Shared> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&conn).cloned()
     }
 
     /// Answers one v2 line from connection `peer`.
     pub fn handle(&self, service: &BossService, line: &[u8], peer: &Peer) -> Answer {
-        // Taken out while in use: a connection's lines come one at a time
-        // from its own thread, so nobody else wants it meanwhile.
-        let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer.id);
+        let shared = self.get(peer.id);
         let (kind, message) = match v2::parse_line(line) {
             Ok(parsed) => parsed,
-            Err(e) => return self.answer_or_plain(session, peer, ErrorCode::BadRequest, &e.0),
+            Err(e) => {
+                return match &shared {
+                    Some(shared) => refuse(&mut lock(shared), ErrorCode::BadRequest, &e.0),
+                    None => plain_refusal(ErrorCode::BadRequest, &e.0),
+                };
+            }
         };
-        match (kind, session) {
-            (LineKind::Handshake, None) => self.handshake(service, &message, peer),
-            (LineKind::Handshake, Some(session)) => {
-                self.answer_or_plain(Some(session), peer, ErrorCode::BadRequest, "the handshake is done")
+        let shared = match (kind, shared) {
+            (LineKind::Handshake, None) => return self.handshake(service, &message, peer),
+            (LineKind::Handshake, Some(shared)) => {
+                return refuse(&mut lock(&shared), ErrorCode::BadRequest, "the handshake is done");
             }
             (LineKind::Transport, None) => {
-                plain_refusal(ErrorCode::BadRequest, "no v2 session on this connection: start with NOISE")
+                return plain_refusal(ErrorCode::BadRequest, "no v2 session on this connection: start with NOISE");
             }
-            (LineKind::Transport, Some(mut session)) => {
-                let mut plaintext = vec![0u8; message.len()];
-                let Ok(n) = session.transport.read_message(&message, &mut plaintext) else {
-                    // Someone else's bytes, or a replay: the session is over
-                    // (its receiving nonce can no longer be trusted to match).
-                    tracing::debug!(conn = peer.id, "v2: a frame failed its tag; session closed");
-                    return plain_refusal(ErrorCode::Auth, "a frame failed its tag; the v2 session is closed");
-                };
-                let answer = match Frame::decode(&plaintext[..n]) {
-                    Ok(Frame::Message(body)) => {
-                        match service.accept_v2_text(session.identity.agent_id, &session.identity, &body, peer) {
-                            Ok((ack, true)) => seal(&mut session.transport, Frame::Ack(ack), Outcome::Accepted),
-                            Ok((ack, false)) => seal(&mut session.transport, Frame::Ack(ack), Outcome::Repeated),
-                            Err((code, text)) => {
-                                seal(&mut session.transport, Frame::Error(code, text), Outcome::Refused(code))
-                            }
-                        }
+            (LineKind::Transport, Some(shared)) => shared,
+        };
+        let mut session = lock(&shared);
+        let mut plaintext = vec![0u8; message.len()];
+        let Ok(n) = session.transport.read_message(&message, &mut plaintext) else {
+            // Someone else's bytes, or a replay: the session is over (its
+            // receiving nonce can no longer be trusted to match). The answer
+            // is plain, so nothing may be pushed after it.
+            session.closed = true;
+            drop(session);
+            self.forget(service, peer.id);
+            tracing::debug!(conn = peer.id, "v2: a frame failed its tag; session closed");
+            return plain_refusal(ErrorCode::Auth, "a frame failed its tag; the v2 session is closed");
+        };
+        let frame = match Frame::decode(&plaintext[..n]) {
+            Ok(frame) => frame,
+            Err(e) => return refuse(&mut session, ErrorCode::BadRequest, &e.0),
+        };
+        let identity = match &session.who {
+            Who::Agent(identity) => Some((**identity).clone()),
+            Who::Director { .. } => None,
+        };
+        match (frame, identity) {
+            (Frame::Heartbeat, _) => session.respond(Frame::Heartbeat, Outcome::Accepted),
+            (Frame::Join(json), _) => self.join(service, session, peer, &json),
+            (Frame::Chat(json), _) => self.chat(service, session, &shared, &json),
+            (Frame::Message(body), Some(identity)) => {
+                match service.accept_v2_text(identity.agent_id, &identity, &body, peer) {
+                    Ok((ack, true)) => session.respond(Frame::Ack(ack), Outcome::Accepted),
+                    Ok((ack, false)) => session.respond(Frame::Ack(ack), Outcome::Repeated),
+                    Err((code, text)) => refuse(&mut session, code, &text),
+                }
+            }
+            (Frame::Fetch, Some(identity)) => {
+                if matches!(session.mode, Mode::Listening { .. }) {
+                    return refuse(&mut session, ErrorCode::BadRequest, "a listening session gets orders pushed");
+                }
+                offer(service, &mut session, &identity, &[])
+            }
+            (Frame::Stored(json), Some(identity)) => match serde_json::from_slice::<Vec<String>>(&json) {
+                Ok(ids) if ids.len() <= 1024 => {
+                    if matches!(session.mode, Mode::Listening { .. }) {
+                        confirm_pushed(service, &mut session, &identity, &ids)
+                    } else {
+                        offer(service, &mut session, &identity, &ids)
                     }
-                    Ok(Frame::Fetch) => self.offer(service, &mut session, &[]),
-                    Ok(Frame::Query(query)) => match service.offset_query(session.identity.agent_id, &query, peer) {
-                        Ok(reply) => seal(&mut session.transport, Frame::Offset(reply), Outcome::Repeated),
-                        Err((code, text)) => {
-                            seal(&mut session.transport, Frame::Error(code, text), Outcome::Refused(code))
-                        }
-                    },
-                    Ok(Frame::Stored(json)) => match serde_json::from_slice::<Vec<String>>(&json) {
-                        Ok(ids) if ids.len() <= 1024 => self.offer(service, &mut session, &ids),
-                        _ => {
-                            let code = ErrorCode::BadRequest;
-                            let text = "K carries a JSON array of at most 1024 order ids".to_string();
-                            seal(&mut session.transport, Frame::Error(code, text), Outcome::Refused(code))
-                        }
-                    },
-                    Ok(_) | Err(_) => {
-                        let code = ErrorCode::BadRequest;
-                        seal(
-                            &mut session.transport,
-                            Frame::Error(code, "expected a message frame".into()),
-                            Outcome::Refused(code),
-                        )
-                    }
-                };
-                self.put_back(peer, session);
-                answer
+                }
+                _ => refuse(&mut session, ErrorCode::BadRequest, "K carries a JSON array of at most 1024 order ids"),
+            },
+            (Frame::Query(query), Some(identity)) => match service.offset_query(identity.agent_id, &query, peer) {
+                // A question, not stored work: it does not keep the connection alive.
+                Ok(reply) => session.respond(Frame::Offset(reply), Outcome::Repeated),
+                Err((code, text)) => refuse(&mut session, code, &text),
+            },
+            (Frame::Listen, Some(identity)) => {
+                if !matches!(session.mode, Mode::Requests) {
+                    return refuse(&mut session, ErrorCode::BadRequest, "this session already listens or chats");
+                }
+                if session.socket.is_none() {
+                    return refuse(&mut session, ErrorCode::Internal, "this server cannot push");
+                }
+                // Registered before the backlog is read, under the session's
+                // lock: an order committed meanwhile is pushed by the
+                // dispatcher once this answer is out, never lost.
+                session.mode = Mode::Listening { in_flight: Vec::new() };
+                self.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, identity.agent_id);
+                tracing::debug!(conn = peer.id, agent = identity.agent_id, "v2: listening for orders");
+                match service.orders_step(&identity, &[]) {
+                    Ok((orders, _)) => push_orders(&mut session, orders, true),
+                    Err((code, text)) => refuse(&mut session, code, &text),
+                }
+            }
+            (Frame::Message(_) | Frame::Fetch | Frame::Stored(_) | Frame::Listen | Frame::Query(_), None) => refuse(
+                &mut session,
+                ErrorCode::Forbidden,
+                "the Boss's own key chats only: messages and orders are for agents' keys",
+            ),
+            (Frame::Ack(_) | Frame::Error(..) | Frame::Orders(_) | Frame::Push(_) | Frame::Offset(_), _) => {
+                refuse(&mut session, ErrorCode::BadRequest, "that frame type goes from the Boss to agents")
             }
         }
     }
 
-    /// Confirms `stored` (orders the agent has written durably in its home),
-    /// then offers what is still pending.
-    fn offer(&self, service: &BossService, session: &mut Session, stored: &[String]) -> Answer {
-        let (code, text) = match service.orders_step(&session.identity, stored) {
-            Ok((orders, confirmed)) => match serde_json::to_vec(&orders) {
-                Ok(json) => {
-                    let outcome = if confirmed { Outcome::Accepted } else { Outcome::Repeated };
-                    return seal(&mut session.transport, Frame::Orders(json), outcome);
-                }
-                Err(_) => (ErrorCode::Internal, "cannot encode the orders".to_string()),
-            },
-            Err(refusal) => refusal,
+    /// `J`: joins the chat of one agent, answers with its state, hands over
+    /// the lines that waited for this side, and tells the other side.
+    fn join(&self, service: &BossService, mut session: MutexGuard<'_, Session>, peer: &Peer, json: &[u8]) -> Answer {
+        if !matches!(session.mode, Mode::Requests) {
+            return refuse(&mut session, ErrorCode::BadRequest, "this session already listens or chats");
+        }
+        if session.socket.is_none() {
+            return refuse(&mut session, ErrorCode::Internal, "this server cannot push");
+        }
+        let Ok(join) = serde_json::from_slice::<JoinChat>(json) else {
+            return refuse(&mut session, ErrorCode::BadRequest, "J carries {} or {\"agent\":N,\"director\":D}");
         };
-        seal(&mut session.transport, Frame::Error(code, text), Outcome::Refused(code))
-    }
-
-    /// Forgets the session of a closed connection.
-    pub fn closed(&self, peer: &Peer) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer.id);
-    }
-
-    fn put_back(&self, peer: &Peer, session: Session) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, session);
-    }
-
-    /// An error, sealed if there is a session (and the session kept), else plain.
-    fn answer_or_plain(&self, session: Option<Session>, peer: &Peer, code: ErrorCode, text: &str) -> Answer {
-        match session {
-            Some(mut session) => {
-                let answer = seal(&mut session.transport, Frame::Error(code, text.to_string()), Outcome::Refused(code));
-                self.put_back(peer, session);
-                answer
+        let agent = match (&session.who, join.agent) {
+            (Who::Agent(identity), None) => (**identity).clone(),
+            (Who::Agent(_), Some(_)) => {
+                return refuse(&mut session, ErrorCode::Forbidden, "an agent chats in its own chat only");
             }
-            None => plain_refusal(code, text),
+            (Who::Director { .. }, None) => {
+                return refuse(&mut session, ErrorCode::BadRequest, "name the agent to chat with");
+            }
+            (Who::Director { .. }, Some(agent_id)) => match service.enrolled(agent_id) {
+                Ok(Some(identity)) => identity,
+                Ok(None) => {
+                    let text = format!("agent {agent_id} has no enrolled identity (agent enroll, then join)");
+                    return refuse(&mut session, ErrorCode::Forbidden, &text);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "identity lookup failed");
+                    return refuse(&mut session, ErrorCode::Internal, "try again later");
+                }
+            },
+        };
+        if let (Who::Director { director }, Some(given)) = (&mut session.who, join.director) {
+            *director = given;
+        }
+        let agent_id = agent.agent_id;
+        let agent_side = session.agent_side();
+        session.mode = Mode::Chat { agent: Box::new(agent.clone()) };
+        let online = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let room = rooms.entry(agent_id).or_default();
+            room.push((peer.id, agent_side));
+            room.iter().any(|(_, side)| *side != agent_side)
+        };
+        tracing::debug!(conn = peer.id, agent = agent_id, agent_side, "v2: joined a chat");
+        let status = ChatStatus { agent: agent_id, online, stored: None };
+        let answer =
+            session.respond(Frame::Join(serde_json::to_vec(&status).expect("a status encodes")), Outcome::Accepted);
+        // The lines that waited for this side, oldest first.
+        match service.chat_backlog(&agent, agent_side) {
+            Ok(lines) => {
+                let mut delivered = Vec::new();
+                for line in lines {
+                    let id = line.id.clone();
+                    if !session.push(Frame::Chat(serde_json::to_vec(&line).expect("a line encodes"))) {
+                        break;
+                    }
+                    delivered.push(id);
+                }
+                drop(session);
+                mark_delivered(service, agent_id, delivered);
+            }
+            Err((code, text)) => {
+                session.push(Frame::Error(code, text));
+                drop(session);
+            }
+        }
+        self.tell_room(agent_id, !agent_side, true);
+        answer
+    }
+
+    /// `C`: stores a line sealed, writes it to every session of the other
+    /// side, and answers with the chat's state (`stored` = its id).
+    fn chat(
+        &self,
+        service: &BossService,
+        mut session: MutexGuard<'_, Session>,
+        shared: &Shared,
+        json: &[u8],
+    ) -> Answer {
+        let Mode::Chat { agent } = &session.mode else {
+            return refuse(&mut session, ErrorCode::BadRequest, "join a chat (J) before sending lines");
+        };
+        let agent = (**agent).clone();
+        let Ok(ChatText { text }) = serde_json::from_slice::<ChatText>(json) else {
+            return refuse(&mut session, ErrorCode::BadRequest, "C carries {\"text\":\"...\"}");
+        };
+        if text.trim().is_empty() || text.len() > v2::MAX_CHAT_BYTES {
+            let why = format!("a chat line is 1 to {} bytes of text", v2::MAX_CHAT_BYTES);
+            return refuse(&mut session, ErrorCode::TooLong, &why);
+        }
+        let Some(key) = service.channel_key(&agent) else {
+            return refuse(&mut session, ErrorCode::Auth, "the agent's key is unusable");
+        };
+        let agent_side = session.agent_side();
+        let sender = match &session.who {
+            Who::Agent(identity) => identity.agent_id,
+            Who::Director { director } => *director,
+        };
+        let (stored, line) = super::chat::seal(&key, agent.agent_id, sender, !agent_side, &text);
+        if let Err((code, why)) = service.chat_write(WriteOp::ChatLine(stored)) {
+            return refuse(&mut session, code, &why);
+        }
+        // Never hold this session's lock while taking another's: two sides
+        // sending at once would each wait for the other.
+        drop(session);
+        let frame = Frame::Chat(serde_json::to_vec(&line).expect("a line encodes"));
+        let mut delivered = false;
+        for other in self.room_sessions(agent.agent_id, !agent_side) {
+            delivered |= lock(&other).push(frame.clone());
+        }
+        if delivered {
+            mark_delivered(service, agent.agent_id, vec![line.id.clone()]);
+        }
+        let status = ChatStatus { agent: agent.agent_id, online: delivered, stored: Some(line.id) };
+        lock(shared).respond(Frame::Join(serde_json::to_vec(&status).expect("a status encodes")), Outcome::Accepted)
+    }
+
+    /// The sessions on one side of an agent's chat.
+    fn room_sessions(&self, agent_id: i64, agent_side: bool) -> Vec<Shared> {
+        let conns: Vec<u64> = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.get(&agent_id).map(|r| r.iter().filter(|(_, s)| *s == agent_side).map(|(c, _)| *c).collect())
+        }
+        .unwrap_or_default();
+        conns.into_iter().filter_map(|c| self.get(c)).collect()
+    }
+
+    /// Tells one side of an agent's chat whether the other side is there.
+    fn tell_room(&self, agent_id: i64, agent_side: bool, online: bool) {
+        let status = ChatStatus { agent: agent_id, online, stored: None };
+        let frame = Frame::Join(serde_json::to_vec(&status).expect("a status encodes"));
+        for other in self.room_sessions(agent_id, agent_side) {
+            lock(&other).push(frame.clone());
+        }
+    }
+
+    pub fn has_listeners(&self) -> bool {
+        !self.listeners.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Pushes new orders to every listening session with nothing in flight.
+    /// Called by the dispatcher when the outbox may have changed. A session
+    /// busy on its own thread (its lock held, say by a write to a peer that
+    /// stopped reading) is skipped, not waited for: returns false if any
+    /// was, and the dispatcher tries again at its next tick.
+    pub fn push_orders(&self, service: &BossService) -> bool {
+        let listening: Vec<u64> = self.listeners.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let mut all = true;
+        for conn in listening {
+            let Some(shared) = self.get(conn) else { continue };
+            let mut session = match shared.try_lock() {
+                Ok(session) => session,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    all = false;
+                    continue;
+                }
+            };
+            let identity = match (&session.who, &session.mode) {
+                (Who::Agent(identity), Mode::Listening { in_flight }) if in_flight.is_empty() && !session.closed => {
+                    (**identity).clone()
+                }
+                _ => continue,
+            };
+            match service.orders_step(&identity, &[]) {
+                Ok((orders, _)) if !orders.is_empty() => {
+                    push_orders(&mut session, orders, false);
+                }
+                Ok(_) => {}
+                Err((code, text)) => {
+                    session.push(Frame::Error(code, text));
+                }
+            }
+        }
+        all
+    }
+
+    /// Forgets the session of a closed connection, and tells the other side
+    /// of its chat if it was the last of its side.
+    pub fn closed(&self, service: &BossService, peer: &Peer) {
+        self.forget(service, peer.id);
+    }
+
+    fn forget(&self, _service: &BossService, conn: u64) {
+        let removed = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+        if let Some(shared) = removed {
+            lock(&shared).closed = true;
+        }
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+        let left = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let mut left = None;
+            for (agent, room) in rooms.iter_mut() {
+                if let Some(i) = room.iter().position(|(c, _)| *c == conn) {
+                    let (_, side) = room.remove(i);
+                    left = Some((*agent, side, room.iter().any(|(_, s)| *s == side)));
+                }
+            }
+            rooms.retain(|_, room| !room.is_empty());
+            left
+        };
+        if let Some((agent, side, still_there)) = left {
+            self.tell_room(agent, !side, still_there);
         }
     }
 
@@ -146,8 +457,9 @@ impl V2Sessions {
     /// the Boss's key gets a plain `ERR auth` (nothing was agreed, so nothing
     /// can be authenticated). One that opens completes the handshake either
     /// way, so the agent learns the answer is the Boss's; if its static key
-    /// is not the enrolled key of the agent it names, an authenticated error
-    /// follows and no session is kept.
+    /// is neither the enrolled key of the agent it names nor the Boss's own
+    /// (a director in the Boss's home), an authenticated error follows and
+    /// no session is kept.
     fn handshake(&self, service: &BossService, message: &[u8], peer: &Peer) -> Answer {
         // Charged before any DH; given back when a session results, or when
         // the Boss itself failed (the peer should not pay for that).
@@ -158,7 +470,7 @@ impl V2Sessions {
                 "too many v2 handshakes without a session from your address; try again in a second",
             );
         }
-        let answer = self.respond(service, message, peer);
+        let answer = self.answer_handshake(service, message, peer);
         if matches!(answer.outcome, Outcome::Accepted | Outcome::Refused(ErrorCode::Internal)) {
             self.budget.refund(peer.addr.ip());
         }
@@ -166,7 +478,7 @@ impl V2Sessions {
     }
 
     /// The handshake proper (see [`Self::handshake`]).
-    fn respond(&self, service: &BossService, message: &[u8], peer: &Peer) -> Answer {
+    fn answer_handshake(&self, service: &BossService, message: &[u8], peer: &Peer) -> Answer {
         let Ok(mut responder) = noise::responder(service.identity_keys()) else {
             return plain_refusal(ErrorCode::Internal, "try again later");
         };
@@ -179,11 +491,17 @@ impl V2Sessions {
             return plain_refusal(ErrorCode::BadRequest, "handshake payload is not a hello");
         };
         let their_static: Option<[u8; 32]> = responder.get_remote_static().and_then(|k| k.try_into().ok());
-        let enrolled = match service.enrolled(hello.agent) {
-            Ok(found) => found.filter(|identity| Some(identity.public.x25519) == their_static),
-            Err(e) => {
-                tracing::error!(error = %e, "identity lookup failed");
-                return plain_refusal(ErrorCode::Internal, "try again later");
+        let who = if their_static == Some(service.identity_keys().public().x25519) {
+            Some(Who::Director { director: hello.agent })
+        } else {
+            match service.enrolled(hello.agent) {
+                Ok(found) => found
+                    .filter(|identity| Some(identity.public.x25519) == their_static)
+                    .map(|identity| Who::Agent(Box::new(identity))),
+                Err(e) => {
+                    tracing::error!(error = %e, "identity lookup failed");
+                    return plain_refusal(ErrorCode::Internal, "try again later");
+                }
             }
         };
         let welcome = serde_json::to_vec(&Welcome { time: crate::crypto::fernet::unix_now() }).expect("encodes");
@@ -192,13 +510,15 @@ impl V2Sessions {
             return plain_refusal(ErrorCode::Internal, "try again later");
         };
         let reply = v2::format_line(LineKind::Handshake, &buf[..n]);
-        let Ok(transport) = responder.into_transport_mode() else {
+        let Ok(mut transport) = responder.into_transport_mode() else {
             return plain_refusal(ErrorCode::Internal, "try again later");
         };
-        match enrolled {
-            Some(identity) => {
+        match who {
+            Some(who) => {
                 tracing::debug!(conn = peer.id, agent = hello.agent, "v2 session");
-                self.put_back(peer, Session { transport, identity });
+                let session =
+                    Session { transport, who, mode: Mode::Requests, socket: peer.socket.clone(), closed: false };
+                self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, Arc::new(Mutex::new(session)));
                 // A finished mutual handshake proves the agent's key: the
                 // connection counts as authentic (never evicted for a newcomer).
                 Answer { line: reply, outcome: Outcome::Accepted }
@@ -206,13 +526,72 @@ impl V2Sessions {
             None => {
                 tracing::debug!(conn = peer.id, agent = hello.agent, "refused: v2 key not enrolled for this agent");
                 let code = ErrorCode::Auth;
-                let mut transport = transport;
                 let text = "this key is not enrolled for that agent".to_string();
                 let error = seal(&mut transport, Frame::Error(code, text), Outcome::Refused(code));
                 Answer { line: reply + &error.line, outcome: Outcome::Refused(code) }
             }
         }
     }
+}
+
+/// Records chat lines as delivered (written to the other side's session).
+fn mark_delivered(service: &BossService, agent_id: i64, ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let at = crate::crypto::fernet::unix_now() as i64;
+    let _ = service.chat_write(WriteOp::ChatDelivered { agent_id, ids, at });
+}
+
+/// Pushes `orders` to a listening session as one `P` frame and records them
+/// in flight. `always`: also when empty (the answer to `L`).
+fn push_orders(session: &mut Session, orders: Vec<super::orders::Order>, always: bool) -> Answer {
+    if orders.is_empty() && !always {
+        return Answer { line: String::new(), outcome: Outcome::Repeated };
+    }
+    let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
+    let Ok(json) = serde_json::to_vec(&orders) else {
+        return refuse(session, ErrorCode::Internal, "cannot encode the orders");
+    };
+    if let Mode::Listening { in_flight } = &mut session.mode {
+        *in_flight = ids;
+    }
+    session.respond(Frame::Push(json), Outcome::Accepted)
+}
+
+/// `K` on a listening session: confirms what was pushed, then pushes the
+/// next batch if any is pending.
+fn confirm_pushed(service: &BossService, session: &mut Session, identity: &StoredIdentity, ids: &[String]) -> Answer {
+    match service.orders_step(identity, ids) {
+        Ok((orders, confirmed)) => {
+            if let Mode::Listening { in_flight } = &mut session.mode {
+                in_flight.retain(|id| !ids.contains(id));
+                if !in_flight.is_empty() {
+                    let outcome = if confirmed { Outcome::Accepted } else { Outcome::Repeated };
+                    return Answer { line: String::new(), outcome };
+                }
+            }
+            let answer = push_orders(session, orders, false);
+            if confirmed { Answer { outcome: Outcome::Accepted, ..answer } } else { answer }
+        }
+        Err((code, text)) => refuse(session, code, &text),
+    }
+}
+
+/// Confirms `stored` (orders the agent has written durably in its home),
+/// then offers what is still pending.
+fn offer(service: &BossService, session: &mut Session, identity: &StoredIdentity, stored: &[String]) -> Answer {
+    let (code, text) = match service.orders_step(identity, stored) {
+        Ok((orders, confirmed)) => match serde_json::to_vec(&orders) {
+            Ok(json) => {
+                let outcome = if confirmed { Outcome::Accepted } else { Outcome::Repeated };
+                return session.respond(Frame::Orders(json), outcome);
+            }
+            Err(_) => (ErrorCode::Internal, "cannot encode the orders".to_string()),
+        },
+        Err(refusal) => refusal,
+    };
+    refuse(session, code, &text)
 }
 
 /// Seals `frame` as the session's next `F` line.

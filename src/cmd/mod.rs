@@ -4,12 +4,14 @@
 pub mod agent;
 pub mod bench;
 pub mod boss;
+pub mod chat;
 pub mod db;
 pub mod demo;
 pub mod docs;
 pub mod export;
 pub mod join;
 pub mod key;
+pub mod listen;
 pub mod orders;
 pub mod prompt;
 pub mod send;
@@ -86,6 +88,8 @@ pub fn dispatch(ctx: &mut Ctx<'_>, command: Command) -> Result<()> {
         Command::Join(args) => join::join(ctx, args),
         Command::Order(args) => orders::order(ctx, args),
         Command::Orders(args) => orders::fetch(ctx, args),
+        Command::Listen(args) => listen::listen(ctx, args),
+        Command::Chat(args) => chat::chat(ctx, args),
         Command::Boss(BossCommand::Verify { id }) => boss::verify(ctx, &id),
         Command::Boss(BossCommand::Export { id, out }) => export::export(ctx, &id, &out),
         Command::Agent(AgentCommand::Key(KeyCommand::Export { agent_id, out, force })) => {

@@ -49,7 +49,10 @@ pub fn order(ctx: &mut Ctx<'_>, args: OrderArgs) -> Result<()> {
     if targets.is_empty() {
         return Err(Error::failed("no enrolled agent at that level; nothing was queued"));
     }
-    let tx = gate.conn.unchecked_transaction()?;
+    // Immediate: a deferred transaction that reads, then writes, fails at
+    // once with "database is locked" if the Boss committed in between (a
+    // listening agent's confirmation, say); this one waits its turn.
+    let tx = rusqlite::Transaction::new_unchecked(&gate.conn, rusqlite::TransactionBehavior::Immediate)?;
     let mut queued = Vec::with_capacity(targets.len());
     for target in &targets {
         let id = orders::queue(&tx, &boss, gate.agent.id, *target, &text).map_err(order_error)?;
@@ -62,7 +65,7 @@ pub fn order(ctx: &mut Ctx<'_>, args: OrderArgs) -> Result<()> {
         return ctx.json(serde_json::json!({ "queued": list }));
     }
     for (agent, id) in &queued {
-        ctx.say(&format!("Order {id} queued for agent {agent}; it is delivered when the agent runs `spyctl orders`."))?;
+        ctx.say(&format!("Order {id} queued for agent {agent}; it reaches the agent at once if it runs `spyctl listen`, else at its next `spyctl orders`."))?;
     }
     Ok(())
 }

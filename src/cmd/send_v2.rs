@@ -22,6 +22,18 @@ pub(super) fn joined_identity(ctx: &Ctx<'_>) -> Result<super::send::Joined> {
     })
 }
 
+/// Says, on stderr, that this clock is off the Boss's (said before anything
+/// can fail on it: the Boss checks signature times).
+pub(super) fn warn_skew(skew: Option<i64>) {
+    if let Some(skew) = skew {
+        eprintln!(
+            "spyctl: warning: this machine's clock is {} s {} the Boss's",
+            skew.unsigned_abs(),
+            if skew > 0 { "behind" } else { "ahead of" }
+        );
+    }
+}
+
 pub fn send(
     ctx: &mut Ctx<'_>,
     request: &SendRequest,
@@ -44,14 +56,7 @@ pub fn send(
         return Err(Error::failed("nothing to send: no TEXT and no lines on stdin").hint(Hint::SendExample));
     }
     let mut session = V2Client::connect(addr, request.timeout, me, boss, agent_id)?;
-    if let Some(skew) = session.skew {
-        // Said before anything can fail on it (the Boss checks signature times).
-        eprintln!(
-            "spyctl: warning: this machine's clock is {} s {} the Boss's",
-            skew.unsigned_abs(),
-            if skew > 0 { "behind" } else { "ahead of" }
-        );
-    }
+    warn_skew(session.skew);
     let signer = MessageSigner::new(me, boss.ed25519, agent_id);
     for text in &texts {
         let header = Header { id: random_id(), kind: Kind::Text };

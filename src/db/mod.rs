@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod chat;
 pub mod demo;
 pub mod epochs;
 pub mod identities;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -309,6 +310,13 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 8 (signed files, exports)");
     }
+    if version < 9 {
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATE_V9)?;
+        tx.pragma_update(None, "user_version", 9)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 9 (chat)");
+    }
     Ok(())
 }
 
@@ -338,6 +346,15 @@ const MIGRATE_V7: &str = "
         RowId INTEGER PRIMARY KEY, AgentId INTEGER NOT NULL, OrderId TEXT NOT NULL, CreatedAt INTEGER NOT NULL,
         IssuedBy INTEGER NOT NULL, Sealed TEXT NOT NULL, DeliveredAt INTEGER, UNIQUE (AgentId, OrderId));
     CREATE INDEX IF NOT EXISTS OrdersPending ON Orders (AgentId, RowId) WHERE DeliveredAt IS NULL;
+";
+
+/// The version-9 step: chat lines relayed by the Boss (sql/schema.sql, ChatLines).
+const MIGRATE_V9: &str = "
+    CREATE TABLE IF NOT EXISTS ChatLines (
+        RowId INTEGER PRIMARY KEY, AgentId INTEGER NOT NULL, LineId TEXT NOT NULL, CreatedAt INTEGER NOT NULL,
+        Sender INTEGER NOT NULL, ToAgent INTEGER NOT NULL, Sealed TEXT NOT NULL, DeliveredAt INTEGER,
+        UNIQUE (AgentId, LineId));
+    CREATE INDEX IF NOT EXISTS ChatPending ON ChatLines (AgentId, ToAgent, RowId) WHERE DeliveredAt IS NULL;
 ";
 
 /// Triggers that refuse a row written under a retired key epoch: the last

@@ -67,11 +67,17 @@ pub fn default_per_address(max_connections: usize) -> usize {
     max_connections.div_ceil(4).max(1)
 }
 
-/// What a connection thread knows about its peer, for logs.
+/// What a connection thread knows about its peer: for logs, and a handle to
+/// its socket for handlers that push lines unasked (v2 `listen` and `chat`).
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub id: u64,
     pub addr: SocketAddr,
+    /// The connection's socket, shared with its thread. A handler that writes
+    /// through it must write whole lines and answer that connection's
+    /// requests with empty [`Answer`] lines from then on, so that its own
+    /// writes and the thread's never interleave.
+    pub socket: Option<Arc<TcpStream>>,
 }
 
 /// A handler's answer to one line.
@@ -219,8 +225,8 @@ struct Slot {
     /// `busy` and closes.
     evicted: AtomicBool,
     /// A handle to shut the socket's read side, which wakes a thread blocked
-    /// in `read` at once.
-    stream: TcpStream,
+    /// in `read` at once; also the handler's [`Peer::socket`].
+    stream: Arc<TcpStream>,
 }
 
 impl Slot {
@@ -303,8 +309,13 @@ impl Admission {
             log.note(Kind::Evicted);
             tracing::debug!(conn = victim.id, by = id, "closed to make room for a newcomer");
         }
-        let slot =
-            Arc::new(Slot { id, ip, state: AtomicU8::new(FRESH), evicted: AtomicBool::new(false), stream: handle });
+        let slot = Arc::new(Slot {
+            id,
+            ip,
+            state: AtomicU8::new(FRESH),
+            evicted: AtomicBool::new(false),
+            stream: Arc::new(handle),
+        });
         slots.push(slot.clone());
         self.threads.fetch_add(1, Ordering::SeqCst);
         Admit::Yes(slot)
@@ -497,7 +508,7 @@ impl Server {
             }
             next_id += 1;
             let addr = stream.peer_addr().unwrap_or(self.local_addr);
-            let peer = Peer { id: next_id, addr };
+            let mut peer = Peer { id: next_id, addr, socket: None };
             let slot = match admission.admit(peer.id, &stream, addr.ip(), &self.limits, stats, refusals) {
                 Admit::Yes(slot) => slot,
                 Admit::Busy => {
@@ -509,6 +520,7 @@ impl Server {
                 }
             };
             stats.connections.fetch_add(1, Ordering::Relaxed);
+            peer.socket = Some(Arc::clone(&slot.stream));
             let conn = Connection {
                 stream,
                 peer,

@@ -15,6 +15,13 @@
 //!   for orders, `O` (the agent asks for its pending orders), `R` + a JSON
 //!   array of orders (the Boss's offer) and `K` + a JSON array of order ids
 //!   (the agent has stored these durably; it also asks for the next offer).
+//!   `listen` and `chat` keep a session open and let the Boss speak unasked:
+//!   `L` (the agent listens for orders; the Boss pushes each batch as `P` +
+//!   a JSON array of orders, the agent answers `K` once they are on its
+//!   disk), `J` + JSON (join a chat; the Boss answers and later reports the
+//!   other side with `J` + [`ChatStatus`]), `C` + JSON (a chat line:
+//!   [`ChatText`] towards the Boss, [`ChatLine`] from it) and `H` (a
+//!   heartbeat, answered `H`, that keeps a quiet session open).
 //!   Every reply after the handshake, errors included, is an `F` line, so a
 //!   forged or injected error fails its tag at the client.
 
@@ -108,6 +115,54 @@ pub struct Order {
     pub text: String,
 }
 
+/// Longest chat line, in bytes of text.
+pub const MAX_CHAT_BYTES: usize = 4096;
+
+/// A `J` frame towards the Boss: join the chat of one agent. The agent's own
+/// session sends `{}`; a director's (the Boss's own static key) names the
+/// agent and, for the other side's display, the director's AgentId.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinChat {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub director: Option<i64>,
+}
+
+/// A `C` frame towards the Boss: one line to relay.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatText {
+    pub text: String,
+}
+
+/// A `C` frame from the Boss: one line from the other side.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatLine {
+    pub id: String,
+    /// Unix seconds when the Boss stored it.
+    pub at: i64,
+    /// The sender's AgentId (the agent's, or the director's).
+    pub from: i64,
+    pub text: String,
+}
+
+/// A `J` frame from the Boss: the chat's state. Sent when joining, whenever
+/// the other side joins or leaves, and after each line sent (with its id).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatStatus {
+    /// The agent whose chat this is.
+    pub agent: i64,
+    /// Whether the other side has a chat session open now.
+    pub online: bool,
+    /// The id of the line just stored, in answer to a `C`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
+}
+
 /// One transport plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -127,6 +182,16 @@ pub enum Frame {
     Query(Vec<u8>),
     /// Its answer: exactly the plaintext of the v1 offset ACK.
     Offset(Vec<u8>),
+    /// The agent listens: push its orders as they arrive.
+    Listen,
+    /// Orders pushed unasked to a listening agent (a JSON array).
+    Push(Vec<u8>),
+    /// Keeps a quiet session open; answered with the same.
+    Heartbeat,
+    /// Join a chat ([`JoinChat`]) or, from the Boss, its state ([`ChatStatus`]).
+    Join(Vec<u8>),
+    /// A chat line: [`ChatText`] towards the Boss, [`ChatLine`] from it.
+    Chat(Vec<u8>),
 }
 
 impl Frame {
@@ -140,6 +205,11 @@ impl Frame {
             Frame::Stored(json) => [b"K".as_slice(), json].concat(),
             Frame::Query(bytes) => [b"Q".as_slice(), bytes].concat(),
             Frame::Offset(bytes) => [b"U".as_slice(), bytes].concat(),
+            Frame::Listen => b"L".to_vec(),
+            Frame::Push(json) => [b"P".as_slice(), json].concat(),
+            Frame::Heartbeat => b"H".to_vec(),
+            Frame::Join(json) => [b"J".as_slice(), json].concat(),
+            Frame::Chat(json) => [b"C".as_slice(), json].concat(),
         }
     }
 
@@ -158,7 +228,12 @@ impl Frame {
             Some((b'K', rest)) => Ok(Frame::Stored(rest.to_vec())),
             Some((b'Q', rest)) => Ok(Frame::Query(rest.to_vec())),
             Some((b'U', rest)) => Ok(Frame::Offset(rest.to_vec())),
-            _ => Err(bad("a frame starts with M, A, E, O, R, K, Q or U")),
+            Some((b'L', [])) => Ok(Frame::Listen),
+            Some((b'P', rest)) => Ok(Frame::Push(rest.to_vec())),
+            Some((b'H', [])) => Ok(Frame::Heartbeat),
+            Some((b'J', rest)) => Ok(Frame::Join(rest.to_vec())),
+            Some((b'C', rest)) => Ok(Frame::Chat(rest.to_vec())),
+            _ => Err(bad("a frame starts with M, A, E, O, R, K, Q, U, L, P, H, J or C")),
         }
     }
 }
@@ -190,14 +265,46 @@ mod tests {
             Frame::Fetch,
             Frame::Orders(b"[]".to_vec()),
             Frame::Stored(b"[\"a\"]".to_vec()),
+            Frame::Listen,
+            Frame::Push(b"[]".to_vec()),
+            Frame::Heartbeat,
+            Frame::Join(b"{}".to_vec()),
+            Frame::Chat(b"{\"text\":\"hi\"}".to_vec()),
         ] {
             assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
         }
         assert!(Frame::decode(b"").is_err());
         assert!(Frame::decode(b"Xwhat").is_err());
+        assert!(Frame::decode(b"Lextra").is_err() && Frame::decode(b"Hextra").is_err());
+        for reserved in [b'Q', b'U', b'V', b'Z'] {
+            assert!(Frame::decode(&[reserved]).is_err(), "{} is reserved for resumable files", reserved as char);
+        }
         assert!(Frame::decode(b"Ebogus text").is_err());
         assert_eq!(skew(1000, 1031), Some(31));
         assert_eq!(skew(1000, 970), None);
+    }
+
+    fn json_round_trips<T>(json: &[u8])
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        if let Ok(value) = serde_json::from_slice::<T>(json) {
+            let again = serde_json::to_vec(&value).expect("re-encodes");
+            assert_eq!(serde_json::from_slice::<T>(&again).expect("re-parses"), value);
+        }
+    }
+
+    #[test]
+    fn live_payloads_parse_strictly() {
+        assert!(serde_json::from_slice::<JoinChat>(b"{}").is_ok());
+        assert!(serde_json::from_slice::<JoinChat>(b"{\"agent\":6,\"director\":1}").is_ok());
+        assert!(serde_json::from_slice::<JoinChat>(b"{\"agent\":6,\"root\":true}").is_err());
+        assert!(serde_json::from_slice::<ChatText>(b"{\"text\":\"hi\"}").is_ok());
+        assert!(serde_json::from_slice::<ChatText>(b"{}").is_err());
+        let line = ChatLine { id: "a".into(), at: 1, from: 2, text: "x".into() };
+        json_round_trips::<ChatLine>(&serde_json::to_vec(&line).expect("encodes"));
+        let status = ChatStatus { agent: 6, online: false, stored: None };
+        assert_eq!(serde_json::to_string(&status).expect("encodes"), "{\"agent\":6,\"online\":false}");
     }
 
     proptest::proptest! {
@@ -210,7 +317,20 @@ mod tests {
                 proptest::prop_assert_eq!(parse_line(again.trim_end().as_bytes()).expect("parses"), (kind, message));
             }
             if let Ok(frame) = Frame::decode(&bytes) {
-                proptest::prop_assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
+                proptest::prop_assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame.clone());
+                // The live frames' JSON payloads (the fuzz target does the same).
+                match frame {
+                    Frame::Join(json) => {
+                        json_round_trips::<JoinChat>(&json);
+                        json_round_trips::<ChatStatus>(&json);
+                    }
+                    Frame::Chat(json) => {
+                        json_round_trips::<ChatText>(&json);
+                        json_round_trips::<ChatLine>(&json);
+                    }
+                    Frame::Push(json) => json_round_trips::<Vec<Order>>(&json),
+                    _ => {}
+                }
             }
         }
 

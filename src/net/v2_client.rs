@@ -5,11 +5,12 @@
 //! never taken for the Boss's answer.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::protocol::{self, AckHeader, ErrorCode};
-use super::v2::{self, Frame, Hello, LineKind, Welcome};
+use super::v2::{self, ChatLine, ChatStatus, ChatText, Frame, Hello, JoinChat, LineKind, Welcome};
 use crate::crypto::{IdentityKeys, PublicIdentity, noise};
 
 /// What went wrong on a v2 connection.
@@ -153,12 +154,7 @@ impl V2Client {
         match self.read_frame()? {
             Frame::Ack(json) => protocol::decode_ack(&json).map_err(|_| V2Error::Unauthenticated("a malformed ACK")),
             Frame::Error(code, text) => Err(V2Error::Refused { code, text }),
-            Frame::Message(_)
-            | Frame::Fetch
-            | Frame::Orders(_)
-            | Frame::Stored(_)
-            | Frame::Query(_)
-            | Frame::Offset(_) => Err(V2Error::Unauthenticated("an unexpected frame where an ACK was due")),
+            _ => Err(V2Error::Unauthenticated("an unexpected frame where an ACK was due")),
         }
     }
 
@@ -207,16 +203,169 @@ impl V2Client {
     /// Reads and opens the next frame; anything unauthenticated is refused.
     fn read_frame(&mut self) -> Result<Frame, V2Error> {
         let line = read_line(&mut self.reader)?;
-        let (kind, message) = v2::parse_line(&line).map_err(|_| V2Error::Unauthenticated("not a v2 frame"))?;
-        if kind != LineKind::Transport {
-            return Err(V2Error::Unauthenticated("a handshake line after the handshake"));
+        open_frame(&mut self.transport, &line)
+    }
+
+    /// Turns the session into a live one (`listen`, `chat`): a sending half
+    /// and a receiving half that work at the same time from two threads.
+    /// Reads then wait without a timeout (the Boss speaks when it has
+    /// something); the sender's heartbeat keeps a quiet session open.
+    pub fn into_live(self) -> Result<(V2Sender, V2Receiver), V2Error> {
+        self.writer.set_read_timeout(None)?;
+        let transport = Arc::new(Mutex::new(self.transport));
+        let sender = V2Sender { inner: Arc::new(Mutex::new(self.writer)), transport: Arc::clone(&transport) };
+        Ok((sender, V2Receiver { reader: self.reader, transport }))
+    }
+}
+
+/// Opens one transport line with the session's receiving key.
+fn open_frame(transport: &mut snow::TransportState, line: &[u8]) -> Result<Frame, V2Error> {
+    let (kind, message) = v2::parse_line(line).map_err(|_| V2Error::Unauthenticated("not a v2 frame"))?;
+    if kind != LineKind::Transport {
+        return Err(V2Error::Unauthenticated("a handshake line after the handshake"));
+    }
+    let mut plaintext = vec![0u8; message.len()];
+    let n = transport
+        .read_message(&message, &mut plaintext)
+        .map_err(|_| V2Error::Unauthenticated("a frame that fails its tag"))?;
+    Frame::decode(&plaintext[..n]).map_err(|_| V2Error::Unauthenticated("a malformed frame"))
+}
+
+/// How often a live session's sender says it is still there (well inside
+/// the Boss's default idle timeout of 60 s).
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The sending half of a live session. Cloned for a second sending thread
+/// (the heartbeat); each frame is sealed and written under one lock, so
+/// frames go out in nonce order.
+#[derive(Clone)]
+pub struct V2Sender {
+    inner: Arc<Mutex<TcpStream>>,
+    transport: Arc<Mutex<snow::TransportState>>,
+}
+
+impl V2Sender {
+    fn send(&self, frame: Frame) -> Result<(), V2Error> {
+        let plaintext = frame.encode();
+        let mut buf = vec![0u8; plaintext.len() + noise::TAG];
+        let mut writer = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let n = {
+            let mut transport = self.transport.lock().unwrap_or_else(|p| p.into_inner());
+            transport.write_message(&plaintext, &mut buf).map_err(|e| V2Error::Handshake(e.to_string()))?
+        };
+        writer.write_all(v2::format_line(LineKind::Transport, &buf[..n]).as_bytes())?;
+        Ok(())
+    }
+
+    /// Asks the Boss to push this agent's orders as they arrive.
+    pub fn listen(&self) -> Result<(), V2Error> {
+        self.send(Frame::Listen)
+    }
+
+    /// Confirms pushed orders, once they are on this home's disk.
+    pub fn confirm(&self, stored: &[String]) -> Result<(), V2Error> {
+        self.send(Frame::Stored(serde_json::to_vec(stored).expect("ids always encode")))
+    }
+
+    pub fn heartbeat(&self) -> Result<(), V2Error> {
+        self.send(Frame::Heartbeat)
+    }
+
+    /// Joins a chat: `{}` for an agent's own, the agent (and the director's
+    /// AgentId) for a director.
+    pub fn join(&self, join: &JoinChat) -> Result<(), V2Error> {
+        self.send(Frame::Join(serde_json::to_vec(join).expect("a join always encodes")))
+    }
+
+    /// Sends one chat line (at most [`v2::MAX_CHAT_BYTES`]).
+    pub fn say(&self, text: &str) -> Result<(), V2Error> {
+        if text.len() > v2::MAX_CHAT_BYTES {
+            let text = format!("a chat line is at most {} bytes", v2::MAX_CHAT_BYTES);
+            return Err(V2Error::Refused { code: ErrorCode::TooLong, text });
         }
-        let mut plaintext = vec![0u8; message.len()];
-        let n = self
-            .transport
-            .read_message(&message, &mut plaintext)
-            .map_err(|_| V2Error::Unauthenticated("a frame that fails its tag"))?;
-        Frame::decode(&plaintext[..n]).map_err(|_| V2Error::Unauthenticated("a malformed frame"))
+        let json = serde_json::to_vec(&ChatText { text: text.to_string() }).expect("a line always encodes");
+        self.send(Frame::Chat(json))
+    }
+
+    /// Sends a heartbeat every [`HEARTBEAT`] from a thread of its own until
+    /// the returned guard is dropped; a heartbeat that cannot be sent closes
+    /// the session, so the receiving half learns the connection is gone.
+    pub fn keep_alive(&self) -> KeepAlive {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let sender = self.clone();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
+                if sender.heartbeat().is_err() {
+                    sender.close();
+                    break;
+                }
+            }
+        });
+        KeepAlive { stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Ends the session: the receiving half sees it closed.
+    pub fn close(&self) {
+        let writer = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writer.shutdown(Shutdown::Both);
+    }
+}
+
+/// The heartbeat thread of a live session; stopped when dropped.
+pub struct KeepAlive {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the Boss sent a live session.
+#[derive(Debug)]
+pub enum Pushed {
+    Orders(Vec<v2::Order>),
+    Chat(ChatLine),
+    Status(ChatStatus),
+    Heartbeat,
+    /// The Boss's authenticated refusal of something this side sent.
+    Refused {
+        code: ErrorCode,
+        text: String,
+    },
+}
+
+/// The receiving half of a live session.
+pub struct V2Receiver {
+    reader: BufReader<TcpStream>,
+    transport: Arc<Mutex<snow::TransportState>>,
+}
+
+impl V2Receiver {
+    /// Waits for the Boss's next frame. Anything unauthenticated, or not a
+    /// frame the Boss pushes, is an error: the session is then over.
+    pub fn receive(&mut self) -> Result<Pushed, V2Error> {
+        let line = read_line(&mut self.reader)?;
+        let frame = open_frame(&mut self.transport.lock().unwrap_or_else(|p| p.into_inner()), &line)?;
+        match frame {
+            Frame::Push(json) => serde_json::from_slice(&json)
+                .map(Pushed::Orders)
+                .map_err(|_| V2Error::Unauthenticated("a malformed order push")),
+            Frame::Chat(json) => serde_json::from_slice(&json)
+                .map(Pushed::Chat)
+                .map_err(|_| V2Error::Unauthenticated("a malformed chat line")),
+            Frame::Join(json) => serde_json::from_slice(&json)
+                .map(Pushed::Status)
+                .map_err(|_| V2Error::Unauthenticated("a malformed chat status")),
+            Frame::Heartbeat => Ok(Pushed::Heartbeat),
+            Frame::Error(code, text) => Ok(Pushed::Refused { code, text }),
+            _ => Err(V2Error::Unauthenticated("an unexpected frame on a live session")),
+        }
     }
 }
 

@@ -39,6 +39,8 @@ const HELP_PAGES: &[&[&str]] = &[
     &["join"],
     &["order"],
     &["orders"],
+    &["listen"],
+    &["chat"],
     &["key"],
     &["key", "status"],
     &["key", "rotate"],

@@ -18,6 +18,7 @@ mod home_checks;
 mod identities;
 mod inbox_scale;
 mod key_rotation;
+mod live;
 mod orders;
 mod protocol_doc;
 mod protocol_v2;

@@ -49,14 +49,14 @@ fn enrolled() -> (TestHome, Boss, TestHome) {
 
 /// What a proxy saw, each direction as the lines it carried.
 #[derive(Default)]
-struct Recording {
+pub(crate) struct Recording {
     to_boss: Vec<Vec<u8>>,
     to_agent: Vec<Vec<u8>>,
 }
 
 /// A one-connection TCP proxy in front of `target` that records every line
 /// and lets `rewrite` replace the n-th line the Boss sends (0-based).
-fn proxy(target: &str, rewrite: Option<(usize, Vec<u8>)>) -> (String, Arc<Mutex<Recording>>) {
+pub(crate) fn proxy(target: &str, rewrite: Option<(usize, Vec<u8>)>) -> (String, Arc<Mutex<Recording>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let target = target.to_string();
