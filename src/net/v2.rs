@@ -270,14 +270,16 @@ mod tests {
             Frame::Heartbeat,
             Frame::Join(b"{}".to_vec()),
             Frame::Chat(b"{\"text\":\"hi\"}".to_vec()),
+            Frame::Query(b"{}\n".to_vec()),
+            Frame::Offset(b"{}\n".to_vec()),
         ] {
             assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
         }
         assert!(Frame::decode(b"").is_err());
         assert!(Frame::decode(b"Xwhat").is_err());
         assert!(Frame::decode(b"Lextra").is_err() && Frame::decode(b"Hextra").is_err());
-        for reserved in [b'Q', b'U', b'V', b'Z'] {
-            assert!(Frame::decode(&[reserved]).is_err(), "{} is reserved for resumable files", reserved as char);
+        for reserved in [b'V', b'Z'] {
+            assert!(Frame::decode(&[reserved]).is_err(), "{} is reserved", reserved as char);
         }
         assert!(Frame::decode(b"Ebogus text").is_err());
         assert_eq!(skew(1000, 1031), Some(31));
