@@ -221,18 +221,28 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
         orders::order(ctx, order)?;
         {
             let mut actx =
-                Ctx { home: agent_home, home_given: true, json: false, quiet: ctx.quiet, out: &mut *ctx.out };
+                Ctx { home: agent_home.clone(), home_given: true, json: false, quiet: ctx.quiet, out: &mut *ctx.out };
             orders::fetch(&mut actx, crate::cli::OrdersArgs { addr: addr.to_string(), timeout: 10, offline: false })?;
         }
 
-        step(ctx, 14, "boss inbox: a director reads what arrived, decrypted (the v2 message verified as the agent's)")?;
+        step(ctx, 14, "listen: the agent stays connected over v2; the next order is pushed the moment it is queued")?;
+        super::demo_live::listen_and_order(ctx, &agent_home, addr, field_id)?;
+
+        step(ctx, 15, "chat 6 and chat: the director and the agent type at once; the Boss relays and stores (sealed)")?;
+        let director_id = session::require_login(ctx)?.agent.id;
+        super::demo_live::chat(ctx, &agent_home, addr, field_id, director_id)?;
+
+        step(ctx, 16, "send --file, cut off midway: the journal keeps the upload; the same command resumes it")?;
+        super::demo_live::resumed_file(ctx, addr)?;
+
+        step(ctx, 17, "boss inbox: a director reads what arrived, decrypted (the v2 message verified as the agent's)")?;
         // The whole tour's inbox, in the order it arrived.
         let everything = crate::cli::InboxArgs { command: None, limit: 1, all: true, since: None, oldest_first: true };
         boss::inbox(ctx, everything)?;
         Ok(())
     })();
 
-    step(ctx, 15, "Ctrl-C for the Boss: stop accepting, finish in-flight messages, commit")?;
+    step(ctx, 18, "Ctrl-C for the Boss: stop accepting, finish in-flight messages, commit")?;
     shutdown.shutdown();
     let stats = server.join().map_err(|_| Error::failed("the demo's Boss thread panicked"))?;
     ctx.show(&format!(
@@ -248,6 +258,10 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
     ctx.show("  spyctl login --name \"Ethan Hunt\"       # terminal 2 (password: mission-accepted-96)")?;
     ctx.show("  spyctl send \"Hello, Boss\"")?;
     ctx.show("  spyctl boss inbox")?;
+    ctx.show(
+        "Agents on their own machines: `spyctl agent enroll N` (director), then `spyctl join CODE --addr HOST:PORT`,",
+    )?;
+    ctx.show("`spyctl listen` and `spyctl chat` in the agent's home; `spyctl order N TEXT` and `spyctl chat N` in the Boss's.")?;
     if kept {
         ctx.show(&format!("The demo home was kept: spyctl --home {} agent list", ctx.home.dir().display()))?;
     }

@@ -7,6 +7,7 @@ pub mod boss;
 pub mod chat;
 pub mod db;
 pub mod demo;
+mod demo_live;
 pub mod docs;
 pub mod export;
 pub mod join;

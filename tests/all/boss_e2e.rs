@@ -1043,3 +1043,26 @@ fn pipelined_and_concurrent_senders_are_all_stored_once() {
     let out = boss.stop_clean().stdout;
     assert!(out.contains("9 connection(s), 407 line(s)"), "{out}");
 }
+
+/// The README's first command: the whole tour runs and exits 0, through
+/// every step, including v2's listen, chat and the resumed upload (each
+/// step fails the demo itself if it does not behave).
+#[test]
+fn the_demo_tours_every_step_and_exits_zero() {
+    let home = TestHome::new();
+    let out = ok(home.run(&["demo"]));
+    for step in 1..=18 {
+        assert!(out.contains(&format!("Step {step}:")), "step {step} missing:\n{out}");
+    }
+    for seen in [
+        "queued for agent",
+        "agent 6's listener: order from agent 1: Meet at the bridge at midnight.",
+        "[director 1] Report your position.",
+        "[agent 6] At the safe house. All quiet.",
+        "Resuming at byte",
+        "File received: 4194304 bytes, SHA-256 verified.",
+        "verified ",
+    ] {
+        assert!(out.contains(seen), "{seen:?} missing:\n{out}");
+    }
+}
