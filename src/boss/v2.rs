@@ -4,7 +4,7 @@
 //! enrolled identity the agent claims, or the Boss's own key (a director's
 //! `chat N`, run in the Boss's home); it is dropped when its connection
 //! closes. Storing goes through the same checks and group-commit writer as
-//! v1 (`BossService::accept_v2_text`).
+//! v1 (`BossService::accept_v2_message`).
 //!
 //! A session that listens for orders (`L`) or joins a chat (`J`) becomes
 //! *live*: the Boss then writes to it unasked (pushed orders, the other
@@ -190,7 +190,7 @@ impl V2Sessions {
             (Frame::Join(json), _) => self.join(service, session, peer, &json),
             (Frame::Chat(json), _) => self.chat(service, session, &shared, &json),
             (Frame::Message(body), Some(identity)) => {
-                match service.accept_v2_text(identity.agent_id, &identity, &body, peer) {
+                match service.accept_v2_message(identity.agent_id, &identity, &body, peer) {
                     Ok((ack, true)) => session.respond(Frame::Ack(ack), Outcome::Accepted),
                     Ok((ack, false)) => session.respond(Frame::Ack(ack), Outcome::Repeated),
                     Err((code, text)) => refuse(&mut session, code, &text),

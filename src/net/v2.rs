@@ -33,6 +33,12 @@ use super::protocol::{ErrorCode, ProtocolError};
 pub const HANDSHAKE: &str = "NOISE";
 /// The prefix of a transport line.
 pub const TRANSPORT: &str = "F";
+/// The most file bytes one v2 chunk carries (PROTOCOL.md, "Files over v2").
+/// A transport message holds at most 65,535 bytes: the 16-byte tag, the
+/// type byte and the chunk's header line (at most 1,024 bytes even for a
+/// last chunk with a 255-byte name of characters JSON escapes, and its
+/// `sig` and `tsig`; see the test below) leave room for 60 KiB of body.
+pub const FILE_CHUNK_BYTES: usize = 60 * 1024;
 /// How far the two clocks may differ before the client says so.
 pub const MAX_SKEW_SECS: u64 = 30;
 
