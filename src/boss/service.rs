@@ -18,8 +18,8 @@ use rusqlite::Connection;
 use crate::crypto::{IdentityKeys, KeyRing, MasterKeys, PublicIdentity, TokenError};
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
-use crate::net::v2;
 use crate::net::server::{Answer, LineHandler, Peer};
+use crate::net::v2;
 use crate::registry::RegistryKeys;
 
 use super::agent_keys::{AgentEntry, AgentKeys, RowStatus};
@@ -398,12 +398,9 @@ impl BossService {
             self.check_file_limits(chunk)?;
         }
         let signature = match &header.kind {
-            Kind::Text => Some(self.check_signature(
-                identity,
-                super::verify::Subject::text(&header.id, body),
-                plaintext,
-                peer,
-            )?),
+            Kind::Text => {
+                Some(self.check_signature(identity, super::verify::Subject::text(&header.id, body), plaintext, peer)?)
+            }
             Kind::FileChunk(_) => None,
             Kind::Offset { .. } => {
                 return Err((ErrorCode::BadRequest, "an offset query goes in a Q frame".into()));
@@ -700,7 +697,8 @@ impl BossService {
                 if !current {
                     return Ok(Step::Stale);
                 }
-                let received = FileReceipt { agent_id, alias, enrolled: enrolled.as_ref(), registry: &keys.registry, now };
+                let received =
+                    FileReceipt { agent_id, alias, enrolled: enrolled.as_ref(), registry: &keys.registry, now };
                 match self.file_chunk(&received, chunk, body, &opened.plaintext, peer)? {
                     ChunkStep::Answer { status, reply, new } => {
                         Ok(Step::Reply { line: self.ack(&key, &header.id, status, &reply), new })

@@ -604,9 +604,7 @@ pub fn resume_point(committed: &protocol::Committed, size: u64, sha256: &str, ch
             ResumeFrom::Mismatch("the Boss's partial upload has another size")
         }
         protocol::Committed::Partial { offset, .. } if *offset < size => ResumeFrom::Offset(*offset),
-        protocol::Committed::Partial { .. } => {
-            ResumeFrom::Offset(size.saturating_sub(size.min(chunk_bytes as u64)))
-        }
+        protocol::Committed::Partial { .. } => ResumeFrom::Offset(size.saturating_sub(size.min(chunk_bytes as u64))),
         protocol::Committed::Complete { size: got, sha256: got_sha } if *got == size && got_sha == sha256 => {
             ResumeFrom::Done { size, sha256: sha256.to_string() }
         }

@@ -79,7 +79,8 @@ impl<'k> V2Uploader<'k> {
             self.session = None;
             return Err(FileSendError::V2(V2Error::Unauthenticated("an ACK for another message")));
         }
-        let receipt = self.signer.check_receipt(&ack, &hex::encode(Sha256::digest(body))).map_err(FileSendError::Send)?;
+        let receipt =
+            self.signer.check_receipt(&ack, &hex::encode(Sha256::digest(body))).map_err(FileSendError::Send)?;
         Ok(Delivered { status: ack.status, reply, attempts: 1, receipt: Some(receipt) })
     }
 

@@ -30,7 +30,8 @@ fn identity_of(home: &TestHome) -> IdentityKeys {
 
 /// `send --protocol v2 --file` to the end, and its JSON.
 fn send_v2(agent: &TestHome, file: &std::path::Path, addr: &str) -> Value {
-    let out = ok(agent.run(&["--json", "send", "--protocol", "v2", "--file", file.to_str().expect("utf-8"), "--addr", addr]));
+    let out =
+        ok(agent.run(&["--json", "send", "--protocol", "v2", "--file", file.to_str().expect("utf-8"), "--addr", addr]));
     serde_json::from_str(&out).expect("send --json")
 }
 
@@ -58,7 +59,14 @@ fn a_file_sent_over_v2_arrives_whole_signed_and_inbox_get_returns_its_bytes() {
     assert_eq!(entry["kind"], "file", "{inbox}");
     assert_eq!(entry["signature"], format!("verified {fp}"), "{inbox}");
     let out = home.path().join("got.bin");
-    let said = ok(home.run(&["boss", "inbox", "get", entry["id"].as_str().expect("id"), "--out", out.to_str().expect("utf-8")]));
+    let said = ok(home.run(&[
+        "boss",
+        "inbox",
+        "get",
+        entry["id"].as_str().expect("id"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]));
     assert!(said.contains("verified"), "{said}");
     assert!(std::fs::read(&out).expect("exported") == data, "inbox get returns other bytes");
 
@@ -142,7 +150,10 @@ fn a_chunk_larger_than_a_v2_chunk_is_refused_authenticated_and_the_session_goes_
 
     // More than a Noise message holds: the client refuses before sending.
     let huge = random_bytes(protocol::CHUNK_BYTES, 25);
-    assert!(matches!(session.send(&chunk("huge", &huge, true)), Err(V2Error::Refused { code: ErrorCode::TooLong, .. })));
+    assert!(matches!(
+        session.send(&chunk("huge", &huge, true)),
+        Err(V2Error::Refused { code: ErrorCode::TooLong, .. })
+    ));
 
     // The same session still carries a whole (one-chunk) file.
     let fits = random_bytes(FILE_CHUNK_BYTES, 26);
