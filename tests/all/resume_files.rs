@@ -375,7 +375,7 @@ fn the_offset_query_over_v2_reports_the_same_and_refuses_a_bad_query_authenticat
 /// A TCP proxy to `target` that cuts the first connection (both ways) to
 /// carry `cut_after` bytes to the Boss; later connections pass. (The
 /// sender's `WHOIS` check comes first, on a short connection of its own.)
-fn cutting_proxy(target: &str, cut_after: usize) -> String {
+pub(crate) fn cutting_proxy(target: &str, cut_after: usize) -> String {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

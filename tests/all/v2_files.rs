@@ -2,7 +2,8 @@
 //! separate joined agent home, real `boss serve` and `send --protocol v2
 //! --file` processes on loopback. A file arrives whole and signed, and
 //! `boss inbox get` gives back its bytes; a sender killed mid-upload resumes
-//! from the committed offset with at most one v2 chunk sent again; a chunk
+//! from the committed offset with at most one v2 chunk sent again, and a
+//! session cut mid-upload is resumed in process on a new one; a chunk
 //! larger than a v2 chunk may be is refused, authenticated, and the session
 //! goes on.
 
@@ -18,8 +19,8 @@ use spyctl::net::v2::FILE_CHUNK_BYTES;
 use spyctl::net::v2_client::{V2Client, V2Error};
 
 use crate::resume_files::{
-    AGENT, enrolled, journal_entries, kill9, last_queued_end, local_file, partial_bytes, recorded, the_one_file_is,
-    wait_for_partial,
+    AGENT, cutting_proxy, enrolled, journal_entries, kill9, last_queued_end, local_file, partial_bytes, recorded,
+    the_one_file_is, wait_for_partial,
 };
 use crate::support::*;
 
@@ -115,6 +116,28 @@ fn a_v2_sender_killed_mid_upload_resumes_from_the_committed_offset() {
     assert!(resent <= FILE_CHUNK_BYTES as u64, "{resent} bytes re-sent, more than the one v2 chunk in flight");
     the_one_file_is(&home, &data);
     assert_eq!(journal_entries(&agent), 0);
+    boss.stop_clean();
+}
+
+#[test]
+fn a_network_cut_mid_v2_upload_is_resumed_in_process_from_the_committed_offset() {
+    let (home, boss, agent) = enrolled();
+    let (file, data) = local_file(&agent, 8 << 20, 27);
+    // The session dies after about 3.3 MB of frames (a 60 KiB chunk is
+    // about 82 KB of base64 line): in the middle of a chunk.
+    let proxy = cutting_proxy(&boss.addr, 3_300_000);
+    let sent = send_v2(&agent, &file, &proxy);
+    assert_eq!(sent["status"], "stored", "{sent}");
+    assert_eq!(sent["resumed_from"], 0, "{sent}");
+    assert!(sent["interruptions"].as_u64().is_some_and(|n| n >= 1), "{sent}");
+    let bytes_sent = sent["bytes_sent"].as_u64().expect("bytes_sent");
+    eprintln!("v2 network cut: {bytes_sent} chunk bytes sent for a {} byte file", data.len());
+    assert!(
+        bytes_sent <= (data.len() + FILE_CHUNK_BYTES) as u64,
+        "{bytes_sent} bytes sent: more than the file and the one chunk the cut lost"
+    );
+    assert!(bytes_sent > data.len() as u64, "the chunk cut in the middle was sent again");
+    the_one_file_is(&home, &data);
     boss.stop_clean();
 }
 
