@@ -358,13 +358,16 @@ impl BossService {
     /// the channel key as v1 messages of enrolled agents are; a file chunk
     /// goes through v1's file path ([`Self::file_chunk`]), its body at most
     /// [`v2::FILE_CHUNK_BYTES`]. Returns the ACK's JSON (with the signed
-    /// receipt) and whether the message added anything.
+    /// receipt) and whether the message added anything. With `owed`, a
+    /// middle chunk may come back unsynced (its part file in `owed`): the
+    /// caller syncs it before the ACK goes out.
     pub(super) fn accept_v2_message(
         &self,
         agent_id: i64,
         identity: &identities::StoredIdentity,
         plaintext: &[u8],
         peer: &Peer,
+        owed: Option<&mut Option<std::fs::File>>,
     ) -> Result<(Vec<u8>, bool), Refusal> {
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
         let internal = |e: &dyn std::fmt::Display| {
@@ -425,7 +428,7 @@ impl BossService {
             Kind::FileChunk(chunk) => {
                 let who =
                     FileReceipt { agent_id, alias: &alias, enrolled: Some(identity), registry: &keys.registry, now };
-                match self.file_chunk(&who, chunk, body, plaintext, peer)? {
+                match self.file_chunk(&who, chunk, body, plaintext, peer, owed)? {
                     ChunkStep::Answer { status, reply, new } => {
                         return Ok((ack_key.plaintext(&self.identity, &header.id, status, &reply), new));
                     }
@@ -699,7 +702,7 @@ impl BossService {
                 }
                 let received =
                     FileReceipt { agent_id, alias, enrolled: enrolled.as_ref(), registry: &keys.registry, now };
-                match self.file_chunk(&received, chunk, body, &opened.plaintext, peer)? {
+                match self.file_chunk(&received, chunk, body, &opened.plaintext, peer, None)? {
                     ChunkStep::Answer { status, reply, new } => {
                         Ok(Step::Reply { line: self.ack(&key, &header.id, status, &reply), new })
                     }
@@ -734,7 +737,9 @@ impl BossService {
     /// of an enrolled agent must carry its signature over the whole file;
     /// the chunk is written and synced. Returns the answer, or the completed
     /// file's write that the answer waits for. Each protocol formats its
-    /// own ACK from it.
+    /// own ACK from it. With `owed`, a middle chunk's sync may be left to the
+    /// caller ([`FileAssembler::write_chunk_deferred`]), who must make it
+    /// before the answer goes out.
     fn file_chunk(
         &self,
         who: &FileReceipt<'_>,
@@ -742,6 +747,7 @@ impl BossService {
         body: &[u8],
         plaintext: &[u8],
         peer: &Peer,
+        owed: Option<&mut Option<std::fs::File>>,
     ) -> Result<ChunkStep, Refusal> {
         let agent_id = who.agent_id;
         // A file already received is answered from its row: a replayed
@@ -763,7 +769,11 @@ impl BossService {
             )?),
             _ => None,
         };
-        let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
+        let written = match owed {
+            Some(owed) => self.files.write_chunk_deferred(agent_id, chunk, body, owed),
+            None => self.files.write_chunk(agent_id, chunk, body),
+        };
+        let outcome = written.map_err(|e| match e {
             ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
             ChunkError::Refused(why) => {
                 tracing::info!(conn = peer.id, agent = agent_id, "refused: {why}");

@@ -47,6 +47,12 @@ enum Unread {
     Closed,
 }
 
+/// Whether bytes the peer sent wait unread on `stream` (a peek that does
+/// not block).
+pub(crate) fn has_unread(stream: &TcpStream) -> bool {
+    peek_unread(stream) == Unread::Bytes
+}
+
 /// Peeks at `stream` without blocking and leaves it blocking again. A socket
 /// that cannot be switched back counts as [`Unread::Closed`]: a blocking loop
 /// on a non-blocking socket would spin.

@@ -1,10 +1,12 @@
 //! A file's chunks over v2 sessions (`send --protocol v2 --file`; PROTOCOL.md
-//! "Files over v2"): chunks of at most [`v2::FILE_CHUNK_BYTES`], one in
-//! flight, each an `M` frame answered by an authenticated `A` frame whose
-//! receipt is checked against the pinned Boss key. A lost connection is
-//! answered as v1's is: a new session, the Boss's committed offset (`Q`),
-//! and on from there, so what the Boss holds is never sent again.
+//! "Files over v2"): chunks of at most [`v2::FILE_CHUNK_BYTES`], up to
+//! [`FILE_WINDOW`] in flight, each an `M` frame answered in order by an
+//! authenticated `A` frame whose receipt is checked against the pinned Boss
+//! key. A lost connection is answered as v1's is: a new session, the Boss's
+//! committed offset (`Q`), and on from there, so what the Boss holds is
+//! never sent again.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -14,6 +16,12 @@ use super::protocol::{self, Committed};
 use super::v2;
 use super::v2_client::{V2Client, V2Error};
 use crate::crypto::{IdentityKeys, PublicIdentity};
+
+/// Chunks a v2 upload keeps in flight: 8 of 60 KiB, 480 KiB, so an
+/// interruption re-sends at most what one v1 chunk (512 KiB) would, while
+/// the Boss can write the chunks that arrive back to back and sync them
+/// once (PROTOCOL.md, "Files over v2").
+pub const FILE_WINDOW: usize = 8;
 
 /// An enrolled agent's uploads over v2: the session (opened on first use,
 /// again after a lost connection) and what signs and checks its messages.
@@ -64,27 +72,35 @@ impl<'k> V2Uploader<'k> {
         Ok(self.session.as_mut().expect("just opened"))
     }
 
-    /// Sends one chunk (signed if it is the last) and checks its ACK: it
-    /// names this chunk's id, and its receipt is the pinned Boss's over this
-    /// chunk's bytes. A failed exchange drops the session (its nonces can no
-    /// longer be trusted to match the Boss's).
-    fn send_chunk(&mut self, header: &protocol::Header, body: &[u8]) -> Result<Delivered, FileSendError> {
+    /// Writes one chunk (signed if it is the last) without waiting.
+    fn write_chunk(&mut self, header: &protocol::Header, body: &[u8]) -> Result<(), FileSendError> {
         let plaintext = self.signer.encode(header, body);
-        let answer = self.session().and_then(|session| session.send(&plaintext));
-        let (ack, reply) = answer.map_err(|e| {
-            self.session = None;
-            FileSendError::V2(e)
-        })?;
-        if ack.id != header.id {
-            self.session = None;
-            return Err(FileSendError::V2(V2Error::Unauthenticated("an ACK for another message")));
+        let written = self.session().and_then(|session| session.write_message(&plaintext));
+        written.map_err(|e| self.lost(e))
+    }
+
+    /// Reads the answer to the oldest chunk in flight and checks it: it
+    /// names that chunk's id, and its receipt is the pinned Boss's over
+    /// that chunk's bytes.
+    fn read_ack(&mut self, sent: &InFlight) -> Result<Delivered, FileSendError> {
+        let answer = self.session().and_then(V2Client::read_ack);
+        let (ack, reply) = answer.map_err(|e| self.lost(e))?;
+        if ack.id != sent.id {
+            return Err(self.lost(V2Error::Unauthenticated("an ACK for another message")));
         }
-        let receipt =
-            self.signer.check_receipt(&ack, &hex::encode(Sha256::digest(body))).map_err(FileSendError::Send)?;
+        let receipt = self.signer.check_receipt(&ack, &sent.body_sha256).map_err(FileSendError::Send)?;
         Ok(Delivered { status: ack.status, reply, attempts: 1, receipt: Some(receipt) })
     }
 
-    /// One pass from `from` to the end, on the current (or a new) session.
+    /// Drops the session after a failed exchange (its nonces can no longer
+    /// be trusted to match the Boss's).
+    fn lost(&mut self, e: V2Error) -> FileSendError {
+        self.session = None;
+        FileSendError::V2(e)
+    }
+
+    /// One pass from `from` to the end, on the current (or a new) session,
+    /// up to [`FILE_WINDOW`] chunks in flight.
     fn stream(
         &mut self,
         upload: &Upload<'_>,
@@ -93,17 +109,34 @@ impl<'k> V2Uploader<'k> {
         held: &mut dyn FnMut(u64),
     ) -> Result<Delivered, FileSendError> {
         let mut reader = ChunkReader::open(upload, from, v2::FILE_CHUNK_BYTES).map_err(FileSendError::Read)?;
+        let mut in_flight = VecDeque::with_capacity(FILE_WINDOW);
         let mut last = None;
-        while let Some((header, body)) = reader.next_chunk().map_err(FileSendError::Read)? {
-            *bytes_sent += body.len() as u64;
-            let delivered = self.send_chunk(&header, &body)?;
-            if let protocol::Kind::FileChunk(chunk) = &header.kind {
-                held(chunk.offset + body.len() as u64);
+        loop {
+            while in_flight.len() < FILE_WINDOW {
+                let Some((header, body)) = reader.next_chunk().map_err(FileSendError::Read)? else { break };
+                *bytes_sent += body.len() as u64;
+                self.write_chunk(&header, &body)?;
+                let end = match &header.kind {
+                    protocol::Kind::FileChunk(chunk) => chunk.offset + body.len() as u64,
+                    _ => 0,
+                };
+                in_flight.push_back(InFlight { id: header.id, body_sha256: hex::encode(Sha256::digest(&body)), end });
             }
-            last = Some(delivered);
+            let Some(sent) = in_flight.pop_front() else { break };
+            last = Some(self.read_ack(&sent)?);
+            held(sent.end);
         }
         last.ok_or_else(|| FileSendError::Read(std::io::Error::other("nothing was sent")))
     }
+}
+
+/// A chunk written and not yet answered.
+struct InFlight {
+    id: String,
+    /// What the Boss's receipt must name.
+    body_sha256: String,
+    /// Where the chunk ends in the file.
+    end: u64,
 }
 
 /// Whether a failure is worth a new session and an offset query: the
@@ -129,7 +162,7 @@ impl crate::resumable::FileTransport for V2Uploader<'_> {
         })
     }
 
-    /// As v1's [`super::client::send_file`] with one chunk in flight: after
+    /// As v1's [`super::client::send_file`], with [`FILE_WINDOW`] chunks in flight: after
     /// an interruption, a backoff, then the committed offset, up to the
     /// attempts in a row without progress.
     fn send_file(

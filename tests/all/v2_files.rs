@@ -2,7 +2,7 @@
 //! separate joined agent home, real `boss serve` and `send --protocol v2
 //! --file` processes on loopback. A file arrives whole and signed, and
 //! `boss inbox get` gives back its bytes; a sender killed mid-upload resumes
-//! from the committed offset with at most one v2 chunk sent again, and a
+//! from the committed offset with at most the chunks in flight (480 KiB) sent again, and a
 //! session cut mid-upload is resumed in process on a new one; a chunk
 //! larger than a v2 chunk may be is refused, authenticated, and the session
 //! goes on.
@@ -17,6 +17,7 @@ use spyctl::net::client::MessageSigner;
 use spyctl::net::protocol::{self, ErrorCode, FileChunk, Header, Kind};
 use spyctl::net::v2::FILE_CHUNK_BYTES;
 use spyctl::net::v2_client::{V2Client, V2Error};
+use spyctl::net::v2_upload::FILE_WINDOW;
 
 use crate::resume_files::{
     AGENT, cutting_proxy, enrolled, journal_entries, kill9, last_queued_end, local_file, partial_bytes, recorded,
@@ -113,7 +114,12 @@ fn a_v2_sender_killed_mid_upload_resumes_from_the_committed_offset() {
     eprintln!("v2 sender killed: {sent_before} bytes queued, resumed from {from}, re-sent {resent}");
     assert!(from >= 4 << 20, "resumed from {from}: the Boss held at least 4 MiB at the kill");
     assert_eq!(resumed["bytes_sent"].as_u64(), Some(data.len() as u64 - from), "only what the Boss lacked is sent");
-    assert!(resent <= FILE_CHUNK_BYTES as u64, "{resent} bytes re-sent, more than the one v2 chunk in flight");
+    // At most the chunks in flight: 8 of 60 KiB, less than one v1 chunk.
+    assert!((FILE_WINDOW * FILE_CHUNK_BYTES) as u64 <= protocol::CHUNK_BYTES as u64);
+    assert!(
+        resent <= (FILE_WINDOW * FILE_CHUNK_BYTES) as u64,
+        "{resent} bytes re-sent, more than the chunks in flight"
+    );
     the_one_file_is(&home, &data);
     assert_eq!(journal_entries(&agent), 0);
     boss.stop_clean();
@@ -133,8 +139,8 @@ fn a_network_cut_mid_v2_upload_is_resumed_in_process_from_the_committed_offset()
     let bytes_sent = sent["bytes_sent"].as_u64().expect("bytes_sent");
     eprintln!("v2 network cut: {bytes_sent} chunk bytes sent for a {} byte file", data.len());
     assert!(
-        bytes_sent <= (data.len() + FILE_CHUNK_BYTES) as u64,
-        "{bytes_sent} bytes sent: more than the file and the one chunk the cut lost"
+        bytes_sent <= (data.len() + FILE_WINDOW * FILE_CHUNK_BYTES) as u64,
+        "{bytes_sent} bytes sent: more than the file and the chunks in flight the cut lost"
     );
     assert!(bytes_sent > data.len() as u64, "the chunk cut in the middle was sent again");
     the_one_file_is(&home, &data);
