@@ -820,6 +820,32 @@ mod tests {
         FileChunk { file_id: "f1".into(), name: "a.txt".into(), offset, size, sha256 }
     }
 
+    /// v2's group sync: only a chunk in the middle of its file comes back
+    /// unsynced (its part file to sync); the first (new entries) and the last
+    /// (before the rename) are synced here. Unsynced chunks still count as
+    /// held, and the file completes whole.
+    #[test]
+    fn only_middle_chunks_leave_their_sync_to_the_caller() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().to_path_buf(), test_key());
+        let data = b"hello, boss! four chunks.";
+        let sha = hex::encode(Sha256::digest(data));
+        let size = data.len() as u64;
+        let mut owed = None;
+        let first = files.write_chunk_deferred(7, &chunk(0, size, None), &data[..5], &mut owed).expect("first");
+        assert_eq!(first, ChunkOutcome::Partial { received: 5, stored: true });
+        assert!(owed.is_none(), "the first chunk is synced before it returns");
+        for (from, to) in [(5, 10), (10, 15)] {
+            let middle = files.write_chunk_deferred(7, &chunk(from, size, None), &data[from as usize..to], &mut owed);
+            assert_eq!(middle.expect("middle"), ChunkOutcome::Partial { received: to as u64, stored: true });
+            owed.take().expect("a middle chunk's sync is owed").sync_data().expect("sync");
+        }
+        assert_eq!(files.committed(7, "f1").expect("query"), Committed::Partial { offset: 15, size });
+        let last = files.write_chunk_deferred(7, &chunk(15, size, Some(sha.clone())), &data[15..], &mut owed);
+        assert!(matches!(last.expect("last"), ChunkOutcome::Complete { ref sha256, .. } if *sha256 == sha));
+        assert!(owed.is_none(), "the last chunk is synced before the rename");
+    }
+
     #[test]
     fn in_order_chunks_complete_and_retries_are_harmless() {
         let tmp = tempfile::tempdir().expect("tempdir");
