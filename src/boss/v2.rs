@@ -184,7 +184,12 @@ fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
     Answer::refused(code, text)
 }
 
+/// An authenticated refusal, after any held answers (sealed before it, so
+/// they must reach the wire first).
 fn refuse(session: &mut Session, code: ErrorCode, text: &str) -> Answer {
+    if !session.flush() {
+        return Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) };
+    }
     session.respond(Frame::Error(code, text.to_string()), Outcome::Refused(code))
 }
 
