@@ -438,7 +438,12 @@ impl From<crate::resumable::ResumeError> for Error {
         match err {
             // Kept in the journal: the usual hint for the failure, then how to resume.
             ResumeError::Send { source, resumable: true } => {
-                let resumable = matches!(&source, FileSendError::Send(SendError::Unreachable { .. }));
+                use crate::net::v2_client::V2Error;
+                let resumable = matches!(
+                    &source,
+                    FileSendError::Send(SendError::Unreachable { .. })
+                        | FileSendError::V2(V2Error::Io(_) | V2Error::Closed | V2Error::Busy(_))
+                );
                 let err = Error::from(source);
                 if resumable { err.hint(Hint::ResumeSend) } else { err }
             }
@@ -452,6 +457,7 @@ impl From<FileSendError> for Error {
     fn from(err: FileSendError) -> Self {
         match err {
             FileSendError::Send(e) => e.into(),
+            FileSendError::V2(e) => e.into(),
             other => Error::from_layer(other, None),
         }
     }

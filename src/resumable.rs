@@ -12,9 +12,49 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::net::client::{self, Delivered, FileSendError, ResumeFrom, SendError, Sender};
+use crate::net::client::{self, Delivered, FileSendError, FileSent, ResumeFrom, SendError, Sender, Upload};
 use crate::net::ids::random_id;
+use crate::net::protocol::{self, Committed};
+use crate::net::v2_client::V2Error;
 use crate::upload_journal::{Entry, Journal};
+
+/// What carries an upload: v1's [`Sender`] or a v2 session
+/// ([`crate::net::v2_upload::V2Uploader`]). The journal and the resume rule
+/// are the same over either.
+pub trait FileTransport {
+    /// The most file bytes one chunk carries.
+    fn chunk_bytes(&self) -> usize;
+    /// How much of upload `file_id` the Boss durably holds for this agent.
+    fn query_offset(&mut self, file_id: &str) -> Result<Committed, FileSendError>;
+    /// Sends `upload` from `start` to the end; `progress` is told the bytes
+    /// the Boss holds.
+    fn send_file(
+        &mut self,
+        upload: &Upload<'_>,
+        start: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<FileSent, FileSendError>;
+}
+
+/// v1: chunks of [`protocol::CHUNK_BYTES`], [`client::FILE_WINDOW`] in flight.
+impl FileTransport for Sender<'_> {
+    fn chunk_bytes(&self) -> usize {
+        protocol::CHUNK_BYTES
+    }
+
+    fn query_offset(&mut self, file_id: &str) -> Result<Committed, FileSendError> {
+        Sender::query_offset(self, file_id).map_err(FileSendError::Send)
+    }
+
+    fn send_file(
+        &mut self,
+        upload: &Upload<'_>,
+        start: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<FileSent, FileSendError> {
+        client::send_file(self, upload, start, client::FILE_WINDOW, progress)
+    }
+}
 
 /// Where an upload starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +128,12 @@ impl std::error::Error for ResumeError {
 
 /// Hashes the file at `path`, reads the journal of `home` (if there is one)
 /// for it (as agent `agent_id`) and, if it names an unfinished upload of
-/// this very file, asks the Boss where that upload stands.
+/// this very file, asks the Boss where that upload stands (over
+/// `transport`, v1 or v2: the journal is the same).
 pub fn prepare(
     home: Option<&Path>,
     agent_id: i64,
-    sender: &mut Sender<'_>,
+    transport: &mut dyn FileTransport,
     path: &Path,
 ) -> Result<Prepared, ResumeError> {
     let read = |source| ResumeError::Read { path: path.to_path_buf(), source };
@@ -109,10 +150,10 @@ pub fn prepare(
         if entry.size != size || entry.sha256 != sha256 {
             plan = Plan::Fresh { restarted: Some("the file changed since the interrupted send") };
         } else {
-            let committed = sender
+            let committed = transport
                 .query_offset(&entry.file_id)
-                .map_err(|e| ResumeError::Send { source: FileSendError::Send(e), resumable: true })?;
-            match client::resume_point(&committed, size, &sha256) {
+                .map_err(|source| ResumeError::Send { source, resumable: true })?;
+            match client::resume_point(&committed, size, &sha256, transport.chunk_bytes()) {
                 ResumeFrom::Offset(offset) => {
                     plan = Plan::Resume { offset };
                     file_id = Some(entry.file_id);
@@ -141,9 +182,9 @@ impl Prepared {
     /// the bytes the Boss holds.
     pub fn send(
         self,
-        sender: &mut Sender<'_>,
+        transport: &mut dyn FileTransport,
         name: &str,
-        progress: impl FnMut(u64, u64),
+        mut progress: impl FnMut(u64, u64),
     ) -> Result<Outcome, ResumeError> {
         let start = match &self.plan {
             Plan::Received { size, sha256 } => {
@@ -167,7 +208,7 @@ impl Prepared {
             size: self.size,
             sha256: self.sha256.clone(),
         };
-        match client::send_file(sender, &upload, start, client::FILE_WINDOW, progress) {
+        match transport.send_file(&upload, start, &mut progress) {
             Ok(sent) => {
                 self.forget()?;
                 Ok(Outcome {
@@ -180,6 +221,10 @@ impl Prepared {
             // Refused outright (a hash mismatch: the file changed while it
             // was sent): the Boss dropped the upload, so does the journal.
             Err(source @ FileSendError::Send(SendError::Refused { .. })) => {
+                self.forget()?;
+                Err(ResumeError::Send { source, resumable: false })
+            }
+            Err(source @ FileSendError::V2(V2Error::Refused { code, .. })) if !code.is_retryable() => {
                 self.forget()?;
                 Err(ResumeError::Send { source, resumable: false })
             }

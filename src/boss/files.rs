@@ -355,6 +355,31 @@ impl FileAssembler {
 
     /// Writes one chunk; see the module docs for the rules.
     pub fn write_chunk(&self, agent_id: i64, chunk: &FileChunk, body: &[u8]) -> Result<ChunkOutcome, ChunkError> {
+        self.write(agent_id, chunk, body, None)
+    }
+
+    /// [`Self::write_chunk`], except that a chunk in the middle of its file
+    /// (neither the first nor the last) is written without its sync: the
+    /// part file is put in `owed`, and the caller must `sync_data` it before
+    /// it acknowledges the chunk. One sync then covers several chunks that
+    /// arrived back to back (v2 sessions; PROTOCOL.md "Files over v2").
+    pub fn write_chunk_deferred(
+        &self,
+        agent_id: i64,
+        chunk: &FileChunk,
+        body: &[u8],
+        owed: &mut Option<File>,
+    ) -> Result<ChunkOutcome, ChunkError> {
+        self.write(agent_id, chunk, body, Some(owed))
+    }
+
+    fn write(
+        &self,
+        agent_id: i64,
+        chunk: &FileChunk,
+        body: &[u8],
+        owed: Option<&mut Option<File>>,
+    ) -> Result<ChunkOutcome, ChunkError> {
         let _shared = self.sweep.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let agent_lock = {
             let mut agents = self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -466,11 +491,17 @@ impl FileAssembler {
             return Err(ChunkError::Rejected(format!("chunk out of order: expected offset {have}")));
         }
         let stored = chunk.offset == have && (end > have || new_part);
+        // Only a middle chunk's sync may be left to the caller: the first
+        // one's also makes the new entries durable, the last one's precedes
+        // the rename.
+        let defer = owed.is_some() && chunk.offset != 0 && end < chunk.size;
         if stored {
             // The next chunk: sealed as the next segment, the last one if it
             // completes the file.
             sealed.append(&part, &layout, end == chunk.size, body).map_err(sealed_err)?;
-            part.sync_data().map_err(io_err)?;
+            if !defer {
+                part.sync_data().map_err(io_err)?;
+            }
             let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let key = (agent_id, chunk.file_id.clone());
             let grown = SealedFile::grown(&layout, body.len());
@@ -494,8 +525,12 @@ impl FileAssembler {
             return Err(ChunkError::Rejected(format!(
                 "chunk overlaps what is stored: send chunks in order, the next at offset {have}"
             )));
+        } else if !defer {
+            // A resent chunk the file holds already: nothing to write, but
+            // its bytes may have come in a chunk whose sync was deferred
+            // (another v2 session): its answer promises them on disk.
+            part.sync_data().map_err(io_err)?;
         }
-        // Else a resent chunk the file holds already: nothing to write.
 
         if end < chunk.size {
             if chunk.offset == 0 {
@@ -503,6 +538,9 @@ impl FileAssembler {
                 // which its ACK promises will survive a crash. Synced on every
                 // chunk 0, so a retry after a failed sync still makes it durable.
                 dirs.sync_new().map_err(io_err)?;
+            }
+            if let (true, Some(owed)) = (defer, owed) {
+                *owed = Some(part);
             }
             return Ok(ChunkOutcome::Partial { received: have.max(end), stored });
         }
@@ -780,6 +818,32 @@ mod tests {
 
     fn chunk(offset: u64, size: u64, sha256: Option<String>) -> FileChunk {
         FileChunk { file_id: "f1".into(), name: "a.txt".into(), offset, size, sha256 }
+    }
+
+    /// v2's group sync: only a chunk in the middle of its file comes back
+    /// unsynced (its part file to sync); the first (new entries) and the last
+    /// (before the rename) are synced here. Unsynced chunks still count as
+    /// held, and the file completes whole.
+    #[test]
+    fn only_middle_chunks_leave_their_sync_to_the_caller() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let files = FileAssembler::new(tmp.path().to_path_buf(), test_key());
+        let data = b"hello, boss! four chunks.";
+        let sha = hex::encode(Sha256::digest(data));
+        let size = data.len() as u64;
+        let mut owed = None;
+        let first = files.write_chunk_deferred(7, &chunk(0, size, None), &data[..5], &mut owed).expect("first");
+        assert_eq!(first, ChunkOutcome::Partial { received: 5, stored: true });
+        assert!(owed.is_none(), "the first chunk is synced before it returns");
+        for (from, to) in [(5, 10), (10, 15)] {
+            let middle = files.write_chunk_deferred(7, &chunk(from, size, None), &data[from as usize..to], &mut owed);
+            assert_eq!(middle.expect("middle"), ChunkOutcome::Partial { received: to as u64, stored: true });
+            owed.take().expect("a middle chunk's sync is owed").sync_data().expect("sync");
+        }
+        assert_eq!(files.committed(7, "f1").expect("query"), Committed::Partial { offset: 15, size });
+        let last = files.write_chunk_deferred(7, &chunk(15, size, Some(sha.clone())), &data[15..], &mut owed);
+        assert!(matches!(last.expect("last"), ChunkOutcome::Complete { ref sha256, .. } if *sha256 == sha));
+        assert!(owed.is_none(), "the last chunk is synced before the rename");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::crypto::{IdentityKeys, KeyRing, MasterKeys, PublicIdentity, TokenErro
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
 use crate::net::server::{Answer, LineHandler, Peer};
+use crate::net::v2;
 use crate::registry::RegistryKeys;
 
 use super::agent_keys::{AgentEntry, AgentKeys, RowStatus};
@@ -75,6 +76,30 @@ enum Step {
     /// The registry (or the live key epochs) changed under the agent cache:
     /// authorise the line again.
     Stale,
+}
+
+/// What a file chunk came to ([`BossService::file_chunk`]), before either
+/// protocol words its ACK.
+enum ChunkStep {
+    /// Answer now: the chunk is written and synced, or the file was recorded
+    /// before; `new` says whether the chunk added bytes.
+    Answer { status: AckStatus, reply: String, new: bool },
+    /// The chunk completed the file: its record is this write, and the ACK
+    /// (`reply`) waits for its commit.
+    Complete { op: WriteOp, reply: String },
+}
+
+/// Who sent a file chunk, as the file's record names them.
+struct FileReceipt<'a> {
+    agent_id: i64,
+    /// For the reply to the last chunk.
+    alias: &'a str,
+    /// An enrolled agent's identity: its last chunk must be signed.
+    enrolled: Option<&'a identities::StoredIdentity>,
+    /// Conceals the file's name at rest.
+    registry: &'a RegistryKeys,
+    /// Unix seconds, the record's time of receipt.
+    now: i64,
 }
 
 /// How many times a line is authorised again after the registry changed
@@ -326,18 +351,23 @@ impl BossService {
         &self.identity
     }
 
-    /// A v2 text message from a session whose handshake proved `identity`:
-    /// the same checks as a v1 line after its MAC (the agent row and its tag,
-    /// the identity still current, the signature), stored through the same
-    /// group-commit writer, sealed at rest under the channel key as v1
-    /// messages of enrolled agents are. Returns the ACK's JSON and whether
-    /// the message was new.
-    pub(super) fn accept_v2_text(
+    /// A v2 message (frame `M`) from a session whose handshake proved
+    /// `identity`: the same checks as a v1 line after its MAC (the agent row
+    /// and its tag, the identity still current, the signature), stored
+    /// through the same group-commit writer. A text is sealed at rest under
+    /// the channel key as v1 messages of enrolled agents are; a file chunk
+    /// goes through v1's file path ([`Self::file_chunk`]), its body at most
+    /// [`v2::FILE_CHUNK_BYTES`]. Returns the ACK's JSON (with the signed
+    /// receipt) and whether the message added anything. With `owed`, a
+    /// middle chunk may come back unsynced (its part file in `owed`): the
+    /// caller syncs it before the ACK goes out.
+    pub(super) fn accept_v2_message(
         &self,
         agent_id: i64,
         identity: &identities::StoredIdentity,
         plaintext: &[u8],
         peer: &Peer,
+        owed: Option<&mut Option<std::fs::File>>,
     ) -> Result<(Vec<u8>, bool), Refusal> {
         let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
         let internal = |e: &dyn std::fmt::Display| {
@@ -362,11 +392,23 @@ impl BossService {
         }
         let alias = keys.registry.reveal(&row.alias).unwrap_or_else(|_| format!("agent {agent_id}"));
         let (header, body) = protocol::decode_message(plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
-        if header.kind != Kind::Text {
-            return Err((ErrorCode::BadRequest, "v2 carries text messages; send files over v1 for now".into()));
+        if let Kind::FileChunk(chunk) = &header.kind {
+            // Before any signature check or key derivation: the cheap refusals first.
+            if body.len() > v2::FILE_CHUNK_BYTES {
+                let why = format!("a v2 file chunk is at most {} bytes", v2::FILE_CHUNK_BYTES);
+                return Err((ErrorCode::TooLong, why));
+            }
+            self.check_file_limits(chunk)?;
         }
-        let signature =
-            self.check_signature(identity, super::verify::Subject::text(&header.id, body), plaintext, peer)?;
+        let signature = match &header.kind {
+            Kind::Text => {
+                Some(self.check_signature(identity, super::verify::Subject::text(&header.id, body), plaintext, peer)?)
+            }
+            Kind::FileChunk(_) => None,
+            Kind::Offset { .. } => {
+                return Err((ErrorCode::BadRequest, "an offset query goes in a Q frame".into()));
+            }
+        };
         // The channel key from the agent cache when it holds this identity
         // (the usual case), else derived now.
         let entry = self.keys_for(agent_id).map_err(|e| internal(&e))?;
@@ -378,25 +420,41 @@ impl BossService {
                     .ok_or_else(auth_failed)?,
             ),
         };
-        let op = WriteOp::Message(messages::StoredMessage {
-            agent_id,
-            message_id: header.id.clone(),
-            received_at: crate::crypto::fernet::unix_now() as i64,
-            token: key.seal(plaintext),
-            signature: Some(signature),
-            key_epoch: None,
-        });
+        let now = crate::crypto::fernet::unix_now() as i64;
+        // The same signed receipt as a v1 ACK to an enrolled agent:
+        // evidence the agent can keep, beyond this session.
+        let ack_key = AckKey::signed(Arc::clone(&key), agent_id, body);
+        let (op, what, reply) = match &header.kind {
+            Kind::FileChunk(chunk) => {
+                let who =
+                    FileReceipt { agent_id, alias: &alias, enrolled: Some(identity), registry: &keys.registry, now };
+                match self.file_chunk(&who, chunk, body, plaintext, peer, owed)? {
+                    ChunkStep::Answer { status, reply, new } => {
+                        return Ok((ack_key.plaintext(&self.identity, &header.id, status, &reply), new));
+                    }
+                    ChunkStep::Complete { op, reply } => (op, "file received (v2)", reply),
+                }
+            }
+            _ => (
+                WriteOp::Message(messages::StoredMessage {
+                    agent_id,
+                    message_id: header.id.clone(),
+                    received_at: now,
+                    token: key.seal(plaintext),
+                    signature,
+                    key_epoch: None,
+                }),
+                "text message (v2)",
+                format!("Message received. Good work, {alias}."),
+            ),
+        };
         // No cache guard: the identity was read just above, in this call.
         match self.store.write_all(vec![Write { op, guard: None }]).pop() {
             Some(Ok(written)) => {
                 let added = written == Written::Added;
                 let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
-                tracing::info!(conn = peer.id, agent = agent_id, msg = %header.id, ?status, "text message (v2)");
-                let reply = format!("Message received. Good work, {alias}.");
-                // The same signed receipt as a v1 ACK to an enrolled agent:
-                // evidence the agent can keep, beyond this session.
-                let ack = AckKey::signed(key, agent_id, body).plaintext(&self.identity, &header.id, status, &reply);
-                Ok((ack, added))
+                tracing::info!(conn = peer.id, agent = agent_id, msg = %header.id, ?status, "{what}");
+                Ok((ack_key.plaintext(&self.identity, &header.id, status, &reply), added))
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "store failed");
@@ -631,15 +689,7 @@ impl BossService {
                 reply: format!("Message received. Good work, {alias}."),
             })),
             Kind::FileChunk(chunk) => {
-                if self.config.max_file_bytes == 0 {
-                    return Err((ErrorCode::Forbidden, "this Boss does not accept files".into()));
-                }
-                if chunk.size > self.config.max_file_bytes {
-                    return Err((
-                        ErrorCode::TooLong,
-                        format!("files are limited to {} bytes", self.config.max_file_bytes),
-                    ));
-                }
+                self.check_file_limits(chunk)?;
                 // A chunk is answered (and written) without waiting for a
                 // commit, so the writer cannot confirm the cache entry it was
                 // authorised on: confirm it here, against the registry now.
@@ -650,78 +700,112 @@ impl BossService {
                 if !current {
                     return Ok(Step::Stale);
                 }
-                // A file already received is answered from its row: a replayed
-                // chunk of it costs a lookup, never a read or a hash of the file.
-                if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
-                    let line = self.ack(
-                        &key,
-                        &header.id,
-                        AckStatus::Duplicate,
-                        &format!("File already received: {size} bytes, SHA-256 {sha256}."),
-                    );
-                    // A repeat, not new work: it does not keep the connection alive.
-                    return Ok(Step::Reply { line, new: false });
-                }
-                // An enrolled agent signs the whole file with its last chunk:
-                // checked before that chunk is written, so an unsigned file
-                // never completes.
-                let signature = match (enrolled, &chunk.sha256) {
-                    (Some(identity), Some(sha256)) => Some(self.check_signature(
-                        identity,
-                        super::verify::Subject::file(&chunk.file_id, sha256),
-                        &opened.plaintext,
-                        peer,
-                    )?),
-                    _ => None,
-                };
-                let outcome = self.files.write_chunk(agent_id, chunk, body).map_err(|e| match e {
-                    ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
-                    ChunkError::Refused(why) => {
-                        tracing::info!(conn = peer.id, agent = agent_id, "refused: {why}");
-                        (ErrorCode::Forbidden, why)
+                let received =
+                    FileReceipt { agent_id, alias, enrolled: enrolled.as_ref(), registry: &keys.registry, now };
+                match self.file_chunk(&received, chunk, body, &opened.plaintext, peer, None)? {
+                    ChunkStep::Answer { status, reply, new } => {
+                        Ok(Step::Reply { line: self.ack(&key, &header.id, status, &reply), new })
                     }
-                    ChunkError::Io(why) => {
-                        tracing::error!(error = %why, "file write failed");
-                        (ErrorCode::Internal, "could not store the chunk; try again".to_string())
-                    }
-                })?;
-                match outcome {
-                    ChunkOutcome::Partial { received, stored } => {
-                        tracing::debug!(conn = peer.id, agent = agent_id, file = %chunk.file_id, received, "file chunk");
-                        // Only a chunk that added bytes is new work; a resend
-                        // (even of the latest chunk) is a repeat.
-                        let new = stored;
-                        let line = self.ack(
-                            &key,
-                            &header.id,
-                            AckStatus::Stored,
-                            &format!("{received} of {} bytes", chunk.size),
-                        );
-                        Ok(Step::Reply { line, new })
-                    }
-                    ChunkOutcome::Complete { stored_as, sha256, size } => Ok(Step::Commit(PendingAck {
-                        write: Write {
-                            op: WriteOp::File(messages::StoredFile {
-                                agent_id,
-                                file_id: chunk.file_id.clone(),
-                                name: keys.registry.conceal(&chunk.name),
-                                size: size as i64,
-                                sha256,
-                                stored_as,
-                                received_at: now,
-                                key_epoch: keys.registry.newest().epoch,
-                                signature,
-                            }),
-                            guard: guard(),
-                        },
+                    ChunkStep::Complete { op, reply } => Ok(Step::Commit(PendingAck {
+                        write: Write { op, guard: guard() },
                         key,
                         agent_id,
                         what: "file received",
-                        reply: format!("File received: {} bytes, SHA-256 verified. Good work, {alias}.", chunk.size),
+                        reply,
                         id: header.id,
                     })),
                 }
             }
+        }
+    }
+
+    /// The limits on any file chunk, whatever carries it: files accepted at
+    /// all, and the declared size within `--max-file-bytes`.
+    fn check_file_limits(&self, chunk: &protocol::FileChunk) -> Result<(), Refusal> {
+        if self.config.max_file_bytes == 0 {
+            return Err((ErrorCode::Forbidden, "this Boss does not accept files".into()));
+        }
+        if chunk.size > self.config.max_file_bytes {
+            return Err((ErrorCode::TooLong, format!("files are limited to {} bytes", self.config.max_file_bytes)));
+        }
+        Ok(())
+    }
+
+    /// One authenticated file chunk of `who`, from v1 or v2 (the caller has
+    /// checked the limits and that its authorisation is current): a chunk
+    /// of a file already recorded is answered from its row; the last chunk
+    /// of an enrolled agent must carry its signature over the whole file;
+    /// the chunk is written and synced. Returns the answer, or the completed
+    /// file's write that the answer waits for. Each protocol formats its
+    /// own ACK from it. With `owed`, a middle chunk's sync may be left to the
+    /// caller ([`FileAssembler::write_chunk_deferred`]), who must make it
+    /// before the answer goes out.
+    fn file_chunk(
+        &self,
+        who: &FileReceipt<'_>,
+        chunk: &protocol::FileChunk,
+        body: &[u8],
+        plaintext: &[u8],
+        peer: &Peer,
+        owed: Option<&mut Option<std::fs::File>>,
+    ) -> Result<ChunkStep, Refusal> {
+        let agent_id = who.agent_id;
+        // A file already received is answered from its row: a replayed
+        // chunk of it costs a lookup, never a read or a hash of the file.
+        if let Some((size, sha256)) = self.completed_file(agent_id, &chunk.file_id)? {
+            let reply = format!("File already received: {size} bytes, SHA-256 {sha256}.");
+            // A repeat, not new work: it does not keep the connection alive.
+            return Ok(ChunkStep::Answer { status: AckStatus::Duplicate, reply, new: false });
+        }
+        // An enrolled agent signs the whole file with its last chunk:
+        // checked before that chunk is written, so an unsigned file
+        // never completes.
+        let signature = match (who.enrolled, &chunk.sha256) {
+            (Some(identity), Some(sha256)) => Some(self.check_signature(
+                identity,
+                super::verify::Subject::file(&chunk.file_id, sha256),
+                plaintext,
+                peer,
+            )?),
+            _ => None,
+        };
+        let written = match owed {
+            Some(owed) => self.files.write_chunk_deferred(agent_id, chunk, body, owed),
+            None => self.files.write_chunk(agent_id, chunk, body),
+        };
+        let outcome = written.map_err(|e| match e {
+            ChunkError::Rejected(why) => (ErrorCode::BadRequest, why),
+            ChunkError::Refused(why) => {
+                tracing::info!(conn = peer.id, agent = agent_id, "refused: {why}");
+                (ErrorCode::Forbidden, why)
+            }
+            ChunkError::Io(why) => {
+                tracing::error!(error = %why, "file write failed");
+                (ErrorCode::Internal, "could not store the chunk; try again".to_string())
+            }
+        })?;
+        match outcome {
+            ChunkOutcome::Partial { received, stored } => {
+                tracing::debug!(conn = peer.id, agent = agent_id, file = %chunk.file_id, received, "file chunk");
+                // Only a chunk that added bytes is new work; a resend
+                // (even of the latest chunk) is a repeat.
+                let reply = format!("{received} of {} bytes", chunk.size);
+                Ok(ChunkStep::Answer { status: AckStatus::Stored, reply, new: stored })
+            }
+            ChunkOutcome::Complete { stored_as, sha256, size } => Ok(ChunkStep::Complete {
+                op: WriteOp::File(messages::StoredFile {
+                    agent_id,
+                    file_id: chunk.file_id.clone(),
+                    name: who.registry.conceal(&chunk.name),
+                    size: size as i64,
+                    sha256,
+                    stored_as,
+                    received_at: who.now,
+                    key_epoch: who.registry.newest().epoch,
+                    signature,
+                }),
+                reply: format!("File received: {} bytes, SHA-256 verified. Good work, {}.", chunk.size, who.alias),
+            }),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! enrolled identity the agent claims, or the Boss's own key (a director's
 //! `chat N`, run in the Boss's home); it is dropped when its connection
 //! closes. Storing goes through the same checks and group-commit writer as
-//! v1 (`BossService::accept_v2_text`).
+//! v1 (`BossService::accept_v2_message`).
 //!
 //! A session that listens for orders (`L`) or joins a chat (`J`) becomes
 //! *live*: the Boss then writes to it unasked (pushed orders, the other
@@ -56,6 +56,11 @@ struct Session {
     /// Set when the connection closed or the session failed: pushers that
     /// still hold it write nothing more.
     closed: bool,
+    /// Sealed answers to file chunks written without their sync, in order,
+    /// and the part files (by file id) that owe it: nothing of them goes out
+    /// before the sync ([`Session::flush`]).
+    held: Vec<String>,
+    unsynced: Vec<std::fs::File>,
 }
 
 impl Session {
@@ -90,6 +95,57 @@ impl Session {
         self.push_line(&line)
     }
 
+    /// Whether the next file chunk may be written without its sync and its
+    /// answer held: only on a request session whose peer has already sent
+    /// more (so another answer, synced, follows soon), and up to
+    /// [`HELD_CHUNKS`] chunks.
+    fn may_hold(&self) -> bool {
+        self.held.len() + 1 < HELD_CHUNKS
+            && matches!(self.mode, Mode::Requests)
+            && self.socket.as_deref().is_some_and(crate::net::has_unread)
+    }
+
+    /// Holds the answer to a chunk whose part file owes its sync.
+    fn hold(&mut self, frame: Frame, outcome: Outcome, part: std::fs::File) -> Answer {
+        let line = seal(&mut self.transport, frame, outcome).line;
+        self.held.push(line);
+        self.owe(part);
+        Answer { line: String::new(), outcome }
+    }
+
+    /// Records a part file that owes its sync, once (one sync covers every
+    /// chunk written to it).
+    fn owe(&mut self, part: std::fs::File) {
+        use std::os::unix::fs::MetadataExt;
+        let id = |f: &std::fs::File| f.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let known = id(&part).is_some_and(|key| self.unsynced.iter().any(|f| id(f) == Some(key)));
+        if !known {
+            self.unsynced.push(part);
+        }
+    }
+
+    /// Syncs the part files held answers wait for, then writes those
+    /// answers, in order. A failed sync ends the session without them: the
+    /// chunks were never acknowledged, and the agent asks for the offset.
+    fn flush(&mut self) -> bool {
+        for part in self.unsynced.drain(..) {
+            if let Err(e) = part.sync_data() {
+                tracing::error!(error = %e, "v2: a chunk's sync failed; closing the session");
+                self.held.clear();
+                if let Some(socket) = &self.socket {
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
+                self.closed = true;
+                return false;
+            }
+        }
+        if self.held.is_empty() {
+            return true;
+        }
+        let lines: String = self.held.drain(..).collect();
+        self.push_line(&lines)
+    }
+
     fn push_line(&mut self, line: &str) -> bool {
         let Some(socket) = &self.socket else { return false };
         if (&**socket).write_all(line.as_bytes()).is_ok() {
@@ -102,6 +158,10 @@ impl Session {
         false
     }
 }
+
+/// The most file chunks whose answers wait for one sync (PROTOCOL.md,
+/// "Files over v2"): as many as a sender may have in flight.
+const HELD_CHUNKS: usize = crate::net::v2_upload::FILE_WINDOW;
 
 type Shared = Arc<Mutex<Session>>;
 
@@ -124,7 +184,12 @@ fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
     Answer::refused(code, text)
 }
 
+/// An authenticated refusal, after any held answers (sealed before it, so
+/// they must reach the wire first).
 fn refuse(session: &mut Session, code: ErrorCode, text: &str) -> Answer {
+    if !session.flush() {
+        return Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) };
+    }
     session.respond(Frame::Error(code, text.to_string()), Outcome::Refused(code))
 }
 
@@ -185,15 +250,38 @@ impl V2Sessions {
             Who::Agent(identity) => Some((**identity).clone()),
             Who::Director { .. } => None,
         };
+        // Held answers go out before anything else is answered or pushed,
+        // and only after their chunks' sync.
+        let chunk_frame = matches!((&frame, &identity), (Frame::Message(_), Some(_)));
+        if !chunk_frame && !session.flush() {
+            return Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) };
+        }
         match (frame, identity) {
             (Frame::Heartbeat, _) => session.respond(Frame::Heartbeat, Outcome::Accepted),
             (Frame::Join(json), _) => self.join(service, session, peer, &json),
             (Frame::Chat(json), _) => self.chat(service, session, &shared, &json),
             (Frame::Message(body), Some(identity)) => {
-                match service.accept_v2_text(identity.agent_id, &identity, &body, peer) {
-                    Ok((ack, true)) => session.respond(Frame::Ack(ack), Outcome::Accepted),
-                    Ok((ack, false)) => session.respond(Frame::Ack(ack), Outcome::Repeated),
-                    Err((code, text)) => refuse(&mut session, code, &text),
+                let mut owed = None;
+                let may_hold = session.may_hold();
+                let result =
+                    service.accept_v2_message(identity.agent_id, &identity, &body, peer, may_hold.then_some(&mut owed));
+                let result =
+                    result.map(|(ack, new)| (Frame::Ack(ack), if new { Outcome::Accepted } else { Outcome::Repeated }));
+                match (result, owed) {
+                    (Ok((frame, outcome)), Some(part)) => session.hold(frame, outcome, part),
+                    (result, owed) => {
+                        // Nothing is held past an answer that goes out now.
+                        if let Some(part) = owed {
+                            session.owe(part);
+                        }
+                        if !session.flush() {
+                            return Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) };
+                        }
+                        match result {
+                            Ok((frame, outcome)) => session.respond(frame, outcome),
+                            Err((code, text)) => refuse(&mut session, code, &text),
+                        }
+                    }
                 }
             }
             (Frame::Fetch, Some(identity)) => {
@@ -516,8 +604,15 @@ impl V2Sessions {
         match who {
             Some(who) => {
                 tracing::debug!(conn = peer.id, agent = hello.agent, "v2 session");
-                let session =
-                    Session { transport, who, mode: Mode::Requests, socket: peer.socket.clone(), closed: false };
+                let session = Session {
+                    transport,
+                    who,
+                    mode: Mode::Requests,
+                    socket: peer.socket.clone(),
+                    closed: false,
+                    held: Vec::new(),
+                    unsynced: Vec::new(),
+                };
                 self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, Arc::new(Mutex::new(session)));
                 // A finished mutual handshake proves the agent's key: the
                 // connection counts as authentic (never evicted for a newcomer).

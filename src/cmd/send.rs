@@ -14,7 +14,7 @@ use crate::net::client::{ClientConfig, Delivered, MessageSigner, Sender};
 use crate::net::ids::random_id;
 use crate::net::protocol::{AckStatus, Header, Kind};
 
-use crate::resumable::{self, Plan};
+use crate::resumable::{self, FileTransport, Plan};
 
 use super::Ctx;
 use super::session::{Identity, identity_key};
@@ -125,9 +125,17 @@ fn report_with(
     ctx.show(&format!("Boss: {} [{status}]", crate::output::visible(&delivered.reply)))
 }
 
-/// `send --file`: resumes an interrupted upload of the same file (see
-/// [`crate::resumable`]) and says where it started.
-fn send_file(ctx: &mut Ctx<'_>, sender: &mut Sender<'_>, agent_id: i64, path: &Path, name: &str) -> Result<()> {
+/// `send --file` over v1 or v2 (`transport`): resumes an interrupted upload
+/// of the same file (see [`crate::resumable`]) and says where it started.
+/// `protocol` is added to the JSON when it is not v1's.
+pub(super) fn send_file(
+    ctx: &mut Ctx<'_>,
+    transport: &mut dyn FileTransport,
+    agent_id: i64,
+    path: &Path,
+    name: &str,
+    protocol: Option<&str>,
+) -> Result<()> {
     // The journal lives in the sender's home. A sender with a key file and
     // no home still sends (no home is made for it), but cannot resume
     // across runs.
@@ -138,7 +146,7 @@ fn send_file(ctx: &mut Ctx<'_>, sender: &mut Sender<'_>, agent_id: i64, path: &P
             ctx.home.dir().display()
         ))?;
     }
-    let prepared = resumable::prepare(home.as_deref(), agent_id, sender, path)?;
+    let prepared = resumable::prepare(home.as_deref(), agent_id, transport, path)?;
     let restarted = match &prepared.plan {
         Plan::Fresh { restarted: Some(why) } => {
             ctx.say(&format!("Starting over from byte 0: {why}."))?;
@@ -155,7 +163,7 @@ fn send_file(ctx: &mut Ctx<'_>, sender: &mut Sender<'_>, agent_id: i64, path: &P
     if let Plan::Resume { offset } = prepared.plan {
         bar.set_position(offset);
     }
-    let outcome = prepared.send(sender, name, |done, _| bar.set_position(done));
+    let outcome = prepared.send(transport, name, |done, _| bar.set_position(done));
     bar.finish_and_clear();
     let outcome = outcome?;
     let mut extra = serde_json::Map::new();
@@ -164,6 +172,9 @@ fn send_file(ctx: &mut Ctx<'_>, sender: &mut Sender<'_>, agent_id: i64, path: &P
     extra.insert("interruptions".into(), outcome.interruptions.into());
     if let Some(why) = restarted {
         extra.insert("restarted".into(), why.into());
+    }
+    if let Some(protocol) = protocol {
+        extra.insert("protocol".into(), protocol.into());
     }
     report_with(ctx, name, &outcome.delivered, JsonStyle::Single, extra)
 }
@@ -230,7 +241,7 @@ pub fn send(ctx: &mut Ctx<'_>, request: SendRequest) -> Result<()> {
     let mut sender = Sender::new(config, agent_id, &key).with_signer(signer);
 
     match request.payload {
-        Payload::File { path, name, .. } => send_file(ctx, &mut sender, agent_id, &path, &name),
+        Payload::File { path, name, .. } => send_file(ctx, &mut sender, agent_id, &path, &name, None),
         Payload::Text(text) => {
             let header = Header { id: random_id(), kind: Kind::Text };
             let delivered = sender.send(&header, text.as_bytes())?;

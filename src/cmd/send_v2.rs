@@ -1,6 +1,6 @@
-//! `send --protocol v2`: text over a Noise IK session from a joined home.
-//! Parses nothing and prints the same lines as v1's `send`; the session
-//! itself is `net::v2_client`.
+//! `send --protocol v2`: text or a file over a Noise IK session from a
+//! joined home. Parses nothing and prints the same lines as v1's `send`; the
+//! session itself is `net::v2_client`, a file's chunks `net::v2_upload`.
 
 use std::io::BufRead;
 
@@ -10,6 +10,7 @@ use crate::net::client::MessageSigner;
 use crate::net::ids::random_id;
 use crate::net::protocol::{AckStatus, Header, Kind};
 use crate::net::v2_client::V2Client;
+use crate::net::v2_upload::V2Uploader;
 
 use super::Ctx;
 use super::send::{Payload, SendRequest};
@@ -50,7 +51,11 @@ pub fn send(
             .map(|line| line.map_err(|e| Error::caused("cannot read stdin", e)))
             .filter(|line| !matches!(line, Ok(l) if l.trim().is_empty()))
             .collect::<Result<_>>()?,
-        Payload::File { .. } => return Err(Error::failed("files go over v1 for now: drop --protocol v2")),
+        Payload::File { path, name, .. } => {
+            let mut uploader = V2Uploader::connect(addr, request.timeout, request.attempts, me, boss, agent_id)?;
+            warn_skew(uploader.skew);
+            return super::send::send_file(ctx, &mut uploader, agent_id, path, name, Some("v2"));
+        }
     };
     if texts.is_empty() {
         return Err(Error::failed("nothing to send: no TEXT and no lines on stdin").hint(Hint::SendExample));

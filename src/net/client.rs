@@ -516,6 +516,8 @@ fn is_reusable(conn: &BufReader<TcpStream>) -> bool {
 pub enum FileSendError {
     Read(io::Error),
     Send(SendError),
+    /// Over a v2 session (`send --protocol v2 --file`).
+    V2(super::v2_client::V2Error),
 }
 
 impl std::fmt::Display for FileSendError {
@@ -523,6 +525,7 @@ impl std::fmt::Display for FileSendError {
         match self {
             FileSendError::Read(_) => f.write_str("cannot read the file"),
             FileSendError::Send(e) => e.fmt(f),
+            FileSendError::V2(e) => e.fmt(f),
         }
     }
 }
@@ -533,6 +536,7 @@ impl std::error::Error for FileSendError {
             FileSendError::Read(e) => Some(e),
             // Transparent: the message is the send error's own.
             FileSendError::Send(e) => e.source(),
+            FileSendError::V2(e) => e.source(),
         }
     }
 }
@@ -590,18 +594,17 @@ pub enum ResumeFrom {
 
 /// The resume rule (PROTOCOL.md, "Resuming a file"): nothing held, start at
 /// 0; part held, go on from its offset, or if every byte is held but the
-/// file is not recorded, send the last chunk again (it is what records it);
-/// recorded, done if it is this file.
-pub fn resume_point(committed: &protocol::Committed, size: u64, sha256: &str) -> ResumeFrom {
+/// file is not recorded, send the last chunk (of `chunk_bytes`, the
+/// transport's) again (it is what records it); recorded, done if it is this
+/// file.
+pub fn resume_point(committed: &protocol::Committed, size: u64, sha256: &str, chunk_bytes: usize) -> ResumeFrom {
     match committed {
         protocol::Committed::None => ResumeFrom::Offset(0),
         protocol::Committed::Partial { size: pinned, .. } if *pinned != size => {
             ResumeFrom::Mismatch("the Boss's partial upload has another size")
         }
         protocol::Committed::Partial { offset, .. } if *offset < size => ResumeFrom::Offset(*offset),
-        protocol::Committed::Partial { .. } => {
-            ResumeFrom::Offset(size.saturating_sub(size.min(protocol::CHUNK_BYTES as u64)))
-        }
+        protocol::Committed::Partial { .. } => ResumeFrom::Offset(size.saturating_sub(size.min(chunk_bytes as u64))),
         protocol::Committed::Complete { size: got, sha256: got_sha } if *got == size && got_sha == sha256 => {
             ResumeFrom::Done { size, sha256: sha256.to_string() }
         }
@@ -666,7 +669,7 @@ pub fn send_file(
         std::thread::sleep(backoff);
         backoff = backoff.saturating_mul(2).min(Duration::from_secs(5));
         let committed = sender.query_offset(&upload.file_id).map_err(FileSendError::Send)?;
-        match resume_point(&committed, upload.size, &upload.sha256) {
+        match resume_point(&committed, upload.size, &upload.sha256, protocol::CHUNK_BYTES) {
             ResumeFrom::Offset(offset) => from = offset,
             ResumeFrom::Done { size, sha256 } => {
                 return Ok(FileSent { delivered: already_received(size, &sha256), bytes_sent, interruptions });
@@ -690,6 +693,60 @@ pub fn already_received(size: u64, sha256: &str) -> Delivered {
     }
 }
 
+/// Reads an upload's chunks from an offset on, as messages: each its own
+/// id, at most `chunk_bytes` of the file, the last naming the whole file's
+/// SHA-256. Shared by v1 (chunks of [`protocol::CHUNK_BYTES`]) and v2 (of
+/// [`super::v2::FILE_CHUNK_BYTES`]).
+pub struct ChunkReader<'u> {
+    upload: &'u Upload<'u>,
+    file: std::fs::File,
+    chunk_bytes: usize,
+    read_to: u64,
+    done: bool,
+}
+
+impl<'u> ChunkReader<'u> {
+    pub fn open(upload: &'u Upload<'u>, from: u64, chunk_bytes: usize) -> io::Result<Self> {
+        use std::io::Seek;
+        let mut file = std::fs::File::open(upload.path)?;
+        file.seek(io::SeekFrom::Start(from))?;
+        Ok(ChunkReader { upload, file, chunk_bytes, read_to: from, done: false })
+    }
+
+    /// The next chunk's header and bytes; None once the last was read. An
+    /// empty file is one empty chunk.
+    pub fn next_chunk(&mut self) -> io::Result<Option<(Header, Vec<u8>)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let size = self.upload.size;
+        let want = (size - self.read_to).min(self.chunk_bytes as u64) as usize;
+        let mut chunk = vec![0u8; want];
+        self.file
+            .read_exact(&mut chunk)
+            .map_err(|e| io::Error::new(e.kind(), format!("{e} (did the file change while it was being sent?)")))?;
+        let offset = self.read_to;
+        self.read_to += want as u64;
+        self.done = self.read_to == size;
+        let sha256 = self.done.then(|| self.upload.sha256.clone());
+        // Queued here and written at once: the bench and the tests read
+        // these lines (after a kill -9 too) as an upper bound of what
+        // reached the wire.
+        tracing::debug!(offset, end = self.read_to, "file chunk queued");
+        let header = Header {
+            id: random_id(),
+            kind: protocol::Kind::FileChunk(protocol::FileChunk {
+                file_id: self.upload.file_id.clone(),
+                name: self.upload.name.to_string(),
+                offset,
+                size,
+                sha256,
+            }),
+        };
+        Ok(Some((header, chunk)))
+    }
+}
+
 /// One pass of [`send_file`] from `from`, on the sender's current settings.
 fn stream_chunks(
     sender: &mut Sender<'_>,
@@ -699,42 +756,14 @@ fn stream_chunks(
     bytes_sent: &mut u64,
     mut held: impl FnMut(u64),
 ) -> Result<Delivered, FileSendError> {
-    use std::io::Seek;
-    let mut file = std::fs::File::open(upload.path).map_err(FileSendError::Read)?;
-    file.seek(io::SeekFrom::Start(from)).map_err(FileSendError::Read)?;
-    let size = upload.size;
-    let mut read_to = from;
-    let mut done = false;
-    let mut next_chunk = || -> Result<Option<(Header, Vec<u8>)>, io::Error> {
-        // An empty file is one empty chunk; otherwise stop once all is read.
-        if done {
-            return Ok(None);
+    let mut reader = ChunkReader::open(upload, from, protocol::CHUNK_BYTES).map_err(FileSendError::Read)?;
+    let chunks = std::iter::from_fn(|| {
+        let next = reader.next_chunk();
+        if let Ok(Some((_, body))) = &next {
+            *bytes_sent += body.len() as u64;
         }
-        let want = (size - read_to).min(protocol::CHUNK_BYTES as u64) as usize;
-        let mut chunk = vec![0u8; want];
-        file.read_exact(&mut chunk)
-            .map_err(|e| io::Error::new(e.kind(), format!("{e} (did the file change while it was being sent?)")))?;
-        let offset = read_to;
-        read_to += want as u64;
-        done = read_to == size;
-        let sha256 = done.then(|| upload.sha256.clone());
-        // Queued here and written at once: the bench reads these lines (after
-        // a kill -9 too) as an upper bound of what reached the wire.
-        tracing::debug!(offset, end = read_to, "file chunk queued");
-        *bytes_sent += want as u64;
-        let header = Header {
-            id: random_id(),
-            kind: protocol::Kind::FileChunk(protocol::FileChunk {
-                file_id: upload.file_id.clone(),
-                name: upload.name.to_string(),
-                offset,
-                size,
-                sha256,
-            }),
-        };
-        Ok(Some((header, chunk)))
-    };
-    let chunks = std::iter::from_fn(|| next_chunk().transpose());
+        next.transpose()
+    });
     let last = sender
         .send_stream(window, chunks, |header, len, _| {
             if let protocol::Kind::FileChunk(chunk) = &header.kind {

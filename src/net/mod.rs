@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod server;
 pub mod v2;
 pub mod v2_client;
+pub mod v2_upload;
 
 #[cfg(test)]
 mod server_tests;
@@ -44,6 +45,12 @@ enum Unread {
     Bytes,
     /// The peer closed its side, or the socket failed or could not be probed.
     Closed,
+}
+
+/// Whether bytes the peer sent wait unread on `stream` (a peek that does
+/// not block).
+pub(crate) fn has_unread(stream: &TcpStream) -> bool {
+    peek_unread(stream) == Unread::Bytes
 }
 
 /// Peeks at `stream` without blocking and leaves it blocking again. A socket

@@ -33,6 +33,13 @@ use super::protocol::{ErrorCode, ProtocolError};
 pub const HANDSHAKE: &str = "NOISE";
 /// The prefix of a transport line.
 pub const TRANSPORT: &str = "F";
+/// The most file bytes one v2 chunk carries (PROTOCOL.md, "Files over v2").
+/// A transport message holds at most 65,535 bytes: the 16-byte tag, the
+/// type byte and the chunk's header line (1,126 bytes at worst for a last
+/// chunk with its `sig` and `tsig` and a 255-byte name of `"`, which JSON
+/// doubles; 2,146 with control characters, which the Boss refuses in names;
+/// see the test below) leave room for 60 KiB of body: 63,603 bytes at most.
+pub const FILE_CHUNK_BYTES: usize = 60 * 1024;
 /// How far the two clocks may differ before the client says so.
 pub const MAX_SKEW_SECS: u64 = 30;
 
@@ -247,6 +254,39 @@ pub fn skew(ours: u64, theirs: u64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worst last chunk a client can build: the longest ids, offsets and
+    /// sizes, a 255-byte name of the characters JSON writes longest (`"` as
+    /// `\"`; control characters, which the Boss refuses in names anyway, as
+    /// `\u0001`), and both signatures. Its header is at most 1,200 bytes
+    /// (1,126 measured; 2,146 with control characters), and a frame of a
+    /// full chunk fits a Noise message either way.
+    #[test]
+    fn a_full_v2_chunk_with_the_worst_header_fits_one_noise_message() {
+        use crate::net::protocol::{self, FileChunk, Header, Kind, MessageSig};
+        let sig = MessageSig { time: u64::MAX, signature: [0xff; 64], trusted: Some([0xff; 64]) };
+        let id = "x".repeat(protocol::MAX_ID_CHARS);
+        let header = |name: String| Header {
+            id: id.clone(),
+            kind: Kind::FileChunk(FileChunk {
+                file_id: id.clone(),
+                name,
+                offset: u64::MAX,
+                size: u64::MAX,
+                sha256: Some("f".repeat(64)),
+            }),
+        };
+        let body = vec![0u8; FILE_CHUNK_BYTES];
+        let quotes = "\"".repeat(protocol::MAX_FILE_NAME_BYTES);
+        let controls = "\u{1}".repeat(protocol::MAX_FILE_NAME_BYTES);
+        for (name, header_cap) in [(quotes, 1200), (controls, 2200)] {
+            let plaintext = protocol::encode_signed_message(&header(name), &body, &sig);
+            let header_len = plaintext.len() - body.len();
+            assert!(header_len <= header_cap, "{header_len}");
+            let frame = Frame::Message(plaintext).encode();
+            assert!(frame.len() + crate::crypto::noise::TAG <= crate::crypto::noise::MAX_MESSAGE, "{}", frame.len());
+        }
+    }
 
     #[test]
     fn lines_and_frames_round_trip_and_garbage_is_refused() {

@@ -145,12 +145,27 @@ impl V2Client {
     /// Sends one message plaintext (header + body, signed if text) and
     /// returns the Boss's authenticated ACK.
     pub fn send(&mut self, plaintext: &[u8]) -> Result<(AckHeader, String), V2Error> {
+        self.write_message(plaintext)?;
+        self.read_ack()
+    }
+
+    /// Writes one message frame without waiting for its answer (a sender
+    /// that keeps several in flight reads them in order with
+    /// [`Self::read_ack`]). A frame too large for a Noise message is
+    /// refused here, before anything is written.
+    pub fn write_message(&mut self, plaintext: &[u8]) -> Result<(), V2Error> {
         let frame = Frame::Message(plaintext.to_vec()).encode();
         if frame.len() + noise::TAG > noise::MAX_MESSAGE {
             return Err(V2Error::Refused { code: ErrorCode::TooLong, text: "a v2 message is at most 64 KiB".into() });
         }
         let n = self.transport.write_message(&frame, &mut self.buf).map_err(|e| V2Error::Handshake(e.to_string()))?;
         self.writer.write_all(v2::format_line(LineKind::Transport, &self.buf[..n]).as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads the Boss's authenticated answer to the oldest message written
+    /// and not yet answered.
+    pub fn read_ack(&mut self) -> Result<(AckHeader, String), V2Error> {
         match self.read_frame()? {
             Frame::Ack(json) => protocol::decode_ack(&json).map_err(|_| V2Error::Unauthenticated("a malformed ACK")),
             Frame::Error(code, text) => Err(V2Error::Refused { code, text }),

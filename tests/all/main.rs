@@ -28,3 +28,4 @@ mod resume_files;
 mod row_integrity;
 mod support;
 mod terminal_safety;
+mod v2_files;

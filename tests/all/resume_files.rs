@@ -21,11 +21,11 @@ use spyctl::net::protocol::{self, CHUNK_BYTES, ErrorCode, Header, Kind};
 
 use crate::support::*;
 
-const AGENT: i64 = 6;
+pub(crate) const AGENT: i64 = 6;
 
 /// A Boss home (director logged in) with its server, and agent 6's own
 /// home joined to it.
-fn enrolled() -> (TestHome, Boss, TestHome) {
+pub(crate) fn enrolled() -> (TestHome, Boss, TestHome) {
     let home = TestHome::initialised();
     home.login(DIRECTOR);
     let boss = home.boss(&[]);
@@ -37,7 +37,7 @@ fn enrolled() -> (TestHome, Boss, TestHome) {
 }
 
 /// A file of `len` seeded random bytes in the agent's home.
-fn local_file(agent: &TestHome, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+pub(crate) fn local_file(agent: &TestHome, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
     let data = random_bytes(len, seed);
     let path = agent.path().join("intel.bin");
     std::fs::write(&path, &data).expect("write the file");
@@ -57,7 +57,7 @@ fn spawn_send(agent: &TestHome, file: &Path, addr: &str, log: &Path) -> Child {
 
 /// Bytes in agent 6's partial uploads under the Boss's `files/` (sealed:
 /// a little more than the plaintext).
-fn partial_bytes(boss_home: &TestHome) -> u64 {
+pub(crate) fn partial_bytes(boss_home: &TestHome) -> u64 {
     let dir = boss_home.path().join(format!("files/{AGENT}"));
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
@@ -72,7 +72,7 @@ fn partial_bytes(boss_home: &TestHome) -> u64 {
 /// Waits until the Boss holds `bytes` more of partial uploads than it did
 /// when the sender started (`before`); false if the sender exited first or
 /// 60 s passed.
-fn wait_for_partial(boss_home: &TestHome, sender: &mut Child, before: u64, bytes: u64) -> bool {
+pub(crate) fn wait_for_partial(boss_home: &TestHome, sender: &mut Child, before: u64, bytes: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if partial_bytes(boss_home) >= before + bytes {
@@ -88,7 +88,7 @@ fn wait_for_partial(boss_home: &TestHome, sender: &mut Child, before: u64, bytes
 
 /// The end of the last chunk the killed sender queued (each is written to
 /// the socket right after): an upper bound of what it put on the wire.
-fn last_queued_end(log: &Path) -> u64 {
+pub(crate) fn last_queued_end(log: &Path) -> u64 {
     std::fs::read_to_string(log)
         .expect("log")
         .lines()
@@ -98,7 +98,7 @@ fn last_queued_end(log: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn kill9(child: &mut Child) {
+pub(crate) fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -110,7 +110,7 @@ fn send_to_end(agent: &TestHome, file: &Path, addr: &str) -> Value {
 }
 
 /// Agent 6's recorded files: (file id, size, SHA-256).
-fn recorded(home: &TestHome) -> Vec<(String, i64, String)> {
+pub(crate) fn recorded(home: &TestHome) -> Vec<(String, i64, String)> {
     let conn = Connection::open(home.db_path()).expect("open");
     let mut stmt = conn.prepare("SELECT FileId, Size, Sha256 FROM Files WHERE AgentId = ?1").expect("prepare");
     stmt.query_map([AGENT], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -121,7 +121,7 @@ fn recorded(home: &TestHome) -> Vec<(String, i64, String)> {
 
 /// The one recorded file is `data`, byte for byte, as `boss inbox` lists it.
 #[track_caller]
-fn the_one_file_is(home: &TestHome, data: &[u8]) {
+pub(crate) fn the_one_file_is(home: &TestHome, data: &[u8]) {
     let files = recorded(home);
     assert_eq!(files.len(), 1, "{files:?}");
     let (file_id, size, sha256) = &files[0];
@@ -136,7 +136,7 @@ fn the_one_file_is(home: &TestHome, data: &[u8]) {
 }
 
 /// The agent's journal entries (one per unfinished upload).
-fn journal_entries(agent: &TestHome) -> usize {
+pub(crate) fn journal_entries(agent: &TestHome) -> usize {
     std::fs::read_dir(agent.path().join("uploads")).map_or(0, |d| d.flatten().count())
 }
 
@@ -375,7 +375,7 @@ fn the_offset_query_over_v2_reports_the_same_and_refuses_a_bad_query_authenticat
 /// A TCP proxy to `target` that cuts the first connection (both ways) to
 /// carry `cut_after` bytes to the Boss; later connections pass. (The
 /// sender's `WHOIS` check comes first, on a short connection of its own.)
-fn cutting_proxy(target: &str, cut_after: usize) -> String {
+pub(crate) fn cutting_proxy(target: &str, cut_after: usize) -> String {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
