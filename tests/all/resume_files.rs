@@ -146,7 +146,8 @@ fn a_sender_killed_mid_upload_resumes_from_the_committed_offset() {
     let (file, data) = local_file(&agent, 24 << 20, 14);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let mut sender = spawn_send(&agent, &file, &boss.addr, &log);
+    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 6 << 20), "the upload ended before the kill");
     kill9(&mut sender);
     let sent_before = last_queued_end(&log);
@@ -182,7 +183,8 @@ fn a_boss_killed_mid_upload_and_restarted_is_resumed() {
     let (file, data) = local_file(&agent, 24 << 20, 15);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let mut sender = spawn_send(&agent, &file, &boss.addr, &log);
+    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 6 << 20), "the upload ended before the kill");
     boss.kill9();
     // With no Boss to resume with, the sender gives up, keeping the journal.
@@ -210,7 +212,8 @@ fn a_file_changed_between_attempts_starts_over_and_nothing_corrupt_is_recorded()
     let (file, first) = local_file(&agent, 24 << 20, 16);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let mut sender = spawn_send(&agent, &file, &boss.addr, &log);
+    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 6 << 20), "the upload ended before the kill");
     kill9(&mut sender);
     // The same path, other contents of the same size: the journal's hash no
@@ -226,7 +229,8 @@ fn a_file_changed_between_attempts_starts_over_and_nothing_corrupt_is_recorded()
     the_one_file_is(&home, &changed);
     // And without --json, one line says so.
     let before = partial_bytes(&home);
-    let mut sender = spawn_send(&agent, &file, &boss.addr, &agent.path().join("send-2.log"));
+    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let mut sender = spawn_send(&agent, &file, &paused, &agent.path().join("send-2.log"));
     assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
     kill9(&mut sender);
     std::fs::write(&file, &first).expect("change it back");
@@ -248,7 +252,8 @@ fn offset_queries_without_the_key_learn_nothing_and_deny_no_one() {
     let (file, data) = local_file(&agent, 24 << 20, 17);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let mut sender = spawn_send(&agent, &file, &boss.addr, &log);
+    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
     kill9(&mut sender);
     let file_id = std::fs::read_dir(home.path().join(format!("files/{AGENT}")))
@@ -334,7 +339,8 @@ fn the_offset_query_over_v2_reports_the_same_and_refuses_a_bad_query_authenticat
     let (home, boss, agent) = enrolled();
     let (file, data) = local_file(&agent, 24 << 20, 18);
     let before = partial_bytes(&home);
-    let mut sender = spawn_send(&agent, &file, &boss.addr, &agent.path().join("send-1.log"));
+    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let mut sender = spawn_send(&agent, &file, &paused, &agent.path().join("send-1.log"));
     assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
     kill9(&mut sender);
     let keys = |home: &TestHome| {
@@ -421,6 +427,68 @@ pub(crate) fn cutting_proxy(target: &str, cut_after: usize) -> String {
     });
     addr
 }
+
+/// A TCP proxy to `target` that stops carrying bytes towards the Boss once a
+/// connection has carried `pause_after` of them (the sender then waits for
+/// answers that never come), while answers still flow back, and closes the
+/// client's side when the Boss's side closes. So an upload through it stops
+/// at a known point however slow the machine is, and a kill -9 of either
+/// side lands mid-upload, not after a fast upload already finished. Only
+/// the first connection to reach `pause_after` pauses (the sender's `WHOIS`
+/// check is a short connection of its own); later ones pass.
+pub(crate) fn pausing_proxy(target: &str, pause_after: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let target = target.to_string();
+    std::thread::spawn(move || {
+        let paused = std::sync::Arc::new(AtomicBool::new(false));
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(boss) = TcpStream::connect(&target) else { continue };
+            let (mut up_in, mut up_out) = (client.try_clone().expect("clone"), boss.try_clone().expect("clone"));
+            let (mut down_in, mut down_out) = (boss, client);
+            let paused = paused.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut carried = 0usize;
+                let pausing = !paused.load(Ordering::SeqCst);
+                loop {
+                    let room = if pausing { pause_after - carried } else { buf.len() };
+                    if room == 0 {
+                        paused.store(true, Ordering::SeqCst);
+                        // Hold the connection open, carrying nothing more up.
+                        while up_in.read(&mut buf).is_ok_and(|k| k > 0) {}
+                        break;
+                    }
+                    let room = room.min(buf.len());
+                    match up_in.read(&mut buf[..room]) {
+                        Ok(k) if k > 0 && up_out.write_all(&buf[..k]).is_ok() => carried += k,
+                        _ => break,
+                    }
+                }
+                let _ = up_out.shutdown(Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(k) = down_in.read(&mut buf) {
+                    if k == 0 || down_out.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+                let _ = down_in.shutdown(Shutdown::Both);
+                let _ = down_out.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// Bytes of v1 chunk lines that carry a little over 7 MiB of file through a
+/// [`pausing_proxy`]: the Boss then holds at least 6 MiB.
+const PAUSE_AFTER_V1: usize = 10_000_000;
 
 #[test]
 fn a_network_cut_mid_upload_is_resumed_in_process_from_the_committed_offset() {

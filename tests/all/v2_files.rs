@@ -93,8 +93,11 @@ fn a_v2_sender_killed_mid_upload_resumes_from_the_committed_offset() {
     let (file, data) = local_file(&agent, 16 << 20, 23);
     let log = agent.path().join("send-v2.log");
     let before = partial_bytes(&home);
+    // About 5 MiB of file in 60 KiB frames, then the proxy carries no more:
+    // the kill lands mid-upload however slow the machine.
+    let paused = crate::resume_files::pausing_proxy(&boss.addr, 7_000_000);
     let mut sender = agent
-        .cmd(&["--json", "send", "--protocol", "v2", "--file", file.to_str().expect("utf-8"), "--addr", &boss.addr])
+        .cmd(&["--json", "send", "--protocol", "v2", "--file", file.to_str().expect("utf-8"), "--addr", &paused])
         .env("RUST_LOG", "spyctl::net::client=debug")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))
