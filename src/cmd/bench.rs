@@ -25,9 +25,6 @@ fn ms(us: u64) -> String {
 
 /// `--protocol v2`: the same run over Noise sessions, from a joined home.
 fn bench_v2(ctx: &mut Ctx<'_>, config: &LoadConfig) -> Result<()> {
-    if config.pipeline > 1 {
-        return Err(Error::usage("--pipeline is for v1 only (a v2 session answers one message at a time)"));
-    }
     let super::send::Joined { keys: me, boss, agent_id, .. } = super::send_v2::joined_identity(ctx)?;
     let bar = crate::progress::bar(config.messages, ctx.quiet || ctx.json);
     let report = crate::net::loadgen_v2::run(config, agent_id, &me, &boss, &|| bar.inc(1));

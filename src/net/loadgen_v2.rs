@@ -4,6 +4,7 @@
 //! message), every text signed as `send` signs it. Reports in the same shape
 //! as v1's [`super::loadgen`] so the two sit side by side.
 
+use std::collections::VecDeque;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use super::client::MessageSigner;
 use super::ids::random_id;
 use super::loadgen::{LoadConfig, LoadReport, Mode, share, summarize};
 use super::protocol::{AckStatus, Header, Kind};
-use super::v2_client::V2Client;
+use super::v2_client::{V2Client, V2Error};
 use crate::crypto::{IdentityKeys, PublicIdentity};
 
 /// One sender's results.
@@ -33,7 +34,8 @@ pub struct V2Report {
 }
 
 /// Runs the benchmark as enrolled agent `agent_id` (identity `me`) against
-/// the Boss whose pinned identity is `boss`. `config.pipeline` must be 1.
+/// the Boss whose pinned identity is `boss`; persistent sessions keep up to
+/// `config.pipeline` messages in flight (answers come back in order).
 pub fn run(
     config: &LoadConfig,
     agent_id: i64,
@@ -71,21 +73,38 @@ pub fn run(
                         }
                     };
                     let mut session = None;
-                    for _ in 0..count {
-                        let began = Instant::now();
-                        if session.is_none() || config.mode == Mode::PerMessage {
+                    // Messages written and not yet answered, oldest first:
+                    // their ids and when each was queued.
+                    let mut in_flight: VecDeque<(String, Instant)> = VecDeque::new();
+                    let mut queued = 0;
+                    while queued < count || !in_flight.is_empty() {
+                        if session.is_none() || (config.mode == Mode::PerMessage && in_flight.is_empty()) {
                             session = connect(&mut tally);
                         }
                         let Some(client) = session.as_mut() else { break };
-                        let header = Header { id: random_id(), kind: Kind::Text };
-                        let sent = client.send(&signer.encode(&header, body.as_bytes())).and_then(|(ack, reply)| {
+                        // Fill the pipeline (one at a time unless --pipeline N).
+                        let mut wrote = Ok(());
+                        while queued < count && in_flight.len() < config.pipeline.max(1) && wrote.is_ok() {
+                            let header = Header { id: random_id(), kind: Kind::Text };
+                            let began = Instant::now();
+                            wrote = client.write_message(&signer.encode(&header, body.as_bytes()));
+                            in_flight.push_back((header.id, began));
+                            queued += 1;
+                        }
+                        let answered = wrote.and_then(|()| client.read_ack()).and_then(|(ack, reply)| {
+                            let (id, _) = in_flight.front().expect("a message is in flight");
+                            if &ack.id != id {
+                                return Err(V2Error::Unauthenticated("an ACK for another message"));
+                            }
                             // Every receipt checked, as `send` checks it.
-                            signer.check_receipt(&ack, body_sha256).map(|_| (ack, reply)).map_err(|_| {
-                                super::v2_client::V2Error::Unauthenticated("a receipt that does not verify")
-                            })
+                            signer
+                                .check_receipt(&ack, body_sha256)
+                                .map(|_| (ack, reply))
+                                .map_err(|_| V2Error::Unauthenticated("a receipt that does not verify"))
                         });
-                        match sent {
+                        match answered {
                             Ok((ack, _)) => {
+                                let (_, began) = in_flight.pop_front().expect("a message is in flight");
                                 tally.latencies.push(micros(began.elapsed()));
                                 match ack.status {
                                     AckStatus::Stored => tally.stored += 1,
@@ -94,7 +113,8 @@ pub fn run(
                                 on_ack();
                             }
                             Err(e) => {
-                                tally.failed += 1;
+                                // The failing message and every one behind it.
+                                tally.failed += in_flight.len().max(1) as u64;
                                 tally.first_error.get_or_insert_with(|| e.to_string());
                                 break;
                             }

@@ -300,10 +300,10 @@ fn hostile_v2_lines_get_an_error_never_a_panic_and_a_real_session_still_works() 
 }
 
 #[test]
-fn boss_bench_over_v2_stores_every_signed_message_in_both_modes() {
+fn boss_bench_over_v2_stores_every_signed_message_in_both_modes_and_pipelined() {
     let (home, boss, agent) = enrolled();
     let before = messages(&home);
-    for mode in ["persistent", "per-message"] {
+    for (mode, pipeline) in [("persistent", "1"), ("per-message", "1"), ("persistent", "8")] {
         let out = ok(agent.run(&[
             "--json",
             "boss",
@@ -318,17 +318,19 @@ fn boss_bench_over_v2_stores_every_signed_message_in_both_modes() {
             "40",
             "--mode",
             mode,
+            "--pipeline",
+            pipeline,
         ]));
         let report: Value = serde_json::from_str(&out).expect("json");
         assert_eq!((report["stored"].as_u64(), report["failed"].as_u64()), (Some(40), Some(0)), "{report}");
         assert!(report["handshake_us"]["p50"].as_u64().is_some_and(|us| us > 0), "{report}");
     }
-    assert_eq!(messages(&home), before + 80);
+    assert_eq!(messages(&home), before + 120);
     let verified = Connection::open(home.db_path())
         .expect("open")
         .query_row("SELECT count(*) FROM Messages WHERE Signature IS NOT NULL", [], |r| r.get::<_, i64>(0))
         .expect("count");
-    assert_eq!(verified, 80, "every v2 message kept its signature");
+    assert_eq!(verified, 120, "every v2 message kept its signature");
     boss.stop();
 }
 
