@@ -5,7 +5,8 @@
 # agent 6 (its own home, joined) sending signed texts over v1 (channel key)
 # and over v2; then the Python reference Boss (bench/boss.py, a commit per
 # message) driven by bench/sender.py. 8 persistent connections, N x 64 B each;
-# then per-message connections (a handshake per message for v2), M each.
+# per-message connections (a handshake per message for v2), M each; then 64
+# persistent connections and 8 with 16 messages in flight each (SPECS).
 # Rounds alternate the kinds so all see the same load. `uptime` before/after.
 set -euo pipefail
 BIN=${1:-target/release/spyctl}
@@ -38,21 +39,23 @@ mkdir -m 700 "$AGENT"
 show() {
     "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%-12s %-11s round %s: %7.0f msgs/s  p50 %.3f ms  p99 %.3f ms  stored %d" % (sys.argv[2], sys.argv[3], sys.argv[4], r["msgs_per_sec"], r["latency_us"]["p50"]/1e3, r["latency_us"]["p99"]/1e3, r.get("stored", 0)))' "$@"
 }
-for mode in persistent per-message; do
+# MODE:CONNECTIONS:PIPELINE; SPECS overrides (e.g. SPECS="persistent:64:1").
+SPECS=${SPECS:-"persistent:8:1 per-message:8:1 persistent:64:1 persistent:8:16"}
+for spec in $SPECS; do
+    IFS=: read -r mode conns pipe <<<"$spec"
     count=$N
     [ "$mode" = per-message ] && count=$M
-    echo "== $mode, 8 connections, $count x 64 B per run"
+    echo "== $mode, $conns connections, pipeline $pipe, $count x 64 B per run"
     for i in $(seq "$ROUNDS"); do
-        "$BIN" --json boss bench --addr "$ADDR" -c 8 -n "$count" --mode "$mode" --agent-id 1 \
-            --key-file "$WORK/agent1.key" >"$WORK/v1-$mode-$i.json"
-        "$BIN" --home "$AGENT" --json boss bench --addr "$ADDR" -c 8 -n "$count" --mode "$mode" \
-            >"$WORK/signed-$mode-$i.json"
-        "$BIN" --home "$AGENT" --json boss bench --addr "$ADDR" -c 8 -n "$count" --mode "$mode" --protocol v2 \
-            >"$WORK/v2-$mode-$i.json"
-        show "$WORK/v1-$mode-$i.json" "v1 psk" "$mode" "$i"
-        show "$WORK/signed-$mode-$i.json" "v1 signed" "$mode" "$i"
-        show "$WORK/v2-$mode-$i.json" "v2 signed" "$mode" "$i"
-        "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); h=r["handshake_us"]; print("             v2 handshakes: p50 %.3f ms  p99 %.3f ms" % (h["p50"]/1e3, h["p99"]/1e3))' "$WORK/v2-$mode-$i.json"
+        tag=$mode-$conns-$pipe-$i
+        common=(--addr "$ADDR" -c "$conns" -n "$count" --mode "$mode" --pipeline "$pipe")
+        "$BIN" --json boss bench "${common[@]}" --agent-id 1 --key-file "$WORK/agent1.key" >"$WORK/v1-$tag.json"
+        "$BIN" --home "$AGENT" --json boss bench "${common[@]}" >"$WORK/signed-$tag.json"
+        "$BIN" --home "$AGENT" --json boss bench "${common[@]}" --protocol v2 >"$WORK/v2-$tag.json"
+        show "$WORK/v1-$tag.json" "v1 psk" "$mode" "$i"
+        show "$WORK/signed-$tag.json" "v1 signed" "$mode" "$i"
+        show "$WORK/v2-$tag.json" "v2 signed" "$mode" "$i"
+        "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); h=r["handshake_us"]; print("             v2 handshakes: p50 %.3f ms  p99 %.3f ms" % (h["p50"]/1e3, h["p99"]/1e3))' "$WORK/v2-$tag.json"
     done
 done
 if "$PY" -c 'import cryptography' 2>/dev/null; then
