@@ -37,6 +37,22 @@ pub(crate) fn join(agent: &TestHome, code: &str, addr: &str) -> std::process::Ou
     agent.run(&["join", code, "--addr", addr])
 }
 
+/// A Boss home (director logged in) serving with `flags`, and agent 6's own
+/// home joined to it: the setup of every v2 test.
+pub(crate) fn enrolled_with(flags: &[&str]) -> (TestHome, Boss, TestHome) {
+    let home = TestHome::initialised();
+    home.login(DIRECTOR);
+    let boss = home.boss(flags);
+    let agent = TestHome::new();
+    ok(join(&agent, &enroll(&home, AGENT), &boss.addr));
+    (home, boss, agent)
+}
+
+/// [`enrolled_with`] a Boss on its default flags.
+pub(crate) fn enrolled() -> (TestHome, Boss, TestHome) {
+    enrolled_with(&[])
+}
+
 pub(crate) fn json(out: std::process::Output) -> Value {
     serde_json::from_str(&ok(out)).expect("json")
 }

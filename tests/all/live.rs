@@ -14,22 +14,11 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use serde_json::Value;
 
+use crate::identities::enrolled;
 use crate::support::*;
 
 const AGENT: i64 = 6;
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A Boss home (director logged in) with its server, and agent 6 joined from its own home.
-fn setup() -> (TestHome, Boss, TestHome) {
-    let home = TestHome::initialised();
-    home.login(DIRECTOR);
-    let boss = home.boss(&[]);
-    let code: Value =
-        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
-    let agent = TestHome::new();
-    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
-    (home, boss, agent)
-}
 
 fn count(home: &TestHome, sql: &str) -> i64 {
     Connection::open(home.db_path()).expect("open").query_row(sql, [], |r| r.get(0)).expect(sql)
@@ -144,7 +133,7 @@ fn no_plaintext(home: &TestHome, text: &str) {
 
 #[test]
 fn listen_gets_the_backlog_then_an_order_queued_while_it_listens_each_stored_before_confirmed() {
-    let (home, boss, agent) = setup();
+    let (home, boss, agent) = enrolled();
     ok(home.run(&["order", &AGENT.to_string(), "Backlog: check the dead drop"]));
     let listener = Running::start(&agent, &["--json", "listen", "--addr", &boss.addr]);
     let first: Value = serde_json::from_str(&listener.next_line()).expect("json order");
@@ -169,7 +158,7 @@ fn listen_gets_the_backlog_then_an_order_queued_while_it_listens_each_stored_bef
 
 #[test]
 fn chat_relays_both_ways_between_two_processes_and_waits_for_a_side_that_is_away() {
-    let (home, boss, agent) = setup();
+    let (home, boss, agent) = enrolled();
     // The director speaks first, while the agent is away: stored, sealed.
     let mut director = Running::start(&home, &["chat", &AGENT.to_string(), "--addr", &boss.addr]);
     director.wait_stderr("Chat with agent 6 open");
@@ -209,7 +198,7 @@ fn chat_relays_both_ways_between_two_processes_and_waits_for_a_side_that_is_away
 
 #[test]
 fn chat_refuses_an_unknown_or_unenrolled_agent_and_a_field_agent_in_one_line() {
-    let (home, boss, _agent) = setup();
+    let (home, boss, _agent) = enrolled();
     let err = fails(home.run(&["chat", "5", "--addr", &boss.addr]), 1);
     assert!(err.contains("agent 5 has no enrolled identity"), "{err}");
     let err = fails(home.run(&["chat", "99", "--addr", &boss.addr]), 1);
@@ -226,7 +215,7 @@ fn chat_refuses_an_unknown_or_unenrolled_agent_and_a_field_agent_in_one_line() {
 
 #[test]
 fn a_forged_or_injected_frame_in_a_listening_session_is_refused_and_nothing_is_stored() {
-    let (home, boss, agent) = setup();
+    let (home, boss, agent) = enrolled();
     ok(home.run(&["order", &AGENT.to_string(), "Genuine order"]));
     // Line 0 from the Boss is the handshake; line 1 the pushed backlog.
     // Replaced by a frame that is not the Boss's: random bytes, a plain ERR.
@@ -254,7 +243,7 @@ fn only_the_boss_key_joins_another_agents_chat_and_live_frames_out_of_turn_are_r
     use spyctl::net::protocol::ErrorCode;
     use spyctl::net::v2::JoinChat;
     use spyctl::net::v2_client::{Pushed, V2Client};
-    let (home, boss, agent) = setup();
+    let (home, boss, agent) = enrolled();
     let agent_home = spyctl::home::Home::at(agent.path());
     let me = agent_home.load_identity().expect("identity");
     let pin = agent_home.load_pin().expect("pin").expect("pinned").boss().expect("keys");
@@ -289,7 +278,7 @@ fn only_the_boss_key_joins_another_agents_chat_and_live_frames_out_of_turn_are_r
 fn answers_and_pushes_of_one_pipelined_batch_arrive_in_nonce_order() {
     use spyctl::crypto::noise;
     use spyctl::net::v2::{self, Frame, Hello, LineKind};
-    let (home, boss, agent) = setup();
+    let (home, boss, agent) = enrolled();
     ok(home.run(&["order", &AGENT.to_string(), "Pipelined order"]));
     let agent_home = spyctl::home::Home::at(agent.path());
     let me = agent_home.load_identity().expect("identity");

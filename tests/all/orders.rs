@@ -9,6 +9,7 @@ use rusqlite::Connection;
 use serde_json::Value;
 use spyctl::net::v2_client::V2Client;
 
+use crate::identities::enrolled;
 use crate::support::*;
 
 const AGENT: i64 = 6;
@@ -17,25 +18,13 @@ fn count(home: &TestHome, sql: &str) -> i64 {
     Connection::open(home.db_path()).expect("open").query_row(sql, [], |r| r.get(0)).expect(sql)
 }
 
-/// A Boss home (director logged in) with its server, and agent 6 joined from its own home.
-fn setup() -> (TestHome, Boss, TestHome) {
-    let home = TestHome::initialised();
-    home.login(DIRECTOR);
-    let boss = home.boss(&[]);
-    let code: Value =
-        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
-    let agent = TestHome::new();
-    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
-    (home, boss, agent)
-}
-
 fn fetch(agent: &TestHome, addr: &str) -> Value {
     serde_json::from_str(&ok(agent.run(&["--json", "orders", "--addr", addr]))).expect("orders json")
 }
 
 #[test]
 fn orders_wait_sealed_reach_the_agent_when_it_connects_and_are_kept_once() {
-    let (home, boss, agent) = setup();
+    let (home, boss, agent) = enrolled();
     ok(home.run(&["order", &AGENT.to_string(), "Meet the courier at Waterloo"]));
     ok(home.run(&["order", &AGENT.to_string(), "Burn the second notebook"]));
     // Agent 6 is the only enrolled agent at level 2.
@@ -63,7 +52,7 @@ fn orders_wait_sealed_reach_the_agent_when_it_connects_and_are_kept_once() {
 
 #[test]
 fn an_order_stored_but_never_confirmed_is_offered_again_and_kept_once() {
-    let (home, boss, agent) = setup();
+    let (home, boss, agent) = enrolled();
     ok(home.run(&["order", &AGENT.to_string(), "Only once, please"]));
     // The agent stores the offer, then dies before confirming (as a kill -9
     // between its fsync and its next request would leave things).
@@ -88,7 +77,7 @@ fn an_order_stored_but_never_confirmed_is_offered_again_and_kept_once() {
 
 #[test]
 fn orders_go_only_to_enrolled_agents_within_the_directors_level() {
-    let (home, boss, _agent) = setup();
+    let (home, boss, _agent) = enrolled();
     let err = fails(home.run(&["order", "5", "you are not enrolled"]), 1);
     assert!(err.contains("no enrolled identity"), "{err}");
     home.login(sample_named("Natasha Romanoff"));

@@ -19,6 +19,7 @@ use spyctl::net::protocol::{ErrorCode, Header, Kind};
 use spyctl::net::v2::{self, LineKind};
 use spyctl::net::v2_client::{V2Client, V2Error};
 
+use crate::identities::enrolled;
 use crate::support::*;
 
 const AGENT: i64 = 6;
@@ -33,18 +34,6 @@ fn messages(home: &TestHome) -> i64 {
 fn identity_of(home: &TestHome) -> IdentityKeys {
     IdentityKeys::from_file_text(&std::fs::read_to_string(home.path().join("identity.key")).expect("identity.key"))
         .expect("identity")
-}
-
-/// A Boss home with its server and an agent home joined to it.
-fn enrolled() -> (TestHome, Boss, TestHome) {
-    let home = TestHome::initialised();
-    home.login(DIRECTOR);
-    let boss = home.boss(&[]);
-    let code: Value =
-        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
-    let agent = TestHome::new();
-    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
-    (home, boss, agent)
 }
 
 /// What a proxy saw, each direction as the lines it carried.
@@ -255,10 +244,8 @@ fn with_v1_off_the_boss_refuses_fernet_lines_and_still_enrols_and_serves_v2() {
     let before = messages(&home);
     let err = fails(home.run(&["send", "--addr", &boss.addr, "over v1"]), 1);
     assert!(err.contains("v1 is switched off"), "{err}");
-    let code: Value =
-        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
     let agent = TestHome::new();
-    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
+    ok(crate::identities::join(&agent, &crate::identities::enroll(&home, AGENT), &boss.addr));
     ok(agent.run(&["send", "--protocol", "v2", "--addr", &boss.addr, "over v2"]));
     assert_eq!(messages(&home), before + 1, "only the v2 message");
     boss.stop();
@@ -342,13 +329,7 @@ fn boss_bench_over_v2_stores_every_signed_message_in_both_modes_and_pipelined() 
 /// message is answered with a Noise message 2 and this fails.
 #[test]
 fn failed_handshakes_past_an_addresss_budget_get_busy_and_enrolled_ones_never_count() {
-    let home = TestHome::initialised();
-    home.login(DIRECTOR);
-    let boss = home.boss(&["--failed-handshakes", "1"]);
-    let code: Value =
-        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
-    let agent = TestHome::new();
-    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
+    let (home, boss, agent) = crate::identities::enrolled_with(&["--failed-handshakes", "1"]);
     // Twice the burst of sessions from this address: none is charged.
     for i in 0..8 {
         ok(agent.run(&["send", "--protocol", "v2", "--addr", &boss.addr, &format!("session {i}")]));

@@ -19,22 +19,10 @@ use spyctl::net::client::FILE_WINDOW;
 use spyctl::net::ids::random_id;
 use spyctl::net::protocol::{self, CHUNK_BYTES, ErrorCode, Header, Kind};
 
+use crate::identities::enrolled;
 use crate::support::*;
 
 pub(crate) const AGENT: i64 = 6;
-
-/// A Boss home (director logged in) with its server, and agent 6's own
-/// home joined to it.
-pub(crate) fn enrolled() -> (TestHome, Boss, TestHome) {
-    let home = TestHome::initialised();
-    home.login(DIRECTOR);
-    let boss = home.boss(&[]);
-    let code: Value =
-        serde_json::from_str(&ok(home.run(&["--json", "agent", "enroll", &AGENT.to_string()]))).expect("enroll");
-    let agent = TestHome::new();
-    ok(agent.run(&["join", code["code"].as_str().expect("code"), "--addr", &boss.addr]));
-    (home, boss, agent)
-}
 
 /// A file of `len` seeded random bytes in the agent's home.
 pub(crate) fn local_file(agent: &TestHome, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
@@ -146,7 +134,7 @@ fn a_sender_killed_mid_upload_resumes_from_the_committed_offset() {
     let (file, data) = local_file(&agent, 24 << 20, 14);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let paused = proxy(&boss.addr, PAUSE_AFTER_V1, AtLimit::Pause);
     let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 6 << 20), "the upload ended before the kill");
     kill9(&mut sender);
@@ -183,7 +171,7 @@ fn a_boss_killed_mid_upload_and_restarted_is_resumed() {
     let (file, data) = local_file(&agent, 24 << 20, 15);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let paused = proxy(&boss.addr, PAUSE_AFTER_V1, AtLimit::Pause);
     let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 6 << 20), "the upload ended before the kill");
     boss.kill9();
@@ -212,7 +200,7 @@ fn a_file_changed_between_attempts_starts_over_and_nothing_corrupt_is_recorded()
     let (file, first) = local_file(&agent, 24 << 20, 16);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let paused = proxy(&boss.addr, PAUSE_AFTER_V1, AtLimit::Pause);
     let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 6 << 20), "the upload ended before the kill");
     kill9(&mut sender);
@@ -229,7 +217,7 @@ fn a_file_changed_between_attempts_starts_over_and_nothing_corrupt_is_recorded()
     the_one_file_is(&home, &changed);
     // And without --json, one line says so.
     let before = partial_bytes(&home);
-    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let paused = proxy(&boss.addr, PAUSE_AFTER_V1, AtLimit::Pause);
     let mut sender = spawn_send(&agent, &file, &paused, &agent.path().join("send-2.log"));
     assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
     kill9(&mut sender);
@@ -252,7 +240,7 @@ fn offset_queries_without_the_key_learn_nothing_and_deny_no_one() {
     let (file, data) = local_file(&agent, 24 << 20, 17);
     let log = agent.path().join("send-1.log");
     let before = partial_bytes(&home);
-    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let paused = proxy(&boss.addr, PAUSE_AFTER_V1, AtLimit::Pause);
     let mut sender = spawn_send(&agent, &file, &paused, &log);
     assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
     kill9(&mut sender);
@@ -339,7 +327,7 @@ fn the_offset_query_over_v2_reports_the_same_and_refuses_a_bad_query_authenticat
     let (home, boss, agent) = enrolled();
     let (file, data) = local_file(&agent, 24 << 20, 18);
     let before = partial_bytes(&home);
-    let paused = pausing_proxy(&boss.addr, PAUSE_AFTER_V1);
+    let paused = proxy(&boss.addr, PAUSE_AFTER_V1, AtLimit::Pause);
     let mut sender = spawn_send(&agent, &file, &paused, &agent.path().join("send-1.log"));
     assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
     kill9(&mut sender);
@@ -378,65 +366,22 @@ fn the_offset_query_over_v2_reports_the_same_and_refuses_a_bad_query_authenticat
     boss.stop_clean();
 }
 
-/// A TCP proxy to `target` that cuts the first connection (both ways) to
-/// carry `cut_after` bytes to the Boss; later connections pass. (The
-/// sender's `WHOIS` check comes first, on a short connection of its own.)
-pub(crate) fn cutting_proxy(target: &str, cut_after: usize) -> String {
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let target = target.to_string();
-    std::thread::spawn(move || {
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for client in listener.incoming() {
-            let Ok(client) = client else { return };
-            let Ok(boss) = TcpStream::connect(&target) else { return };
-            let (mut up_in, mut up_out) = (client.try_clone().expect("clone"), boss.try_clone().expect("clone"));
-            let (mut down_in, mut down_out) = (boss, client);
-            let cut = cut.clone();
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                let mut carried = 0usize;
-                while let Ok(k) = up_in.read(&mut buf) {
-                    let cutting = !cut.load(std::sync::atomic::Ordering::SeqCst);
-                    let k = if cutting { k.min(cut_after - carried) } else { k };
-                    if k == 0 || up_out.write_all(&buf[..k]).is_err() {
-                        break;
-                    }
-                    carried += k;
-                    if cutting && carried == cut_after {
-                        cut.store(true, std::sync::atomic::Ordering::SeqCst);
-                        break;
-                    }
-                }
-                let _ = up_in.shutdown(Shutdown::Both);
-                let _ = up_out.shutdown(Shutdown::Both);
-            });
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(k) = down_in.read(&mut buf) {
-                    if k == 0 || down_out.write_all(&buf[..k]).is_err() {
-                        break;
-                    }
-                }
-                let _ = down_in.shutdown(Shutdown::Both);
-                let _ = down_out.shutdown(Shutdown::Both);
-            });
-        }
-    });
-    addr
+/// What a [`proxy`] does to the first connection that has carried `limit`
+/// bytes towards the Boss (the sender's `WHOIS` check comes first, on a
+/// short connection of its own; later connections pass untouched).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtLimit {
+    /// Cut it, both ways: a network cut mid-upload.
+    Cut,
+    /// Carry nothing more towards the Boss but keep it open, answers still
+    /// flowing back, and close the client's side when the Boss's closes: the
+    /// upload stops at a known point however slow the machine, so a kill -9
+    /// of either side lands mid-upload, never after a fast upload finished.
+    Pause,
 }
 
-/// A TCP proxy to `target` that stops carrying bytes towards the Boss once a
-/// connection has carried `pause_after` of them (the sender then waits for
-/// answers that never come), while answers still flow back, and closes the
-/// client's side when the Boss's side closes. So an upload through it stops
-/// at a known point however slow the machine is, and a kill -9 of either
-/// side lands mid-upload, not after a fast upload already finished. Only
-/// the first connection to reach `pause_after` pauses (the sender's `WHOIS`
-/// check is a short connection of its own); later ones pass.
-pub(crate) fn pausing_proxy(target: &str, pause_after: usize) -> String {
+/// A TCP proxy to `target`; see [`AtLimit`].
+pub(crate) fn proxy(target: &str, limit: usize, at_limit: AtLimit) -> String {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -444,30 +389,35 @@ pub(crate) fn pausing_proxy(target: &str, pause_after: usize) -> String {
     let addr = listener.local_addr().expect("addr").to_string();
     let target = target.to_string();
     std::thread::spawn(move || {
-        let paused = std::sync::Arc::new(AtomicBool::new(false));
+        let reached = std::sync::Arc::new(AtomicBool::new(false));
         for client in listener.incoming() {
             let Ok(client) = client else { return };
             let Ok(boss) = TcpStream::connect(&target) else { continue };
             let (mut up_in, mut up_out) = (client.try_clone().expect("clone"), boss.try_clone().expect("clone"));
             let (mut down_in, mut down_out) = (boss, client);
-            let paused = paused.clone();
+            let reached = reached.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 << 10];
                 let mut carried = 0usize;
-                let pausing = !paused.load(Ordering::SeqCst);
+                let counting = !reached.load(Ordering::SeqCst);
                 loop {
-                    let room = if pausing { pause_after - carried } else { buf.len() };
+                    let room = if counting { limit - carried } else { buf.len() };
                     if room == 0 {
-                        paused.store(true, Ordering::SeqCst);
-                        // Hold the connection open, carrying nothing more up.
-                        while up_in.read(&mut buf).is_ok_and(|k| k > 0) {}
+                        reached.store(true, Ordering::SeqCst);
+                        if at_limit == AtLimit::Pause {
+                            // Hold the connection open, carrying nothing more up.
+                            while up_in.read(&mut buf).is_ok_and(|k| k > 0) {}
+                        }
                         break;
                     }
-                    let room = room.min(buf.len());
-                    match up_in.read(&mut buf[..room]) {
+                    let want = room.min(buf.len());
+                    match up_in.read(&mut buf[..want]) {
                         Ok(k) if k > 0 && up_out.write_all(&buf[..k]).is_ok() => carried += k,
                         _ => break,
                     }
+                }
+                if at_limit == AtLimit::Cut {
+                    let _ = up_in.shutdown(Shutdown::Both);
                 }
                 let _ = up_out.shutdown(Shutdown::Both);
             });
@@ -487,7 +437,7 @@ pub(crate) fn pausing_proxy(target: &str, pause_after: usize) -> String {
 }
 
 /// Bytes of v1 chunk lines that carry a little over 7 MiB of file through a
-/// [`pausing_proxy`]: the Boss then holds at least 6 MiB.
+/// [`proxy`] that pauses: the Boss then holds at least 6 MiB.
 const PAUSE_AFTER_V1: usize = 10_000_000;
 
 #[test]
@@ -496,7 +446,7 @@ fn a_network_cut_mid_upload_is_resumed_in_process_from_the_committed_offset() {
     let (file, data) = local_file(&agent, 8 << 20, 19);
     // The connection dies after about 3.3 MiB of request lines (a 512 KiB
     // chunk is about 700 KB of Fernet token): in the middle of a chunk.
-    let proxy = cutting_proxy(&boss.addr, 3_300_000);
+    let proxy = proxy(&boss.addr, 3_300_000, AtLimit::Cut);
     let sent = send_to_end(&agent, &file, &proxy);
     assert_eq!(sent["status"], "stored", "{sent}");
     assert_eq!(sent["resumed_from"], 0, "{sent}");

@@ -19,9 +19,10 @@ use spyctl::net::v2::FILE_CHUNK_BYTES;
 use spyctl::net::v2_client::{V2Client, V2Error};
 use spyctl::net::v2_upload::FILE_WINDOW;
 
+use crate::identities::enrolled;
 use crate::resume_files::{
-    AGENT, cutting_proxy, enrolled, journal_entries, kill9, last_queued_end, local_file, partial_bytes, recorded,
-    the_one_file_is, wait_for_partial,
+    AGENT, AtLimit, journal_entries, kill9, last_queued_end, local_file, partial_bytes, recorded, the_one_file_is,
+    wait_for_partial,
 };
 use crate::support::*;
 
@@ -95,7 +96,7 @@ fn a_v2_sender_killed_mid_upload_resumes_from_the_committed_offset() {
     let before = partial_bytes(&home);
     // About 5 MiB of file in 60 KiB frames, then the proxy carries no more:
     // the kill lands mid-upload however slow the machine.
-    let paused = crate::resume_files::pausing_proxy(&boss.addr, 7_000_000);
+    let paused = crate::resume_files::proxy(&boss.addr, 7_000_000, AtLimit::Pause);
     let mut sender = agent
         .cmd(&["--json", "send", "--protocol", "v2", "--file", file.to_str().expect("utf-8"), "--addr", &paused])
         .env("RUST_LOG", "spyctl::net::client=debug")
@@ -134,7 +135,7 @@ fn a_network_cut_mid_v2_upload_is_resumed_in_process_from_the_committed_offset()
     let (file, data) = local_file(&agent, 8 << 20, 27);
     // The session dies after about 3.3 MB of frames (a 60 KiB chunk is
     // about 82 KB of base64 line): in the middle of a chunk.
-    let proxy = cutting_proxy(&boss.addr, 3_300_000);
+    let proxy = crate::resume_files::proxy(&boss.addr, 3_300_000, AtLimit::Cut);
     let sent = send_v2(&agent, &file, &proxy);
     assert_eq!(sent["status"], "stored", "{sent}");
     assert_eq!(sent["resumed_from"], 0, "{sent}");
