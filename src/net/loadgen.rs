@@ -121,19 +121,37 @@ pub fn share(total: u64, senders: usize, index: usize) -> u64 {
     total / senders + u64::from(index < total % senders)
 }
 
-/// One sender thread's tally.
+/// One sender thread's tally (v1 and v2 load generators alike).
 #[derive(Default)]
-struct Tally {
-    stored: u64,
-    duplicates: u64,
-    failed: u64,
-    first_error: Option<String>,
-    latencies: Vec<u64>,
+pub(super) struct Tally {
+    pub(super) stored: u64,
+    pub(super) duplicates: u64,
+    pub(super) failed: u64,
+    pub(super) first_error: Option<String>,
+    pub(super) latencies: Vec<u64>,
 }
 
 impl Tally {
+    /// The senders' tallies summed into one report.
+    pub(super) fn report(tallies: impl IntoIterator<Item = Tally>, elapsed: Duration, capacity: u64) -> LoadReport {
+        let mut report =
+            LoadReport { stored: 0, duplicates: 0, failed: 0, first_error: None, elapsed, latency: Latency::default() };
+        let mut latencies = Vec::with_capacity(capacity.min(10_000_000) as usize);
+        for t in tallies {
+            report.stored += t.stored;
+            report.duplicates += t.duplicates;
+            report.failed += t.failed;
+            if report.first_error.is_none() {
+                report.first_error = t.first_error;
+            }
+            latencies.extend(t.latencies);
+        }
+        report.latency = summarize(&mut latencies);
+        report
+    }
+
     /// Counts one acknowledged message and its latency.
-    fn record(&mut self, took: Duration, status: AckStatus) {
+    pub(super) fn record(&mut self, took: Duration, status: AckStatus) {
         self.latencies.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         match status {
             AckStatus::Stored => self.stored += 1,
@@ -194,20 +212,7 @@ pub fn run(
         (tallies, started.elapsed())
     });
 
-    let mut report =
-        LoadReport { stored: 0, duplicates: 0, failed: 0, first_error: None, elapsed, latency: Latency::default() };
-    let mut latencies = Vec::with_capacity(config.messages.min(10_000_000) as usize);
-    for t in tallies {
-        report.stored += t.stored;
-        report.duplicates += t.duplicates;
-        report.failed += t.failed;
-        if report.first_error.is_none() {
-            report.first_error = t.first_error;
-        }
-        latencies.extend(t.latencies);
-    }
-    report.latency = summarize(&mut latencies);
-    report
+    Tally::report(tallies, elapsed, config.messages)
 }
 
 /// One persistent connection with up to `window` messages in flight (1:

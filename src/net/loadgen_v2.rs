@@ -11,18 +11,14 @@ use std::time::{Duration, Instant};
 use super::client::MessageSigner;
 use super::ids::random_id;
 use super::loadgen::{LoadConfig, LoadReport, Mode, share, summarize};
-use super::protocol::{AckStatus, Header, Kind};
+use super::protocol::{Header, Kind};
 use super::v2_client::{V2Client, V2Error};
 use crate::crypto::{IdentityKeys, PublicIdentity};
 
-/// One sender's results.
+/// One sender's results: v1's tally, plus its handshakes.
 #[derive(Default)]
 struct Tally {
-    stored: u64,
-    duplicates: u64,
-    failed: u64,
-    first_error: Option<String>,
-    latencies: Vec<u64>,
+    load: super::loadgen::Tally,
     /// Handshake times, microseconds (one per connection opened).
     handshakes: Vec<u64>,
 }
@@ -66,8 +62,8 @@ pub fn run(
                                 Some(client)
                             }
                             Err(e) => {
-                                tally.failed += 1;
-                                tally.first_error.get_or_insert_with(|| e.to_string());
+                                tally.load.failed += 1;
+                                tally.load.first_error.get_or_insert_with(|| e.to_string());
                                 None
                             }
                         }
@@ -105,17 +101,13 @@ pub fn run(
                         match answered {
                             Ok((ack, _)) => {
                                 let (_, began) = in_flight.pop_front().expect("a message is in flight");
-                                tally.latencies.push(micros(began.elapsed()));
-                                match ack.status {
-                                    AckStatus::Stored => tally.stored += 1,
-                                    AckStatus::Duplicate => tally.duplicates += 1,
-                                }
+                                tally.load.record(began.elapsed(), ack.status);
                                 on_ack();
                             }
                             Err(e) => {
                                 // The failing message and every one behind it.
-                                tally.failed += in_flight.len().max(1) as u64;
-                                tally.first_error.get_or_insert_with(|| e.to_string());
+                                tally.load.failed += in_flight.len().max(1) as u64;
+                                tally.load.first_error.get_or_insert_with(|| e.to_string());
                                 break;
                             }
                         }
@@ -129,21 +121,8 @@ pub fn run(
         let tallies: Vec<Tally> = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
         (tallies, began.elapsed())
     });
-    let mut latencies = Vec::new();
-    let mut handshakes = Vec::new();
-    let mut load =
-        LoadReport { stored: 0, duplicates: 0, failed: 0, first_error: None, elapsed, latency: Default::default() };
-    for tally in tallies {
-        load.stored += tally.stored;
-        load.duplicates += tally.duplicates;
-        load.failed += tally.failed;
-        if load.first_error.is_none() {
-            load.first_error = tally.first_error;
-        }
-        latencies.extend(tally.latencies);
-        handshakes.extend(tally.handshakes);
-    }
-    load.latency = summarize(&mut latencies);
+    let mut handshakes: Vec<u64> = tallies.iter().flat_map(|t| t.handshakes.iter().copied()).collect();
+    let load = super::loadgen::Tally::report(tallies.into_iter().map(|t| t.load), elapsed, config.messages);
     V2Report { load, handshake: summarize(&mut handshakes) }
 }
 
