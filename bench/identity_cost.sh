@@ -21,20 +21,13 @@ N=${N:-4000}
 WORK=$(mktemp -d)
 trap 'kill "$(jobs -p)" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 echo "uptime before: $(uptime)"
+. "$(dirname "$0")/common.sh"
 BOSS=$WORK/boss
-mkdir -m 700 "$BOSS"
 SP=("$BIN" --home "$BOSS")
-"${SP[@]}" -q db init >/dev/null
-printf 'mission-accepted-96\n' | "${SP[@]}" -q login --name 'Ethan Hunt' --password-stdin
+boss_home "$BOSS" "$BIN"
 "${SP[@]}" -q agent key export 1 --out "$WORK/agent1.key"
-"${SP[@]}" boss serve --bind 127.0.0.1:0 --max-connections 512 >"$WORK/serve.out" 2>/dev/null &
-ADDR=""
-for _ in $(seq 100); do
-    ADDR=$(sed -n 's/^Boss listening on \([^ ]*\).*/\1/p' "$WORK/serve.out")
-    [ -n "$ADDR" ] && break
-    sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "the Boss did not start" >&2; exit 1; }
+serve_boss "$BOSS" "$BIN" --max-connections 512
+ADDR=$BOSS_ADDR
 now() { date +%s%N; }
 
 echo "== enrolment, $ROUNDS rounds (agent 6, a fresh agent home each time)"
@@ -57,7 +50,6 @@ LAST=$WORK/agent-$ROUNDS
 echo "== ingest, 8 persistent connections, $N x 64 B per run, alternating"
 # The Boss's own CPU (user + system ticks of all its threads, /proc/PID/stat)
 # around each run: per message, it does not depend on what else the machine runs.
-BOSS_PID=$(jobs -p | tail -1)
 boss_ticks() { awk '{ print $14 + $15 }' "/proc/$BOSS_PID/stat"; }
 TICK=$(getconf CLK_TCK)
 for i in $(seq "$ROUNDS"); do

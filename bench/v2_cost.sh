@@ -18,24 +18,13 @@ PY=${PY:-target/py-venv/bin/python}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 echo "uptime before: $(uptime)"
-BOSS=$WORK/boss
-mkdir -m 700 "$BOSS"
-SP=("$BIN" --home "$BOSS")
-"${SP[@]}" -q db init >/dev/null
-printf 'mission-accepted-96\n' | "${SP[@]}" -q login --name 'Ethan Hunt' --password-stdin
-"${SP[@]}" -q agent key export 1 --out "$WORK/agent1.key"
-"${SP[@]}" boss serve --bind 127.0.0.1:0 --max-connections 512 >"$WORK/serve.out" 2>/dev/null &
-ADDR=""
-for _ in $(seq 100); do
-    ADDR=$(sed -n 's/^Boss listening on \([^ ]*\).*/\1/p' "$WORK/serve.out")
-    [ -n "$ADDR" ] && break
-    sleep 0.1
-done
-[ -n "$ADDR" ] || { echo "the Boss did not start" >&2; exit 1; }
-CODE=$("${SP[@]}" --json agent enroll 6 | sed -n 's/.*"code": *"\([^"]*\)".*/\1/p')
-AGENT=$WORK/agent
-mkdir -m 700 "$AGENT"
-"$BIN" --home "$AGENT" -q join "$CODE" --addr "$ADDR"
+. "$(dirname "$0")/common.sh"
+BOSS=$WORK/boss AGENT=$WORK/agent
+boss_home "$BOSS" "$BIN"
+"$BIN" --home "$BOSS" -q agent key export 1 --out "$WORK/agent1.key"
+serve_boss "$BOSS" "$BIN" --max-connections 512
+ADDR=$BOSS_ADDR
+join_agent "$BOSS" "$AGENT" "$ADDR" "$BIN"
 show() {
     "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%-12s %-11s round %s: %7.0f msgs/s  p50 %.3f ms  p99 %.3f ms  stored %d" % (sys.argv[2], sys.argv[3], sys.argv[4], r["msgs_per_sec"], r["latency_us"]["p50"]/1e3, r["latency_us"]["p99"]/1e3, r.get("stored", 0)))' "$@"
 }

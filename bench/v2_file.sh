@@ -11,19 +11,12 @@ WORK=$(mktemp -d)
 trap 'kill "$(jobs -p)" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 uptime
 head -c $((64 * 1024 * 1024)) /dev/urandom >"$WORK/file.bin"
+. "$(dirname "$0")/common.sh"
 boss=$WORK/boss agent=$WORK/agent
-mkdir -m 700 "$boss" "$agent"
-SPYCTL_HOME=$boss "$BIN" -q db init >/dev/null
-printf 'mission-accepted-96\n' | SPYCTL_HOME=$boss "$BIN" -q login --name "Ethan Hunt" --password-stdin
-SPYCTL_HOME=$boss "$BIN" boss serve --bind 127.0.0.1:0 >"$boss/serve.out" 2>/dev/null &
-addr=""
-for _ in $(seq 100); do
-    addr=$(sed -n 's/^Boss listening on \([^ ]*\).*/\1/p' "$boss/serve.out")
-    [ -n "$addr" ] && break
-    sleep 0.1
-done
-code=$(SPYCTL_HOME=$boss "$BIN" --json agent enroll 6 | python3 -c 'import json, sys; print(json.load(sys.stdin)["code"])')
-SPYCTL_HOME=$agent "$BIN" -q join "$code" --addr "$addr" >/dev/null
+boss_home "$boss" "$BIN"
+serve_boss "$boss" "$BIN"
+addr=$BOSS_ADDR
+join_agent "$boss" "$agent" "$addr" "$BIN"
 run_one() { # extra send flags -> seconds
     local t0 t1
     t0=$(date +%s.%N)
