@@ -227,7 +227,7 @@ pub struct Header {
 }
 
 /// The header's JSON form, flat so any JSON library can write it.
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct WireHeader {
     v: u32,
     id: String,
@@ -333,46 +333,19 @@ fn encode_wire(wire: WireHeader, body: &[u8]) -> Vec<u8> {
 }
 
 fn wire_header(header: &Header) -> WireHeader {
+    let base =
+        |kind: &str| WireHeader { v: VERSION, id: header.id.clone(), kind: kind.into(), ..WireHeader::default() };
     match &header.kind {
-        Kind::Text => WireHeader {
-            v: VERSION,
-            id: header.id.clone(),
-            kind: "text".into(),
-            file_id: None,
-            name: None,
-            offset: None,
-            size: None,
-            sha256: None,
-            ts: None,
-            sig: None,
-            tsig: None,
-        },
+        Kind::Text => base("text"),
         Kind::FileChunk(c) => WireHeader {
-            v: VERSION,
-            id: header.id.clone(),
-            kind: "file".into(),
             file_id: Some(c.file_id.clone()),
             name: Some(c.name.clone()),
             offset: Some(c.offset),
             size: Some(c.size),
             sha256: c.sha256.clone(),
-            ts: None,
-            sig: None,
-            tsig: None,
+            ..base("file")
         },
-        Kind::Offset { file_id } => WireHeader {
-            v: VERSION,
-            id: header.id.clone(),
-            kind: "offset".into(),
-            file_id: Some(file_id.clone()),
-            name: None,
-            offset: None,
-            size: None,
-            sha256: None,
-            ts: None,
-            sig: None,
-            tsig: None,
-        },
+        Kind::Offset { file_id } => WireHeader { file_id: Some(file_id.clone()), ..base("offset") },
     }
 }
 
