@@ -18,6 +18,7 @@ use rusqlite::Connection;
 use crate::crypto::{IdentityKeys, KeyRing, MasterKeys, PublicIdentity, TokenError};
 use crate::db::{self, DbError, identities, messages};
 use crate::net::protocol::{self, AckStatus, ErrorCode, Kind};
+use crate::net::reply::{Redo, Reply};
 use crate::net::server::{Answer, LineHandler, Peer};
 use crate::net::v2;
 use crate::registry::RegistryKeys;
@@ -109,6 +110,11 @@ const STALE_RETRIES: u32 = 3;
 /// An ACK waiting for its write's commit.
 struct PendingAck {
     write: Write,
+    rest: AckParts,
+}
+
+/// What sealing an ACK needs, besides the commit's outcome.
+struct AckParts {
     key: AckKey,
     agent_id: i64,
     /// For the log line.
@@ -137,7 +143,7 @@ pub struct BossService {
     /// Per-agent keys and checked rows, and the master secrets they come from.
     agent_keys: AgentKeys,
     /// The Boss's own identity (identity.key): channel keys with enrolled agents.
-    identity: IdentityKeys,
+    identity: Arc<IdentityKeys>,
     /// Agent lookups (exists? alias?) are tiny reads; one connection suffices.
     reader: Mutex<Connection>,
     /// `JOIN`, `JOIN2` and `WHOIS` lines (enrolment by one-time code).
@@ -181,7 +187,7 @@ impl BossService {
             load_master,
             last_key_check: Mutex::new(std::time::Instant::now()),
             agent_keys: AgentKeys::new(keyring),
-            identity,
+            identity: Arc::new(identity),
             reader: Mutex::new(reader),
             store,
             files,
@@ -682,11 +688,13 @@ impl BossService {
                     }),
                     guard: guard(),
                 },
-                key,
-                agent_id,
-                what: "text message",
-                id: header.id,
-                reply: format!("Message received. Good work, {alias}."),
+                rest: AckParts {
+                    key,
+                    agent_id,
+                    what: "text message",
+                    id: header.id,
+                    reply: format!("Message received. Good work, {alias}."),
+                },
             })),
             Kind::FileChunk(chunk) => {
                 self.check_file_limits(chunk)?;
@@ -708,11 +716,7 @@ impl BossService {
                     }
                     ChunkStep::Complete { op, reply } => Ok(Step::Commit(PendingAck {
                         write: Write { op, guard: guard() },
-                        key,
-                        agent_id,
-                        what: "file received",
-                        reply,
-                        id: header.id,
+                        rest: AckParts { key, agent_id, what: "file received", reply, id: header.id },
                     })),
                 }
             }
@@ -844,14 +848,89 @@ impl LineHandler for BossService {
         }
         self.answer(lines, peer, STALE_RETRIES)
     }
+
+    /// v1 lines whose ACKs wait for a commit are submitted to the writer,
+    /// which seals nothing and waits for nothing on this thread: the ACK
+    /// for `stored` is sealed here before the commit (a duplicate, rare, is
+    /// sealed by the writer after it), and the writer sends the answers
+    /// ([`crate::net::reply`]). Everything else is answered at once.
+    fn handle_batch_deferred(&self, lines: &[&[u8]], peer: &Peer, reply: Reply) {
+        if lines.iter().any(|line| crate::net::v2::is_v2_line(line)) {
+            return reply.send(self.handle_batch(lines, peer));
+        }
+        let Prepared { mut answers, pending, stale } = self.prepare_all(lines, peer);
+        if pending.is_empty() || !stale.is_empty() {
+            // Nothing waits for the writer, or some line must be authorised
+            // again first: the ordinary path, on this thread.
+            return reply.send(self.complete(lines, peer, answers, pending, stale, STALE_RETRIES));
+        }
+        let mut writes = Vec::with_capacity(pending.len());
+        let mut acks = Vec::with_capacity(pending.len());
+        for (i, p) in pending {
+            let stored_ack = self.ack(&p.rest.key, &p.rest.id, AckStatus::Stored, &p.rest.reply);
+            writes.push(p.write);
+            acks.push(DeferredAck { index: i, line: lines[i].to_vec(), stored_ack, pending: p.rest });
+        }
+        let identity = Arc::clone(&self.identity);
+        let conn = peer.id;
+        self.store.submit(writes, move |results| {
+            let mut redo = Vec::new();
+            for (result, ack) in results.into_iter().zip(acks) {
+                let DeferredAck { index, line, stored_ack, pending } = ack;
+                answers[index] = match result {
+                    Ok(Written::Stale) => {
+                        redo.push((index, line));
+                        None
+                    }
+                    Ok(Written::Added) => {
+                        tracing::debug!(conn, agent = pending.agent_id, msg = %pending.id, status = ?AckStatus::Stored, "{}", pending.what);
+                        Some(Answer::accepted(stored_ack))
+                    }
+                    Ok(Written::Already) => {
+                        tracing::debug!(conn, agent = pending.agent_id, msg = %pending.id, status = ?AckStatus::Duplicate, "{}", pending.what);
+                        let line = pending.key.ack(&identity, &pending.id, AckStatus::Duplicate, &pending.reply);
+                        Some(Answer::repeated(line))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store failed");
+                        Some(Answer::refused(ErrorCode::Internal, "could not store the message; try again"))
+                    }
+                };
+            }
+            if redo.is_empty() {
+                let answers = answers
+                    .into_iter()
+                    .map(|answer| answer.unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error")))
+                    .collect();
+                reply.send(answers);
+            } else {
+                reply.redo(Redo { answers, lines: redo });
+            }
+        });
+    }
+}
+
+/// A line's ACK waiting in the writer: where it goes in the batch, the line
+/// (to authorise it again if the registry overtook it), the ACK already
+/// sealed for `stored`, and what sealing a `duplicate` one needs.
+struct DeferredAck {
+    index: usize,
+    line: Vec<u8>,
+    stored_ack: String,
+    pending: AckParts,
+}
+
+/// Every line of a batch after [`BossService::prepare`]: the answers known
+/// now, the writes to commit, and the lines to authorise again.
+struct Prepared {
+    answers: Vec<Option<Answer>>,
+    pending: Vec<(usize, PendingAck)>,
+    stale: Vec<usize>,
 }
 
 impl BossService {
-    /// v1 lines, with `retries` left for lines whose authorisation the
-    /// registry overtook ([`Step::Stale`], [`Written::Stale`]): those are
-    /// answered as if they had arrived after the change. Every write goes to
-    /// the store in one job, so a client's pipelined messages share a commit.
-    fn answer(&self, lines: &[&[u8]], peer: &Peer, retries: u32) -> Vec<Answer> {
+    /// Prepares every line of a batch.
+    fn prepare_all(&self, lines: &[&[u8]], peer: &Peer) -> Prepared {
         let mut answers: Vec<Option<Answer>> = Vec::with_capacity(lines.len());
         let mut pending = Vec::new();
         let mut stale = Vec::new();
@@ -875,12 +954,34 @@ impl BossService {
                 }
             });
         }
+        Prepared { answers, pending, stale }
+    }
+
+    /// v1 lines, with `retries` left for lines whose authorisation the
+    /// registry overtook ([`Step::Stale`], [`Written::Stale`]): those are
+    /// answered as if they had arrived after the change. Every write goes to
+    /// the store in one job, so a client's pipelined messages share a commit.
+    fn answer(&self, lines: &[&[u8]], peer: &Peer, retries: u32) -> Vec<Answer> {
+        let Prepared { answers, pending, stale } = self.prepare_all(lines, peer);
+        self.complete(lines, peer, answers, pending, stale, retries)
+    }
+
+    /// Commits the batch's writes (waiting for the writer), seals their
+    /// ACKs, and answers the stale lines again.
+    fn complete(
+        &self,
+        lines: &[&[u8]],
+        peer: &Peer,
+        mut answers: Vec<Option<Answer>>,
+        pending: Vec<(usize, PendingAck)>,
+        mut stale: Vec<usize>,
+        retries: u32,
+    ) -> Vec<Answer> {
         // Lines that were all refused cost the writer nothing.
         if !pending.is_empty() {
-            type Ack = (usize, AckKey, i64, &'static str, String, String);
-            let (writes, acks): (Vec<Write>, Vec<Ack>) =
-                pending.into_iter().map(|(i, p)| (p.write, (i, p.key, p.agent_id, p.what, p.id, p.reply))).unzip();
-            for (result, (i, key, agent_id, what, id, reply)) in self.store.write_all(writes).into_iter().zip(acks) {
+            let (writes, acks): (Vec<Write>, Vec<(usize, AckParts)>) =
+                pending.into_iter().map(|(i, p)| (p.write, (i, p.rest))).unzip();
+            for (result, (i, p)) in self.store.write_all(writes).into_iter().zip(acks) {
                 answers[i] = match result {
                     Ok(Written::Stale) => {
                         stale.push(i);
@@ -891,8 +992,8 @@ impl BossService {
                         let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
                         // Per line at debug only: the server logs a count of
                         // lines stored each second at info.
-                        tracing::debug!(conn = peer.id, agent = agent_id, msg = %id, ?status, "{what}");
-                        let line = self.ack(&key, &id, status, &reply);
+                        tracing::debug!(conn = peer.id, agent = p.agent_id, msg = %p.id, ?status, "{}", p.what);
+                        let line = self.ack(&p.key, &p.id, status, &p.reply);
                         Some(if added { Answer::accepted(line) } else { Answer::repeated(line) })
                     }
                     Err(e) => {

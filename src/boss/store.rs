@@ -1,10 +1,13 @@
 //! The Boss's single database writer, with group commit.
 //!
-//! Connection threads hand their writes to one writer thread and block until
-//! it answers. The writer takes everything queued, runs it in one transaction
-//! and commits once (one WAL fsync with `synchronous=FULL`), then answers each
-//! request. Under load many messages share one fsync; every ACK still follows
-//! its own message's commit.
+//! Connection threads hand their writes to one writer thread. The writer
+//! takes everything queued, runs it in one transaction and commits once (one
+//! WAL fsync with `synchronous=FULL`), then answers each request: either by
+//! waking the connection thread that waits for it ([`Store::write_all`]), or
+//! by running the answer itself ([`Store::submit`]: for v1 lines it seals and
+//! sends the ACKs, so the connection thread goes back to reading at once and
+//! no second thread hand-off per message is needed). Under load many
+//! messages share one fsync; every ACK still follows its own message's commit.
 //!
 //! The writer also keeps the *registry epoch* the agent cache
 //! (`agent_keys`) relies on: inside each write transaction it reads SQLite's
@@ -120,7 +123,45 @@ pub type WriteResult = Result<Written, StoreError>;
 /// One or more writes from one connection, answered together.
 struct Job {
     ops: Vec<Write>,
-    done: SyncSender<Vec<WriteResult>>,
+    done: Done,
+}
+
+/// How a job's results reach its connection.
+enum Done {
+    /// The connection thread waits on this channel ([`Store::write_all`]).
+    Wait(SyncSender<Vec<WriteResult>>),
+    /// The writer calls this itself ([`Store::submit`]): the connection
+    /// thread does not wait, so no thread hand-off comes back.
+    Call(Completion),
+}
+
+/// The code that answers a submitted job, called exactly once: with the
+/// results after the commit, or with [`StoreError::Stopped`] for each write if
+/// the job is dropped unanswered (the writer stopped), so nobody waits
+/// forever for an answer that cannot come.
+pub struct Completion {
+    then: Option<Box<dyn FnOnce(Vec<WriteResult>) + Send>>,
+    count: usize,
+}
+
+impl Completion {
+    fn finish(mut self, results: Vec<WriteResult>) {
+        if let Some(then) = self.then.take() {
+            // The writer must outlive a bug in one connection's answer.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(results))).is_err() {
+                tracing::error!("answering a group commit panicked; that connection is closed");
+            }
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(then) = self.then.take() {
+            let stopped = (0..self.count).map(|_| Err(StoreError::Stopped)).collect();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(stopped)));
+        }
+    }
 }
 
 /// A handle to the writer thread; cheap to clone, one per connection thread.
@@ -171,10 +212,22 @@ impl Store {
         let count = ops.len();
         let stopped = || (0..count).map(|_| Err(StoreError::Stopped)).collect();
         let (done, answer) = mpsc::sync_channel(1);
-        if self.queue.send(Job { ops, done }).is_err() {
+        if self.queue.send(Job { ops, done: Done::Wait(done) }).is_err() {
             return stopped();
         }
         answer.recv().unwrap_or_else(|_| stopped())
+    }
+
+    /// Queues several writes without waiting: once they are committed (or
+    /// failed), the writer thread calls `then` with one result per write, in
+    /// order. `then` runs on the writer, between group commits: it must be
+    /// quick and must never block (no socket write that can wait).
+    pub fn submit(&self, ops: Vec<Write>, then: impl FnOnce(Vec<WriteResult>) + Send + 'static) {
+        let count = ops.len();
+        let completion = Completion { then: Some(Box::new(then)), count };
+        // A refused send drops the job, and with it the completion, which
+        // then answers every write with `Stopped`.
+        let _ = self.queue.send(Job { ops, done: Done::Call(completion) });
     }
 }
 
@@ -219,8 +272,13 @@ fn writer_loop(mut conn: Connection, jobs: Receiver<Job>, mut watch: Watch) {
         tracing::debug!(writes, jobs = batch.len(), "group commit");
         for job in batch {
             let answer: Vec<WriteResult> = results.by_ref().take(job.ops.len()).collect();
-            // The sender may have gone (connection dropped); the rows are stored anyway.
-            let _ = job.done.send(answer);
+            match job.done {
+                // The sender may have gone (connection dropped); the rows are stored anyway.
+                Done::Wait(done) => {
+                    let _ = done.send(answer);
+                }
+                Done::Call(completion) => completion.finish(answer),
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod join;
 pub mod loadgen;
 pub mod loadgen_v2;
 pub mod protocol;
+pub mod reply;
 pub mod server;
 pub mod v2;
 pub mod v2_client;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::protocol::{self, ErrorCode};
+use super::reply::{Broken, Outbox, Reply, Settled};
 
 /// The server's limits.
 #[derive(Debug, Clone)]
@@ -129,6 +130,14 @@ pub trait LineHandler: Sync {
     /// (one commit for all) override this.
     fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
         lines.iter().map(|line| self.handle(line, peer)).collect()
+    }
+
+    /// Answers the batch through `reply`, now or later and from any thread
+    /// (see [`super::reply`]): a handler whose answers wait for a group
+    /// commit lets the committing thread send them, so the connection thread
+    /// does not wait. By default, answers at once with [`Self::handle_batch`].
+    fn handle_batch_deferred(&self, lines: &[&[u8]], peer: &Peer, reply: Reply) {
+        reply.send(self.handle_batch(lines, peer));
     }
 
     /// The connection `peer` has closed: forget anything kept for it (a v2
@@ -519,10 +528,16 @@ impl Server {
                     continue;
                 }
             };
+            let rank_slot = Arc::clone(&slot);
+            let rank = Box::new(move |stored: bool| {
+                rank_slot.state.fetch_max(if stored { AUTHENTIC } else { REFUSED }, Ordering::SeqCst);
+            });
+            let outbox = Outbox::new(Arc::clone(&slot.stream), rank);
             stats.connections.fetch_add(1, Ordering::Relaxed);
             peer.socket = Some(Arc::clone(&slot.stream));
             let conn = Connection {
                 stream,
+                outbox,
                 peer,
                 limits: &self.limits,
                 stop: &self.stop,
@@ -579,6 +594,8 @@ fn refuse_busy(mut stream: TcpStream) {
 /// One connection's thread state, borrowing the server's shared parts.
 struct Connection<'s> {
     stream: TcpStream,
+    /// Where the answers go, from this thread or the handler's writer.
+    outbox: Arc<Outbox>,
     peer: Peer,
     limits: &'s Limits,
     stop: &'s AtomicBool,
@@ -624,10 +641,15 @@ impl Connection<'_> {
         let _ = self.stream.set_write_timeout(Some(self.limits.line_deadline));
         let mut buf: Vec<u8> = Vec::new();
         let end = loop {
-            let line_len = match self.read_line(&mut buf) {
+            let line_len = match self.read_line(&mut buf, handler) {
                 Ok(n) => n,
                 Err(end) => break end,
             };
+            // A pipelining client sent more before the last batch's answers
+            // were out: they go first.
+            if let Err(end) = self.settle(handler, true) {
+                break end;
+            }
             // Lines the client pipelined behind this one, already received,
             // are answered together (the handler may commit them at once).
             let mut ends = vec![line_len];
@@ -645,46 +667,26 @@ impl Connection<'_> {
                 lines.push(&buf[start..end - 1]);
                 start = *end;
             }
-            let answers = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handler.handle_batch(&lines, &self.peer)
-            })) {
-                Ok(answers) if answers.len() == lines.len() => answers,
-                Ok(_) | Err(_) => {
-                    tracing::error!(conn = self.peer.id, "handler panicked or lost answers; closing the connection");
-                    let _ =
-                        self.stream.write_all(protocol::format_err(ErrorCode::Internal, "internal error").as_bytes());
-                    break ReadEnd::Closed;
-                }
-            };
+            // A panic drops the reply unanswered, which `settle` reports.
+            let reply = self.outbox.begin(lines.len());
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.handle_batch_deferred(&lines, &self.peer, reply)
+            }));
             buf.drain(..start);
             // Give back the memory of a large line once it has been handled.
             if buf.is_empty() && buf.capacity() > 64 * 1024 {
                 buf.shrink_to(8 * 1024);
             }
-            let mut reply = String::new();
-            let (mut stored, mut repeated) = (0, 0);
-            for answer in answers {
-                match answer.outcome {
-                    Outcome::Accepted => stored += 1,
-                    Outcome::Repeated => repeated += 1,
-                    Outcome::Refused(code) => self.refusals.note(Kind::Line(code)),
-                }
-                reply.push_str(&answer.line);
+            // Answered at once (refusals, v2 frames): account for it now.
+            if let Err(end) = self.settle(handler, false) {
+                break end;
             }
-            let accepted = stored > 0;
-            if stored > 0 {
-                self.refusals.accepted.fetch_add(stored, Ordering::Relaxed);
-            }
-            if repeated > 0 {
-                self.refusals.repeated.fetch_add(repeated, Ordering::Relaxed);
-            }
-            if accepted {
-                self.idle_since = Instant::now();
-            }
-            self.slot.state.fetch_max(if accepted { AUTHENTIC } else { REFUSED }, Ordering::SeqCst);
-            if let Err(e) = self.stream.write_all(reply.as_bytes()) {
-                break ReadEnd::Failed(e);
-            }
+        };
+        // The last batch's answers go out before the socket closes.
+        let end = match (end, self.settle(handler, true)) {
+            (ReadEnd::Failed(e), _) => ReadEnd::Failed(e),
+            (_, Err(broken)) => broken,
+            (end, Ok(())) => end,
         };
         let goodbye = match &end {
             ReadEnd::TooLong => Some(protocol::format_err(
@@ -721,6 +723,60 @@ impl Connection<'_> {
         }
     }
 
+    /// Picks up what answered batches left: writes a backlog the writer
+    /// could not send without blocking, answers handed-back lines again,
+    /// and accounts for the answers (idle timer, eviction rank, refusal
+    /// summary). With `wait`, first waits for the batch in flight.
+    fn settle<H: LineHandler + ?Sized>(&mut self, handler: &H, wait: bool) -> Result<(), ReadEnd> {
+        let Settled { tally, backlog, redo, broken } = self.outbox.settle(wait);
+        let ended = match broken {
+            Some(Broken::Write(e)) => Some(ReadEnd::Failed(e)),
+            Some(Broken::HandlerLost) => {
+                tracing::error!(conn = self.peer.id, "handler panicked or lost answers; closing the connection");
+                let _ =
+                    self.outbox.write_blocking(protocol::format_err(ErrorCode::Internal, "internal error").as_bytes());
+                Some(ReadEnd::Closed)
+            }
+            None => None,
+        };
+        if tally.stored > 0 {
+            self.refusals.accepted.fetch_add(tally.stored, Ordering::Relaxed);
+            self.idle_since = Instant::now();
+        }
+        if tally.repeated > 0 {
+            self.refusals.repeated.fetch_add(tally.repeated, Ordering::Relaxed);
+        }
+        for code in &tally.refused {
+            self.refusals.note(Kind::Line(*code));
+        }
+        if let Some(end) = ended {
+            return Err(end);
+        }
+        if !backlog.is_empty() {
+            self.outbox.write_blocking(&backlog).map_err(ReadEnd::Failed)?;
+        }
+        if let Some(mut redo) = redo {
+            let lines: Vec<&[u8]> = redo.lines.iter().map(|(_, line)| line.as_slice()).collect();
+            let reply = self.outbox.begin(redo.answers.len());
+            let again =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle_batch(&lines, &self.peer)));
+            match again {
+                Ok(again) if again.len() == lines.len() => {
+                    for ((i, _), answer) in redo.lines.iter().zip(again) {
+                        redo.answers[*i] = Some(answer);
+                    }
+                    let answers: Option<Vec<Answer>> = redo.answers.into_iter().collect();
+                    if let Some(answers) = answers {
+                        reply.send(answers);
+                    }
+                }
+                _ => drop(reply),
+            }
+            return self.settle(handler, true);
+        }
+        Ok(())
+    }
+
     /// Appends to `buf` what the socket already holds, without waiting, up to
     /// the line cap.
     fn read_queued(&mut self, buf: &mut Vec<u8>) {
@@ -742,12 +798,13 @@ impl Connection<'_> {
 
     /// Reads until `buf` holds a whole line; returns its length including `\n`.
     /// Bytes after the newline stay in `buf` for the next call (pipelining).
-    fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<usize, ReadEnd> {
+    fn read_line<H: LineHandler + ?Sized>(&mut self, buf: &mut Vec<u8>, handler: &H) -> Result<usize, ReadEnd> {
         let max = self.limits.max_line_bytes;
         let mut scanned = 0;
         // Checked here too, not only while waiting: a client that pipelines
         // refused lines, always leaving part of the next one in `buf`, never
         // waits for a line to start, and must not dodge the idle timeout.
+        self.settle(handler, false)?;
         if self.idle_since.elapsed() >= self.limits.idle_timeout {
             return Err(ReadEnd::Idle);
         }
@@ -756,6 +813,9 @@ impl Connection<'_> {
             if let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
                 return Ok(scanned + pos + 1);
             }
+            // Answers sent by the writer meanwhile: account for them (they
+            // restart the idle timer), and write what it could not send.
+            self.settle(handler, false)?;
             // Given to a newcomer (its read side is shut, which also woke this
             // thread): a line that had already arrived whole is still
             // answered, since an agent's first line is usually in the socket
