@@ -271,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn what_a_full_socket_does_not_take_waits_in_the_backlog_in_order() {
+    fn a_full_socket_never_blocks_the_sender_what_it_does_not_take_waits_in_the_backlog() {
         // The client never reads: the kernel's buffers fill and the writer's
         // non-blocking send leaves the rest for the connection thread.
         let (server, _client) = pair();

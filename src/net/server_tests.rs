@@ -12,6 +12,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::protocol;
+use super::reply::{Redo, Reply};
 use super::server::{Answer, Limits, LineHandler, Peer, Server, ShutdownHandle, Stats};
 
 /// Longest any test waits for an event before calling it missing. Far above
@@ -21,7 +22,11 @@ const PATIENCE: Duration = Duration::from_secs(4);
 
 /// Answers `ECHO <line>`; `REFUSE` is answered but not accepted (it does not
 /// restart the idle timer); `PANIC` panics; with a [`Gate`], `WAIT` first
-/// reports [`Event::Started`], then waits until the test releases it.
+/// reports [`Event::Started`], then waits until the test releases it. A batch
+/// with a `LATER` line is answered from another thread 20 ms later (as the
+/// Boss's writer answers after a commit); a batch with a `REDO` line is
+/// handed back to the connection's thread to answer (as lines the registry
+/// overtook are).
 struct Echo {
     gate: Option<Gate>,
 }
@@ -68,6 +73,24 @@ impl LineHandler for Echo {
                 }
                 Answer::accepted(format!("ECHO {}\n", String::from_utf8_lossy(line)))
             }
+        }
+    }
+
+    fn handle_batch_deferred(&self, lines: &[&[u8]], peer: &Peer, reply: Reply) {
+        if lines.iter().any(|line| line.starts_with(b"REDO")) {
+            let redo = Redo {
+                answers: vec![None; lines.len()],
+                lines: lines.iter().map(|l| l.to_vec()).enumerate().collect(),
+            };
+            std::thread::spawn(move || reply.redo(redo));
+        } else if lines.iter().any(|line| line.starts_with(b"LATER")) {
+            let answers = self.handle_batch(lines, peer);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                reply.send(answers);
+            });
+        } else {
+            reply.send(self.handle_batch(lines, peer));
         }
     }
 }
@@ -165,6 +188,36 @@ fn echo_answers_each_line_and_pipelined_lines_in_order() {
     }
     let stats = server.stop();
     assert_eq!(stats.lines.load(std::sync::atomic::Ordering::Relaxed), 4);
+}
+
+#[test]
+fn answers_sent_later_from_another_thread_keep_the_order_of_the_lines() {
+    let server = start(relaxed(), Echo::new());
+    let mut client = server.connect();
+    // Pipelined: whether these arrive as one batch or several, a batch
+    // answered at once must not overtake one answered later. The pauses let
+    // the server read each line as its own batch (if it does not, the order
+    // holds trivially).
+    for line in ["LATER one\n", "two\n", "LATER three\n", "four\n"] {
+        client.send(line.as_bytes());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for word in ["LATER one", "two", "LATER three", "four"] {
+        assert_eq!(client.line(), Some(format!("ECHO {word}\n")));
+    }
+    let stats = server.stop();
+    assert_eq!(stats.lines.load(std::sync::atomic::Ordering::Relaxed), 4);
+}
+
+#[test]
+fn lines_handed_back_by_the_handler_are_answered_on_the_connection_thread() {
+    let server = start(relaxed(), Echo::new());
+    let mut client = server.connect();
+    // The client waits; only the connection thread's own wake-up (its poll
+    // interval) can answer the handed-back line.
+    assert_eq!(client.ask("REDO me\n").as_deref(), Some("ECHO REDO me\n"));
+    assert_eq!(client.ask("after\n").as_deref(), Some("ECHO after\n"));
+    server.stop();
 }
 
 #[test]
