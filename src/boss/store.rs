@@ -245,7 +245,8 @@ impl Watch {
     /// advances the epoch if another connection committed since the last
     /// read; returns the epoch now.
     fn check(&mut self, tx: &Connection) -> Result<u64, DbError> {
-        let version: i64 = tx.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        // Cached: the writer runs this in every group commit.
+        let version: i64 = tx.prepare_cached("PRAGMA data_version")?.query_row([], |row| row.get(0))?;
         if self.version != Some(version) {
             self.version = Some(version);
             self.epoch.fetch_add(1, Ordering::SeqCst);
