@@ -24,7 +24,7 @@ use crate::net::server::{Answer, Outcome, Peer};
 use crate::net::v2::{self, ChatStatus, ChatText, Frame, Hello, JoinChat, LineKind, Welcome};
 
 use super::handshake_budget::HandshakeBudget;
-use super::service::BossService;
+use super::service::{BossService, V2Prepared, V2Text};
 use super::store::WriteOp;
 
 /// Who is on the other end of a session.
@@ -180,6 +180,76 @@ pub struct V2Sessions {
     budget: HandshakeBudget,
 }
 
+/// One line, opened ([`V2Sessions::open`]).
+#[expect(clippy::large_enum_variant, reason = "lives for one line; boxing would add an allocation per frame")]
+enum Opened {
+    /// A frame of the connection's session, and the agent it proved.
+    Frame { shared: Shared, frame: Frame, identity: Option<StoredIdentity> },
+    /// A handshake's first message (no session yet).
+    Handshake(Vec<u8>),
+    /// Refused before any session: a plain answer.
+    Plain(Answer),
+    /// Refused within the session: an authenticated error.
+    Refused(Shared, ErrorCode, String),
+    /// The frame failed its tag: the session ends.
+    TagFailed(Shared),
+}
+
+/// A session's consecutive text messages, opened and authorised, not yet
+/// committed or answered ([`V2Sessions::handle_batch`]).
+#[derive(Default)]
+struct Run {
+    session: Option<(Shared, StoredIdentity)>,
+    /// In frame order: a text to commit, or its refusal.
+    texts: Vec<Result<V2Text, (ErrorCode, String)>>,
+}
+
+impl Run {
+    fn push(&mut self, shared: &Shared, identity: StoredIdentity, text: Result<V2Text, (ErrorCode, String)>) {
+        self.session.get_or_insert_with(|| (Arc::clone(shared), identity));
+        self.texts.push(text);
+    }
+
+    /// Commits the run's texts as one writer job, then answers each, in
+    /// order: its ACK, or its own error frame.
+    fn answer(&mut self, service: &BossService, peer: &Peer, answers: &mut Vec<Answer>) {
+        let Some((shared, identity)) = self.session.take() else { return };
+        let texts = std::mem::take(&mut self.texts);
+        let mut slots = Vec::with_capacity(texts.len());
+        let mut to_commit = Vec::new();
+        for text in texts {
+            slots.push(match text {
+                Ok(text) => {
+                    to_commit.push(text);
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            });
+        }
+        let mut committed = service.commit_v2_texts(&identity, to_commit, peer).into_iter();
+        let mut session = lock(&shared);
+        // Held chunk answers were sealed before these: they go out first,
+        // after their sync.
+        let flushed = session.flush();
+        for slot in slots {
+            let result = match slot {
+                Some(refusal) => Err(refusal),
+                None => committed.next().unwrap_or_else(|| Err((ErrorCode::Internal, "internal error".into()))),
+            };
+            if !flushed {
+                answers.push(Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) });
+                continue;
+            }
+            answers.push(match result {
+                Ok((ack, new)) => {
+                    session.respond(Frame::Ack(ack), if new { Outcome::Accepted } else { Outcome::Repeated })
+                }
+                Err((code, text)) => refuse(&mut session, code, &text),
+            });
+        }
+    }
+}
+
 fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
     Answer::refused(code, text)
 }
@@ -210,46 +280,129 @@ impl V2Sessions {
 
     /// Answers one v2 line from connection `peer`.
     pub fn handle(&self, service: &BossService, line: &[u8], peer: &Peer) -> Answer {
+        self.handle_batch(service, &[line], peer)
+            .pop()
+            .unwrap_or_else(|| Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) })
+    }
+
+    /// Answers the v2 lines connection `peer` has already sent, in order.
+    /// Consecutive text messages (`M`) of an agent's session form a *run*:
+    /// each is authorised as it is opened, and the run is committed as one
+    /// job of the group-commit writer (one transaction, one fsync, shared
+    /// with other sessions' jobs) before its ACKs are sealed, in frame
+    /// order, each after its own durable commit, as v1 answers the lines of
+    /// a batch. A refused message of a run gets its own error frame in its
+    /// place and stops none of the others. Any other frame first answers
+    /// the run before it.
+    pub fn handle_batch(&self, service: &BossService, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
+        let mut answers = Vec::with_capacity(lines.len());
+        let mut run = Run::default();
+        for line in lines {
+            match self.open(line, peer) {
+                Opened::Frame { shared, frame: Frame::Message(body), identity: Some(identity) } => {
+                    match service.prepare_v2_text(&identity, body, peer) {
+                        Ok(V2Prepared::Text(text)) => run.push(&shared, identity, Ok(text)),
+                        Err(refusal) => run.push(&shared, identity, Err(refusal)),
+                        // A file chunk or a stray query: its own path, unchanged.
+                        Ok(V2Prepared::Other(body)) => {
+                            run.answer(service, peer, &mut answers);
+                            let frame = Frame::Message(body);
+                            answers.push(self.dispatch(service, &shared, frame, Some(identity), peer));
+                        }
+                    }
+                }
+                Opened::Frame { shared, frame, identity } => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(self.dispatch(service, &shared, frame, identity, peer));
+                }
+                Opened::Plain(answer) => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(answer);
+                }
+                Opened::Refused(shared, code, text) => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(refuse(&mut lock(&shared), code, &text));
+                }
+                Opened::Handshake(message) => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(self.handshake(service, &message, peer));
+                }
+                Opened::TagFailed(shared) => {
+                    run.answer(service, peer, &mut answers);
+                    // Someone else's bytes, or a replay: the session is over
+                    // (its receiving nonce can no longer be trusted to
+                    // match). The answer is plain, so nothing may be pushed
+                    // after it.
+                    lock(&shared).closed = true;
+                    self.forget(service, peer.id);
+                    tracing::debug!(conn = peer.id, "v2: a frame failed its tag; session closed");
+                    answers.push(plain_refusal(ErrorCode::Auth, "a frame failed its tag; the v2 session is closed"));
+                }
+            }
+        }
+        run.answer(service, peer, &mut answers);
+        answers
+    }
+
+    /// Opens one line: its session's frame, or what to answer instead. Has
+    /// no effect beyond the session's receiving nonce, so the caller can
+    /// answer the frames before it first.
+    fn open(&self, line: &[u8], peer: &Peer) -> Opened {
         let shared = self.get(peer.id);
         let (kind, message) = match v2::parse_line(line) {
             Ok(parsed) => parsed,
             Err(e) => {
-                return match &shared {
-                    Some(shared) => refuse(&mut lock(shared), ErrorCode::BadRequest, &e.0),
-                    None => plain_refusal(ErrorCode::BadRequest, &e.0),
+                return match shared {
+                    Some(shared) => Opened::Refused(shared, ErrorCode::BadRequest, e.0),
+                    None => Opened::Plain(plain_refusal(ErrorCode::BadRequest, &e.0)),
                 };
             }
         };
         let shared = match (kind, shared) {
-            (LineKind::Handshake, None) => return self.handshake(service, &message, peer),
+            (LineKind::Handshake, None) => return Opened::Handshake(message),
             (LineKind::Handshake, Some(shared)) => {
-                return refuse(&mut lock(&shared), ErrorCode::BadRequest, "the handshake is done");
+                return Opened::Refused(shared, ErrorCode::BadRequest, "the handshake is done".into());
             }
             (LineKind::Transport, None) => {
-                return plain_refusal(ErrorCode::BadRequest, "no v2 session on this connection: start with NOISE");
+                return Opened::Plain(plain_refusal(
+                    ErrorCode::BadRequest,
+                    "no v2 session on this connection: start with NOISE",
+                ));
             }
             (LineKind::Transport, Some(shared)) => shared,
         };
         let mut session = lock(&shared);
         let mut plaintext = vec![0u8; message.len()];
         let Ok(n) = session.transport.read_message(&message, &mut plaintext) else {
-            // Someone else's bytes, or a replay: the session is over (its
-            // receiving nonce can no longer be trusted to match). The answer
-            // is plain, so nothing may be pushed after it.
-            session.closed = true;
             drop(session);
-            self.forget(service, peer.id);
-            tracing::debug!(conn = peer.id, "v2: a frame failed its tag; session closed");
-            return plain_refusal(ErrorCode::Auth, "a frame failed its tag; the v2 session is closed");
+            return Opened::TagFailed(shared);
         };
-        let frame = match Frame::decode(&plaintext[..n]) {
+        plaintext.truncate(n);
+        let frame = match Frame::decode(&plaintext) {
             Ok(frame) => frame,
-            Err(e) => return refuse(&mut session, ErrorCode::BadRequest, &e.0),
+            Err(e) => {
+                drop(session);
+                return Opened::Refused(shared, ErrorCode::BadRequest, e.0);
+            }
         };
         let identity = match &session.who {
             Who::Agent(identity) => Some((**identity).clone()),
             Who::Director { .. } => None,
         };
+        drop(session);
+        Opened::Frame { shared, frame, identity }
+    }
+
+    /// Answers one opened frame (every frame but a run's texts).
+    fn dispatch(
+        &self,
+        service: &BossService,
+        shared: &Shared,
+        frame: Frame,
+        identity: Option<StoredIdentity>,
+        peer: &Peer,
+    ) -> Answer {
+        let mut session = lock(shared);
         // Held answers go out before anything else is answered or pushed,
         // and only after their chunks' sync.
         let chunk_frame = matches!((&frame, &identity), (Frame::Message(_), Some(_)));
@@ -259,7 +412,7 @@ impl V2Sessions {
         match (frame, identity) {
             (Frame::Heartbeat, _) => session.respond(Frame::Heartbeat, Outcome::Accepted),
             (Frame::Join(json), _) => self.join(service, session, peer, &json),
-            (Frame::Chat(json), _) => self.chat(service, session, &shared, &json),
+            (Frame::Chat(json), _) => self.chat(service, session, shared, &json),
             (Frame::Message(body), Some(identity)) => {
                 let mut owed = None;
                 let may_hold = session.may_hold();
