@@ -682,15 +682,16 @@ impl BossService {
         }
     }
 
-    /// The chat lines waiting for one side of the agent's chat.
+    /// The chat lines waiting for one side of the agent's chat (`key`: the
+    /// agent's channel key, which the session holds).
     pub(super) fn chat_backlog(
         &self,
+        key: &crate::crypto::FernetKey,
         identity: &identities::StoredIdentity,
         to_agent: bool,
     ) -> Result<Vec<crate::net::v2::ChatLine>, Refusal> {
-        let key = self.channel_key(identity).ok_or((ErrorCode::Auth, "the agent's key is unusable".to_string()))?;
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        super::chat::backlog(&reader, &key, identity, to_agent).map_err(|e| {
+        super::chat::backlog(&reader, key, identity, to_agent).map_err(|e| {
             tracing::error!(error = %e, "chat backlog read failed");
             (ErrorCode::Internal, "try again later".to_string())
         })

@@ -17,7 +17,7 @@ use std::io::Write as _;
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::crypto::noise;
+use crate::crypto::{FernetKey, noise};
 use crate::db::identities::StoredIdentity;
 use crate::net::protocol::ErrorCode;
 use crate::net::server::{Answer, Outcome, Peer};
@@ -43,8 +43,10 @@ enum Mode {
     /// `listen`: orders are pushed as they arrive; `in_flight` were pushed
     /// and are not yet confirmed (nothing more is pushed until they are).
     Listening { in_flight: Vec<String> },
-    /// In the chat of `agent` (the agent's own, or a director's with it).
-    Chat { agent: Box<StoredIdentity> },
+    /// In the chat of `agent` (the agent's own, or a director's with it),
+    /// with its channel key, derived once when the session joined (not per
+    /// line).
+    Chat { agent: Box<StoredIdentity>, key: Arc<FernetKey> },
 }
 
 /// One connection's agreed keys and who is on the other end.
@@ -437,6 +439,9 @@ impl V2Sessions {
                     }
                 }
             }
+            (Frame::Stored(json), _) if matches!(session.mode, Mode::Chat { .. }) => {
+                confirm_shown(service, &mut session, &json)
+            }
             (Frame::Fetch, Some(identity)) => {
                 if matches!(session.mode, Mode::Listening { .. }) {
                     return refuse(&mut session, ErrorCode::BadRequest, "a listening session gets orders pushed");
@@ -522,9 +527,13 @@ impl V2Sessions {
         if let (Who::Director { director }, Some(given)) = (&mut session.who, join.director) {
             *director = given;
         }
+        let Some(key) = service.channel_key(&agent) else {
+            return refuse(&mut session, ErrorCode::Auth, "the agent's key is unusable");
+        };
+        let key = Arc::new(key);
         let agent_id = agent.agent_id;
         let agent_side = session.agent_side();
-        session.mode = Mode::Chat { agent: Box::new(agent.clone()) };
+        session.mode = Mode::Chat { agent: Box::new(agent.clone()), key: Arc::clone(&key) };
         let online = {
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             let room = rooms.entry(agent_id).or_default();
@@ -535,19 +544,18 @@ impl V2Sessions {
         let status = ChatStatus { agent: agent_id, online, stored: None };
         let answer =
             session.respond(Frame::Join(serde_json::to_vec(&status).expect("a status encodes")), Outcome::Accepted);
-        // The lines that waited for this side, oldest first.
-        match service.chat_backlog(&agent, agent_side) {
+        // The lines that waited for this side, oldest first: every line it
+        // has not confirmed showing (`K`), so a side cut off before it
+        // confirmed gets them again. A line stored while this runs may
+        // also be pushed live; the receiver drops the second copy by id.
+        match service.chat_backlog(&key, &agent, agent_side) {
             Ok(lines) => {
-                let mut delivered = Vec::new();
                 for line in lines {
-                    let id = line.id.clone();
                     if !session.push(Frame::Chat(serde_json::to_vec(&line).expect("a line encodes"))) {
                         break;
                     }
-                    delivered.push(id);
                 }
                 drop(session);
-                mark_delivered(service, agent_id, delivered);
             }
             Err((code, text)) => {
                 session.push(Frame::Error(code, text));
@@ -567,10 +575,10 @@ impl V2Sessions {
         shared: &Shared,
         json: &[u8],
     ) -> Answer {
-        let Mode::Chat { agent } = &session.mode else {
+        let Mode::Chat { agent, key } = &session.mode else {
             return refuse(&mut session, ErrorCode::BadRequest, "join a chat (J) before sending lines");
         };
-        let agent = (**agent).clone();
+        let (agent, key) = ((**agent).clone(), Arc::clone(key));
         let Ok(ChatText { text }) = serde_json::from_slice::<ChatText>(json) else {
             return refuse(&mut session, ErrorCode::BadRequest, "C carries {\"text\":\"...\"}");
         };
@@ -578,9 +586,6 @@ impl V2Sessions {
             let why = format!("a chat line is 1 to {} bytes of text", v2::MAX_CHAT_BYTES);
             return refuse(&mut session, ErrorCode::TooLong, &why);
         }
-        let Some(key) = service.channel_key(&agent) else {
-            return refuse(&mut session, ErrorCode::Auth, "the agent's key is unusable");
-        };
         let agent_side = session.agent_side();
         let sender = match &session.who {
             Who::Agent(identity) => identity.agent_id,
@@ -594,14 +599,13 @@ impl V2Sessions {
         // sending at once would each wait for the other.
         drop(session);
         let frame = Frame::Chat(serde_json::to_vec(&line).expect("a line encodes"));
-        let mut delivered = false;
+        // Written to the other side's sessions, not yet delivered: that
+        // waits for the receiver's confirmation (`K`).
+        let mut online = false;
         for other in self.room_sessions(agent.agent_id, !agent_side) {
-            delivered |= lock(&other).push(frame.clone());
+            online |= lock(&other).push(frame.clone());
         }
-        if delivered {
-            mark_delivered(service, agent.agent_id, vec![line.id.clone()]);
-        }
-        let status = ChatStatus { agent: agent.agent_id, online: delivered, stored: Some(line.id) };
+        let status = ChatStatus { agent: agent.agent_id, online, stored: Some(line.id) };
         lock(shared).respond(Frame::Join(serde_json::to_vec(&status).expect("a status encodes")), Outcome::Accepted)
     }
 
@@ -782,13 +786,24 @@ impl V2Sessions {
     }
 }
 
-/// Records chat lines as delivered (written to the other side's session).
-fn mark_delivered(service: &BossService, agent_id: i64, ids: Vec<String>) {
-    if ids.is_empty() {
-        return;
-    }
+/// `K` on a chat session: the receiver has shown these lines. Records them
+/// delivered (only lines of this chat going to this side), so they are not
+/// offered again; nothing is answered.
+fn confirm_shown(service: &BossService, session: &mut Session, json: &[u8]) -> Answer {
+    let Mode::Chat { agent, .. } = &session.mode else {
+        return refuse(session, ErrorCode::BadRequest, "K confirms lines of a chat this session joined");
+    };
+    let agent_id = agent.agent_id;
+    let ids = match serde_json::from_slice::<Vec<String>>(json) {
+        Ok(ids) if ids.len() <= 1024 => ids,
+        _ => return refuse(session, ErrorCode::BadRequest, "K carries a JSON array of at most 1024 line ids"),
+    };
+    let to_agent = session.agent_side();
     let at = crate::crypto::fernet::unix_now() as i64;
-    let _ = service.chat_write(WriteOp::ChatDelivered { agent_id, ids, at });
+    match service.chat_write(WriteOp::ChatDelivered { agent_id, to_agent, ids, at }) {
+        Ok(()) => Answer { line: String::new(), outcome: Outcome::Accepted },
+        Err((code, text)) => refuse(session, code, &text),
+    }
 }
 
 /// Pushes `orders` to a listening session as one `P` frame and records them

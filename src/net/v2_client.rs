@@ -277,7 +277,8 @@ impl V2Sender {
         self.send(Frame::Listen)
     }
 
-    /// Confirms pushed orders, once they are on this home's disk.
+    /// Confirms pushed orders, once they are on this home's disk; on a chat
+    /// session, the chat lines this side has shown (`K` either way).
     pub fn confirm(&self, stored: &[String]) -> Result<(), V2Error> {
         self.send(Frame::Stored(serde_json::to_vec(stored).expect("ids always encode")))
     }
