@@ -635,10 +635,13 @@ impl BossService {
 
     /// One step of order delivery over v2: marks `stored` delivered (the
     /// agent has them on its disk) through the group-commit writer, then
-    /// returns the orders still pending and whether any was newly confirmed.
+    /// returns the orders still pending (opened under `key`, the agent's
+    /// channel key, which its session holds) and whether any was newly
+    /// confirmed.
     pub(super) fn orders_step(
         &self,
         identity: &identities::StoredIdentity,
+        key: &crate::crypto::FernetKey,
         stored: &[String],
     ) -> Result<(Vec<super::orders::Order>, bool), Refusal> {
         let internal = |e: &dyn std::fmt::Display| {
@@ -661,7 +664,7 @@ impl BossService {
             tracing::info!(agent = identity.agent_id, orders = stored.len(), "orders delivered");
         }
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let orders = super::orders::offer(&reader, &self.identity, identity).map_err(|e| internal(&e))?;
+        let orders = super::orders::offer_under(&reader, key, identity.agent_id).map_err(|e| internal(&e))?;
         Ok((orders, confirmed))
     }
 

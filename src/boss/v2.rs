@@ -63,6 +63,9 @@ struct Session {
     /// before the sync ([`Session::flush`]).
     held: Vec<String>,
     unsynced: Vec<std::fs::File>,
+    /// An agent session's channel key (its orders at rest), derived at the
+    /// first order step and kept for the session.
+    channel: Option<Arc<FernetKey>>,
 }
 
 impl Session {
@@ -476,7 +479,7 @@ impl V2Sessions {
                 session.mode = Mode::Listening { in_flight: Vec::new() };
                 self.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, identity.agent_id);
                 tracing::debug!(conn = peer.id, agent = identity.agent_id, "v2: listening for orders");
-                match service.orders_step(&identity, &[]) {
+                match orders_step(service, &mut session, &identity, &[]) {
                     Ok((orders, _)) => push_orders(&mut session, orders, true),
                     Err((code, text)) => refuse(&mut session, code, &text),
                 }
@@ -656,7 +659,7 @@ impl V2Sessions {
                 }
                 _ => continue,
             };
-            match service.orders_step(&identity, &[]) {
+            match orders_step(service, &mut session, &identity, &[]) {
                 Ok((orders, _)) if !orders.is_empty() => {
                     push_orders(&mut session, orders, false);
                 }
@@ -769,6 +772,7 @@ impl V2Sessions {
                     closed: false,
                     held: Vec::new(),
                     unsynced: Vec::new(),
+                    channel: None,
                 };
                 self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, Arc::new(Mutex::new(session)));
                 // A finished mutual handshake proves the agent's key: the
@@ -806,6 +810,28 @@ fn confirm_shown(service: &BossService, session: &mut Session, json: &[u8]) -> A
     }
 }
 
+/// [`BossService::orders_step`] under the session's channel key, derived
+/// once per session.
+fn orders_step(
+    service: &BossService,
+    session: &mut Session,
+    identity: &StoredIdentity,
+    stored: &[String],
+) -> Result<(Vec<super::orders::Order>, bool), (ErrorCode, String)> {
+    let key = match &session.channel {
+        Some(key) => Arc::clone(key),
+        None => {
+            let key = service
+                .channel_key(identity)
+                .ok_or((ErrorCode::Auth, "the agent's key is unusable".to_string()))
+                .map(Arc::new)?;
+            session.channel = Some(Arc::clone(&key));
+            key
+        }
+    };
+    service.orders_step(identity, &key, stored)
+}
+
 /// Pushes `orders` to a listening session as one `P` frame and records them
 /// in flight. `always`: also when empty (the answer to `L`).
 fn push_orders(session: &mut Session, orders: Vec<super::orders::Order>, always: bool) -> Answer {
@@ -825,7 +851,7 @@ fn push_orders(session: &mut Session, orders: Vec<super::orders::Order>, always:
 /// `K` on a listening session: confirms what was pushed, then pushes the
 /// next batch if any is pending.
 fn confirm_pushed(service: &BossService, session: &mut Session, identity: &StoredIdentity, ids: &[String]) -> Answer {
-    match service.orders_step(identity, ids) {
+    match orders_step(service, session, identity, ids) {
         Ok((orders, confirmed)) => {
             if let Mode::Listening { in_flight } = &mut session.mode {
                 in_flight.retain(|id| !ids.contains(id));
@@ -844,7 +870,7 @@ fn confirm_pushed(service: &BossService, session: &mut Session, identity: &Store
 /// Confirms `stored` (orders the agent has written durably in its home),
 /// then offers what is still pending.
 fn offer(service: &BossService, session: &mut Session, identity: &StoredIdentity, stored: &[String]) -> Answer {
-    let (code, text) = match service.orders_step(identity, stored) {
+    let (code, text) = match orders_step(service, session, identity, stored) {
         Ok((orders, confirmed)) => match serde_json::to_vec(&orders) {
             Ok(json) => {
                 let outcome = if confirmed { Outcome::Accepted } else { Outcome::Repeated };
