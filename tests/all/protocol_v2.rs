@@ -400,9 +400,10 @@ fn an_agent_revoked_by_another_process_mid_session_gets_its_next_v2_message_refu
     boss.stop();
 }
 
-/// Pipelined messages on one session are answered in frame order, each with
-/// its own ACK after its commit; a refused one in the middle (its signature
-/// is for another id) gets its own error frame and stops none of the others.
+/// Pipelined messages on one session, read by the Boss as one batch, are
+/// answered in frame order, each with its own ACK after their commit; a
+/// refused one in the middle (its signature is over another body) gets its
+/// own error frame in its place and stops none of the others.
 #[test]
 fn pipelined_v2_messages_are_answered_in_order_and_a_refused_one_stops_none_of_the_others() {
     let (home, boss, agent) = enrolled();
@@ -413,6 +414,7 @@ fn pipelined_v2_messages_are_answered_in_order_and_a_refused_one_stops_none_of_t
         V2Client::connect(&boss.addr, Duration::from_secs(10), &me, &boss_public, AGENT).expect("handshake");
     let before = messages(&home);
     let ids: Vec<String> = (0..6).map(|_| spyctl::net::ids::random_id()).collect();
+    let mut frames = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let header = Header { id: id.clone(), kind: Kind::Text };
         let mut plaintext = signer.encode(&header, b"in flight");
@@ -421,8 +423,10 @@ fn pipelined_v2_messages_are_answered_in_order_and_a_refused_one_stops_none_of_t
             let sig = protocol::decode_signature(&plaintext).expect("decodes").expect("signed");
             plaintext = protocol::encode_signed_message(&header, b"changed on the way", &sig);
         }
-        client.write_message(&plaintext).expect("written");
+        frames.push(plaintext);
     }
+    // In one write, so the Boss reads them as one batch.
+    client.write_messages(&frames).expect("written");
     for (i, id) in ids.iter().enumerate() {
         match (i, client.read_ack()) {
             (2, Err(V2Error::Refused { code: ErrorCode::Auth, .. })) => {}
