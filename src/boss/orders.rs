@@ -91,6 +91,12 @@ pub fn offer(
 ) -> Result<Vec<Order>, OrderError> {
     let agent_id = identity.agent_id;
     let key = boss.channel_key(Side::Boss, &identity.public, agent_id).ok_or(OrderError::NotEnrolled(agent_id))?;
+    offer_under(conn, &key, agent_id)
+}
+
+/// [`offer`] under the agent's channel key `key`, which a v2 session derives
+/// once rather than per offer.
+pub fn offer_under(conn: &Connection, key: &crate::crypto::FernetKey, agent_id: i64) -> Result<Vec<Order>, OrderError> {
     let mut out = Vec::new();
     let mut used = 0;
     for stored in orders::pending(conn, agent_id, 256)? {

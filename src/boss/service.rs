@@ -63,6 +63,10 @@ impl Default for BossConfig {
 /// An `ERR` to send: its code and human text.
 type Refusal = (ErrorCode, String);
 
+/// A v2 message's answer: its ACK's JSON and whether it added anything, or
+/// its refusal.
+pub(super) type V2Answer = Result<(Vec<u8>, bool), Refusal>;
+
 /// How far [`BossService::prepare`] got with a line.
 #[expect(
     clippy::large_enum_variant,
@@ -106,6 +110,29 @@ struct FileReceipt<'a> {
 /// How many times a line is authorised again after the registry changed
 /// under it before the client is told to try later.
 const STALE_RETRIES: u32 = 3;
+
+/// What [`BossService::prepare_v2_text`] made of a v2 message.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives for one frame of one batch; boxing the text would add an allocation per message"
+)]
+pub(super) enum V2Prepared {
+    /// A text, authorised, waiting for its commit.
+    Text(V2Text),
+    /// Not a text (a file chunk): its plaintext, for its own path.
+    Other(Vec<u8>),
+}
+
+/// A v2 text message authorised ([`BossService::prepare_v2_text`]) and
+/// waiting for its commit; its plaintext is kept to authorise it again if
+/// the registry overtakes it.
+pub(super) struct V2Text {
+    write: Write,
+    ack_key: AckKey,
+    id: String,
+    reply: String,
+    plaintext: Vec<u8>,
+}
 
 /// An ACK waiting for its write's commit.
 struct PendingAck {
@@ -470,12 +497,157 @@ impl BossService {
         }
     }
 
+    /// A v2 text message (frame `M`) from the session of `identity`,
+    /// authorised from the agent cache as a v1 line is (no database read
+    /// per message once the cache is loaded): the cached identity must be
+    /// the session's, the cached row must pass its checks, and the signature
+    /// must verify. Returns the write and its ACK-to-be, or the plaintext
+    /// back when the message is not a text (a file chunk or an offset query: those keep
+    /// their own path, [`Self::accept_v2_message`]). The write carries the
+    /// cache entry's guard, so a revocation or re-enrolment committed by
+    /// another process since the cache was read makes it
+    /// [`Written::Stale`] in the writer's transaction, and
+    /// [`Self::commit_v2_texts`] authorises it again from a fresh cache.
+    pub(super) fn prepare_v2_text(
+        &self,
+        identity: &identities::StoredIdentity,
+        plaintext: Vec<u8>,
+        peer: &Peer,
+    ) -> Result<V2Prepared, Refusal> {
+        let agent_id = identity.agent_id;
+        let (header, body) = protocol::decode_message(&plaintext).map_err(|e| (ErrorCode::BadRequest, e.0))?;
+        if !matches!(header.kind, Kind::Text) {
+            return Ok(V2Prepared::Other(plaintext));
+        }
+        let internal = |e: DbError| {
+            tracing::error!(error = %e, "v2: agent lookup failed");
+            (ErrorCode::Internal, "try again later".to_string())
+        };
+        let gone = || (ErrorCode::Auth, "this identity is no longer enrolled".to_string());
+        let auth_failed = || (ErrorCode::Auth, "authentication failed".to_string());
+        // At most one reload: the cache may be older than the session (an
+        // enrolment the writer has not noticed yet) or than a key rotation.
+        let mut reloaded = false;
+        let (entry, checked) = loop {
+            let keys = self.current_keys();
+            let entry = self.keys_for(agent_id).map_err(internal)?;
+            let same = entry.enrolled.as_ref().map(|e| e.row_id) == Some(identity.row_id);
+            if !same {
+                if reloaded || self.agent_keys.confirm(agent_id, &entry, &self.reader).map_err(internal)? {
+                    return Err(gone());
+                }
+                self.agent_keys.invalidate();
+                reloaded = true;
+                continue;
+            }
+            match self.agent_keys.row_status(&entry, &self.reader, &keys.registry).map_err(internal)? {
+                RowStatus::Good(checked) => break (entry, checked),
+                RowStatus::Missing | RowStatus::Moved => return Err(auth_failed()),
+                RowStatus::Tampered(e) => {
+                    // Or rewrapped under a key epoch this Boss has not loaded yet.
+                    if !reloaded && (self.refresh_keys() || self.keys_changed_since(&keys)) {
+                        self.agent_keys.invalidate();
+                        reloaded = true;
+                        continue;
+                    }
+                    tracing::error!(agent = agent_id, error = %e, "refused: agent row fails its integrity check");
+                    return Err(auth_failed());
+                }
+            }
+        };
+        let signature =
+            self.check_signature(identity, super::verify::Subject::text(&header.id, body), &plaintext, peer)?;
+        // The channel key, derived once per cache load, not per message.
+        let key = entry.candidates().first().map(|c| Arc::clone(&c.key)).ok_or_else(auth_failed)?;
+        let ack_key = AckKey::signed(Arc::clone(&key), agent_id, body);
+        let write = Write {
+            op: WriteOp::Message(messages::StoredMessage {
+                agent_id,
+                message_id: header.id.clone(),
+                received_at: crate::crypto::fernet::unix_now() as i64,
+                token: key.seal(&plaintext),
+                signature: Some(signature),
+                key_epoch: None,
+            }),
+            guard: Some(Guard { epoch: entry.epoch, seen: checked.seen.clone() }),
+        };
+        let reply = format!("Message received. Good work, {}.", checked.alias);
+        Ok(V2Prepared::Text(V2Text { write, ack_key, id: header.id, reply, plaintext }))
+    }
+
+    /// Commits a session's pipelined v2 texts as ONE job of the group-commit
+    /// writer (one transaction, one fsync, shared with other sessions'
+    /// jobs), then words each ACK: one result per text, in order, each
+    /// after its own durable commit. A text whose authorisation the
+    /// registry overtook ([`Written::Stale`]) is authorised again from a
+    /// fresh cache, up to [`STALE_RETRIES`] times.
+    pub(super) fn commit_v2_texts(
+        &self,
+        identity: &identities::StoredIdentity,
+        texts: Vec<V2Text>,
+        peer: &Peer,
+    ) -> Vec<V2Answer> {
+        let mut results: Vec<Option<V2Answer>> = (0..texts.len()).map(|_| None).collect();
+        let mut todo: Vec<(usize, V2Text)> = texts.into_iter().enumerate().collect();
+        for round in 0..=STALE_RETRIES {
+            if todo.is_empty() {
+                break;
+            }
+            let (writes, rest): (Vec<Write>, Vec<_>) =
+                todo.into_iter().map(|(i, t)| (t.write, (i, t.ack_key, t.id, t.reply, t.plaintext))).unzip();
+            let mut stale = Vec::new();
+            for (result, (i, ack_key, id, reply, plaintext)) in self.store.write_all(writes).into_iter().zip(rest) {
+                results[i] = Some(match result {
+                    Ok(Written::Stale) => {
+                        stale.push((i, plaintext));
+                        continue;
+                    }
+                    Ok(written) => {
+                        let added = written == Written::Added;
+                        let status = if added { AckStatus::Stored } else { AckStatus::Duplicate };
+                        // Per message at debug only: the server counts lines each second.
+                        tracing::debug!(conn = peer.id, agent = identity.agent_id, msg = %id, ?status, "text message (v2)");
+                        Ok((ack_key.plaintext(&self.identity, &id, status, &reply), added))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store failed");
+                        Err((ErrorCode::Internal, "could not store the message; try again".into()))
+                    }
+                });
+            }
+            todo = Vec::new();
+            if stale.is_empty() {
+                break;
+            }
+            if round == STALE_RETRIES {
+                tracing::warn!(lines = stale.len(), "the registry kept changing under these v2 messages; refused");
+                for (i, _) in stale {
+                    results[i] = Some(Err((ErrorCode::Internal, "try again later".into())));
+                }
+                break;
+            }
+            // The registry changed under the cache: reload it and authorise again.
+            self.agent_keys.invalidate();
+            for (i, plaintext) in stale {
+                match self.prepare_v2_text(identity, plaintext, peer) {
+                    Ok(V2Prepared::Text(text)) => todo.push((i, text)),
+                    Ok(V2Prepared::Other(_)) => results[i] = Some(Err((ErrorCode::Internal, "internal error".into()))),
+                    Err(refusal) => results[i] = Some(Err(refusal)),
+                }
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err((ErrorCode::Internal, "internal error".into())))).collect()
+    }
+
     /// One step of order delivery over v2: marks `stored` delivered (the
     /// agent has them on its disk) through the group-commit writer, then
-    /// returns the orders still pending and whether any was newly confirmed.
+    /// returns the orders still pending (opened under `key`, the agent's
+    /// channel key, which its session holds) and whether any was newly
+    /// confirmed.
     pub(super) fn orders_step(
         &self,
         identity: &identities::StoredIdentity,
+        key: &crate::crypto::FernetKey,
         stored: &[String],
     ) -> Result<(Vec<super::orders::Order>, bool), Refusal> {
         let internal = |e: &dyn std::fmt::Display| {
@@ -498,7 +670,7 @@ impl BossService {
             tracing::info!(agent = identity.agent_id, orders = stored.len(), "orders delivered");
         }
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let orders = super::orders::offer(&reader, &self.identity, identity).map_err(|e| internal(&e))?;
+        let orders = super::orders::offer_under(&reader, key, identity.agent_id).map_err(|e| internal(&e))?;
         Ok((orders, confirmed))
     }
 
@@ -519,15 +691,16 @@ impl BossService {
         }
     }
 
-    /// The chat lines waiting for one side of the agent's chat.
+    /// The chat lines waiting for one side of the agent's chat (`key`: the
+    /// agent's channel key, which the session holds).
     pub(super) fn chat_backlog(
         &self,
+        key: &crate::crypto::FernetKey,
         identity: &identities::StoredIdentity,
         to_agent: bool,
     ) -> Result<Vec<crate::net::v2::ChatLine>, Refusal> {
-        let key = self.channel_key(identity).ok_or((ErrorCode::Auth, "the agent's key is unusable".to_string()))?;
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        super::chat::backlog(&reader, &key, identity, to_agent).map_err(|e| {
+        super::chat::backlog(&reader, key, identity, to_agent).map_err(|e| {
             tracing::error!(error = %e, "chat backlog read failed");
             (ErrorCode::Internal, "try again later".to_string())
         })
@@ -830,8 +1003,12 @@ impl LineHandler for BossService {
     }
 
     fn handle_batch(&self, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
-        // v2 lines (PROTOCOL.md, "Version 2") each go through their
-        // connection's Noise session, in order; v1 lines as before.
+        // v2 lines (PROTOCOL.md, "Version 2") go through their connection's
+        // Noise session, in order, a session's pipelined texts committed
+        // together; v1 lines as before.
+        if lines.iter().all(|line| crate::net::v2::is_v2_line(line)) {
+            return self.v2.handle_batch(self, lines, peer);
+        }
         if lines.iter().any(|line| crate::net::v2::is_v2_line(line)) {
             return lines
                 .iter()

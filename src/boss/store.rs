@@ -47,9 +47,11 @@ pub enum WriteOp {
     },
     /// A chat line to relay, sealed (v2 `chat`). "New" unless its id was stored.
     ChatLine(crate::db::chat::StoredChatLine),
-    /// Chat lines written to a session of the other side.
+    /// Chat lines going one way (`to_agent`) that the receiving side
+    /// confirmed it has shown (a `K` on its chat session).
     ChatDelivered {
         agent_id: i64,
+        to_agent: bool,
         ids: Vec<String>,
         at: i64,
     },
@@ -311,8 +313,8 @@ fn commit_batch<'a>(
                     crate::db::orders::mark_delivered(&tx, *agent_id, ids, *at)? > 0
                 }
                 WriteOp::ChatLine(line) => crate::db::chat::insert(&tx, line)?,
-                WriteOp::ChatDelivered { agent_id, ids, at } => {
-                    crate::db::chat::mark_delivered(&tx, *agent_id, ids, *at)? > 0
+                WriteOp::ChatDelivered { agent_id, to_agent, ids, at } => {
+                    crate::db::chat::mark_delivered(&tx, *agent_id, *to_agent, ids, *at)? > 0
                 }
             };
             added.push(if new { Written::Added } else { Written::Already });

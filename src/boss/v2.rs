@@ -17,14 +17,14 @@ use std::io::Write as _;
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::crypto::noise;
+use crate::crypto::{FernetKey, noise};
 use crate::db::identities::StoredIdentity;
 use crate::net::protocol::ErrorCode;
 use crate::net::server::{Answer, Outcome, Peer};
 use crate::net::v2::{self, ChatStatus, ChatText, Frame, Hello, JoinChat, LineKind, Welcome};
 
 use super::handshake_budget::HandshakeBudget;
-use super::service::BossService;
+use super::service::{BossService, V2Prepared, V2Text};
 use super::store::WriteOp;
 
 /// Who is on the other end of a session.
@@ -43,8 +43,10 @@ enum Mode {
     /// `listen`: orders are pushed as they arrive; `in_flight` were pushed
     /// and are not yet confirmed (nothing more is pushed until they are).
     Listening { in_flight: Vec<String> },
-    /// In the chat of `agent` (the agent's own, or a director's with it).
-    Chat { agent: Box<StoredIdentity> },
+    /// In the chat of `agent` (the agent's own, or a director's with it),
+    /// with its channel key, derived once when the session joined (not per
+    /// line).
+    Chat { agent: Box<StoredIdentity>, key: Arc<FernetKey> },
 }
 
 /// One connection's agreed keys and who is on the other end.
@@ -61,6 +63,9 @@ struct Session {
     /// before the sync ([`Session::flush`]).
     held: Vec<String>,
     unsynced: Vec<std::fs::File>,
+    /// An agent session's channel key (its orders at rest), derived at the
+    /// first order step and kept for the session.
+    channel: Option<Arc<FernetKey>>,
 }
 
 impl Session {
@@ -180,6 +185,76 @@ pub struct V2Sessions {
     budget: HandshakeBudget,
 }
 
+/// One line, opened ([`V2Sessions::open`]).
+#[expect(clippy::large_enum_variant, reason = "lives for one line; boxing would add an allocation per frame")]
+enum Opened {
+    /// A frame of the connection's session, and the agent it proved.
+    Frame { shared: Shared, frame: Frame, identity: Option<StoredIdentity> },
+    /// A handshake's first message (no session yet).
+    Handshake(Vec<u8>),
+    /// Refused before any session: a plain answer.
+    Plain(Answer),
+    /// Refused within the session: an authenticated error.
+    Refused(Shared, ErrorCode, String),
+    /// The frame failed its tag: the session ends.
+    TagFailed(Shared),
+}
+
+/// A session's consecutive text messages, opened and authorised, not yet
+/// committed or answered ([`V2Sessions::handle_batch`]).
+#[derive(Default)]
+struct Run {
+    session: Option<(Shared, StoredIdentity)>,
+    /// In frame order: a text to commit, or its refusal.
+    texts: Vec<Result<V2Text, (ErrorCode, String)>>,
+}
+
+impl Run {
+    fn push(&mut self, shared: &Shared, identity: StoredIdentity, text: Result<V2Text, (ErrorCode, String)>) {
+        self.session.get_or_insert_with(|| (Arc::clone(shared), identity));
+        self.texts.push(text);
+    }
+
+    /// Commits the run's texts as one writer job, then answers each, in
+    /// order: its ACK, or its own error frame.
+    fn answer(&mut self, service: &BossService, peer: &Peer, answers: &mut Vec<Answer>) {
+        let Some((shared, identity)) = self.session.take() else { return };
+        let texts = std::mem::take(&mut self.texts);
+        let mut slots = Vec::with_capacity(texts.len());
+        let mut to_commit = Vec::new();
+        for text in texts {
+            slots.push(match text {
+                Ok(text) => {
+                    to_commit.push(text);
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            });
+        }
+        let mut committed = service.commit_v2_texts(&identity, to_commit, peer).into_iter();
+        let mut session = lock(&shared);
+        // Held chunk answers were sealed before these: they go out first,
+        // after their sync.
+        let flushed = session.flush();
+        for slot in slots {
+            let result = match slot {
+                Some(refusal) => Err(refusal),
+                None => committed.next().unwrap_or_else(|| Err((ErrorCode::Internal, "internal error".into()))),
+            };
+            if !flushed {
+                answers.push(Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) });
+                continue;
+            }
+            answers.push(match result {
+                Ok((ack, new)) => {
+                    session.respond(Frame::Ack(ack), if new { Outcome::Accepted } else { Outcome::Repeated })
+                }
+                Err((code, text)) => refuse(&mut session, code, &text),
+            });
+        }
+    }
+}
+
 fn plain_refusal(code: ErrorCode, text: &str) -> Answer {
     Answer::refused(code, text)
 }
@@ -210,46 +285,129 @@ impl V2Sessions {
 
     /// Answers one v2 line from connection `peer`.
     pub fn handle(&self, service: &BossService, line: &[u8], peer: &Peer) -> Answer {
+        self.handle_batch(service, &[line], peer)
+            .pop()
+            .unwrap_or_else(|| Answer { line: String::new(), outcome: Outcome::Refused(ErrorCode::Internal) })
+    }
+
+    /// Answers the v2 lines connection `peer` has already sent, in order.
+    /// Consecutive text messages (`M`) of an agent's session form a *run*:
+    /// each is authorised as it is opened, and the run is committed as one
+    /// job of the group-commit writer (one transaction, one fsync, shared
+    /// with other sessions' jobs) before its ACKs are sealed, in frame
+    /// order, each after its own durable commit, as v1 answers the lines of
+    /// a batch. A refused message of a run gets its own error frame in its
+    /// place and stops none of the others. Any other frame first answers
+    /// the run before it.
+    pub fn handle_batch(&self, service: &BossService, lines: &[&[u8]], peer: &Peer) -> Vec<Answer> {
+        let mut answers = Vec::with_capacity(lines.len());
+        let mut run = Run::default();
+        for line in lines {
+            match self.open(line, peer) {
+                Opened::Frame { shared, frame: Frame::Message(body), identity: Some(identity) } => {
+                    match service.prepare_v2_text(&identity, body, peer) {
+                        Ok(V2Prepared::Text(text)) => run.push(&shared, identity, Ok(text)),
+                        Err(refusal) => run.push(&shared, identity, Err(refusal)),
+                        // A file chunk or a stray query: its own path, unchanged.
+                        Ok(V2Prepared::Other(body)) => {
+                            run.answer(service, peer, &mut answers);
+                            let frame = Frame::Message(body);
+                            answers.push(self.dispatch(service, &shared, frame, Some(identity), peer));
+                        }
+                    }
+                }
+                Opened::Frame { shared, frame, identity } => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(self.dispatch(service, &shared, frame, identity, peer));
+                }
+                Opened::Plain(answer) => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(answer);
+                }
+                Opened::Refused(shared, code, text) => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(refuse(&mut lock(&shared), code, &text));
+                }
+                Opened::Handshake(message) => {
+                    run.answer(service, peer, &mut answers);
+                    answers.push(self.handshake(service, &message, peer));
+                }
+                Opened::TagFailed(shared) => {
+                    run.answer(service, peer, &mut answers);
+                    // Someone else's bytes, or a replay: the session is over
+                    // (its receiving nonce can no longer be trusted to
+                    // match). The answer is plain, so nothing may be pushed
+                    // after it.
+                    lock(&shared).closed = true;
+                    self.forget(service, peer.id);
+                    tracing::debug!(conn = peer.id, "v2: a frame failed its tag; session closed");
+                    answers.push(plain_refusal(ErrorCode::Auth, "a frame failed its tag; the v2 session is closed"));
+                }
+            }
+        }
+        run.answer(service, peer, &mut answers);
+        answers
+    }
+
+    /// Opens one line: its session's frame, or what to answer instead. Has
+    /// no effect beyond the session's receiving nonce, so the caller can
+    /// answer the frames before it first.
+    fn open(&self, line: &[u8], peer: &Peer) -> Opened {
         let shared = self.get(peer.id);
         let (kind, message) = match v2::parse_line(line) {
             Ok(parsed) => parsed,
             Err(e) => {
-                return match &shared {
-                    Some(shared) => refuse(&mut lock(shared), ErrorCode::BadRequest, &e.0),
-                    None => plain_refusal(ErrorCode::BadRequest, &e.0),
+                return match shared {
+                    Some(shared) => Opened::Refused(shared, ErrorCode::BadRequest, e.0),
+                    None => Opened::Plain(plain_refusal(ErrorCode::BadRequest, &e.0)),
                 };
             }
         };
         let shared = match (kind, shared) {
-            (LineKind::Handshake, None) => return self.handshake(service, &message, peer),
+            (LineKind::Handshake, None) => return Opened::Handshake(message),
             (LineKind::Handshake, Some(shared)) => {
-                return refuse(&mut lock(&shared), ErrorCode::BadRequest, "the handshake is done");
+                return Opened::Refused(shared, ErrorCode::BadRequest, "the handshake is done".into());
             }
             (LineKind::Transport, None) => {
-                return plain_refusal(ErrorCode::BadRequest, "no v2 session on this connection: start with NOISE");
+                return Opened::Plain(plain_refusal(
+                    ErrorCode::BadRequest,
+                    "no v2 session on this connection: start with NOISE",
+                ));
             }
             (LineKind::Transport, Some(shared)) => shared,
         };
         let mut session = lock(&shared);
         let mut plaintext = vec![0u8; message.len()];
         let Ok(n) = session.transport.read_message(&message, &mut plaintext) else {
-            // Someone else's bytes, or a replay: the session is over (its
-            // receiving nonce can no longer be trusted to match). The answer
-            // is plain, so nothing may be pushed after it.
-            session.closed = true;
             drop(session);
-            self.forget(service, peer.id);
-            tracing::debug!(conn = peer.id, "v2: a frame failed its tag; session closed");
-            return plain_refusal(ErrorCode::Auth, "a frame failed its tag; the v2 session is closed");
+            return Opened::TagFailed(shared);
         };
-        let frame = match Frame::decode(&plaintext[..n]) {
+        plaintext.truncate(n);
+        let frame = match Frame::decode(&plaintext) {
             Ok(frame) => frame,
-            Err(e) => return refuse(&mut session, ErrorCode::BadRequest, &e.0),
+            Err(e) => {
+                drop(session);
+                return Opened::Refused(shared, ErrorCode::BadRequest, e.0);
+            }
         };
         let identity = match &session.who {
             Who::Agent(identity) => Some((**identity).clone()),
             Who::Director { .. } => None,
         };
+        drop(session);
+        Opened::Frame { shared, frame, identity }
+    }
+
+    /// Answers one opened frame (every frame but a run's texts).
+    fn dispatch(
+        &self,
+        service: &BossService,
+        shared: &Shared,
+        frame: Frame,
+        identity: Option<StoredIdentity>,
+        peer: &Peer,
+    ) -> Answer {
+        let mut session = lock(shared);
         // Held answers go out before anything else is answered or pushed,
         // and only after their chunks' sync.
         let chunk_frame = matches!((&frame, &identity), (Frame::Message(_), Some(_)));
@@ -259,7 +417,7 @@ impl V2Sessions {
         match (frame, identity) {
             (Frame::Heartbeat, _) => session.respond(Frame::Heartbeat, Outcome::Accepted),
             (Frame::Join(json), _) => self.join(service, session, peer, &json),
-            (Frame::Chat(json), _) => self.chat(service, session, &shared, &json),
+            (Frame::Chat(json), _) => self.chat(service, session, shared, &json),
             (Frame::Message(body), Some(identity)) => {
                 let mut owed = None;
                 let may_hold = session.may_hold();
@@ -283,6 +441,9 @@ impl V2Sessions {
                         }
                     }
                 }
+            }
+            (Frame::Stored(json), _) if matches!(session.mode, Mode::Chat { .. }) => {
+                confirm_shown(service, &mut session, &json)
             }
             (Frame::Fetch, Some(identity)) => {
                 if matches!(session.mode, Mode::Listening { .. }) {
@@ -318,7 +479,7 @@ impl V2Sessions {
                 session.mode = Mode::Listening { in_flight: Vec::new() };
                 self.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, identity.agent_id);
                 tracing::debug!(conn = peer.id, agent = identity.agent_id, "v2: listening for orders");
-                match service.orders_step(&identity, &[]) {
+                match orders_step(service, &mut session, &identity, &[]) {
                     Ok((orders, _)) => push_orders(&mut session, orders, true),
                     Err((code, text)) => refuse(&mut session, code, &text),
                 }
@@ -369,9 +530,13 @@ impl V2Sessions {
         if let (Who::Director { director }, Some(given)) = (&mut session.who, join.director) {
             *director = given;
         }
+        let Some(key) = service.channel_key(&agent) else {
+            return refuse(&mut session, ErrorCode::Auth, "the agent's key is unusable");
+        };
+        let key = Arc::new(key);
         let agent_id = agent.agent_id;
         let agent_side = session.agent_side();
-        session.mode = Mode::Chat { agent: Box::new(agent.clone()) };
+        session.mode = Mode::Chat { agent: Box::new(agent.clone()), key: Arc::clone(&key) };
         let online = {
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             let room = rooms.entry(agent_id).or_default();
@@ -382,19 +547,18 @@ impl V2Sessions {
         let status = ChatStatus { agent: agent_id, online, stored: None };
         let answer =
             session.respond(Frame::Join(serde_json::to_vec(&status).expect("a status encodes")), Outcome::Accepted);
-        // The lines that waited for this side, oldest first.
-        match service.chat_backlog(&agent, agent_side) {
+        // The lines that waited for this side, oldest first: every line it
+        // has not confirmed showing (`K`), so a side cut off before it
+        // confirmed gets them again. A line stored while this runs may
+        // also be pushed live; the receiver drops the second copy by id.
+        match service.chat_backlog(&key, &agent, agent_side) {
             Ok(lines) => {
-                let mut delivered = Vec::new();
                 for line in lines {
-                    let id = line.id.clone();
                     if !session.push(Frame::Chat(serde_json::to_vec(&line).expect("a line encodes"))) {
                         break;
                     }
-                    delivered.push(id);
                 }
                 drop(session);
-                mark_delivered(service, agent_id, delivered);
             }
             Err((code, text)) => {
                 session.push(Frame::Error(code, text));
@@ -414,10 +578,10 @@ impl V2Sessions {
         shared: &Shared,
         json: &[u8],
     ) -> Answer {
-        let Mode::Chat { agent } = &session.mode else {
+        let Mode::Chat { agent, key } = &session.mode else {
             return refuse(&mut session, ErrorCode::BadRequest, "join a chat (J) before sending lines");
         };
-        let agent = (**agent).clone();
+        let (agent, key) = ((**agent).clone(), Arc::clone(key));
         let Ok(ChatText { text }) = serde_json::from_slice::<ChatText>(json) else {
             return refuse(&mut session, ErrorCode::BadRequest, "C carries {\"text\":\"...\"}");
         };
@@ -425,9 +589,6 @@ impl V2Sessions {
             let why = format!("a chat line is 1 to {} bytes of text", v2::MAX_CHAT_BYTES);
             return refuse(&mut session, ErrorCode::TooLong, &why);
         }
-        let Some(key) = service.channel_key(&agent) else {
-            return refuse(&mut session, ErrorCode::Auth, "the agent's key is unusable");
-        };
         let agent_side = session.agent_side();
         let sender = match &session.who {
             Who::Agent(identity) => identity.agent_id,
@@ -441,14 +602,13 @@ impl V2Sessions {
         // sending at once would each wait for the other.
         drop(session);
         let frame = Frame::Chat(serde_json::to_vec(&line).expect("a line encodes"));
-        let mut delivered = false;
+        // Written to the other side's sessions, not yet delivered: that
+        // waits for the receiver's confirmation (`K`).
+        let mut online = false;
         for other in self.room_sessions(agent.agent_id, !agent_side) {
-            delivered |= lock(&other).push(frame.clone());
+            online |= lock(&other).push(frame.clone());
         }
-        if delivered {
-            mark_delivered(service, agent.agent_id, vec![line.id.clone()]);
-        }
-        let status = ChatStatus { agent: agent.agent_id, online: delivered, stored: Some(line.id) };
+        let status = ChatStatus { agent: agent.agent_id, online, stored: Some(line.id) };
         lock(shared).respond(Frame::Join(serde_json::to_vec(&status).expect("a status encodes")), Outcome::Accepted)
     }
 
@@ -499,7 +659,7 @@ impl V2Sessions {
                 }
                 _ => continue,
             };
-            match service.orders_step(&identity, &[]) {
+            match orders_step(service, &mut session, &identity, &[]) {
                 Ok((orders, _)) if !orders.is_empty() => {
                     push_orders(&mut session, orders, false);
                 }
@@ -612,6 +772,7 @@ impl V2Sessions {
                     closed: false,
                     held: Vec::new(),
                     unsynced: Vec::new(),
+                    channel: None,
                 };
                 self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.id, Arc::new(Mutex::new(session)));
                 // A finished mutual handshake proves the agent's key: the
@@ -629,13 +790,46 @@ impl V2Sessions {
     }
 }
 
-/// Records chat lines as delivered (written to the other side's session).
-fn mark_delivered(service: &BossService, agent_id: i64, ids: Vec<String>) {
-    if ids.is_empty() {
-        return;
-    }
+/// `K` on a chat session: the receiver has shown these lines. Records them
+/// delivered (only lines of this chat going to this side), so they are not
+/// offered again; nothing is answered.
+fn confirm_shown(service: &BossService, session: &mut Session, json: &[u8]) -> Answer {
+    let Mode::Chat { agent, .. } = &session.mode else {
+        return refuse(session, ErrorCode::BadRequest, "K confirms lines of a chat this session joined");
+    };
+    let agent_id = agent.agent_id;
+    let ids = match serde_json::from_slice::<Vec<String>>(json) {
+        Ok(ids) if ids.len() <= 1024 => ids,
+        _ => return refuse(session, ErrorCode::BadRequest, "K carries a JSON array of at most 1024 line ids"),
+    };
+    let to_agent = session.agent_side();
     let at = crate::crypto::fernet::unix_now() as i64;
-    let _ = service.chat_write(WriteOp::ChatDelivered { agent_id, ids, at });
+    match service.chat_write(WriteOp::ChatDelivered { agent_id, to_agent, ids, at }) {
+        Ok(()) => Answer { line: String::new(), outcome: Outcome::Accepted },
+        Err((code, text)) => refuse(session, code, &text),
+    }
+}
+
+/// [`BossService::orders_step`] under the session's channel key, derived
+/// once per session.
+fn orders_step(
+    service: &BossService,
+    session: &mut Session,
+    identity: &StoredIdentity,
+    stored: &[String],
+) -> Result<(Vec<super::orders::Order>, bool), (ErrorCode, String)> {
+    let key = match &session.channel {
+        Some(key) => Arc::clone(key),
+        None => {
+            let key = service
+                .channel_key(identity)
+                .ok_or((ErrorCode::Auth, "the agent's key is unusable".to_string()))
+                .map(Arc::new)?;
+            session.channel = Some(Arc::clone(&key));
+            key
+        }
+    };
+    service.orders_step(identity, &key, stored)
 }
 
 /// Pushes `orders` to a listening session as one `P` frame and records them
@@ -657,7 +851,7 @@ fn push_orders(session: &mut Session, orders: Vec<super::orders::Order>, always:
 /// `K` on a listening session: confirms what was pushed, then pushes the
 /// next batch if any is pending.
 fn confirm_pushed(service: &BossService, session: &mut Session, identity: &StoredIdentity, ids: &[String]) -> Answer {
-    match service.orders_step(identity, ids) {
+    match orders_step(service, session, identity, ids) {
         Ok((orders, confirmed)) => {
             if let Mode::Listening { in_flight } = &mut session.mode {
                 in_flight.retain(|id| !ids.contains(id));
@@ -676,7 +870,7 @@ fn confirm_pushed(service: &BossService, session: &mut Session, identity: &Store
 /// Confirms `stored` (orders the agent has written durably in its home),
 /// then offers what is still pending.
 fn offer(service: &BossService, session: &mut Session, identity: &StoredIdentity, stored: &[String]) -> Answer {
-    let (code, text) = match service.orders_step(identity, stored) {
+    let (code, text) = match orders_step(service, session, identity, stored) {
         Ok((orders, confirmed)) => match serde_json::to_vec(&orders) {
             Ok(json) => {
                 let outcome = if confirmed { Outcome::Accepted } else { Outcome::Repeated };

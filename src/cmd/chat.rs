@@ -1,9 +1,11 @@
 //! `chat` (an agent, in its joined home) and `chat N` (a director, in the
 //! Boss's home): one v2 session each, full duplex. A thread reads stdin and
 //! sends each line; this thread prints the other side's lines as the Boss
-//! relays them, without waiting for a key. Parses and prints only: the
+//! relays them, without waiting for a key, and confirms each line it has
+//! printed (so the Boss counts it delivered). Parses and prints only: the
 //! session is `net::v2_client`, the relaying and storing `boss::v2`.
 
+use std::collections::HashSet;
 use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +66,8 @@ pub fn chat(ctx: &mut Ctx<'_>, args: ChatArgs) -> Result<()> {
     let progress = Arc::new(Mutex::new(Progress::default()));
     let mut joined = false;
     let mut other_online = None;
+    // The ids of the lines shown in this session.
+    let mut shown: HashSet<String> = HashSet::new();
     let quiet = ctx.quiet || ctx.json;
     loop {
         let pushed = match receiver.receive() {
@@ -99,12 +103,21 @@ pub fn chat(ctx: &mut Ctx<'_>, args: ChatArgs) -> Result<()> {
                 other_online = Some(status.online);
             }
             Pushed::Chat(line) => {
+                // A line can come twice in one session (stored while this
+                // side joined: in the backlog and pushed live): shown once.
+                if !shown.insert(line.id.clone()) {
+                    continue;
+                }
                 if ctx.json {
                     ctx.json_line(serde_json::to_value(&line).expect("a line always encodes"))?;
                 } else {
                     ctx.show(&format!("[{}] {peer_label} {}: {}", utc_time(line.at), line.from, visible(&line.text)))?;
                 }
                 ctx.out.flush().ok();
+                // Printed: only now is it delivered; a line not confirmed
+                // (this side cut off first) is offered again on rejoining.
+                // A failed write shows as the connection closing.
+                let _ = sender.confirm(std::slice::from_ref(&line.id));
             }
             Pushed::Refused { code, text } => {
                 if !joined {

@@ -108,6 +108,8 @@ pub fn chat(ctx: &mut Ctx<'_>, agent_home: &Home, addr: SocketAddr, field_id: i6
         let (agent_out, mut agent_in) = session.into_live().map_err(|e| e.to_string())?;
         agent_out.join(&JoinChat::default()).map_err(|e| e.to_string())?;
         let heard = next_line(&mut agent_in, "chat").map_err(|e| e.to_string())?;
+        // Shown (kept for the screen): confirmed, so the Boss marks it delivered.
+        agent_out.confirm(std::slice::from_ref(&heard.id)).map_err(|e| e.to_string())?;
         agent_out.say("At the safe house. All quiet.").map_err(|e| e.to_string())?;
         // Wait for the Boss's answer to that line before leaving.
         loop {
@@ -122,6 +124,7 @@ pub fn chat(ctx: &mut Ctx<'_>, agent_home: &Home, addr: SocketAddr, field_id: i6
     });
     director_out.say("Report your position.")?;
     let reply = next_line(&mut director_in, "chat")?;
+    director_out.confirm(std::slice::from_ref(&reply.id))?;
     let heard =
         agent.join().map_err(|_| failed("chat", "the agent's side panicked"))?.map_err(|e| failed("chat", e))?;
     director_out.close();

@@ -49,14 +49,17 @@ pub fn pending(conn: &Connection, agent_id: i64, to_agent: bool, limit: usize) -
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Marks the agent's lines `ids` delivered (those not already); returns how many changed.
-pub fn mark_delivered(conn: &Connection, agent_id: i64, ids: &[String], now: i64) -> DbResult<usize> {
+/// Marks the agent's lines `ids` going one way (`to_agent`) delivered (those
+/// not already): the receiving side confirmed showing them. Returns how many
+/// changed; an id of the other direction or another chat changes nothing.
+pub fn mark_delivered(conn: &Connection, agent_id: i64, to_agent: bool, ids: &[String], now: i64) -> DbResult<usize> {
     let mut stmt = conn.prepare_cached(
-        "UPDATE ChatLines SET DeliveredAt = ?3 WHERE AgentId = ?1 AND LineId = ?2 AND DeliveredAt IS NULL",
+        "UPDATE ChatLines SET DeliveredAt = ?3 \
+         WHERE AgentId = ?1 AND LineId = ?2 AND ToAgent = ?4 AND DeliveredAt IS NULL",
     )?;
     let mut changed = 0;
     for id in ids {
-        changed += stmt.execute(params![agent_id, id, now])?;
+        changed += stmt.execute(params![agent_id, id, now, to_agent])?;
     }
     Ok(changed)
 }

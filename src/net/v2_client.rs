@@ -163,6 +163,28 @@ impl V2Client {
         Ok(())
     }
 
+    /// Writes several message frames at once, in one write (so they reach
+    /// the Boss together, as a sender that fills its pipeline does), without
+    /// waiting for their answers. Nothing is written if one is too large.
+    pub fn write_messages(&mut self, plaintexts: &[Vec<u8>]) -> Result<(), V2Error> {
+        let mut lines = String::new();
+        for plaintext in plaintexts {
+            let frame = Frame::Message(plaintext.clone()).encode();
+            if frame.len() + noise::TAG > noise::MAX_MESSAGE {
+                let text = "a v2 message is at most 64 KiB".into();
+                return Err(V2Error::Refused { code: ErrorCode::TooLong, text });
+            }
+        }
+        for plaintext in plaintexts {
+            let frame = Frame::Message(plaintext.clone()).encode();
+            let n =
+                self.transport.write_message(&frame, &mut self.buf).map_err(|e| V2Error::Handshake(e.to_string()))?;
+            lines.push_str(&v2::format_line(LineKind::Transport, &self.buf[..n]));
+        }
+        self.writer.write_all(lines.as_bytes())?;
+        Ok(())
+    }
+
     /// Reads the Boss's authenticated answer to the oldest message written
     /// and not yet answered.
     pub fn read_ack(&mut self) -> Result<(AckHeader, String), V2Error> {
@@ -277,7 +299,8 @@ impl V2Sender {
         self.send(Frame::Listen)
     }
 
-    /// Confirms pushed orders, once they are on this home's disk.
+    /// Confirms pushed orders, once they are on this home's disk; on a chat
+    /// session, the chat lines this side has shown (`K` either way).
     pub fn confirm(&self, stored: &[String]) -> Result<(), V2Error> {
         self.send(Frame::Stored(serde_json::to_vec(stored).expect("ids always encode")))
     }

@@ -393,3 +393,74 @@ fn a_listener_that_stops_reading_does_not_hold_up_another_listeners_orders() {
     drop(stream);
     boss.stop();
 }
+
+/// A relay to `target` for one connection that passes everything the Boss
+/// sends but only the first `pass` lines towards the Boss (the handshake and
+/// the join): what the client sends after them is lost on the way, and the
+/// connection ends when the client's does.
+fn swallowing_relay(target: &str, pass: usize) -> String {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let target = target.to_string();
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else { return };
+        let Ok(server) = TcpStream::connect(&target) else { return };
+        let (client_r, mut client_w) = (client.try_clone().expect("clone"), client);
+        let (mut server_r, mut server_w) = (server.try_clone().expect("clone"), server);
+        std::thread::spawn(move || {
+            // Lines after the first `pass` are read and dropped; when the
+            // client goes, the Boss's side is closed too.
+            for (n, line) in BufReader::new(client_r).split(b'\n').map_while(Result::ok).enumerate() {
+                if n < pass && server_w.write_all(&[line.as_slice(), b"\n"].concat()).is_err() {
+                    break;
+                }
+            }
+            let _ = server_w.shutdown(std::net::Shutdown::Both);
+        });
+        let _ = std::io::copy(&mut server_r, &mut client_w);
+    });
+    addr
+}
+
+/// A chat line counts as delivered only when the receiving side confirms it
+/// has printed it (`K` with the line's id): a receiver cut off after the line
+/// reached it but before its confirmation reached the Boss gets the line
+/// again when it rejoins; a confirmed line is not offered again. Counting a
+/// line delivered when the Boss wrote it to the socket (as before) fails
+/// the first half.
+#[test]
+fn a_chat_line_the_receiver_did_not_confirm_is_offered_again_and_a_confirmed_one_is_not() {
+    let (home, boss, agent) = enrolled();
+    let mut director = Running::start(&home, &["chat", &AGENT.to_string(), "--addr", &boss.addr]);
+    director.wait_stderr("Chat with agent 6 open");
+    // The agent joins through a relay that loses everything it sends after the join.
+    let relay = swallowing_relay(&boss.addr, 2);
+    let cut_off = Running::start(&agent, &["chat", "--addr", &relay]);
+    director.wait_stderr("agent 6 is in the chat");
+    director.type_line("Meet at the old mill");
+    let shown = cut_off.next_line();
+    assert!(shown.ends_with(": Meet at the old mill"), "{shown}");
+    // Printed, and its confirmation lost on the way: the agent dies now.
+    drop(cut_off);
+    director.wait_stderr("agent 6 is not in the chat");
+    assert_eq!(count(&home, "SELECT count(*) FROM ChatLines WHERE DeliveredAt IS NULL"), 1, "not confirmed");
+    // Rejoining directly: the unconfirmed line comes again, and is confirmed.
+    let rejoined = Running::start(&agent, &["chat", "--addr", &boss.addr]);
+    let again = rejoined.next_line();
+    assert!(again.ends_with(": Meet at the old mill"), "{again}");
+    wait_until("the line confirmed", || count(&home, "SELECT count(*) FROM ChatLines WHERE DeliveredAt IS NULL") == 0);
+    let (code, err) = rejoined.finish();
+    assert_eq!(code, Some(0), "{err}");
+    // Once more: the confirmed line is not offered; the next line shown is a new one.
+    let third = Running::start(&agent, &["chat", "--addr", &boss.addr]);
+    third.wait_stderr("a director is in the chat");
+    director.type_line("Second line only");
+    let next = third.next_line();
+    assert!(next.ends_with(": Second line only"), "the confirmed line came again: {next}");
+    let (code, err) = third.finish();
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = director.finish();
+    assert_eq!(code, Some(0), "{err}");
+    boss.stop();
+}

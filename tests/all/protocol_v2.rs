@@ -15,7 +15,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde_json::Value;
 use spyctl::crypto::{IdentityKeys, PublicIdentity, noise};
-use spyctl::net::protocol::{ErrorCode, Header, Kind};
+use spyctl::net::client::MessageSigner;
+use spyctl::net::protocol::{self, AckStatus, ErrorCode, Header, Kind};
 use spyctl::net::v2::{self, LineKind};
 use spyctl::net::v2_client::{V2Client, V2Error};
 
@@ -364,5 +365,76 @@ fn failed_handshakes_past_an_addresss_budget_get_busy_and_enrolled_ones_never_co
     std::thread::sleep(Duration::from_millis(1100));
     assert!(first_answer().starts_with("NOISE "));
     assert!(messages(&home) >= 8);
+    boss.stop();
+}
+
+/// An open session's messages are authorised from the Boss's agent cache,
+/// not from a read of the registry per message; an `agent revoke` committed
+/// by another process mid-session still refuses the very next message (the
+/// writer sees the other connection's commit, and the write authorised from
+/// the older cache is stale). Without the stale check in the writer the
+/// second message is stored and this fails.
+#[test]
+fn an_agent_revoked_by_another_process_mid_session_gets_its_next_v2_message_refused() {
+    let (home, boss, agent) = enrolled();
+    let me = identity_of(&agent);
+    let boss_public = identity_of(&home).public();
+    let signer = MessageSigner::new(&me, boss_public.ed25519, AGENT);
+    let text =
+        |body: &str| signer.encode(&Header { id: spyctl::net::ids::random_id(), kind: Kind::Text }, body.as_bytes());
+    let mut client =
+        V2Client::connect(&boss.addr, Duration::from_secs(10), &me, &boss_public, AGENT).expect("handshake");
+    let before = messages(&home);
+    // Two, so the Boss's cache is of the registry epoch its writer is in
+    // (its first transaction starts a new one).
+    for _ in 0..2 {
+        let (ack, _) = client.send(&text("before the revocation")).expect("stored");
+        assert_eq!(ack.status, AckStatus::Stored);
+    }
+    ok(home.run(&["agent", "revoke", &AGENT.to_string()]));
+    match client.send(&text("after the revocation")) {
+        Err(V2Error::Refused { code: ErrorCode::Auth, .. }) => {}
+        other => panic!("the revoked agent's next message got {other:?}"),
+    }
+    assert_eq!(messages(&home), before + 2, "nothing stored after the revocation");
+    boss.stop();
+}
+
+/// Pipelined messages on one session, read by the Boss as one batch, are
+/// answered in frame order, each with its own ACK after their commit; a
+/// refused one in the middle (its signature is over another body) gets its
+/// own error frame in its place and stops none of the others.
+#[test]
+fn pipelined_v2_messages_are_answered_in_order_and_a_refused_one_stops_none_of_the_others() {
+    let (home, boss, agent) = enrolled();
+    let me = identity_of(&agent);
+    let boss_public = identity_of(&home).public();
+    let signer = MessageSigner::new(&me, boss_public.ed25519, AGENT);
+    let mut client =
+        V2Client::connect(&boss.addr, Duration::from_secs(10), &me, &boss_public, AGENT).expect("handshake");
+    let before = messages(&home);
+    let ids: Vec<String> = (0..6).map(|_| spyctl::net::ids::random_id()).collect();
+    let mut frames = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let header = Header { id: id.clone(), kind: Kind::Text };
+        let mut plaintext = signer.encode(&header, b"in flight");
+        if i == 2 {
+            // Its signature over another body: refused as a forgery.
+            let sig = protocol::decode_signature(&plaintext).expect("decodes").expect("signed");
+            plaintext = protocol::encode_signed_message(&header, b"changed on the way", &sig);
+        }
+        frames.push(plaintext);
+    }
+    // In one write, so the Boss reads them as one batch.
+    client.write_messages(&frames).expect("written");
+    for (i, id) in ids.iter().enumerate() {
+        match (i, client.read_ack()) {
+            (2, Err(V2Error::Refused { code: ErrorCode::Auth, .. })) => {}
+            (2, other) => panic!("the forged message got {other:?}"),
+            (_, Ok((ack, _))) => assert_eq!((&ack.id, ack.status), (id, AckStatus::Stored), "answer {i}"),
+            (_, other) => panic!("message {i} got {other:?}"),
+        }
+    }
+    assert_eq!(messages(&home), before + 5);
     boss.stop();
 }
