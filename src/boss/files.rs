@@ -195,7 +195,7 @@ impl FileAssembler {
     }
 
     /// The keys in use now.
-    fn keys(&self) -> Arc<FilesKeys> {
+    pub(crate) fn keys(&self) -> Arc<FilesKeys> {
         Arc::clone(&self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
