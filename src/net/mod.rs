@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod server;
 pub mod v2;
 pub mod v2_client;
+pub mod v2_download;
 pub mod v2_upload;
 
 #[cfg(test)]
