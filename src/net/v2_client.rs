@@ -217,7 +217,7 @@ impl V2Client {
 
     /// Seals and writes one frame without waiting (the download side,
     /// `v2_download`, reads its answers with [`Self::read_frame`]).
-    pub(crate) fn write_frame(&mut self, frame: &Frame) -> Result<(), V2Error> {
+    pub fn write_frame(&mut self, frame: &Frame) -> Result<(), V2Error> {
         let n = self
             .transport
             .write_message(&frame.encode(), &mut self.buf)
@@ -227,7 +227,7 @@ impl V2Client {
     }
 
     /// Reads and opens the next frame; anything unauthenticated is refused.
-    pub(crate) fn read_frame(&mut self) -> Result<Frame, V2Error> {
+    pub fn read_frame(&mut self) -> Result<Frame, V2Error> {
         let line = read_line(&mut self.reader)?;
         open_frame(&mut self.transport, &line)
     }
