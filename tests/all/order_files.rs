@@ -76,6 +76,7 @@ fn a_file_travels_with_an_order_sealed_at_both_ends_and_saves_byte_for_byte() {
     assert_eq!(queued["file"]["size"], data.len(), "{queued}");
     assert_eq!(queued["file"]["name"], NAME, "{queued}");
     assert_eq!(count(&home, "SELECT count(*) FROM OrderFiles"), 1);
+    assert_eq!(files_containing(home.path(), MARKER), Vec::<PathBuf>::new(), "the Boss's copy is sealed");
     let got = fetch(&agent, &boss.addr);
     assert_eq!(got["files"][0]["state"], "complete", "{got}");
     assert_eq!(got["files"][0]["name"], NAME, "{got}");
@@ -122,6 +123,58 @@ fn a_download_cut_midway_resumes_from_the_agents_offset_and_refetches_at_most_on
     let window = 8 * 60 * 1024;
     eprintln!("cut download: {fetched} bytes fetched for a {} byte file", data.len());
     assert!(fetched <= (data.len() + window) as u64, "{fetched}: more than one window fetched twice");
+    let out = scratch.path().join("saved.bin");
+    ok(save(&agent, &order, &out));
+    assert_eq!(std::fs::read(&out).expect("saved"), data);
+    boss.stop();
+}
+
+/// Plaintext bytes a partial copy holds in whole segments (a 25-byte
+/// header, then 4 + 61,440 + 16 bytes per full chunk), read from its size.
+fn held(part: &Path) -> u64 {
+    let len = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    len.saturating_sub(25) / (4 + 61_440 + 16) * 61_440
+}
+
+#[test]
+fn a_download_resumes_after_a_kill_9_of_the_agent_and_of_the_boss() {
+    let (home, boss, agent) = enrolled();
+    let scratch = TestHome::new();
+    let (path, data) = source(&scratch, 8 << 20, 47);
+    let queued = order_with_file(&home, &[&AGENT.to_string()], &path);
+    let order = queued["queued"][0]["order"].as_str().expect("order id").to_string();
+    let file_id = queued["file"]["id"].as_str().expect("file id").to_string();
+    let part = agent.path().join("received").join(format!("{file_id}.part"));
+    // The proxy stops carrying the agent's frames after a few windows; the
+    // download then waits (a long --timeout), and is killed there.
+    let paused = proxy(&boss.addr, 1_200, AtLimit::Pause);
+    let mut child = agent.cmd(&["--json", "orders", "--addr", &paused, "--timeout", "120"]).spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (0, std::time::Instant::now());
+    while std::time::Instant::now() < deadline {
+        let now = held(&part);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if now > 0 && last.1.elapsed() > Duration::from_millis(700) {
+            break;
+        }
+        assert!(child.try_wait().expect("try_wait").is_none(), "the download ended before the pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    crate::resume_files::kill9(&mut child);
+    let after_agent_kill = held(&part);
+    assert!(after_agent_kill > 0 && after_agent_kill < data.len() as u64, "{after_agent_kill}");
+    let listed = json(agent.run(&["--json", "orders", "--offline"]));
+    let state = format!("partial {after_agent_kill}/{} bytes", data.len());
+    assert_eq!(listed["files"][0]["state"], state.as_str(), "{listed}");
+    // The Boss killed too, and started again on a new port.
+    boss.kill9();
+    let boss = home.boss(&[]);
+    let got = fetch(&agent, &boss.addr);
+    let download = &got["files"][0]["download"];
+    assert_eq!(got["files"][0]["state"], "complete", "{got}");
+    assert_eq!(download["resumed_from"], after_agent_kill, "resumed from the agent's own durable offset: {got}");
+    assert_eq!(download["bytes_fetched"], data.len() as u64 - after_agent_kill, "nothing held fetched again: {got}");
     let out = scratch.path().join("saved.bin");
     ok(save(&agent, &order, &out));
     assert_eq!(std::fs::read(&out).expect("saved"), data);
@@ -197,6 +250,21 @@ fn a_level_order_with_a_file_reaches_two_agents_from_one_stored_copy() {
         assert_eq!(std::fs::read(&out).expect("saved"), data);
     }
     assert_eq!(count(&home, "SELECT count(*) FROM OrderAttachments WHERE DeliveredAt IS NOT NULL"), 2);
+    // A file ordered to agent 6 alone is not agent 5's to download, even
+    // with its id in hand.
+    let (private, _) = source(&scratch, 1_000, 48);
+    let only_six = order_with_file(&home, &[&AGENT.to_string()], &private);
+    let file_id = only_six["file"]["id"].as_str().expect("file id");
+    let five = spyctl::home::Home::at(second.path());
+    let (me, pin) = (five.load_identity().expect("identity"), five.load_pin().expect("pin").expect("pinned"));
+    let mut session =
+        V2Client::connect(&boss.addr, Duration::from_secs(5), &me, &pin.boss().expect("keys"), 5).expect("v2");
+    let ask = format!("{{\"file\":\"{file_id}\",\"offset\":0}}");
+    session.write_frame(&Frame::GetFile(ask.into_bytes())).expect("write");
+    match session.read_frame() {
+        Ok(Frame::Error(code, _)) => assert_eq!(code, ErrorCode::Forbidden),
+        other => panic!("agent 5 got another agent's file: {other:?}"),
+    }
     boss.stop();
 }
 
