@@ -311,9 +311,9 @@ impl ReceivedFiles {
             self.discard(file);
             return Err(SaveError::Tampered);
         }
-        let placed = writer
-            .sync_all()
-            .and_then(|()| Ok(rustix::fs::renameat_with(&parent, temp.as_str(), &parent, name, RenameFlags::NOREPLACE)?));
+        let placed = writer.sync_all().and_then(|()| {
+            Ok(rustix::fs::renameat_with(&parent, temp.as_str(), &parent, name, RenameFlags::NOREPLACE)?)
+        });
         if let Err(e) = placed {
             let _ = rustix::fs::unlinkat(&parent, temp.as_str(), AtFlags::empty());
             return Err(if e.kind() == std::io::ErrorKind::AlreadyExists { SaveError::Exists } else { e.into() });

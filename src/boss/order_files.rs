@@ -201,12 +201,7 @@ pub fn prepare(files_dir: &Path, keys: &FilesKeys, source: &Path) -> Result<Prep
     let temp = format!(".{file_id}.writing");
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let out = File::from(rustix::fs::openat(&dir, temp.as_str(), flags, Mode::from_raw_mode(0o600))?);
-    let prepared = Prepared {
-        row: FileRow { file_id: file_id.clone(), size, sha256: String::new() },
-        name,
-        dir,
-        temp,
-    };
+    let prepared = Prepared { row: FileRow { file_id: file_id.clone(), size, sha256: String::new() }, name, dir, temp };
     match seal_into(&mut input, size, &out, keys, &file_id) {
         Ok(sha256) => Ok(Prepared { row: FileRow { sha256, ..prepared.row.clone() }, ..prepared }),
         Err(e) => {
@@ -216,7 +211,13 @@ pub fn prepare(files_dir: &Path, keys: &FilesKeys, source: &Path) -> Result<Prep
     }
 }
 
-fn seal_into(input: &mut File, size: u64, out: &File, keys: &FilesKeys, file_id: &str) -> Result<String, OrderFileError> {
+fn seal_into(
+    input: &mut File,
+    size: u64,
+    out: &File,
+    keys: &FilesKeys,
+    file_id: &str,
+) -> Result<String, OrderFileError> {
     let sealed = SealedFile::labelled(keys, label(file_id));
     sealed.start(out)?;
     let mut layout = SealedFile::layout(out)?;

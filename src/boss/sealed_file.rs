@@ -291,7 +291,7 @@ impl SealedFile<'_> {
         let mut len = [0u8; 4];
         read_exact_at(file, &mut len, at)?;
         let len = u32::from_be_bytes(len) as usize;
-        if len < TAG_BYTES || len > (1 << 20) {
+        if !(TAG_BYTES..=(1 << 20)).contains(&len) {
             return Err(SealedError::Corrupt);
         }
         let mut buffer = vec![0u8; len];

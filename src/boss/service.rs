@@ -509,7 +509,7 @@ impl BossService {
     ) -> Result<Vec<(u64, Vec<u8>)>, Refusal> {
         let file = self.order_file(identity, &ask.file)?;
         let chunk = super::order_files::CHUNK as u64;
-        if ask.offset >= file.size || ask.offset % chunk != 0 {
+        if ask.offset >= file.size || !ask.offset.is_multiple_of(chunk) {
             let why = format!("G asks from a multiple of {chunk} below the file's size ({})", file.size);
             return Err((ErrorCode::BadRequest, why));
         }

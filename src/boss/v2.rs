@@ -353,9 +353,7 @@ impl V2Sessions {
                 | Frame::Offset(_)
                 | Frame::FileBytes { .. },
                 _,
-            ) => {
-                refuse(&mut session, ErrorCode::BadRequest, "that frame type goes from the Boss to agents")
-            }
+            ) => refuse(&mut session, ErrorCode::BadRequest, "that frame type goes from the Boss to agents"),
         }
     }
 

@@ -223,13 +223,10 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
         {
             let mut actx =
                 Ctx { home: agent_home.clone(), home_given: true, json: false, quiet: ctx.quiet, out: &mut *ctx.out };
-            orders::fetch(&mut actx, crate::cli::OrdersArgs {
-                addr: addr.to_string(),
-                timeout: 10,
-                offline: false,
-                save: None,
-                out: None,
-            })?;
+            orders::fetch(
+                &mut actx,
+                crate::cli::OrdersArgs { addr: addr.to_string(), timeout: 10, offline: false, save: None, out: None },
+            )?;
         }
 
         step(ctx, 14, "listen: the agent stays connected over v2; the next order is pushed the moment it is queued")?;

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use crate::cli::ListenArgs;
 use crate::error::{Error, Result};
-use crate::net::v2_client::{Pushed, V2Client, V2Error};
-use crate::output::{utc_time, visible};
 use crate::net::v2::Order;
+use crate::net::v2_client::{Pushed, V2Client, V2Error};
 use crate::net::v2_download::Downloaded;
+use crate::output::{utc_time, visible};
 use crate::received_files::{self, ReceivedFiles};
 use crate::received_orders;
 

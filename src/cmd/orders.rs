@@ -13,8 +13,8 @@ use crate::error::{Error, Hint, Result};
 use crate::net::v2::{Order, OrderFile};
 use crate::net::v2_client::V2Client;
 use crate::net::v2_download::{self, Downloaded};
-use crate::received_files::{self, ReceivedFiles, SaveError, State};
 use crate::output::{Rows, utc_time, visible};
+use crate::received_files::{self, ReceivedFiles, SaveError, State};
 use crate::received_orders;
 use crate::registry;
 
@@ -81,7 +81,8 @@ pub fn order(ctx: &mut Ctx<'_>, args: OrderArgs) -> Result<()> {
             queued.iter().map(|(agent, id)| serde_json::json!({ "agent": agent, "order": id })).collect();
         return ctx.json(serde_json::json!({ "queued": list, "file": file }));
     }
-    let carrying = file.map_or(String::new(), |f| format!(" with file {} ({} bytes)", crate::output::visible(&f.name), f.size));
+    let carrying =
+        file.map_or(String::new(), |f| format!(" with file {} ({} bytes)", crate::output::visible(&f.name), f.size));
     for (agent, id) in &queued {
         ctx.say(&format!("Order {id} queued for agent {agent}{carrying}; it reaches the agent at once if it runs `spyctl listen`, else at its next `spyctl orders`."))?;
     }
@@ -242,9 +243,10 @@ pub(super) fn download_files(
 
 /// `orders --save ORDER_ID --out PATH`.
 fn save(ctx: &mut Ctx<'_>, store: &ReceivedFiles, known: &[Order], order_id: &str, out: &Path) -> Result<()> {
-    let order = known.iter().find(|o| o.id == order_id).ok_or_else(|| {
-        Error::failed(format!("no order {order_id:?} in this home; `spyctl orders` lists them"))
-    })?;
+    let order = known
+        .iter()
+        .find(|o| o.id == order_id)
+        .ok_or_else(|| Error::failed(format!("no order {order_id:?} in this home; `spyctl orders` lists them")))?;
     let file = order.file.as_ref().ok_or_else(|| Error::failed(format!("order {order_id} carries no file")))?;
     match store.save(file, out) {
         Ok(()) => {}
@@ -255,12 +257,8 @@ fn save(ctx: &mut Ctx<'_>, store: &ReceivedFiles, known: &[Order], order_id: &st
         Err(e) => return Err(Error::failed(format!("order {order_id}'s file: {e}"))),
     }
     if ctx.json {
-        return ctx.json(serde_json::json!({ "saved": out, "order": order_id, "size": file.size, "sha256": file.sha256 }));
+        return ctx
+            .json(serde_json::json!({ "saved": out, "order": order_id, "size": file.size, "sha256": file.sha256 }));
     }
-    ctx.say(&format!(
-        "Saved {} ({} bytes, SHA-256 checked) to {}.",
-        visible(&file.name),
-        file.size,
-        out.display()
-    ))
+    ctx.say(&format!("Saved {} ({} bytes, SHA-256 checked) to {}.", visible(&file.name), file.size, out.display()))
 }

@@ -235,7 +235,10 @@ pub enum Frame {
     /// Ask for an order's file from an offset ([`FileAsk`]).
     GetFile(Vec<u8>),
     /// One chunk of an order's file: where it starts, and its bytes.
-    FileBytes { offset: u64, bytes: Vec<u8> },
+    FileBytes {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
     /// The whole file is on the agent's disk ([`FileDone`]); echoed by the Boss.
     FileDone(Vec<u8>),
 }

@@ -33,8 +33,6 @@ pub struct Downloaded {
 pub enum DownloadError {
     V2(V2Error),
     Store(std::io::Error),
-    /// The Boss sent something other than the chunk that was due.
-    Protocol(&'static str),
     /// The copy failed its SHA-256 (or a tag) twice.
     Mismatch,
 }
@@ -44,7 +42,6 @@ impl std::fmt::Display for DownloadError {
         match self {
             DownloadError::V2(e) => write!(f, "{e}"),
             DownloadError::Store(_) => f.write_str("cannot write the file under received/"),
-            DownloadError::Protocol(what) => write!(f, "the Boss sent {what}"),
             DownloadError::Mismatch => {
                 f.write_str("the downloaded copy failed its SHA-256 check twice; it was discarded")
             }
