@@ -355,3 +355,44 @@ fn the_boss_refuses_file_frames_it_should_not_answer_and_stays_up() {
     assert!(boss.panics().is_empty(), "{:?}", boss.panics());
     boss.stop();
 }
+
+#[test]
+fn listen_downloads_a_pushed_orders_file_and_says_so() {
+    use std::io::BufRead;
+    let (home, boss, agent) = enrolled();
+    let scratch = TestHome::new();
+    let (path, data) = source(&scratch, 200_000, 49);
+    let mut child = agent
+        .cmd(&["--json", "listen", "--addr", &boss.addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn listen");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = lines.recv_timeout(Duration::from_secs(30)).expect("a line from listen");
+        serde_json::from_str(&line).expect("json line")
+    };
+    // In the backlog or pushed (whichever the race gives): listen stores the
+    // order, prints it, then downloads its file and prints that.
+    let queued = order_with_file(&home, &[&AGENT.to_string(), "Pushed, with a file"], &path);
+    let order = queued["queued"][0]["order"].as_str().expect("order id").to_string();
+    let pushed = next();
+    assert_eq!(pushed["id"], order.as_str(), "{pushed}");
+    assert_eq!(pushed["file"]["name"], NAME, "{pushed}");
+    let file = next();
+    assert_eq!((file["order"].as_str(), file["state"].as_str()), (Some(order.as_str()), Some("complete")), "{file}");
+    crate::resume_files::kill9(&mut child);
+    let out = scratch.path().join("saved.bin");
+    ok(save(&agent, &order, &out));
+    assert_eq!(std::fs::read(&out).expect("saved"), data);
+    assert_eq!(count(&home, "SELECT count(*) FROM OrderAttachments WHERE DeliveredAt IS NOT NULL"), 1);
+    boss.stop();
+}
