@@ -280,7 +280,7 @@ impl ReceivedFiles {
             return Err(SaveError::NotHere);
         }
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = out.file_name().ok_or(SaveError::Exists)?;
+        let name = out.file_name().ok_or_else(|| std::io::Error::other("--out names no file"))?;
         let parent = rustix::fs::open(parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(std::io::Error::from)?;
         if exists(&parent, &name.to_string_lossy())? {
