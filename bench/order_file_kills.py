@@ -224,6 +224,14 @@ def main():
     print("uninterrupted download of %d bytes: %.2f s (%.0f MiB/s), chunk bytes on the wire %d (file %d)" %
           (size, clean_secs, size / clean_secs / (1 << 20), round(fetched), size))
 
+    # The same, straight to the Boss (no proxy): spyctl's own speed.
+    order()
+    t0 = time.monotonic()
+    run(ap_ + ["-q", "orders", "--addr", boss["addr"]])
+    direct_secs = time.monotonic() - t0
+    print("uninterrupted download straight to the Boss: %.2f s (%.0f MiB/s)" %
+          (direct_secs, size / direct_secs / (1 << 20)))
+
     order_id, part = order()
     kills = {"agent": 0, "boss": 0}
     agent_runs = 1
