@@ -272,6 +272,35 @@ pub fn serve(
     Ok(out)
 }
 
+/// Re-seals one stored copy under the newest epoch of `keys` (a key
+/// rotation), segment by segment with the same boundaries, into
+/// `.<id>.reseal`, synced, then renamed over it. False if it already was.
+/// A Boss serving it meanwhile opens either the old or the new file; both
+/// open while the old epoch is live.
+pub fn reseal(files_dir: &Path, keys: &FilesKeys, file_id: &str) -> std::io::Result<bool> {
+    if !crate::net::protocol::valid_id(file_id) {
+        return Err(std::io::Error::other("an order file id that is not a plain id"));
+    }
+    let dir = orders_dir(files_dir, false)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let old = File::from(rustix::fs::openat(&dir, file_id, flags, Mode::empty())?);
+    if Header::read(&old).map_err(std::io::Error::other)?.epoch == keys.newest().0 {
+        return Ok(false);
+    }
+    let temp = format!(".{file_id}.reseal");
+    let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let new = File::from(rustix::fs::openat(&dir, temp.as_str(), flags, Mode::from_raw_mode(0o600))?);
+    let resealed = SealedFile::labelled(keys, label(file_id)).reseal(&old, &new);
+    if let Err(e) = resealed.map_err(std::io::Error::other).and_then(|_| new.sync_all()) {
+        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+        return Err(e);
+    }
+    rustix::fs::renameat(&dir, temp.as_str(), &dir, file_id)?;
+    rustix::fs::fsync(&dir)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

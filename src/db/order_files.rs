@@ -61,3 +61,10 @@ pub fn mark_delivered(conn: &Connection, agent_id: i64, file_id: &str, now: i64)
     )?;
     Ok(changed > 0)
 }
+
+/// Every stored file's id (for a key rotation's re-seal).
+pub fn all_ids(conn: &Connection) -> DbResult<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT FileId FROM OrderFiles ORDER BY FileId")?;
+    let ids = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    Ok(ids)
+}

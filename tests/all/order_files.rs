@@ -396,3 +396,31 @@ fn listen_downloads_a_pushed_orders_file_and_says_so() {
     assert_eq!(count(&home, "SELECT count(*) FROM OrderAttachments WHERE DeliveredAt IS NOT NULL"), 1);
     boss.stop();
 }
+
+#[test]
+fn a_key_rotation_reseals_order_files_so_the_old_epoch_retires_and_the_file_still_downloads() {
+    let (home, boss, agent) = enrolled();
+    let scratch = TestHome::new();
+    let (path, data) = source(&scratch, 200_000, 50);
+    let queued = order_with_file(&home, &[&AGENT.to_string(), "Sealed under epoch 0"], &path);
+    let order = queued["queued"][0]["order"].as_str().expect("order id").to_string();
+    let stored = home.path().join("files/orders").join(queued["file"]["id"].as_str().expect("file id"));
+    let epoch_of = |p: &Path| {
+        let file = std::fs::File::open(p).expect("stored copy");
+        spyctl::boss::sealed_file::Header::read(&file).expect("header").epoch
+    };
+    assert_eq!(epoch_of(&stored), 0);
+    ok(home.run(&["key", "rotate"]));
+    assert_eq!(epoch_of(&stored), 1, "re-sealed under the new epoch");
+    // Nothing is left under epoch 0, so it retires; its secret leaves master.key.
+    ok(home.run(&["key", "retire", "0"]));
+    // The Boss picks up the change within about a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = fetch(&agent, &boss.addr);
+    assert_eq!(got["files"][0]["state"], "complete", "{got}");
+    let out = scratch.path().join("saved.bin");
+    ok(save(&agent, &order, &out));
+    assert_eq!(std::fs::read(&out).expect("saved"), data);
+    assert_eq!(files_containing(home.path(), MARKER), Vec::<PathBuf>::new(), "no plaintext left by the re-seal");
+    boss.stop();
+}
