@@ -1,6 +1,8 @@
 -- spyctl schema, version 9. `spyctl db init` runs this whole file: it drops
 -- and recreates every table (the course's DDL script), so it is only run
 -- on an empty database or with --force.
+DROP TABLE IF EXISTS OrderAttachments;
+DROP TABLE IF EXISTS OrderFiles;
 DROP TABLE IF EXISTS ChatLines;
 DROP TABLE IF EXISTS Orders;
 DROP TABLE IF EXISTS EnrolCodes;
@@ -207,3 +209,29 @@ CREATE TABLE ChatLines (
     UNIQUE (AgentId, LineId)
 );
 CREATE INDEX ChatPending ON ChatLines (AgentId, ToAgent, RowId) WHERE DeliveredAt IS NULL;
+
+-- Files that travel with orders (`spyctl order --file`). The bytes are under
+-- files/orders/<FileId>, sealed (STREAM, AES-256-GCM, HKDF label
+-- "spyctl/v1/order-file/<FileId>"); one copy serves every agent of a
+-- --level order. Size and Sha256 are the plaintext's; the name is never
+-- here: it travels only sealed, in OrderAttachments.Sealed.
+CREATE TABLE OrderFiles (
+    FileId    TEXT    PRIMARY KEY,
+    Size      INTEGER NOT NULL,
+    Sha256    TEXT    NOT NULL,
+    CreatedAt INTEGER NOT NULL
+);
+
+-- Which order carries which file, per agent. Sealed is the file's id, name,
+-- size and SHA-256 as JSON, a Fernet token under the agent's channel key
+-- (as Orders.Sealed). DeliveredAt is set when the agent reports the whole
+-- file on its disk with the right SHA-256 (frame N).
+CREATE TABLE OrderAttachments (
+    AgentId     INTEGER NOT NULL,
+    OrderId     TEXT    NOT NULL,
+    FileId      TEXT    NOT NULL REFERENCES OrderFiles (FileId),
+    Sealed      TEXT    NOT NULL,
+    DeliveredAt INTEGER,
+    PRIMARY KEY (AgentId, OrderId),
+    UNIQUE (AgentId, FileId)
+);

@@ -421,12 +421,16 @@ pub enum Switch {
                   twice. Only enrolled agents (agent enroll, then join) receive orders.")]
 pub struct OrderArgs {
     /// AGENT_ID then TEXT (`order 6 "text"`), or TEXT alone with --level (`order --level 2 "text"`);
-    /// the text is at most 8 KiB
-    #[arg(value_name = "[AGENT_ID] TEXT", num_args = 1..=2, required = true)]
+    /// the text is at most 8 KiB, and may be left out with --file
+    #[arg(value_name = "[AGENT_ID] TEXT", num_args = 0..=2, required_unless_present = "file")]
     pub words: Vec<String>,
     /// Every enrolled agent at exactly this level
     #[arg(long, value_name = "L", value_parser = clap::value_parser!(u8).range(1..=5))]
     pub level: Option<u8>,
+    /// A file the order carries (a regular file, 1 byte to 1 GiB; a symlink is refused): stored sealed
+    /// once under files/orders, downloaded by each agent with the order
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +444,12 @@ pub struct OrdersArgs {
     /// List the orders this home already holds, without contacting the Boss
     #[arg(long)]
     pub offline: bool,
+    /// Write the file ORDER_ID carries, checked, to --out (no Boss contacted)
+    #[arg(long, value_name = "ORDER_ID", requires = "out")]
+    pub save: Option<String>,
+    /// Where --save writes: a new file (never overwritten), 0600
+    #[arg(long, value_name = "PATH", requires = "save")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -320,6 +320,13 @@ pub fn rewrap(
             progress.batch_done(&report);
         }
     }
+    // The files orders carry (files/orders/), the same way.
+    for file_id in crate::db::order_files::all_ids(conn)? {
+        if crate::boss::order_files::reseal(files.root(), &files.keys(), &file_id).map_err(EpochError::Io)? {
+            report.files += 1;
+            progress.batch_done(&report);
+        }
+    }
     Ok(report)
 }
 

@@ -20,6 +20,7 @@ pub mod home;
 pub mod net;
 pub mod output;
 pub mod progress;
+pub mod received_files;
 pub mod received_orders;
 pub mod registry;
 pub mod resumable;

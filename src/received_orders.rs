@@ -89,7 +89,7 @@ mod tests {
     use super::*;
 
     fn order(id: &str) -> Order {
-        Order { id: id.into(), at: 1, from: 1, text: format!("order {id}") }
+        Order { id: id.into(), at: 1, from: 1, text: format!("order {id}"), file: None }
     }
 
     #[test]

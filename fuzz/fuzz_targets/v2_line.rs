@@ -1,12 +1,12 @@
 //! Protocol v2's line and frame parsers on arbitrary bytes (PROTOCOL.md,
 //! "Version 2"): never panic; an accepted line re-formats to itself, an
 //! accepted frame re-encodes to the same bytes, and the JSON payloads of the
-//! live frames (`J`, `C`, `P`) that parse re-encode to values that parse
+//! live and file frames (`J`, `C`, `P`, `R`, `G`, `N`) that parse re-encode to values that parse
 //! the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spyctl::net::v2::{self, ChatLine, ChatStatus, ChatText, Frame, JoinChat, Order};
+use spyctl::net::v2::{self, ChatLine, ChatStatus, ChatText, FileAsk, FileDone, Frame, JoinChat, Order};
 
 fn round_trips<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(json: &[u8]) {
     if let Ok(value) = serde_json::from_slice::<T>(json) {
@@ -32,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
                 round_trips::<ChatText>(&json);
                 round_trips::<ChatLine>(&json);
             }
-            Frame::Push(json) => round_trips::<Vec<Order>>(&json),
+            Frame::Push(json) | Frame::Orders(json) => round_trips::<Vec<Order>>(&json),
+            Frame::GetFile(json) => round_trips::<FileAsk>(&json),
+            Frame::FileDone(json) => round_trips::<FileDone>(&json),
             _ => {}
         }
     }

@@ -194,8 +194,13 @@ impl FileAssembler {
         }
     }
 
+    /// `files/` itself.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The keys in use now.
-    fn keys(&self) -> Arc<FilesKeys> {
+    pub(crate) fn keys(&self) -> Arc<FilesKeys> {
         Arc::clone(&self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 

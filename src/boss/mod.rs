@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod files;
 pub mod handshake_budget;
 pub mod inbox;
+pub mod order_files;
 pub mod orders;
 pub mod receipt;
 pub mod sealed_file;

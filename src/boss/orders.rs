@@ -66,7 +66,21 @@ impl From<rusqlite::Error> for OrderError {
 /// Queues `text` for agent `target` from director `from`, sealed under
 /// their channel key; returns the new order's id.
 pub fn queue(conn: &Connection, boss: &IdentityKeys, from: i64, target: i64, text: &str) -> Result<String, OrderError> {
-    if text.trim().is_empty() || text.len() > MAX_ORDER_BYTES {
+    queue_with_file(conn, boss, from, target, text, None)
+}
+
+/// [`queue`], with the file the order carries (already stored, its
+/// OrderFiles row in the same transaction): its description is sealed under
+/// the same channel key. With a file, the text may be empty.
+pub fn queue_with_file(
+    conn: &Connection,
+    boss: &IdentityKeys,
+    from: i64,
+    target: i64,
+    text: &str,
+    file: Option<&crate::net::v2::OrderFile>,
+) -> Result<String, OrderError> {
+    if (text.trim().is_empty() && file.is_none()) || text.len() > MAX_ORDER_BYTES {
         return Err(OrderError::BadText);
     }
     let identity = identities::current(conn, target)?.ok_or(OrderError::NotEnrolled(target))?;
@@ -80,6 +94,10 @@ pub fn queue(conn: &Connection, boss: &IdentityKeys, from: i64, target: i64, tex
         sealed: key.seal(text.as_bytes()),
     };
     orders::insert(conn, &stored)?;
+    if let Some(file) = file {
+        let json = serde_json::to_vec(file).expect("a file description always encodes");
+        crate::db::order_files::attach(conn, target, &order_id, &file.id, &key.seal(&json))?;
+    }
     Ok(order_id)
 }
 
@@ -104,11 +122,21 @@ pub fn offer_under(conn: &Connection, key: &crate::crypto::FernetKey, agent_id: 
             key.open(stored.sealed.as_bytes(), None).map_err(|_| OrderError::Undecryptable(stored.order_id.clone()))?;
         let text =
             String::from_utf8(opened.plaintext).map_err(|_| OrderError::Undecryptable(stored.order_id.clone()))?;
-        used += text.len() + stored.order_id.len() + 64;
+        let file = match crate::db::order_files::sealed_for_order(conn, agent_id, &stored.order_id)? {
+            Some(sealed) => {
+                let undecryptable = || OrderError::Undecryptable(stored.order_id.clone());
+                let opened = key.open(sealed.as_bytes(), None).map_err(|_| undecryptable())?;
+                Some(serde_json::from_slice(&opened.plaintext).map_err(|_| undecryptable())?)
+            }
+            None => None,
+        };
+        // A file's description: its 255-byte name (escaped at worst 6
+        // bytes a byte), its id and hash, and the JSON around them.
+        used += text.len() + stored.order_id.len() + 64 + if file.is_some() { 1_800 } else { 0 };
         if used > OFFER_BUDGET && !out.is_empty() {
             break;
         }
-        out.push(Order { id: stored.order_id, at: stored.created_at, from: stored.issued_by, text });
+        out.push(Order { id: stored.order_id, at: stored.created_at, from: stored.issued_by, text, file });
     }
     Ok(out)
 }

@@ -118,13 +118,19 @@ impl Header {
 /// One upload being written or read, with the keys of every live epoch.
 pub struct SealedFile<'k> {
     keys: &'k FilesKeys,
-    agent_id: i64,
-    file_id: String,
+    /// The HKDF info label of this file's key.
+    info: String,
 }
 
 impl<'k> SealedFile<'k> {
     pub fn new(keys: &'k FilesKeys, agent_id: i64, file_id: &str) -> Self {
-        SealedFile { keys, agent_id, file_id: file_id.to_string() }
+        SealedFile { keys, info: format!("spyctl/v1/file/{agent_id}/{file_id}") }
+    }
+
+    /// A file of another kind (an order's file at the Boss, a received one
+    /// at an agent), keyed under its own HKDF `info` label.
+    pub fn labelled(keys: &'k FilesKeys, info: String) -> Self {
+        SealedFile { keys, info }
     }
 
     /// Writes the header (the newest epoch, a fresh random salt) into an
@@ -145,7 +151,7 @@ impl<'k> SealedFile<'k> {
     /// retired (or unknown) epoch opens under no key, like a damaged one.
     fn stream(&self, header: &Header) -> Result<aead_stream::StreamBE32<aes_gcm::Aes256Gcm>, SealedError> {
         let key = self.keys.at(header.epoch).ok_or(SealedError::Corrupt)?;
-        Ok(key.stream(&header.salt, self.agent_id, &self.file_id))
+        Ok(key.stream_labelled(&header.salt, &self.info))
     }
 
     /// The layout after `layout` gained a segment of `plaintext_len` bytes.
@@ -266,6 +272,32 @@ impl<'k> SealedFile<'k> {
             return Err(SealedError::Corrupt);
         }
         Ok(layout.plaintext_len)
+    }
+}
+
+impl SealedFile<'_> {
+    /// Opens segment `index`, which starts at `at` (its length field), in a
+    /// file of `header`: `last` says whether it must be the one sealed last.
+    /// Returns the plaintext and where the next segment starts.
+    pub fn open_segment(
+        &self,
+        file: &File,
+        header: &Header,
+        index: u32,
+        at: u64,
+        last: bool,
+    ) -> Result<(Vec<u8>, u64), SealedError> {
+        let stream = self.stream(header)?;
+        let mut len = [0u8; 4];
+        read_exact_at(file, &mut len, at)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if !(TAG_BYTES..=(1 << 20)).contains(&len) {
+            return Err(SealedError::Corrupt);
+        }
+        let mut buffer = vec![0u8; len];
+        read_exact_at(file, &mut buffer, at + 4)?;
+        stream.decrypt_in_place(index, last, &[], &mut buffer).map_err(|_| SealedError::Corrupt)?;
+        Ok((buffer, at + 4 + len as u64))
     }
 }
 

@@ -182,6 +182,8 @@ pub struct BossService {
     config: BossConfig,
     /// The database, for the dispatcher's own watching connection.
     db_path: std::path::PathBuf,
+    /// `files/`, whose `orders/` holds the files orders carry.
+    files_root: std::path::PathBuf,
 }
 
 impl BossService {
@@ -220,6 +222,7 @@ impl BossService {
             files,
             config,
             db_path: db_path.to_path_buf(),
+            files_root: files_root.to_path_buf(),
         })
     }
 
@@ -672,6 +675,71 @@ impl BossService {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let orders = super::orders::offer_under(&reader, key, identity.agent_id).map_err(|e| internal(&e))?;
         Ok((orders, confirmed))
+    }
+
+    /// `G`: up to `count` chunks of an order's file for the agent whose
+    /// order carries it (PROTOCOL.md, "Files with orders").
+    pub(super) fn order_file_chunks(
+        &self,
+        identity: &identities::StoredIdentity,
+        ask: &crate::net::v2::FileAsk,
+        count: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, Refusal> {
+        let file = self.order_file(identity, &ask.file)?;
+        let chunk = super::order_files::CHUNK as u64;
+        if ask.offset >= file.size || !ask.offset.is_multiple_of(chunk) {
+            let why = format!("G asks from a multiple of {chunk} below the file's size ({})", file.size);
+            return Err((ErrorCode::BadRequest, why));
+        }
+        super::order_files::serve(&self.files_root, &self.files.keys(), &file, ask.offset, count).map_err(|e| {
+            tracing::error!(error = %e, file = %ask.file, "cannot serve an order's file");
+            (ErrorCode::Internal, "the order's file cannot be read; try again later".to_string())
+        })
+    }
+
+    /// `N`: the agent holds the whole file with `done.sha256`; recorded as
+    /// delivered to it if that is the file's hash.
+    pub(super) fn order_file_done(
+        &self,
+        identity: &identities::StoredIdentity,
+        done: &crate::net::v2::FileDone,
+    ) -> Result<(), Refusal> {
+        let file = self.order_file(identity, &done.file)?;
+        if file.sha256 != done.sha256 {
+            return Err((ErrorCode::BadRequest, "that is not the file's SHA-256".into()));
+        }
+        let at = crate::crypto::fernet::unix_now() as i64;
+        let op = WriteOp::OrderFileDelivered { agent_id: identity.agent_id, file_id: file.file_id, at };
+        match self.store.write_all(vec![Write { op, guard: None }]).pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "recording a delivered file failed");
+                Err((ErrorCode::Internal, "try again later".into()))
+            }
+            None => Err((ErrorCode::Internal, "try again later".into())),
+        }
+    }
+
+    /// The order file `file_id`, if one of this (still enrolled) agent's
+    /// orders carries it; any other id is refused alike.
+    fn order_file(
+        &self,
+        identity: &identities::StoredIdentity,
+        file_id: &str,
+    ) -> Result<crate::db::order_files::FileRow, Refusal> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let current = identities::current(&reader, identity.agent_id);
+        if current.as_ref().ok().and_then(|c| c.as_ref()).map(|c| c.row_id) != Some(identity.row_id) {
+            return Err((ErrorCode::Auth, "this identity is no longer enrolled".into()));
+        }
+        match crate::db::order_files::for_agent(&reader, identity.agent_id, file_id) {
+            Ok(Some(file)) => Ok(file),
+            Ok(None) => Err((ErrorCode::Forbidden, "no order of yours carries that file".into())),
+            Err(e) => {
+                tracing::error!(error = %e, "order file lookup failed");
+                Err((ErrorCode::Internal, "try again later".into()))
+            }
+        }
     }
 
     /// The agent's channel key (for its orders and chat lines at rest).

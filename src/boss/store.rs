@@ -55,6 +55,12 @@ pub enum WriteOp {
         ids: Vec<String>,
         at: i64,
     },
+    /// An agent holds an order's whole file with the right SHA-256 (v2 `N`).
+    OrderFileDelivered {
+        agent_id: i64,
+        file_id: String,
+        at: i64,
+    },
 }
 
 /// What a write was authorised on: the registry epoch of the agent cache
@@ -315,6 +321,9 @@ fn commit_batch<'a>(
                 WriteOp::ChatLine(line) => crate::db::chat::insert(&tx, line)?,
                 WriteOp::ChatDelivered { agent_id, to_agent, ids, at } => {
                     crate::db::chat::mark_delivered(&tx, *agent_id, *to_agent, ids, *at)? > 0
+                }
+                WriteOp::OrderFileDelivered { agent_id, file_id, at } => {
+                    crate::db::order_files::mark_delivered(&tx, *agent_id, file_id, *at)?
                 }
             };
             added.push(if new { Written::Added } else { Written::Already });

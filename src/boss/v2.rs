@@ -484,14 +484,37 @@ impl V2Sessions {
                     Err((code, text)) => refuse(&mut session, code, &text),
                 }
             }
-            (Frame::Message(_) | Frame::Fetch | Frame::Stored(_) | Frame::Listen | Frame::Query(_), None) => refuse(
+            (Frame::GetFile(json), Some(identity)) => send_file_chunks(service, &mut session, &identity, &json),
+            (Frame::FileDone(json), Some(identity)) => match serde_json::from_slice::<v2::FileDone>(&json) {
+                Ok(done) => match service.order_file_done(&identity, &done) {
+                    Ok(()) => session.respond(Frame::FileDone(json), Outcome::Accepted),
+                    Err((code, text)) => refuse(&mut session, code, &text),
+                },
+                Err(_) => refuse(&mut session, ErrorCode::BadRequest, "N carries {\"file\":ID,\"sha256\":HEX}"),
+            },
+            (
+                Frame::Message(_)
+                | Frame::Fetch
+                | Frame::Stored(_)
+                | Frame::Listen
+                | Frame::Query(_)
+                | Frame::GetFile(_)
+                | Frame::FileDone(_),
+                None,
+            ) => refuse(
                 &mut session,
                 ErrorCode::Forbidden,
                 "the Boss's own key chats only: messages and orders are for agents' keys",
             ),
-            (Frame::Ack(_) | Frame::Error(..) | Frame::Orders(_) | Frame::Push(_) | Frame::Offset(_), _) => {
-                refuse(&mut session, ErrorCode::BadRequest, "that frame type goes from the Boss to agents")
-            }
+            (
+                Frame::Ack(_)
+                | Frame::Error(..)
+                | Frame::Orders(_)
+                | Frame::Push(_)
+                | Frame::Offset(_)
+                | Frame::FileBytes { .. },
+                _,
+            ) => refuse(&mut session, ErrorCode::BadRequest, "that frame type goes from the Boss to agents"),
         }
     }
 
@@ -881,6 +904,27 @@ fn offer(service: &BossService, session: &mut Session, identity: &StoredIdentity
         Err(refusal) => refusal,
     };
     refuse(session, code, &text)
+}
+
+/// `G`: answers with up to [`HELD_CHUNKS`] `B` frames of an order's file,
+/// each sealed and written in order (PROTOCOL.md, "Files with orders").
+fn send_file_chunks(service: &BossService, session: &mut Session, identity: &StoredIdentity, json: &[u8]) -> Answer {
+    let Ok(ask) = serde_json::from_slice::<v2::FileAsk>(json) else {
+        return refuse(session, ErrorCode::BadRequest, "G carries {\"file\":ID,\"offset\":N}");
+    };
+    let chunks = match service.order_file_chunks(identity, &ask, HELD_CHUNKS) {
+        Ok(chunks) => chunks,
+        Err((code, text)) => return refuse(session, code, &text),
+    };
+    let mut lines = String::new();
+    for (offset, bytes) in chunks {
+        let answer = session.respond(Frame::FileBytes { offset, bytes }, Outcome::Accepted);
+        if answer.outcome != Outcome::Accepted {
+            return answer;
+        }
+        lines.push_str(&answer.line);
+    }
+    Answer { line: lines, outcome: Outcome::Accepted }
 }
 
 /// Seals `frame` as the session's next `F` line.

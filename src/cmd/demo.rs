@@ -217,12 +217,16 @@ pub fn run(outer: &mut Ctx<'_>, request: DemoRequest) -> Result<()> {
         let order = crate::cli::OrderArgs {
             words: vec![field_id.to_string(), "Burn the notebook after reading.".into()],
             level: None,
+            file: None,
         };
         orders::order(ctx, order)?;
         {
             let mut actx =
                 Ctx { home: agent_home.clone(), home_given: true, json: false, quiet: ctx.quiet, out: &mut *ctx.out };
-            orders::fetch(&mut actx, crate::cli::OrdersArgs { addr: addr.to_string(), timeout: 10, offline: false })?;
+            orders::fetch(
+                &mut actx,
+                crate::cli::OrdersArgs { addr: addr.to_string(), timeout: 10, offline: false, save: None, out: None },
+            )?;
         }
 
         step(ctx, 14, "listen: the agent stays connected over v2; the next order is pushed the moment it is queued")?;

@@ -66,7 +66,7 @@ pub fn listen_and_order(ctx: &mut Ctx<'_>, agent_home: &Home, addr: SocketAddr, 
     ready_rx.recv_timeout(TIMEOUT).map_err(|_| failed("listen", "the listener did not start"))?;
     ctx.show(&format!("agent {field_id}: spyctl listen   (connected; waiting)"))?;
     let text = "Meet at the bridge at midnight.";
-    let order = crate::cli::OrderArgs { words: vec![field_id.to_string(), text.into()], level: None };
+    let order = crate::cli::OrderArgs { words: vec![field_id.to_string(), text.into()], level: None, file: None };
     orders::order(ctx, order)?;
     let queued = Instant::now();
     let (got, arrived) =

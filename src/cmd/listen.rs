@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use crate::cli::ListenArgs;
 use crate::error::{Error, Result};
+use crate::net::v2::Order;
 use crate::net::v2_client::{Pushed, V2Client, V2Error};
+use crate::net::v2_download::Downloaded;
 use crate::output::{utc_time, visible};
+use crate::received_files::{self, ReceivedFiles};
 use crate::received_orders;
 
 use super::Ctx;
@@ -22,7 +25,14 @@ pub fn listen(ctx: &mut Ctx<'_>, args: ListenArgs) -> Result<()> {
     let key = me.orders_key();
     let mut known =
         received_orders::load(&path, &key).map_err(|e| Error::caused(format!("cannot read {}", path.display()), e))?;
-    let session = V2Client::connect(&args.addr, Duration::from_secs(args.timeout), &me, &boss, agent_id)?;
+    let store = ReceivedFiles::open(ctx.home.dir(), &me, agent_id)
+        .map_err(|e| Error::caused(format!("cannot open {}", ctx.home.dir().join(received_files::DIR).display()), e))?;
+    let timeout = Duration::from_secs(args.timeout);
+    // Files (of orders already here) an earlier run left unfinished.
+    let mut connect = || V2Client::connect(&args.addr, timeout, &me, &boss, agent_id);
+    let resumed = super::orders::download_files(&store, &known, None, &mut connect)?;
+    show_files(ctx, &known, &resumed)?;
+    let session = V2Client::connect(&args.addr, timeout, &me, &boss, agent_id)?;
     super::send_v2::warn_skew(session.skew);
     let (sender, mut receiver) = session.into_live()?;
     sender.listen()?;
@@ -69,6 +79,11 @@ pub fn listen(ctx: &mut Ctx<'_>, args: ListenArgs) -> Result<()> {
                 }
                 ctx.out.flush().ok();
                 sender.confirm(&offer.into_iter().map(|o| o.id).collect::<Vec<_>>())?;
+                // Their files over a request session of their own, beside
+                // this live one (which only the Boss's pushes use).
+                let fresh: Vec<Order> = known[before..].iter().filter(|o| o.file.is_some()).cloned().collect();
+                let fetched = super::orders::download_files(&store, &fresh, None, &mut connect)?;
+                show_files(ctx, &fresh, &fetched)?;
             }
             Ok(Pushed::Refused { code, text }) => {
                 return Err(Error::failed(format!("the Boss refused ({code}): {text}")));
@@ -83,4 +98,25 @@ pub fn listen(ctx: &mut Ctx<'_>, args: ListenArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// One line per file just downloaded.
+fn show_files(ctx: &mut Ctx<'_>, orders: &[Order], fetched: &[(String, Downloaded)]) -> Result<()> {
+    for (order_id, cost) in fetched {
+        let Some(file) = orders.iter().find(|o| &o.id == order_id).and_then(|o| o.file.as_ref()) else { continue };
+        if ctx.json {
+            ctx.json_line(serde_json::json!({
+                "order": order_id, "file": file.id, "name": file.name, "size": file.size,
+                "state": "complete", "download": cost,
+            }))?;
+        } else {
+            ctx.show(&format!(
+                "order {order_id}: file {} ({} bytes) complete, SHA-256 checked",
+                visible(&file.name),
+                file.size
+            ))?;
+        }
+    }
+    ctx.out.flush().ok();
+    Ok(())
 }

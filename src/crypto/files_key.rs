@@ -45,11 +45,13 @@ impl FilesKey {
         FilesKey(*bytes)
     }
 
-    /// The STREAM for one file, keyed by its salt, agent and file id.
-    pub(crate) fn stream(&self, salt: &[u8], agent_id: i64, file_id: &str) -> StreamBE32<Aes256Gcm> {
+    /// The STREAM for one file, keyed by its salt and an HKDF `info` label
+    /// naming it (`spyctl/v1/file/<AgentId>/<FileId>` for an upload; each
+    /// kind of file has its own, so one can never pass for another).
+    pub(crate) fn stream_labelled(&self, salt: &[u8], info: &str) -> StreamBE32<Aes256Gcm> {
         let mut okm = Zeroizing::new([0u8; 32]);
         Hkdf::<Sha256>::new(Some(salt), &self.0)
-            .expand(format!("spyctl/v1/file/{agent_id}/{file_id}").as_bytes(), okm.as_mut())
+            .expand(info.as_bytes(), okm.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         let key: &aes_gcm::Key<Aes256Gcm> = (&*okm).into();
         StreamBE32::new(key, &Default::default())

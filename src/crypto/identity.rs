@@ -136,12 +136,29 @@ impl IdentityKeys {
     /// `HKDF-SHA256(ikm = X25519 secret, info = "spyctl/v2/orders-at-rest")`,
     /// so the file means nothing without identity.key.
     pub fn orders_key(&self) -> FernetKey {
+        FernetKey::from_bytes(&self.orders_key_bytes())
+    }
+
+    fn orders_key_bytes(&self) -> Zeroizing<[u8; 32]> {
         let secret = self.x25519_secret();
         let mut okm = Zeroizing::new([0u8; 32]);
         hkdf::Hkdf::<sha2::Sha256>::new(None, secret.as_ref())
             .expand(b"spyctl/v2/orders-at-rest", okm.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        FernetKey::from_bytes(&okm)
+        okm
+    }
+
+    /// The key an agent's home seals the files its orders carry under
+    /// (`received/`): `HKDF-SHA256(ikm = the orders key, info =
+    /// "spyctl/v2/received-files-at-rest")`, the files-at-rest key of a
+    /// STREAM per file (`received_files`).
+    pub fn received_files_key(&self) -> super::FilesKey {
+        let orders = self.orders_key_bytes();
+        let mut okm = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<sha2::Sha256>::new(None, orders.as_ref())
+            .expand(b"spyctl/v2/received-files-at-rest", okm.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        super::FilesKey::from_bytes(&okm)
     }
 
     /// A plain Ed25519 (RFC 8032) signature over `message`.

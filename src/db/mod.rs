@@ -11,6 +11,7 @@ pub mod identities;
 pub mod limits;
 pub mod logins;
 pub mod messages;
+pub mod order_files;
 pub mod orders;
 
 use std::fs::OpenOptions;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this build writes; `PRAGMA user_version` holds it.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 /// Length of the random identifier `db init` gives each database.
 pub const DATABASE_ID_BYTES: usize = 16;
 /// The DDL script (`db init`): drop and create every table.
@@ -317,6 +318,13 @@ fn migrate(conn: &Connection, path: &Path) -> DbResult<()> {
         tx.commit()?;
         tracing::info!(path = %path.display(), "database migrated to schema version 9 (chat)");
     }
+    if version < 10 {
+        let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(MIGRATE_V10)?;
+        tx.pragma_update(None, "user_version", 10)?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "database migrated to schema version 10 (files with orders)");
+    }
     Ok(())
 }
 
@@ -355,6 +363,16 @@ const MIGRATE_V9: &str = "
         Sender INTEGER NOT NULL, ToAgent INTEGER NOT NULL, Sealed TEXT NOT NULL, DeliveredAt INTEGER,
         UNIQUE (AgentId, LineId));
     CREATE INDEX IF NOT EXISTS ChatPending ON ChatLines (AgentId, ToAgent, RowId) WHERE DeliveredAt IS NULL;
+";
+
+/// The version-10 step: files that travel with orders (sql/schema.sql,
+/// OrderFiles and OrderAttachments).
+const MIGRATE_V10: &str = "
+    CREATE TABLE IF NOT EXISTS OrderFiles (
+        FileId TEXT PRIMARY KEY, Size INTEGER NOT NULL, Sha256 TEXT NOT NULL, CreatedAt INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS OrderAttachments (
+        AgentId INTEGER NOT NULL, OrderId TEXT NOT NULL, FileId TEXT NOT NULL REFERENCES OrderFiles (FileId),
+        Sealed TEXT NOT NULL, DeliveredAt INTEGER, PRIMARY KEY (AgentId, OrderId), UNIQUE (AgentId, FileId));
 ";
 
 /// Triggers that refuse a row written under a retired key epoch: the last

@@ -12,6 +12,7 @@ pub mod reply;
 pub mod server;
 pub mod v2;
 pub mod v2_client;
+pub mod v2_download;
 pub mod v2_upload;
 
 #[cfg(test)]

@@ -120,6 +120,39 @@ pub struct Order {
     /// The director's AgentId.
     pub from: i64,
     pub text: String,
+    /// The file the order carries (`order --file`), fetched with `G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<OrderFile>,
+}
+
+/// The file an order carries: what the agent downloads and checks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderFile {
+    pub id: String,
+    /// The base name, sanitised by the Boss (no `/`, no control characters).
+    pub name: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the whole file.
+    pub sha256: String,
+}
+
+/// A `G` frame: send the chunks of an order's file from `offset` on (up
+/// to [`FILE_WINDOW`](crate::net::v2_upload::FILE_WINDOW) of them, as `B`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAsk {
+    pub file: String,
+    pub offset: u64,
+}
+
+/// An `N` frame: the agent holds the whole file with this SHA-256; the
+/// Boss answers with the same once it recorded the delivery.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDone {
+    pub file: String,
+    pub sha256: String,
 }
 
 /// Longest chat line, in bytes of text.
@@ -199,6 +232,15 @@ pub enum Frame {
     Join(Vec<u8>),
     /// A chat line: [`ChatText`] towards the Boss, [`ChatLine`] from it.
     Chat(Vec<u8>),
+    /// Ask for an order's file from an offset ([`FileAsk`]).
+    GetFile(Vec<u8>),
+    /// One chunk of an order's file: where it starts, and its bytes.
+    FileBytes {
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// The whole file is on the agent's disk ([`FileDone`]); echoed by the Boss.
+    FileDone(Vec<u8>),
 }
 
 impl Frame {
@@ -217,6 +259,9 @@ impl Frame {
             Frame::Heartbeat => b"H".to_vec(),
             Frame::Join(json) => [b"J".as_slice(), json].concat(),
             Frame::Chat(json) => [b"C".as_slice(), json].concat(),
+            Frame::GetFile(json) => [b"G".as_slice(), json].concat(),
+            Frame::FileBytes { offset, bytes } => [b"B".as_slice(), &offset.to_be_bytes(), bytes].concat(),
+            Frame::FileDone(json) => [b"N".as_slice(), json].concat(),
         }
     }
 
@@ -240,7 +285,14 @@ impl Frame {
             Some((b'H', [])) => Ok(Frame::Heartbeat),
             Some((b'J', rest)) => Ok(Frame::Join(rest.to_vec())),
             Some((b'C', rest)) => Ok(Frame::Chat(rest.to_vec())),
-            _ => Err(bad("a frame starts with M, A, E, O, R, K, Q, U, L, P, H, J or C")),
+            Some((b'G', rest)) => Ok(Frame::GetFile(rest.to_vec())),
+            Some((b'B', rest)) if rest.len() > 8 => {
+                let (offset, bytes) = rest.split_at(8);
+                let offset = u64::from_be_bytes(offset.try_into().expect("8 bytes"));
+                Ok(Frame::FileBytes { offset, bytes: bytes.to_vec() })
+            }
+            Some((b'N', rest)) => Ok(Frame::FileDone(rest.to_vec())),
+            _ => Err(bad("a frame starts with M, A, E, O, R, K, Q, U, L, P, H, J, C, G, B or N")),
         }
     }
 }
@@ -312,6 +364,9 @@ mod tests {
             Frame::Chat(b"{\"text\":\"hi\"}".to_vec()),
             Frame::Query(b"{}\n".to_vec()),
             Frame::Offset(b"{}\n".to_vec()),
+            Frame::GetFile(b"{\"file\":\"f\",\"offset\":0}".to_vec()),
+            Frame::FileBytes { offset: 61_440, bytes: b"chunk".to_vec() },
+            Frame::FileDone(b"{}".to_vec()),
         ] {
             assert_eq!(Frame::decode(&frame.encode()).expect("decodes"), frame);
         }
@@ -322,6 +377,9 @@ mod tests {
             assert!(Frame::decode(&[reserved]).is_err(), "{} is reserved", reserved as char);
         }
         assert!(Frame::decode(b"Ebogus text").is_err());
+        // A chunk frame carries its 8-byte offset and at least one byte.
+        assert!(Frame::decode(b"B").is_err() && Frame::decode(b"B1234567").is_err());
+        assert!(Frame::decode(b"B12345678").is_err(), "a chunk without bytes");
         assert_eq!(skew(1000, 1031), Some(31));
         assert_eq!(skew(1000, 970), None);
     }
@@ -334,6 +392,15 @@ mod tests {
             let again = serde_json::to_vec(&value).expect("re-encodes");
             assert_eq!(serde_json::from_slice::<T>(&again).expect("re-parses"), value);
         }
+    }
+
+    /// The largest `B` frame (a full chunk) fits one Noise message.
+    #[test]
+    fn a_full_order_file_chunk_fits_one_noise_message() {
+        let frame = Frame::FileBytes { offset: u64::MAX, bytes: vec![0u8; FILE_CHUNK_BYTES] }.encode();
+        assert!(frame.len() + crate::crypto::noise::TAG <= crate::crypto::noise::MAX_MESSAGE, "{}", frame.len());
+        assert!(serde_json::from_slice::<FileAsk>(b"{\"file\":\"f\",\"offset\":0,\"x\":1}").is_err());
+        assert!(serde_json::from_slice::<FileAsk>(b"{\"file\":\"f\",\"offset\":-1}").is_err());
     }
 
     #[test]
@@ -370,7 +437,9 @@ mod tests {
                         json_round_trips::<ChatText>(&json);
                         json_round_trips::<ChatLine>(&json);
                     }
-                    Frame::Push(json) => json_round_trips::<Vec<Order>>(&json),
+                    Frame::Push(json) | Frame::Orders(json) => json_round_trips::<Vec<Order>>(&json),
+                    Frame::GetFile(json) => json_round_trips::<FileAsk>(&json),
+                    Frame::FileDone(json) => json_round_trips::<FileDone>(&json),
                     _ => {}
                 }
             }

@@ -237,8 +237,19 @@ impl V2Client {
         }
     }
 
+    /// Seals and writes one frame without waiting (the download side,
+    /// `v2_download`, reads its answers with [`Self::read_frame`]).
+    pub fn write_frame(&mut self, frame: &Frame) -> Result<(), V2Error> {
+        let n = self
+            .transport
+            .write_message(&frame.encode(), &mut self.buf)
+            .map_err(|e| V2Error::Handshake(e.to_string()))?;
+        self.writer.write_all(v2::format_line(LineKind::Transport, &self.buf[..n]).as_bytes())?;
+        Ok(())
+    }
+
     /// Reads and opens the next frame; anything unauthenticated is refused.
-    fn read_frame(&mut self) -> Result<Frame, V2Error> {
+    pub fn read_frame(&mut self) -> Result<Frame, V2Error> {
         let line = read_line(&mut self.reader)?;
         open_frame(&mut self.transport, &line)
     }

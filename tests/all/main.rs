@@ -19,6 +19,7 @@ mod identities;
 mod inbox_scale;
 mod key_rotation;
 mod live;
+mod order_files;
 mod orders;
 mod protocol_doc;
 mod protocol_v2;
