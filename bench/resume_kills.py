@@ -15,7 +15,10 @@ survive): the end of the last chunk it queued for the wire before the
 interruption, minus the offset the upload then resumed from. That is an upper
 bound: a queued chunk may not have left the machine.
 
-Usage: bench/resume_kills.py [--bin target/release/spyctl] [--mib 256] [--kills 20]
+With --protocol v2 the upload runs over the Noise channel (chunks of 61,440
+bytes, up to 8 in flight), and a chunk in the figures is a v2 chunk.
+
+Usage: bench/resume_kills.py [--bin target/release/spyctl] [--mib 256] [--kills 20] [--protocol v1|v2]
 """
 
 import argparse
@@ -31,7 +34,8 @@ import tempfile
 import time
 
 QUEUED = re.compile(r"file chunk queued offset=(\d+) end=(\d+)")
-RESUMED = re.compile(r"(file upload starts|file upload resumed) resumed_from=(\d+)")
+RESUMED = re.compile(r"(file upload starts(?: \(v2\))?|file upload resumed|v2 upload resumed) resumed_from=(\d+)")
+CHUNK = {"v1": 512 * 1024, "v2": 61440}
 
 
 def run(args, **kw):
@@ -44,7 +48,9 @@ def main():
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--protocol", choices=["v1", "v2"], default="v1")
     a = ap.parse_args()
+    chunk = CHUNK[a.protocol]
     rng = random.Random(a.seed)
     binary = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="resume-kills-")
@@ -90,9 +96,9 @@ def main():
     def start_sender():
         log = os.path.join(work, "send-%d.log" % len(logs))
         logs.append(log)
-        env = dict(os.environ, RUST_LOG="spyctl::net::client=debug")
+        env = dict(os.environ, RUST_LOG="spyctl::net::client=debug,spyctl::net::v2_upload=debug")
         return subprocess.Popen([binary, "--home", agent_home, "--json", "send", "--file", path,
-                                 "--addr", boss["addr"]], stdout=subprocess.PIPE,
+                                 "--addr", boss["addr"], "--protocol", a.protocol], stdout=subprocess.PIPE,
                                 stderr=open(log, "w"), env=env, text=True)
 
     # A full uncut upload first, timed: the kills are spread over its length.
@@ -125,7 +131,7 @@ def main():
     t_start = time.monotonic()
     result = None
     step = size / (a.kills + 2)
-    chunk_secs = clean_secs / (size / (512 * 1024))
+    chunk_secs = clean_secs / (size / chunk)
     while result is None:
         if kills["sender"] + kills["boss"] < a.kills:
             # Each kill lands after the upload has grown by a random amount
@@ -177,8 +183,8 @@ def main():
                 if queued_end is not None:
                     resent.append(max(0, queued_end - start))
                 queued_end = start
-    chunk = 512 * 1024
     n = len(resent)
+    print("protocol %s, chunk %d bytes" % (a.protocol, chunk))
     print("kills: %d of the sender, %d of the Boss (%d asked), over %.1f s; %d sender processes" %
           (kills["sender"], kills["boss"], a.kills, elapsed, len(logs)))
     if n:
