@@ -24,7 +24,8 @@ const PATIENCE: Duration = Duration::from_secs(4);
 /// restart the idle timer); `PANIC` panics; with a [`Gate`], `WAIT` first
 /// reports [`Event::Started`], then waits until the test releases it. A batch
 /// with a `LATER` line is answered from another thread 20 ms later (as the
-/// Boss's writer answers after a commit); a batch with a `REDO` line is
+/// Boss's writer answers after a commit), one with a `SLOW` line [`SLOW`]
+/// later (a commit that waits for the disk); a batch with a `REDO` line is
 /// handed back to the connection's thread to answer (as lines the registry
 /// overtook are).
 struct Echo {
@@ -83,15 +84,31 @@ impl LineHandler for Echo {
                 lines: lines.iter().map(|l| l.to_vec()).enumerate().collect(),
             };
             std::thread::spawn(move || reply.redo(redo));
-        } else if lines.iter().any(|line| line.starts_with(b"LATER")) {
+        } else if let Some(delay) = lines.iter().find_map(|line| answer_delay(line)) {
             let answers = self.handle_batch(lines, peer);
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(delay);
                 reply.send(answers);
             });
         } else {
             reply.send(self.handle_batch(lines, peer));
         }
+    }
+}
+
+/// How long a `SLOW` batch waits for its answer: longer than the idle
+/// timeout the tests that use it set.
+const SLOW: Duration = Duration::from_millis(600);
+
+/// How long after it is handled a batch with this line is answered (from
+/// another thread), if it is answered later at all.
+fn answer_delay(line: &[u8]) -> Option<Duration> {
+    if line.starts_with(b"LATER") {
+        Some(Duration::from_millis(20))
+    } else if line.starts_with(b"SLOW") {
+        Some(SLOW)
+    } else {
+        None
     }
 }
 
@@ -322,6 +339,20 @@ fn a_quiet_connection_is_closed_when_idle() {
     let mut client = server.connect();
     assert_eq!(client.line().as_deref(), Some("ERR bad_request idle timeout\n"));
     assert_eq!(client.line(), None);
+    server.stop();
+}
+
+#[test]
+fn a_connection_is_not_closed_idle_while_its_accepted_line_waits_for_the_answer() {
+    // The idle timer runs out while the line is still with the handler (a
+    // slow commit). Its answer stores work, which restarts the timer: the
+    // connection must live on, not be closed idle right after that answer.
+    let idle_timeout = Duration::from_millis(250);
+    assert!(SLOW > idle_timeout);
+    let server = start(Limits { idle_timeout, ..relaxed() }, Echo::new());
+    let mut client = server.connect();
+    assert_eq!(client.ask("SLOW one\n").as_deref(), Some("ECHO SLOW one\n"));
+    assert_eq!(client.ask("two\n").as_deref(), Some("ECHO two\n"));
     server.stop();
 }
 
