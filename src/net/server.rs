@@ -787,9 +787,8 @@ impl Connection<'_> {
         if self.idle_since.elapsed() < self.limits.idle_timeout {
             return Ok(false);
         }
-        if self.outbox.outstanding() {
-            self.settle(handler, true)?;
-        }
+        // Also picks up a batch answered (or handed back) a moment ago.
+        self.settle(handler, true)?;
         Ok(self.idle_since.elapsed() >= self.limits.idle_timeout)
     }
 
