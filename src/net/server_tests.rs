@@ -296,6 +296,23 @@ fn a_connection_closed_for_a_newcomer_still_answers_a_line_that_had_arrived() {
 }
 
 #[test]
+fn a_client_holding_an_answer_sent_from_another_thread_finds_its_connection_accepted() {
+    // The connection thread sleeps in its read (a long poll) when another
+    // thread sends the answer: the connection must be ranked accepted by
+    // then, or a newcomer arriving before the thread wakes takes its slot.
+    let server = start(Limits { max_connections: 1, poll: Duration::from_secs(1), ..relaxed() }, Echo::new());
+    let mut holder = server.connect();
+    assert_eq!(holder.ask("LATER mine\n").as_deref(), Some("ECHO LATER mine\n"));
+    let mut extra = server.connect();
+    let busy = extra.line().expect("an answer");
+    assert!(busy.starts_with("ERR busy "), "{busy}");
+    assert_eq!(extra.line(), None, "closed after busy");
+    assert_eq!(holder.ask("still\n").as_deref(), Some("ECHO still\n"));
+    let stats = server.stop();
+    assert_eq!(stats.evicted.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
 fn one_address_holds_at_most_its_share_and_accepted_connections_keep_theirs() {
     let server = start(Limits { max_per_address: 1, ..relaxed() }, Echo::new());
     let mut holder = server.connect();
