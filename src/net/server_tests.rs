@@ -419,6 +419,32 @@ fn shutdown_finishes_the_line_in_hand_and_lines_already_sent() {
 }
 
 #[test]
+fn shutdown_and_eviction_send_the_answer_of_a_batch_still_in_flight_before_closing() {
+    // Shutdown: the connection is quiet while its line waits for the answer.
+    let server = start(relaxed(), Echo::new());
+    let mut client = server.connect();
+    // Served (not still in the listen backlog when shutdown starts).
+    assert_eq!(client.ask("hi\n").as_deref(), Some("ECHO hi\n"));
+    client.send(b"SLOW stop\n");
+    server.shutdown.shutdown();
+    assert_eq!(client.line().as_deref(), Some("ECHO SLOW stop\n"));
+    assert_eq!(client.line(), None, "then the connection closes");
+    server.stopped();
+    // Eviction: nothing of the first connection is answered yet, so a
+    // newcomer takes its slot; its answer still goes out before the goodbye.
+    let server = start(Limits { max_connections: 1, ..relaxed() }, Echo::new());
+    let mut first = server.connect();
+    first.send(b"SLOW evicted\n");
+    let mut newcomer = server.connect();
+    assert_eq!(newcomer.ask("hello\n").as_deref(), Some("ECHO hello\n"));
+    assert_eq!(first.line().as_deref(), Some("ECHO SLOW evicted\n"));
+    let goodbye = first.line().expect("a goodbye");
+    assert!(goodbye.starts_with("ERR busy "), "{goodbye}");
+    assert_eq!(first.line(), None);
+    server.stop();
+}
+
+#[test]
 fn a_client_that_keeps_sending_cannot_hold_shutdown_open() {
     let (echo, reader_events, events, release) = Echo::gated();
     let server = start(Limits { drain_grace: Duration::from_millis(100), ..relaxed() }, echo);
