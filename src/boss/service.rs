@@ -1078,18 +1078,21 @@ impl LineHandler for BossService {
             return self.v2.handle_batch(self, lines, peer);
         }
         if lines.iter().any(|line| crate::net::v2::is_v2_line(line)) {
-            return lines
-                .iter()
-                .map(|line| {
-                    if crate::net::v2::is_v2_line(line) {
-                        self.v2.handle(self, line, peer)
-                    } else {
-                        self.answer(&[line], peer, STALE_RETRIES)
-                            .pop()
-                            .unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
-                    }
-                })
-                .collect();
+            let mut answers = Vec::with_capacity(lines.len());
+            for line in lines {
+                let answer = if crate::net::v2::is_v2_line(line) {
+                    // A session writes its frames to the socket at once: the
+                    // answers of the lines before this one go out first.
+                    write_ahead(&mut answers, peer);
+                    self.v2.handle(self, line, peer)
+                } else {
+                    self.answer(&[line], peer, STALE_RETRIES)
+                        .pop()
+                        .unwrap_or_else(|| Answer::refused(ErrorCode::Internal, "internal error"))
+                };
+                answers.push(answer);
+            }
+            return answers;
         }
         self.answer(lines, peer, STALE_RETRIES)
     }
@@ -1152,6 +1155,25 @@ impl LineHandler for BossService {
                 reply.redo(Redo { answers, lines: redo });
             }
         });
+    }
+}
+
+/// Writes the answers of a mixed v1/v2 batch so far to the connection's
+/// socket, keeping their outcomes with empty lines: a v2 frame answered next
+/// is written at once by its session ([`Peer::socket`]), and must not
+/// overtake them. Without a socket (in-process callers) there is nothing to
+/// overtake. A failed write leaves them to the connection thread, which then
+/// finds the socket broken too.
+fn write_ahead(answers: &mut [Answer], peer: &Peer) {
+    let Some(socket) = &peer.socket else { return };
+    let pending: String = answers.iter().map(|answer| answer.line.as_str()).collect();
+    if pending.is_empty() {
+        return;
+    }
+    if std::io::Write::write_all(&mut &**socket, pending.as_bytes()).is_ok() {
+        for answer in answers.iter_mut() {
+            answer.line.clear();
+        }
     }
 }
 

@@ -154,6 +154,12 @@ impl Outbox {
             while sent < bytes.len() {
                 let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
                 match rustix::net::send(&*self.stream, &bytes[sent..], flags) {
+                    // A stream socket takes no bytes only when it cannot
+                    // take any more: treat it as gone rather than spin.
+                    Ok(0) => {
+                        state.picked.broken = Some(Broken::Write(io::ErrorKind::WriteZero.into()));
+                        return;
+                    }
                     Ok(n) => sent += n,
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(rustix::io::Errno::AGAIN) => break,

@@ -777,6 +777,21 @@ impl Connection<'_> {
         Ok(())
     }
 
+    /// Whether the idle timer has run out. A batch still with the handler (a
+    /// commit in progress) is answered first, since an answer that stores
+    /// work restarts the timer: a connection must not be closed idle just
+    /// after its client got an ACK. Waiting for it costs no more than the
+    /// thread used to wait for every commit; a batch of repeats or refusals
+    /// restarts nothing, so it cannot keep a connection open.
+    fn idle_expired<H: LineHandler + ?Sized>(&mut self, handler: &H) -> Result<bool, ReadEnd> {
+        if self.idle_since.elapsed() < self.limits.idle_timeout {
+            return Ok(false);
+        }
+        // Also picks up a batch answered (or handed back) a moment ago.
+        self.settle(handler, true)?;
+        Ok(self.idle_since.elapsed() >= self.limits.idle_timeout)
+    }
+
     /// Appends to `buf` what the socket already holds, without waiting, up to
     /// the line cap.
     fn read_queued(&mut self, buf: &mut Vec<u8>) {
@@ -805,7 +820,7 @@ impl Connection<'_> {
         // refused lines, always leaving part of the next one in `buf`, never
         // waits for a line to start, and must not dodge the idle timeout.
         self.settle(handler, false)?;
-        if self.idle_since.elapsed() >= self.limits.idle_timeout {
+        if self.idle_expired(handler)? {
             return Err(ReadEnd::Idle);
         }
         let mut line_started = if buf.is_empty() { None } else { Some(Instant::now()) };
@@ -845,7 +860,10 @@ impl Connection<'_> {
                             return Err(ReadEnd::Stopping);
                         }
                     }
-                    self.limits.idle_timeout.checked_sub(self.idle_since.elapsed()).ok_or(ReadEnd::Idle)?
+                    if self.idle_expired(handler)? {
+                        return Err(ReadEnd::Idle);
+                    }
+                    self.limits.idle_timeout.saturating_sub(self.idle_since.elapsed())
                 }
                 Some(start) => self.limits.line_deadline.checked_sub(start.elapsed()).ok_or(ReadEnd::Deadline)?,
             };

@@ -24,7 +24,8 @@ const PATIENCE: Duration = Duration::from_secs(4);
 /// restart the idle timer); `PANIC` panics; with a [`Gate`], `WAIT` first
 /// reports [`Event::Started`], then waits until the test releases it. A batch
 /// with a `LATER` line is answered from another thread 20 ms later (as the
-/// Boss's writer answers after a commit); a batch with a `REDO` line is
+/// Boss's writer answers after a commit), one with a `SLOW` line [`SLOW`]
+/// later (a commit that waits for the disk); a batch with a `REDO` line is
 /// handed back to the connection's thread to answer (as lines the registry
 /// overtook are).
 struct Echo {
@@ -83,15 +84,31 @@ impl LineHandler for Echo {
                 lines: lines.iter().map(|l| l.to_vec()).enumerate().collect(),
             };
             std::thread::spawn(move || reply.redo(redo));
-        } else if lines.iter().any(|line| line.starts_with(b"LATER")) {
+        } else if let Some(delay) = lines.iter().find_map(|line| answer_delay(line)) {
             let answers = self.handle_batch(lines, peer);
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(delay);
                 reply.send(answers);
             });
         } else {
             reply.send(self.handle_batch(lines, peer));
         }
+    }
+}
+
+/// How long a `SLOW` batch waits for its answer: longer than the idle
+/// timeout the tests that use it set.
+const SLOW: Duration = Duration::from_millis(600);
+
+/// How long after it is handled a batch with this line is answered (from
+/// another thread), if it is answered later at all.
+fn answer_delay(line: &[u8]) -> Option<Duration> {
+    if line.starts_with(b"LATER") {
+        Some(Duration::from_millis(20))
+    } else if line.starts_with(b"SLOW") {
+        Some(SLOW)
+    } else {
+        None
     }
 }
 
@@ -279,6 +296,23 @@ fn a_connection_closed_for_a_newcomer_still_answers_a_line_that_had_arrived() {
 }
 
 #[test]
+fn a_client_holding_an_answer_sent_from_another_thread_finds_its_connection_accepted() {
+    // The connection thread sleeps in its read (a long poll) when another
+    // thread sends the answer: the connection must be ranked accepted by
+    // then, or a newcomer arriving before the thread wakes takes its slot.
+    let server = start(Limits { max_connections: 1, poll: Duration::from_secs(1), ..relaxed() }, Echo::new());
+    let mut holder = server.connect();
+    assert_eq!(holder.ask("LATER mine\n").as_deref(), Some("ECHO LATER mine\n"));
+    let mut extra = server.connect();
+    let busy = extra.line().expect("an answer");
+    assert!(busy.starts_with("ERR busy "), "{busy}");
+    assert_eq!(extra.line(), None, "closed after busy");
+    assert_eq!(holder.ask("still\n").as_deref(), Some("ECHO still\n"));
+    let stats = server.stop();
+    assert_eq!(stats.evicted.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
 fn one_address_holds_at_most_its_share_and_accepted_connections_keep_theirs() {
     let server = start(Limits { max_per_address: 1, ..relaxed() }, Echo::new());
     let mut holder = server.connect();
@@ -326,6 +360,20 @@ fn a_quiet_connection_is_closed_when_idle() {
 }
 
 #[test]
+fn a_connection_is_not_closed_idle_while_its_accepted_line_waits_for_the_answer() {
+    // The idle timer runs out while the line is still with the handler (a
+    // slow commit). Its answer stores work, which restarts the timer: the
+    // connection must live on, not be closed idle right after that answer.
+    let idle_timeout = Duration::from_millis(250);
+    assert!(SLOW > idle_timeout);
+    let server = start(Limits { idle_timeout, ..relaxed() }, Echo::new());
+    let mut client = server.connect();
+    assert_eq!(client.ask("SLOW one\n").as_deref(), Some("ECHO SLOW one\n"));
+    assert_eq!(client.ask("two\n").as_deref(), Some("ECHO two\n"));
+    server.stop();
+}
+
+#[test]
 fn refused_lines_do_not_restart_the_idle_timer() {
     let server = start(Limits { idle_timeout: Duration::from_millis(300), ..relaxed() }, Echo::new());
     let mut client = server.connect();
@@ -368,6 +416,32 @@ fn shutdown_finishes_the_line_in_hand_and_lines_already_sent() {
     assert_eq!(client.line().as_deref(), Some("ECHO after\n"), "a line already sent is drained");
     assert_eq!(client.line(), None, "then the connection closes");
     server.stopped();
+}
+
+#[test]
+fn shutdown_and_eviction_send_the_answer_of_a_batch_still_in_flight_before_closing() {
+    // Shutdown: the connection is quiet while its line waits for the answer.
+    let server = start(relaxed(), Echo::new());
+    let mut client = server.connect();
+    // Served (not still in the listen backlog when shutdown starts).
+    assert_eq!(client.ask("hi\n").as_deref(), Some("ECHO hi\n"));
+    client.send(b"SLOW stop\n");
+    server.shutdown.shutdown();
+    assert_eq!(client.line().as_deref(), Some("ECHO SLOW stop\n"));
+    assert_eq!(client.line(), None, "then the connection closes");
+    server.stopped();
+    // Eviction: nothing of the first connection is answered yet, so a
+    // newcomer takes its slot; its answer still goes out before the goodbye.
+    let server = start(Limits { max_connections: 1, ..relaxed() }, Echo::new());
+    let mut first = server.connect();
+    first.send(b"SLOW evicted\n");
+    let mut newcomer = server.connect();
+    assert_eq!(newcomer.ask("hello\n").as_deref(), Some("ECHO hello\n"));
+    assert_eq!(first.line().as_deref(), Some("ECHO SLOW evicted\n"));
+    let goodbye = first.line().expect("a goodbye");
+    assert!(goodbye.starts_with("ERR busy "), "{goodbye}");
+    assert_eq!(first.line(), None);
+    server.stop();
 }
 
 #[test]

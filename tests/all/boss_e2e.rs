@@ -249,6 +249,33 @@ fn multi_mib_file_arrives_intact() {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn an_ack_waits_for_its_commit_while_another_process_holds_the_write_lock() {
+    // The Boss's writer sends the ACK itself after the group commit; the ACK
+    // for `stored` is sealed before it. Another process (an `agent revoke`,
+    // say) holds the write lock: the commit waits (within the busy timeout),
+    // and so must the ACK.
+    let (home, agent, boss) = setup();
+    let key = agent_key(&home, agent);
+    let id = random_id();
+    let holder = Connection::open(home.db_path()).expect("open spyctl.db");
+    holder.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    let mut conn = RawClient::connect(&boss.addr);
+    conn.send(protocol::format_request(agent, &text_token(&key, &id, "Only once it is on disk")).as_bytes());
+    conn.stream().set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
+    let mut first = [0u8; 1];
+    match conn.stream().peek(&mut first) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        other => panic!("an answer came while the commit could not happen: {other:?}"),
+    }
+    assert_eq!(stored_count(&home, agent, &id), 0);
+    holder.execute_batch("ROLLBACK").expect("release the write lock");
+    conn.stream().set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    let (status, _) = open_ack(&key, &conn.read_reply(), &id);
+    assert_eq!(status, AckStatus::Stored);
+    assert_eq!(stored_count(&home, agent, &id), 1, "ACKed, so committed");
+}
+
+#[test]
 fn resent_and_replayed_messages_are_stored_once() {
     let (home, agent, boss) = setup();
     let key = agent_key(&home, agent);

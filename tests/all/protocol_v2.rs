@@ -436,5 +436,59 @@ fn pipelined_v2_messages_are_answered_in_order_and_a_refused_one_stops_none_of_t
         }
     }
     assert_eq!(messages(&home), before + 5);
+
+/// A one-connection proxy in front of `target` that holds each `MSG` line
+/// the client sends and passes it on together with the next line, in one
+/// write: the Boss then reads both at once and answers them as one batch.
+fn pairing_proxy(target: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let target = target.to_string();
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else { return };
+        let Ok(server) = TcpStream::connect(&target) else { return };
+        let (mut client_w, mut server_r) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut server_r, &mut client_w);
+        });
+        let mut server_w = server;
+        let mut held: Vec<u8> = Vec::new();
+        for line in BufReader::new(client).split(b'\n').map_while(Result::ok) {
+            held.extend_from_slice(&line);
+            held.push(b'\n');
+            if line.starts_with(b"MSG ") {
+                continue;
+            }
+            if server_w.write_all(&std::mem::take(&mut held)).is_err() {
+                break;
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_v1_line_and_a_v2_frame_in_one_batch_are_answered_in_their_order() {
+    let (home, boss) = crate::identities::boss_home();
+    let boss_public = identity_of(&home).public();
+    let stream = TcpStream::connect(pairing_proxy(&boss.addr)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut raw = stream.try_clone().expect("clone");
+    let mut answers = BufReader::new(stream.try_clone().expect("clone"));
+    // The Boss's own key opens a session (the director's, for chat): its
+    // message frame is refused inside the session, which is all the order
+    // needs.
+    let director = identity_of(&home);
+    let mut session = V2Client::over(stream, &director, &boss_public, AGENT).expect("handshake");
+    // A v1 line, then a v2 frame right behind it: one batch at the Boss.
+    raw.write_all(b"MSG 6 not-a-token\n").expect("write");
+    let header = Header { id: spyctl::net::ids::random_id(), kind: Kind::Text };
+    session.write_message(&spyctl::net::protocol::encode_message(&header, b"second")).expect("write");
+    let mut first = String::new();
+    answers.read_line(&mut first).expect("the first answer");
+    assert!(first.starts_with("ERR "), "the v1 line's answer must come first, got {first:?}");
+    let mut second = String::new();
+    answers.read_line(&mut second).expect("the second answer");
+    assert!(second.starts_with("F "), "then the frame's, got {second:?}");
     boss.stop();
 }
