@@ -436,6 +436,8 @@ fn pipelined_v2_messages_are_answered_in_order_and_a_refused_one_stops_none_of_t
         }
     }
     assert_eq!(messages(&home), before + 5);
+    boss.stop();
+}
 
 /// A one-connection proxy in front of `target` that holds each `MSG` line
 /// the client sends and passes it on together with the next line, in one
