@@ -15,7 +15,7 @@
 use aes::Aes128;
 // SIMD base64 (strict: padding and canonical trailing bits required): on a
 // 1 MiB token the scalar encoder cost about as much as the HMAC.
-use base64_simd::{Out, URL_SAFE};
+use base64_simd::URL_SAFE;
 use block_padding::Pkcs7;
 use cbc::cipher::array::Array;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
@@ -177,43 +177,48 @@ impl FernetKey {
     /// benchmarks: real callers use [`FernetKey::seal`].
     pub fn seal_with(&self, plaintext: &[u8], timestamp: u64, iv: [u8; 16]) -> String {
         let whole_blocks = plaintext.len() / BLOCK * BLOCK;
-        let padded_len = whole_blocks + BLOCK;
-        let mut raw = vec![0u8; HEADER_LEN + padded_len + MAC_LEN];
-        raw[0] = VERSION;
-        raw[1..9].copy_from_slice(&timestamp.to_be_bytes());
-        raw[9..HEADER_LEN].copy_from_slice(&iv);
-        let mut text = Base64Stream::new(raw.len());
+        let raw_len = HEADER_LEN + whole_blocks + BLOCK + MAC_LEN;
+        // Filled front to back (never zero-filled first); the text is appended
+        // to, so neither buffer is written twice or checked for UTF-8.
+        let mut raw = Vec::with_capacity(raw_len);
+        raw.push(VERSION);
+        raw.extend_from_slice(&timestamp.to_be_bytes());
+        raw.extend_from_slice(&iv);
+        let mut text = String::with_capacity(URL_SAFE.encoded_length(raw_len));
 
-        // One pass over cache-sized pieces: encrypt a piece (plaintext straight
-        // into the token buffer), MAC it and base64 it while it is still in
-        // cache. The CBC and HMAC states carry across pieces, so this is
-        // exactly the spec's encrypt-then-MAC over the whole token.
+        // One pass over cache-sized pieces: encrypt a piece in place, MAC it
+        // and base64 it while it is still in cache. The CBC and HMAC states
+        // carry across pieces, so this is exactly the spec's encrypt-then-MAC
+        // over the whole token.
         let mut cbc = Aes128CbcEnc::new(&self.encryption.into(), &iv.into());
         let mut mac = self.mac_state();
-        mac.update(&raw[..HEADER_LEN]);
-        let mut done = HEADER_LEN;
+        // How much of `raw` is MACed, and base64-encoded (a multiple of 3).
+        let mut maced = 0;
+        let mut encoded = 0;
         for piece in plaintext[..whole_blocks].chunks(PIECE) {
-            let out = &mut raw[done..done + piece.len()];
-            let (in_blocks, _) = Array::slice_as_chunks(piece);
-            let (out_blocks, _) = Array::slice_as_chunks_mut(out);
-            cbc.encrypt_blocks_b2b(in_blocks, out_blocks).expect("pieces map to equal-length outputs");
-            mac.update(out);
-            done += piece.len();
-            text.feed(&raw, done);
+            let start = raw.len();
+            raw.extend_from_slice(piece);
+            let (blocks, _) = Array::slice_as_chunks_mut(&mut raw[start..]);
+            cbc.encrypt_blocks(blocks);
+            mac.update(&raw[maced..]);
+            maced = raw.len();
+            let ready = (raw.len() - encoded) / 3 * 3;
+            URL_SAFE.encode_append(&raw[encoded..encoded + ready], &mut text);
+            encoded += ready;
         }
         // The final block: the plaintext's tail plus PKCS#7 padding.
         let tail = &plaintext[whole_blocks..];
-        let last = &mut raw[done..done + BLOCK];
-        last[..tail.len()].copy_from_slice(tail);
-        let last_block = cbc
-            .encrypt_padded::<Pkcs7>(last, tail.len())
-            // `last` is exactly one block, room for any tail of 0..=15 bytes.
+        let start = raw.len();
+        raw.extend_from_slice(tail);
+        raw.resize(start + BLOCK, 0);
+        cbc.encrypt_padded::<Pkcs7>(&mut raw[start..], tail.len())
+            // `raw[start..]` is exactly one block, room for any tail of 0..=15 bytes.
             .expect("one block holds the tail and its padding");
-        mac.update(last_block);
-        done += BLOCK;
+        mac.update(&raw[maced..]);
         let tag: [u8; MAC_LEN] = mac.finalize().into_bytes().into();
-        raw[done..].copy_from_slice(&tag);
-        text.finish(&raw)
+        raw.extend_from_slice(&tag);
+        URL_SAFE.encode_append(&raw[encoded..], &mut text);
+        text
     }
 
     /// Opens a token at the current time. `ttl` is the maximum age in seconds.
@@ -259,41 +264,6 @@ impl FernetKey {
     fn mac_state(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
         <HmacSha256 as KeyInit>::new_from_slice(&self.signing).expect("HMAC takes any key length")
-    }
-}
-
-/// Base64 of a buffer that is being filled front to back: whole 3-byte groups
-/// are encoded as soon as they are final, while they are still in cache.
-struct Base64Stream {
-    out: Vec<u8>,
-    /// Input bytes encoded so far (a multiple of 3).
-    consumed: usize,
-    /// Output bytes written so far.
-    written: usize,
-}
-
-impl Base64Stream {
-    fn new(input_len: usize) -> Self {
-        Base64Stream { out: vec![0u8; URL_SAFE.encoded_length(input_len)], consumed: 0, written: 0 }
-    }
-
-    /// Encodes the whole 3-byte groups of `input[..ready]` not encoded yet.
-    fn feed(&mut self, input: &[u8], ready: usize) {
-        let n = (ready - self.consumed) / 3 * 3;
-        if n > 0 {
-            let src = &input[self.consumed..self.consumed + n];
-            let written = URL_SAFE.encode(src, Out::from_slice(&mut self.out[self.written..])).len();
-            self.consumed += n;
-            self.written += written;
-        }
-    }
-
-    /// Encodes the rest of `input` (with padding) and returns the text.
-    fn finish(mut self, input: &[u8]) -> String {
-        let src = &input[self.consumed..];
-        let written = URL_SAFE.encode(src, Out::from_slice(&mut self.out[self.written..])).len();
-        debug_assert_eq!(self.written + written, self.out.len());
-        String::from_utf8(self.out).expect("base64 is ASCII")
     }
 }
 
@@ -359,6 +329,30 @@ mod tests {
         assert!(old.open(rotated.as_bytes(), None).is_err(), "no longer under the old key");
         assert_ne!(rotated, new.rotate(token.as_bytes(), &[&old]).expect("again"), "a fresh IV each time");
         assert_eq!(new.rotate(token.as_bytes(), &[&new]).err(), Some(TokenError::Invalid), "under none of `from`");
+    }
+
+    /// The one-pass seal against the spec's steps done one after the other
+    /// on whole buffers (CBC with padding, HMAC over everything, base64), at
+    /// lengths around the piece size and every base64 alignment.
+    #[test]
+    fn one_pass_seal_equals_the_spec_steps_done_separately() {
+        let iv = [0x5au8; 16];
+        for len in [0, 15, 16, PIECE - 1, PIECE, PIECE + 1, PIECE + 16, 3 * PIECE - 7, 3 * PIECE + 32, 5 * PIECE + 2] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let key_bytes: [u8; 32] = std::array::from_fn(|i| i as u8 * 3);
+            let key = FernetKey::from_bytes(&key_bytes);
+            let mut raw = vec![VERSION];
+            raw.extend_from_slice(&1_234_567u64.to_be_bytes());
+            raw.extend_from_slice(&iv);
+            let encryption: [u8; 16] = key_bytes[16..].try_into().expect("16 bytes");
+            raw.extend(Aes128CbcEnc::new(&encryption.into(), &iv.into()).encrypt_padded_vec::<Pkcs7>(&plaintext));
+            let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&key_bytes[..16]).expect("any key length");
+            mac.update(&raw);
+            raw.extend_from_slice(&mac.finalize().into_bytes());
+            use base64::Engine as _;
+            let expected = base64::engine::general_purpose::URL_SAFE.encode(&raw);
+            assert_eq!(key.seal_with(&plaintext, 1_234_567, iv), expected, "plaintext of {len} bytes");
+        }
     }
 
     #[test]
