@@ -178,46 +178,43 @@ impl FernetKey {
     pub fn seal_with(&self, plaintext: &[u8], timestamp: u64, iv: [u8; 16]) -> String {
         let whole_blocks = plaintext.len() / BLOCK * BLOCK;
         let raw_len = HEADER_LEN + whole_blocks + BLOCK + MAC_LEN;
-        // Filled front to back (never zero-filled first); the text is appended
-        // to, so neither buffer is written twice or checked for UTF-8.
-        let mut raw = Vec::with_capacity(raw_len);
-        raw.push(VERSION);
-        raw.extend_from_slice(&timestamp.to_be_bytes());
-        raw.extend_from_slice(&iv);
         let mut text = String::with_capacity(URL_SAFE.encoded_length(raw_len));
-
-        // One pass over cache-sized pieces: encrypt a piece in place, MAC it
-        // and base64 it while it is still in cache. The CBC and HMAC states
-        // carry across pieces, so this is exactly the spec's encrypt-then-MAC
-        // over the whole token.
-        let mut cbc = Aes128CbcEnc::new(&self.encryption.into(), &iv.into());
+        // The raw token never exists whole: each part of it is made in this
+        // small buffer (after the 0-2 bytes of the last part that base64 could
+        // not take yet), MACed and base64-appended to `text` while it is in
+        // cache. The only large buffer written is the text itself.
+        let mut part = Base64Carry { bytes: vec![0u8; 2 + PIECE], carried: 0 };
+        let header = part.fresh(HEADER_LEN);
+        header[0] = VERSION;
+        header[1..9].copy_from_slice(&timestamp.to_be_bytes());
+        header[9..].copy_from_slice(&iv);
         let mut mac = self.mac_state();
-        // How much of `raw` is MACed, and base64-encoded (a multiple of 3).
-        let mut maced = 0;
-        let mut encoded = 0;
+        mac.update(header);
+        part.encode_whole_groups(&mut text);
+
+        // The CBC and HMAC states carry across pieces, so this is exactly
+        // the spec's encrypt-then-MAC over the whole token.
+        let mut cbc = Aes128CbcEnc::new(&self.encryption.into(), &iv.into());
         for piece in plaintext[..whole_blocks].chunks(PIECE) {
-            let start = raw.len();
-            raw.extend_from_slice(piece);
-            let (blocks, _) = Array::slice_as_chunks_mut(&mut raw[start..]);
-            cbc.encrypt_blocks(blocks);
-            mac.update(&raw[maced..]);
-            maced = raw.len();
-            let ready = (raw.len() - encoded) / 3 * 3;
-            URL_SAFE.encode_append(&raw[encoded..encoded + ready], &mut text);
-            encoded += ready;
+            let out = part.fresh(piece.len());
+            let (in_blocks, _) = Array::slice_as_chunks(piece);
+            let (out_blocks, _) = Array::slice_as_chunks_mut(out);
+            cbc.encrypt_blocks_b2b(in_blocks, out_blocks).expect("pieces map to equal-length outputs");
+            mac.update(out);
+            part.encode_whole_groups(&mut text);
         }
-        // The final block: the plaintext's tail plus PKCS#7 padding.
+        // The final block: the plaintext's tail plus PKCS#7 padding, then the MAC.
         let tail = &plaintext[whole_blocks..];
-        let start = raw.len();
-        raw.extend_from_slice(tail);
-        raw.resize(start + BLOCK, 0);
-        cbc.encrypt_padded::<Pkcs7>(&mut raw[start..], tail.len())
-            // `raw[start..]` is exactly one block, room for any tail of 0..=15 bytes.
+        let last = part.fresh(BLOCK);
+        last[..tail.len()].copy_from_slice(tail);
+        let last = cbc
+            .encrypt_padded::<Pkcs7>(last, tail.len())
+            // `last` is exactly one block, room for any tail of 0..=15 bytes.
             .expect("one block holds the tail and its padding");
-        mac.update(&raw[maced..]);
+        mac.update(last);
         let tag: [u8; MAC_LEN] = mac.finalize().into_bytes().into();
-        raw.extend_from_slice(&tag);
-        URL_SAFE.encode_append(&raw[encoded..], &mut text);
+        part.fresh(MAC_LEN).copy_from_slice(&tag);
+        part.encode_rest(&mut text);
         text
     }
 
@@ -264,6 +261,36 @@ impl FernetKey {
     fn mac_state(&self) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
         <HmacSha256 as KeyInit>::new_from_slice(&self.signing).expect("HMAC takes any key length")
+    }
+}
+
+/// One part of a token being sealed, after the 0-2 bytes of the part before
+/// that did not make a whole 3-byte base64 group.
+struct Base64Carry {
+    bytes: Vec<u8>,
+    /// How many bytes at the front are carried over (then fresh ones follow).
+    carried: usize,
+}
+
+impl Base64Carry {
+    /// Room for `len` fresh bytes right after the carried ones.
+    fn fresh(&mut self, len: usize) -> &mut [u8] {
+        let start = self.carried;
+        self.carried += len;
+        &mut self.bytes[start..start + len]
+    }
+
+    /// Appends the whole 3-byte groups to `text`; carries the rest over.
+    fn encode_whole_groups(&mut self, text: &mut String) {
+        let ready = self.carried / 3 * 3;
+        URL_SAFE.encode_append(&self.bytes[..ready], text);
+        self.bytes.copy_within(ready..self.carried, 0);
+        self.carried -= ready;
+    }
+
+    /// Appends everything, with base64 padding: the token's end.
+    fn encode_rest(self, text: &mut String) {
+        URL_SAFE.encode_append(&self.bytes[..self.carried], text);
     }
 }
 
