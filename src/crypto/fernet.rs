@@ -176,9 +176,25 @@ impl FernetKey {
     /// Encrypts with a given timestamp and IV. Only for test vectors and
     /// benchmarks: real callers use [`FernetKey::seal`].
     pub fn seal_with(&self, plaintext: &[u8], timestamp: u64, iv: [u8; 16]) -> String {
+        let mut text = String::new();
+        self.seal_with_into(plaintext, timestamp, iv, &mut text);
+        text
+    }
+
+    /// [`FernetKey::seal`], appending the token to `text` (a request line
+    /// being built, so a large token is not copied into it afterwards).
+    pub fn seal_into(&self, plaintext: &[u8], text: &mut String) {
+        self.seal_with_into(plaintext, unix_now(), fresh_iv(), text);
+    }
+
+    /// The length of the token (in base64) that seals `plaintext_len` bytes.
+    pub fn token_len(plaintext_len: usize) -> usize {
+        URL_SAFE.encoded_length(HEADER_LEN + plaintext_len / BLOCK * BLOCK + BLOCK + MAC_LEN)
+    }
+
+    fn seal_with_into(&self, plaintext: &[u8], timestamp: u64, iv: [u8; 16], text: &mut String) {
         let whole_blocks = plaintext.len() / BLOCK * BLOCK;
-        let raw_len = HEADER_LEN + whole_blocks + BLOCK + MAC_LEN;
-        let mut text = String::with_capacity(URL_SAFE.encoded_length(raw_len));
+        text.reserve(Self::token_len(plaintext.len()));
         // The raw token never exists whole: each part of it is made in this
         // small buffer (after the 0-2 bytes of the last part that base64 could
         // not take yet), MACed and base64-appended to `text` while it is in
@@ -190,7 +206,7 @@ impl FernetKey {
         header[9..].copy_from_slice(&iv);
         let mut mac = self.mac_state();
         mac.update(header);
-        part.encode_whole_groups(&mut text);
+        part.encode_whole_groups(text);
 
         // The CBC and HMAC states carry across pieces, so this is exactly
         // the spec's encrypt-then-MAC over the whole token.
@@ -201,7 +217,7 @@ impl FernetKey {
             let (out_blocks, _) = Array::slice_as_chunks_mut(out);
             cbc.encrypt_blocks_b2b(in_blocks, out_blocks).expect("pieces map to equal-length outputs");
             mac.update(out);
-            part.encode_whole_groups(&mut text);
+            part.encode_whole_groups(text);
         }
         // The final block: the plaintext's tail plus PKCS#7 padding, then the MAC.
         let tail = &plaintext[whole_blocks..];
@@ -214,8 +230,7 @@ impl FernetKey {
         mac.update(last);
         let tag: [u8; MAC_LEN] = mac.finalize().into_bytes().into();
         part.fresh(MAC_LEN).copy_from_slice(&tag);
-        part.encode_rest(&mut text);
-        text
+        part.encode_rest(text);
     }
 
     /// Opens a token at the current time. `ttl` is the maximum age in seconds.
@@ -378,6 +393,7 @@ mod tests {
             raw.extend_from_slice(&mac.finalize().into_bytes());
             use base64::Engine as _;
             let expected = base64::engine::general_purpose::URL_SAFE.encode(&raw);
+            assert_eq!(expected.len(), FernetKey::token_len(len));
             assert_eq!(key.seal_with(&plaintext, 1_234_567, iv), expected, "plaintext of {len} bytes");
         }
     }
