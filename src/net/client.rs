@@ -610,9 +610,11 @@ impl std::error::Error for FileSendError {
 /// Chunks `send --file` keeps in flight: one. An interruption (either side
 /// killed, the network cut) then loses at most the one chunk not yet
 /// acknowledged, and a resume re-sends at most that chunk (issue 14's bound;
-/// four in flight re-sent up to four). The price is the overlap of sealing,
-/// the network and the Boss's fsync that four had: between nothing and half
-/// again the time for 64 MiB on the loaded 2-core machine (BENCHMARKS.md).
+/// four in flight re-sent up to four). The sender still reads and seals the
+/// next chunk while the Boss handles this one ([`Sender::send_stream`]); what
+/// one on the wire costs is the overlap of the transfer and the Boss's work
+/// with the next chunk (BENCHMARKS.md, "Issue 15: the Fernet seal and the
+/// 64 MiB v1 file").
 pub const FILE_WINDOW: usize = 1;
 
 /// One file to send: where it is, what the Boss records, and the upload it
