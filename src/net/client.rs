@@ -424,6 +424,12 @@ impl<'k> Sender<'k> {
             };
             self.conn = None;
             in_flight.written = 0;
+            // Whatever goes out on the next connection is sealed then, after
+            // the backoff, not before it: a token stays inside the Boss's
+            // freshness window however long the retries take.
+            for item in &mut in_flight.queue {
+                item.sealed_ahead = None;
+            }
             if attempt >= self.config.attempts.max(1) {
                 return Err(SendError::Unreachable {
                     addr: self.config.addr.clone(),
