@@ -15,7 +15,7 @@
 use aes::Aes128;
 // SIMD base64 (strict: padding and canonical trailing bits required): on a
 // 1 MiB token the scalar encoder cost about as much as the HMAC.
-use base64_simd::{Out, URL_SAFE};
+use base64_simd::URL_SAFE;
 use block_padding::Pkcs7;
 use cbc::cipher::array::Array;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
@@ -176,44 +176,61 @@ impl FernetKey {
     /// Encrypts with a given timestamp and IV. Only for test vectors and
     /// benchmarks: real callers use [`FernetKey::seal`].
     pub fn seal_with(&self, plaintext: &[u8], timestamp: u64, iv: [u8; 16]) -> String {
-        let whole_blocks = plaintext.len() / BLOCK * BLOCK;
-        let padded_len = whole_blocks + BLOCK;
-        let mut raw = vec![0u8; HEADER_LEN + padded_len + MAC_LEN];
-        raw[0] = VERSION;
-        raw[1..9].copy_from_slice(&timestamp.to_be_bytes());
-        raw[9..HEADER_LEN].copy_from_slice(&iv);
-        let mut text = Base64Stream::new(raw.len());
+        let mut text = String::new();
+        self.seal_with_into(plaintext, timestamp, iv, &mut text);
+        text
+    }
 
-        // One pass over cache-sized pieces: encrypt a piece (plaintext straight
-        // into the token buffer), MAC it and base64 it while it is still in
-        // cache. The CBC and HMAC states carry across pieces, so this is
-        // exactly the spec's encrypt-then-MAC over the whole token.
-        let mut cbc = Aes128CbcEnc::new(&self.encryption.into(), &iv.into());
+    /// [`FernetKey::seal`], appending the token to `text` (a request line
+    /// being built, so a large token is not copied into it afterwards).
+    pub fn seal_into(&self, plaintext: &[u8], text: &mut String) {
+        self.seal_with_into(plaintext, unix_now(), fresh_iv(), text);
+    }
+
+    /// The length of the token (in base64) that seals `plaintext_len` bytes.
+    pub fn token_len(plaintext_len: usize) -> usize {
+        URL_SAFE.encoded_length(HEADER_LEN + plaintext_len / BLOCK * BLOCK + BLOCK + MAC_LEN)
+    }
+
+    fn seal_with_into(&self, plaintext: &[u8], timestamp: u64, iv: [u8; 16], text: &mut String) {
+        let whole_blocks = plaintext.len() / BLOCK * BLOCK;
+        text.reserve(Self::token_len(plaintext.len()));
+        // The raw token never exists whole: each part of it is made in this
+        // small buffer (after the 0-2 bytes of the last part that base64 could
+        // not take yet), MACed and base64-appended to `text` while it is in
+        // cache. The only large buffer written is the text itself.
+        let mut part = Base64Carry { bytes: vec![0u8; 2 + PIECE], carried: 0 };
+        let header = part.fresh(HEADER_LEN);
+        header[0] = VERSION;
+        header[1..9].copy_from_slice(&timestamp.to_be_bytes());
+        header[9..].copy_from_slice(&iv);
         let mut mac = self.mac_state();
-        mac.update(&raw[..HEADER_LEN]);
-        let mut done = HEADER_LEN;
+        mac.update(header);
+        part.encode_whole_groups(text);
+
+        // The CBC and HMAC states carry across pieces, so this is exactly
+        // the spec's encrypt-then-MAC over the whole token.
+        let mut cbc = Aes128CbcEnc::new(&self.encryption.into(), &iv.into());
         for piece in plaintext[..whole_blocks].chunks(PIECE) {
-            let out = &mut raw[done..done + piece.len()];
+            let out = part.fresh(piece.len());
             let (in_blocks, _) = Array::slice_as_chunks(piece);
             let (out_blocks, _) = Array::slice_as_chunks_mut(out);
             cbc.encrypt_blocks_b2b(in_blocks, out_blocks).expect("pieces map to equal-length outputs");
             mac.update(out);
-            done += piece.len();
-            text.feed(&raw, done);
+            part.encode_whole_groups(text);
         }
-        // The final block: the plaintext's tail plus PKCS#7 padding.
+        // The final block: the plaintext's tail plus PKCS#7 padding, then the MAC.
         let tail = &plaintext[whole_blocks..];
-        let last = &mut raw[done..done + BLOCK];
+        let last = part.fresh(BLOCK);
         last[..tail.len()].copy_from_slice(tail);
-        let last_block = cbc
+        let last = cbc
             .encrypt_padded::<Pkcs7>(last, tail.len())
             // `last` is exactly one block, room for any tail of 0..=15 bytes.
             .expect("one block holds the tail and its padding");
-        mac.update(last_block);
-        done += BLOCK;
+        mac.update(last);
         let tag: [u8; MAC_LEN] = mac.finalize().into_bytes().into();
-        raw[done..].copy_from_slice(&tag);
-        text.finish(&raw)
+        part.fresh(MAC_LEN).copy_from_slice(&tag);
+        part.encode_rest(text);
     }
 
     /// Opens a token at the current time. `ttl` is the maximum age in seconds.
@@ -262,38 +279,33 @@ impl FernetKey {
     }
 }
 
-/// Base64 of a buffer that is being filled front to back: whole 3-byte groups
-/// are encoded as soon as they are final, while they are still in cache.
-struct Base64Stream {
-    out: Vec<u8>,
-    /// Input bytes encoded so far (a multiple of 3).
-    consumed: usize,
-    /// Output bytes written so far.
-    written: usize,
+/// One part of a token being sealed, after the 0-2 bytes of the part before
+/// that did not make a whole 3-byte base64 group.
+struct Base64Carry {
+    bytes: Vec<u8>,
+    /// How many bytes at the front are carried over (then fresh ones follow).
+    carried: usize,
 }
 
-impl Base64Stream {
-    fn new(input_len: usize) -> Self {
-        Base64Stream { out: vec![0u8; URL_SAFE.encoded_length(input_len)], consumed: 0, written: 0 }
+impl Base64Carry {
+    /// Room for `len` fresh bytes right after the carried ones.
+    fn fresh(&mut self, len: usize) -> &mut [u8] {
+        let start = self.carried;
+        self.carried += len;
+        &mut self.bytes[start..start + len]
     }
 
-    /// Encodes the whole 3-byte groups of `input[..ready]` not encoded yet.
-    fn feed(&mut self, input: &[u8], ready: usize) {
-        let n = (ready - self.consumed) / 3 * 3;
-        if n > 0 {
-            let src = &input[self.consumed..self.consumed + n];
-            let written = URL_SAFE.encode(src, Out::from_slice(&mut self.out[self.written..])).len();
-            self.consumed += n;
-            self.written += written;
-        }
+    /// Appends the whole 3-byte groups to `text`; carries the rest over.
+    fn encode_whole_groups(&mut self, text: &mut String) {
+        let ready = self.carried / 3 * 3;
+        URL_SAFE.encode_append(&self.bytes[..ready], text);
+        self.bytes.copy_within(ready..self.carried, 0);
+        self.carried -= ready;
     }
 
-    /// Encodes the rest of `input` (with padding) and returns the text.
-    fn finish(mut self, input: &[u8]) -> String {
-        let src = &input[self.consumed..];
-        let written = URL_SAFE.encode(src, Out::from_slice(&mut self.out[self.written..])).len();
-        debug_assert_eq!(self.written + written, self.out.len());
-        String::from_utf8(self.out).expect("base64 is ASCII")
+    /// Appends everything, with base64 padding: the token's end.
+    fn encode_rest(self, text: &mut String) {
+        URL_SAFE.encode_append(&self.bytes[..self.carried], text);
     }
 }
 
@@ -359,6 +371,31 @@ mod tests {
         assert!(old.open(rotated.as_bytes(), None).is_err(), "no longer under the old key");
         assert_ne!(rotated, new.rotate(token.as_bytes(), &[&old]).expect("again"), "a fresh IV each time");
         assert_eq!(new.rotate(token.as_bytes(), &[&new]).err(), Some(TokenError::Invalid), "under none of `from`");
+    }
+
+    /// The one-pass seal against the spec's steps done one after the other
+    /// on whole buffers (CBC with padding, HMAC over everything, base64), at
+    /// lengths around the piece size and every base64 alignment.
+    #[test]
+    fn one_pass_seal_equals_the_spec_steps_done_separately() {
+        let iv = [0x5au8; 16];
+        for len in [0, 15, 16, PIECE - 1, PIECE, PIECE + 1, PIECE + 16, 3 * PIECE - 7, 3 * PIECE + 32, 5 * PIECE + 2] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let key_bytes: [u8; 32] = std::array::from_fn(|i| i as u8 * 3);
+            let key = FernetKey::from_bytes(&key_bytes);
+            let mut raw = vec![VERSION];
+            raw.extend_from_slice(&1_234_567u64.to_be_bytes());
+            raw.extend_from_slice(&iv);
+            let encryption: [u8; 16] = key_bytes[16..].try_into().expect("16 bytes");
+            raw.extend(Aes128CbcEnc::new(&encryption.into(), &iv.into()).encrypt_padded_vec::<Pkcs7>(&plaintext));
+            let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&key_bytes[..16]).expect("any key length");
+            mac.update(&raw);
+            raw.extend_from_slice(&mac.finalize().into_bytes());
+            use base64::Engine as _;
+            let expected = base64::engine::general_purpose::URL_SAFE.encode(&raw);
+            assert_eq!(expected.len(), FernetKey::token_len(len));
+            assert_eq!(key.seal_with(&plaintext, 1_234_567, iv), expected, "plaintext of {len} bytes");
+        }
     }
 
     #[test]

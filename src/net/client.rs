@@ -172,19 +172,26 @@ impl std::error::Error for AckError {
 struct Outgoing {
     header: Header,
     plaintext: Vec<u8>,
+    /// The request line, sealed ahead while the Boss was busy with the
+    /// messages before it; used by the first write only (a resend seals anew).
+    sealed_ahead: Option<String>,
     body_len: usize,
     /// An enrolled agent's message: its body's SHA-256 (hex), which the
     /// Boss's receipt must name.
     body_sha256: Option<String>,
 }
 
-/// Messages sent and not yet acknowledged, oldest first. The Boss answers in
-/// order, so each reply belongs to the front one.
+/// Messages sent and not yet acknowledged, oldest first, and at most one
+/// more sealed ahead. The Boss answers in order, so each reply belongs to
+/// the front one.
 #[derive(Default)]
 struct InFlight {
     queue: VecDeque<Outgoing>,
     /// How many of `queue` went out on the current connection.
     written: usize,
+    /// How many of `queue` may be on the wire at once (0 counts as 1); any
+    /// further one waits, sealed, for the front one's answer.
+    on_wire: usize,
 }
 
 /// An enrolled agent's signing key and what its statements name: each text
@@ -262,7 +269,11 @@ impl InFlight {
             }
             None => (protocol::encode_message(&header, body), None),
         };
-        self.queue.push_back(Outgoing { header, plaintext, body_len: body.len(), body_sha256 });
+        self.queue.push_back(Outgoing { header, plaintext, sealed_ahead: None, body_len: body.len(), body_sha256 });
+    }
+
+    fn on_wire(&self) -> usize {
+        self.on_wire.max(1)
     }
 }
 
@@ -273,11 +284,17 @@ pub struct Sender<'k> {
     key: &'k FernetKey,
     signer: Option<MessageSigner<'k>>,
     conn: Option<BufReader<TcpStream>>,
+    /// File chunk bytes written to the Boss so far, resends included.
+    chunk_bytes_written: u64,
 }
+
+/// What [`Sender::exchange`] does between writing and reading the reply:
+/// prepare the next message while the Boss works on the written ones.
+type Ahead<'a, 'k> = &'a mut dyn FnMut(&Sender<'k>, &mut InFlight);
 
 impl<'k> Sender<'k> {
     pub fn new(config: ClientConfig, agent_id: i64, key: &'k FernetKey) -> Self {
-        Sender { config, agent_id, key, signer: None, conn: None }
+        Sender { config, agent_id, key, signer: None, conn: None, chunk_bytes_written: 0 }
     }
 
     /// Signs every text message (an enrolled agent's sender).
@@ -290,15 +307,18 @@ impl<'k> Sender<'k> {
     pub fn send(&mut self, header: &Header, body: &[u8]) -> Result<Delivered, SendError> {
         let mut in_flight = InFlight::default();
         in_flight.push(header.clone(), body, self.signer.as_ref());
-        self.next_ack(&mut in_flight).map(|(_, delivered)| delivered)
+        self.next_ack(&mut in_flight, &mut |_, _| {}).map(|(_, delivered)| delivered)
     }
 
     /// Sends a stream of messages with up to `window` in flight on one
     /// connection (the Boss answers in order), so sealing, the network and the
-    /// Boss's fsync overlap. `delivered` is told of each ACK in order, with
-    /// the message's header and body length. Returns the last ACK, or `None`
-    /// if `messages` yielded nothing. On a lost connection or a retryable
-    /// `ERR`, every unacknowledged message is resent, re-sealed, with its id.
+    /// Boss's fsync overlap. While the Boss works on those, the next message
+    /// is read and sealed; it goes on the wire only once the front one is
+    /// answered, so never more than `window` are on the wire. `delivered` is
+    /// told of each ACK in order, with the message's header and body length.
+    /// Returns the last ACK, or `None` if `messages` yielded nothing. On a
+    /// lost connection or a retryable `ERR`, every unacknowledged message is
+    /// resent, re-sealed, with its id.
     pub fn send_stream<E>(
         &mut self,
         window: usize,
@@ -306,10 +326,11 @@ impl<'k> Sender<'k> {
         mut delivered: impl FnMut(&Header, usize, &Delivered),
     ) -> Result<Option<Delivered>, StreamError<E>> {
         let mut messages = messages.into_iter().fuse();
-        let mut in_flight = InFlight::default();
+        let mut in_flight = InFlight { on_wire: window.max(1), ..InFlight::default() };
+        let mut failed_ahead = None;
         let mut last = None;
         loop {
-            while in_flight.queue.len() < window.max(1) {
+            while in_flight.queue.len() < in_flight.on_wire() {
                 let Some(message) = messages.next() else { break };
                 let (header, body) = message.map_err(StreamError::Source)?;
                 in_flight.push(header, &body, self.signer.as_ref());
@@ -317,9 +338,28 @@ impl<'k> Sender<'k> {
             if in_flight.queue.is_empty() {
                 return Ok(last);
             }
-            let (done, ack) = self.next_ack(&mut in_flight).map_err(StreamError::Send)?;
+            let mut ahead = |sender: &Sender<'k>, in_flight: &mut InFlight| {
+                if in_flight.queue.len() > in_flight.on_wire() || failed_ahead.is_some() {
+                    return;
+                }
+                match messages.next() {
+                    Some(Ok((header, body))) => {
+                        in_flight.push(header, &body, sender.signer.as_ref());
+                        if let Some(next) = in_flight.queue.back_mut() {
+                            next.sealed_ahead = Some(sender.request_line(&next.plaintext));
+                        }
+                    }
+                    // Reported once the messages before it are answered.
+                    Some(Err(e)) => failed_ahead = Some(e),
+                    None => {}
+                }
+            };
+            let (done, ack) = self.next_ack(&mut in_flight, &mut ahead).map_err(StreamError::Send)?;
             delivered(&done.header, done.body_len, &ack);
             last = Some(ack);
+            if let Some(e) = failed_ahead.take() {
+                return Err(StreamError::Source(e));
+            }
         }
     }
 
@@ -328,8 +368,8 @@ impl<'k> Sender<'k> {
     /// (lost connection, timeout, retryable `ERR`) starts over on a fresh
     /// connection with everything in flight, after a doubling backoff, up to
     /// the configured attempts.
-    fn next_ack(&mut self, in_flight: &mut InFlight) -> Result<(Outgoing, Delivered), SendError> {
-        let (done, ack, attempts) = self.next_reply(in_flight, Self::verify_ack)?;
+    fn next_ack(&mut self, in_flight: &mut InFlight, ahead: Ahead<'_, 'k>) -> Result<(Outgoing, Delivered), SendError> {
+        let (done, ack, attempts) = self.next_reply(in_flight, ahead, Self::verify_ack)?;
         Ok((done, Delivered { attempts, ..ack }))
     }
 
@@ -342,7 +382,7 @@ impl<'k> Sender<'k> {
         let header = Header { id: random_id(), kind: protocol::Kind::Offset { file_id: file_id.to_string() } };
         // Unsigned whatever the signer: nothing is filed.
         in_flight.push(header, b"", None);
-        let (_, committed, _) = self.next_reply(&mut in_flight, |sender, done, token| {
+        let (_, committed, _) = self.next_reply(&mut in_flight, &mut |_, _| {}, |sender, done, token| {
             let opened = sender.key.open(token, None).map_err(|e| SendError::BadAck(AckError::Token(e)))?;
             let reply = protocol::decode_offset_reply(&opened.plaintext)
                 .map_err(|e| SendError::BadAck(AckError::Malformed(e)))?;
@@ -362,12 +402,13 @@ impl<'k> Sender<'k> {
     fn next_reply<T>(
         &mut self,
         in_flight: &mut InFlight,
+        ahead: Ahead<'_, 'k>,
         verify: impl Fn(&Self, &Outgoing, &[u8]) -> Result<T, SendError>,
     ) -> Result<(Outgoing, T, u32), SendError> {
         let mut attempt = 1u32;
         let mut backoff = self.config.backoff;
         loop {
-            let failure = match self.exchange(in_flight) {
+            let failure = match self.exchange(in_flight, ahead) {
                 Err(e) => AttemptError::Io(e),
                 Ok(reply) => match protocol::parse_reply(&reply) {
                     Ok(Reply::Ack { token }) => {
@@ -383,6 +424,12 @@ impl<'k> Sender<'k> {
             };
             self.conn = None;
             in_flight.written = 0;
+            // Whatever goes out on the next connection is sealed then, after
+            // the backoff, not before it: a token stays inside the Boss's
+            // freshness window however long the retries take.
+            for item in &mut in_flight.queue {
+                item.sealed_ahead = None;
+            }
             if attempt >= self.config.attempts.max(1) {
                 return Err(SendError::Unreachable {
                     addr: self.config.addr.clone(),
@@ -399,15 +446,40 @@ impl<'k> Sender<'k> {
 
     /// One exchange: writes each message in flight this connection has not
     /// carried (sealed now), then reads the next reply line.
-    fn exchange(&mut self, in_flight: &mut InFlight) -> io::Result<Vec<u8>> {
-        for item in in_flight.queue.iter().skip(in_flight.written) {
-            let line = protocol::format_request(self.agent_id, &self.key.seal(&item.plaintext));
+    /// Writes what may go on the wire and is not on it yet, runs `ahead`
+    /// while the Boss works, then reads one reply.
+    fn exchange(&mut self, in_flight: &mut InFlight, ahead: Ahead<'_, 'k>) -> io::Result<Vec<u8>> {
+        let on_wire = in_flight.on_wire();
+        while in_flight.written < in_flight.queue.len().min(on_wire) {
+            let item = &mut in_flight.queue[in_flight.written];
+            let line = item.sealed_ahead.take().unwrap_or_else(|| self.request_line(&item.plaintext));
+            let chunk_bytes = match &item.header.kind {
+                protocol::Kind::FileChunk(chunk) => {
+                    log_chunk_queued(chunk.offset, chunk.offset + item.body_len as u64);
+                    item.body_len
+                }
+                _ => 0,
+            };
             // Behind unanswered requests, bytes waiting on the socket are
             // their replies, so the reuse check applies to the first only.
             self.write_line(line.as_bytes(), in_flight.written == 0)?;
             in_flight.written += 1;
+            self.chunk_bytes_written += chunk_bytes as u64;
         }
+        ahead(self, in_flight);
         self.read_reply()
+    }
+
+    /// The request line carrying `plaintext`, sealed now: what
+    /// [`protocol::format_request`] makes, with the token sealed straight
+    /// into the line (a file chunk's is ~700 KB, not worth a second copy).
+    fn request_line(&self, plaintext: &[u8]) -> String {
+        let prefix = format!("MSG {} ", self.agent_id);
+        let mut line = String::with_capacity(prefix.len() + FernetKey::token_len(plaintext.len()) + 1);
+        line.push_str(&prefix);
+        self.key.seal_into(plaintext, &mut line);
+        line.push('\n');
+        line
     }
 
     fn verify_ack(&self, done: &Outgoing, token: &[u8]) -> Result<Delivered, SendError> {
@@ -544,9 +616,11 @@ impl std::error::Error for FileSendError {
 /// Chunks `send --file` keeps in flight: one. An interruption (either side
 /// killed, the network cut) then loses at most the one chunk not yet
 /// acknowledged, and a resume re-sends at most that chunk (issue 14's bound;
-/// four in flight re-sent up to four). The price is the overlap of sealing,
-/// the network and the Boss's fsync that four had: between nothing and half
-/// again the time for 64 MiB on the loaded 2-core machine (BENCHMARKS.md).
+/// four in flight re-sent up to four). The sender still reads and seals the
+/// next chunk while the Boss handles this one ([`Sender::send_stream`]); what
+/// one on the wire costs is the overlap of the transfer and the Boss's work
+/// with the next chunk (BENCHMARKS.md, "Issue 15: the Fernet seal and the
+/// 64 MiB v1 file").
 pub const FILE_WINDOW: usize = 1;
 
 /// One file to send: where it is, what the Boss records, and the upload it
@@ -693,6 +767,13 @@ pub fn already_received(size: u64, sha256: &str) -> Delivered {
     }
 }
 
+/// Logs a file chunk about to be written to the Boss (v1 or v2), at debug
+/// under this module's target: the bench and the tests read these lines
+/// (after a kill -9 too) as an upper bound of what reached the wire.
+pub(crate) fn log_chunk_queued(offset: u64, end: u64) {
+    tracing::debug!(offset, end, "file chunk queued");
+}
+
 /// Reads an upload's chunks from an offset on, as messages: each its own
 /// id, at most `chunk_bytes` of the file, the last naming the whole file's
 /// SHA-256. Shared by v1 (chunks of [`protocol::CHUNK_BYTES`]) and v2 (of
@@ -729,10 +810,6 @@ impl<'u> ChunkReader<'u> {
         self.read_to += want as u64;
         self.done = self.read_to == size;
         let sha256 = self.done.then(|| self.upload.sha256.clone());
-        // Queued here and written at once: the bench and the tests read
-        // these lines (after a kill -9 too) as an upper bound of what
-        // reached the wire.
-        tracing::debug!(offset, end = self.read_to, "file chunk queued");
         let header = Header {
             id: random_id(),
             kind: protocol::Kind::FileChunk(protocol::FileChunk {
@@ -757,23 +834,19 @@ fn stream_chunks(
     mut held: impl FnMut(u64),
 ) -> Result<Delivered, FileSendError> {
     let mut reader = ChunkReader::open(upload, from, protocol::CHUNK_BYTES).map_err(FileSendError::Read)?;
-    let chunks = std::iter::from_fn(|| {
-        let next = reader.next_chunk();
-        if let Ok(Some((_, body))) = &next {
-            *bytes_sent += body.len() as u64;
+    let chunks = std::iter::from_fn(|| reader.next_chunk().transpose());
+    let written_before = sender.chunk_bytes_written;
+    let result = sender.send_stream(window, chunks, |header, len, _| {
+        if let protocol::Kind::FileChunk(chunk) = &header.kind {
+            held(chunk.offset + len as u64);
         }
-        next.transpose()
     });
-    let last = sender
-        .send_stream(window, chunks, |header, len, _| {
-            if let protocol::Kind::FileChunk(chunk) = &header.kind {
-                held(chunk.offset + len as u64);
-            }
-        })
-        .map_err(|e| match e {
-            StreamError::Source(e) => FileSendError::Read(e),
-            StreamError::Send(e) => FileSendError::Send(e),
-        })?;
+    // Counted as written, not as read: a chunk read ahead and never sent is not.
+    *bytes_sent += sender.chunk_bytes_written - written_before;
+    let last = result.map_err(|e| match e {
+        StreamError::Source(e) => FileSendError::Read(e),
+        StreamError::Send(e) => FileSendError::Send(e),
+    })?;
     last.ok_or_else(|| FileSendError::Read(io::Error::other("nothing was sent")))
 }
 
@@ -781,6 +854,18 @@ fn stream_chunks(
 mod tests {
     use super::*;
     use crate::crypto::fernet::unix_now;
+
+    #[test]
+    fn a_request_line_is_the_protocol_line_around_a_token_that_opens() {
+        let key = FernetKey::from_bytes(&[3; 32]);
+        let sender = Sender::new(ClientConfig::default(), 42, &key);
+        let plaintext = vec![7u8; 100_000];
+        let line = sender.request_line(&plaintext);
+        let request = protocol::parse_request(line.as_bytes()).expect("a request line");
+        assert_eq!(request.agent_id, 42);
+        assert_eq!(line, protocol::format_request(42, std::str::from_utf8(request.token).expect("ASCII")));
+        assert_eq!(key.open(request.token, None).expect("opens").plaintext, plaintext);
+    }
 
     /// PROTOCOL.md and SECURITY.md say so: the ACK's age is not limited (the
     /// echoed id is what ties it to this message), its future skew is.

@@ -114,7 +114,10 @@ fn trim_eol(line: &[u8]) -> &[u8] {
 }
 
 fn is_printable_ascii(bytes: &[u8]) -> bool {
-    bytes.iter().all(|b| (0x20..0x7f).contains(b))
+    // Folded per 256 bytes without a per-byte early exit, so the compiler
+    // vectorizes it: a file chunk's line is ~700 KB, and the per-byte
+    // `all` cost the Boss ~8% of its CPU on a 64 MiB upload (perf).
+    bytes.chunks(256).all(|piece| piece.iter().fold(0u8, |bad, b| bad | u8::from(!(0x20..0x7f).contains(b))) == 0)
 }
 
 /// Parses a positive decimal agent id without sign or leading zeros.
@@ -535,6 +538,20 @@ pub fn decode_ack(plaintext: &[u8]) -> Result<(AckHeader, String), ProtocolError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_line_with_one_unprintable_byte_anywhere_is_refused() {
+        let mut line = b"MSG 1 ".to_vec();
+        line.resize(700_001, b'A');
+        assert!(parse_request(&line).is_ok());
+        for at in [6, 255, 256, 257, 4096, 699_999, 700_000] {
+            for bad in [0x00, 0x1f, 0x7f, 0x80, 0xff] {
+                let mut line = line.clone();
+                line[at] = bad;
+                assert!(parse_request(&line).is_err(), "byte {bad:#x} at {at}");
+            }
+        }
+    }
 
     #[test]
     fn request_round_trip() {

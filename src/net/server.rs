@@ -583,6 +583,21 @@ fn listen(addr: impl ToSocketAddrs, max_connections: usize) -> io::Result<TcpLis
     })
 }
 
+/// Where the first `\n` in `bytes` is. Whole 64-byte pieces are tested
+/// without a per-byte early exit, so the compiler vectorizes the search: a
+/// file chunk's line is ~700 KB, and the per-byte search cost the Boss ~8%
+/// of its CPU on a 64 MiB upload (perf).
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    for piece in bytes.chunks(64) {
+        if piece.iter().fold(false, |seen, b| seen | (*b == b'\n')) {
+            return piece.iter().position(|b| *b == b'\n').map(|at| start + at);
+        }
+        start += piece.len();
+    }
+    None
+}
+
 const BUSY_TEXT: &str = "too many connections; try again shortly";
 
 fn refuse_busy(mut stream: TcpStream) {
@@ -825,7 +840,7 @@ impl Connection<'_> {
         }
         let mut line_started = if buf.is_empty() { None } else { Some(Instant::now()) };
         loop {
-            if let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+            if let Some(pos) = find_newline(&buf[scanned..]) {
                 return Ok(scanned + pos + 1);
             }
             // Answers sent by the writer meanwhile: account for them (they
@@ -900,6 +915,30 @@ impl Connection<'_> {
             buf.truncate(old + n);
             if n > 0 && line_started.is_none() {
                 line_started = Some(Instant::now());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_newline;
+
+    #[test]
+    fn the_first_newline_is_found_at_any_position() {
+        assert_eq!(find_newline(b""), None);
+        for len in [1, 63, 64, 65, 200, 4096] {
+            let mut bytes = vec![b'x'; len];
+            assert_eq!(find_newline(&bytes), None, "none in {len} bytes");
+            for at in [0, len / 2, len - 1] {
+                bytes[at] = b'\n';
+                assert_eq!(find_newline(&bytes), Some(at), "at {at} of {len}");
+                if at + 1 < len {
+                    bytes[len - 1] = b'\n';
+                    assert_eq!(find_newline(&bytes), Some(at), "the first of two, at {at} of {len}");
+                    bytes[len - 1] = b'x';
+                }
+                bytes[at] = b'x';
             }
         }
     }

@@ -115,11 +115,12 @@ impl<'k> V2Uploader<'k> {
             while in_flight.len() < FILE_WINDOW {
                 let Some((header, body)) = reader.next_chunk().map_err(FileSendError::Read)? else { break };
                 *bytes_sent += body.len() as u64;
-                self.write_chunk(&header, &body)?;
                 let end = match &header.kind {
                     protocol::Kind::FileChunk(chunk) => chunk.offset + body.len() as u64,
                     _ => 0,
                 };
+                super::client::log_chunk_queued(end - body.len() as u64, end);
+                self.write_chunk(&header, &body)?;
                 in_flight.push_back(InFlight { id: header.id, body_sha256: hex::encode(Sha256::digest(&body)), end });
             }
             let Some(sent) = in_flight.pop_front() else { break };
