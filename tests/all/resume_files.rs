@@ -74,6 +74,20 @@ pub(crate) fn wait_for_partial(boss_home: &TestHome, sender: &mut Child, before:
     false
 }
 
+/// Waits until the Boss's partial uploads have not grown for 300 ms (at
+/// most 10 s): whatever was in flight when a sender died has landed.
+pub(crate) fn wait_until_settled(boss_home: &TestHome) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut since) = (partial_bytes(boss_home), Instant::now());
+    while Instant::now() < deadline && since.elapsed() < Duration::from_millis(300) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = partial_bytes(boss_home);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
 /// The end of the last chunk the killed sender queued (each is written to
 /// the socket right after): an upper bound of what it put on the wire.
 pub(crate) fn last_queued_end(log: &Path) -> u64 {
@@ -331,6 +345,10 @@ fn the_offset_query_over_v2_reports_the_same_and_refuses_a_bad_query_authenticat
     let mut sender = spawn_send(&agent, &file, &paused, &agent.path().join("send-1.log"));
     assert!(wait_for_partial(&home, &mut sender, before, 2 << 20), "the upload ended before the kill");
     kill9(&mut sender);
+    // A chunk already on its way (in the proxy or the Boss's socket) may
+    // still land after the kill: compare the answers once the partial has
+    // stopped growing.
+    wait_until_settled(&home);
     let keys = |home: &TestHome| {
         IdentityKeys::from_file_text(&std::fs::read_to_string(home.path().join("identity.key")).expect("identity.key"))
             .expect("identity")
