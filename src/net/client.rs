@@ -312,9 +312,13 @@ impl<'k> Sender<'k> {
 
     /// Sends a stream of messages with up to `window` in flight on one
     /// connection (the Boss answers in order), so sealing, the network and the
-    /// Boss's fsync overlap. While the Boss works on those, the next message
-    /// is read and sealed; it goes on the wire only once the front one is
-    /// answered, so never more than `window` are on the wire. `delivered` is
+    /// Boss's fsync overlap. With `prepare_next` (file chunks: large, so
+    /// sealing one takes about as long as the Boss's work on another), the
+    /// next message is read and sealed while the Boss works on those; it goes
+    /// on the wire only once the front one is answered, so never more than
+    /// `window` are on the wire. Without it (small messages, `boss bench`),
+    /// a message is taken from `messages` only when it can go on the wire,
+    /// so a caller timing from that moment measures the round trip alone. `delivered` is
     /// told of each ACK in order, with the message's header and body length.
     /// Returns the last ACK, or `None` if `messages` yielded nothing. On a
     /// lost connection or a retryable `ERR`, every unacknowledged message is
@@ -322,6 +326,7 @@ impl<'k> Sender<'k> {
     pub fn send_stream<E>(
         &mut self,
         window: usize,
+        prepare_next: bool,
         messages: impl IntoIterator<Item = Result<(Header, Vec<u8>), E>>,
         mut delivered: impl FnMut(&Header, usize, &Delivered),
     ) -> Result<Option<Delivered>, StreamError<E>> {
@@ -339,7 +344,7 @@ impl<'k> Sender<'k> {
                 return Ok(last);
             }
             let mut ahead = |sender: &Sender<'k>, in_flight: &mut InFlight| {
-                if in_flight.queue.len() > in_flight.on_wire() || failed_ahead.is_some() {
+                if !prepare_next || in_flight.queue.len() > in_flight.on_wire() || failed_ahead.is_some() {
                     return;
                 }
                 match messages.next() {
@@ -836,7 +841,7 @@ fn stream_chunks(
     let mut reader = ChunkReader::open(upload, from, protocol::CHUNK_BYTES).map_err(FileSendError::Read)?;
     let chunks = std::iter::from_fn(|| reader.next_chunk().transpose());
     let written_before = sender.chunk_bytes_written;
-    let result = sender.send_stream(window, chunks, |header, len, _| {
+    let result = sender.send_stream(window, true, chunks, |header, len, _| {
         if let protocol::Kind::FileChunk(chunk) = &header.kind {
             held(chunk.offset + len as u64);
         }

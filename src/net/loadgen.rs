@@ -227,7 +227,7 @@ fn send_pipelined(mut sender: Sender<'_>, window: usize, count: u64, body: &[u8]
         Ok::<_, std::convert::Infallible>((Header { id: random_id(), kind: Kind::Text }, body.to_vec()))
     });
     let mut acked: Vec<(Instant, AckStatus)> = Vec::with_capacity(count.min(1_000_000) as usize);
-    let result = sender.send_stream(window, messages, |_, _, delivered| {
+    let result = sender.send_stream(window, false, messages, |_, _, delivered| {
         acked.push((Instant::now(), delivered.status));
         on_ack();
     });
