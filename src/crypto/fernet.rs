@@ -199,7 +199,11 @@ impl FernetKey {
         // small buffer (after the 0-2 bytes of the last part that base64 could
         // not take yet), MACed and base64-appended to `text` while it is in
         // cache. The only large buffer written is the text itself.
-        let mut part = Base64Carry { bytes: vec![0u8; 2 + PIECE], carried: 0 };
+        // Sized for the largest part this token has (a piece, the header, or
+        // the last block with the MAC), so a short token (an ACK, a 64-byte
+        // message) does not allocate and zero a whole 16 KiB piece.
+        let largest_part = PIECE.min(whole_blocks).max(HEADER_LEN).max(BLOCK + MAC_LEN);
+        let mut part = Base64Carry { bytes: vec![0u8; 2 + largest_part], carried: 0 };
         let header = part.fresh(HEADER_LEN);
         header[0] = VERSION;
         header[1..9].copy_from_slice(&timestamp.to_be_bytes());
