@@ -11,11 +11,12 @@ boss_home() {
 
 # serve_boss DIR BIN [FLAGS...]: starts `boss serve` as a background job of
 # the calling shell (so its `jobs -p` and EXIT trap see it) on 127.0.0.1:0;
-# sets BOSS_ADDR once it listens and BOSS_PID (fails after 10 s).
+# sets BOSS_ADDR once it listens and BOSS_PID (fails after 10 s). Its log
+# (stderr) goes to $SERVE_LOG if set, else nowhere.
 serve_boss() {
     local home=$1 bin=$2
     shift 2
-    "$bin" --home "$home" boss serve --bind 127.0.0.1:0 "$@" >"$home/serve.out" 2>/dev/null &
+    "$bin" --home "$home" boss serve --bind 127.0.0.1:0 "$@" >"$home/serve.out" 2>"${SERVE_LOG:-/dev/null}" &
     BOSS_PID=$!
     BOSS_ADDR=""
     for _ in $(seq 100); do

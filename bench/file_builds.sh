@@ -14,23 +14,16 @@ WORK=$(mktemp -d)
 declare -a ADDR PIDS
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 head -c $((64 * 1024 * 1024)) /dev/urandom >"$WORK/file.bin"
+. "$(dirname "$0")/common.sh"
 i=0
 for bin in "$@"; do
     home=$WORK/boss$i
-    mkdir -m 700 "$home" "$WORK/sender$i"
-    SPYCTL_HOME=$home "$bin" -q db init >/dev/null
-    printf 'mission-accepted-96\n' | SPYCTL_HOME=$home "$bin" -q login --name "Ethan Hunt" --password-stdin
-    SPYCTL_HOME=$home "$bin" -q agent key export 1 --out "$home/k"
-    SPYCTL_HOME=$home "$bin" boss serve --bind 127.0.0.1:0 >"$home/serve.out" 2>/dev/null &
-    PIDS[i]=$!
-    addr=""
-    for _ in $(seq 100); do
-        addr=$(sed -n 's/^Boss listening on \([^ ]*\).*/\1/p' "$home/serve.out")
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "the Boss of $bin did not start" >&2; exit 1; }
-    ADDR[i]=$addr
+    mkdir -m 700 "$WORK/sender$i"
+    boss_home "$home" "$bin"
+    "$bin" --home "$home" -q agent key export 1 --out "$home/k"
+    serve_boss "$home" "$bin"
+    PIDS[i]=$BOSS_PID
+    ADDR[i]=$BOSS_ADDR
     i=$((i + 1))
 done
 boss_cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # clock ticks

@@ -11,15 +11,8 @@ SPECS=${SPECS:-"1:16 8:16 8:1"}
 for BIN in "$@"; do
     W=$(mktemp -d)
     boss_home "$W/boss" "$BIN"
-    RUST_LOG=spyctl::boss::store=debug "$BIN" --home "$W/boss" boss serve --bind 127.0.0.1:0 \
-        >"$W/boss/serve.out" 2>"$W/boss/log" &
-    PID=$!
-    ADDR=""
-    for _ in $(seq 100); do
-        ADDR=$(sed -n 's/^Boss listening on \([^ ]*\).*/\1/p' "$W/boss/serve.out")
-        [ -n "$ADDR" ] && break
-        sleep 0.1
-    done
+    RUST_LOG=spyctl::boss::store=debug SERVE_LOG=$W/boss/log serve_boss "$W/boss" "$BIN"
+    PID=$BOSS_PID ADDR=$BOSS_ADDR
     join_agent "$W/boss" "$W/agent" "$ADDR" "$BIN"
     for spec in $SPECS; do
         IFS=: read -r conns pipe <<<"$spec"
