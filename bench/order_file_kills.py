@@ -37,9 +37,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from killbench import boss_and_agent, run
 
 CHUNK = 61440
 # "F " + base64 of (type byte + 8-byte offset + 61,440 bytes + 16-byte tag) + "\n".
@@ -47,9 +48,6 @@ FULL_LINE = 2 + (1 + 8 + CHUNK + 16 + 2) // 3 * 4 + 1
 HEADER = 25
 SEGMENT = 4 + CHUNK + 16
 
-
-def run(args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
 
 
 def held(part):
@@ -150,35 +148,10 @@ def main():
     a = ap.parse_args()
     rng = random.Random(a.seed)
     binary = os.path.abspath(a.bin)
-    work = tempfile.mkdtemp(prefix="order-file-kills-")
-    boss_home, agent_home = os.path.join(work, "boss"), os.path.join(work, "agent")
-    os.mkdir(boss_home, 0o700)
-    os.mkdir(agent_home, 0o700)
-    print("uptime before:", run(["uptime"]).strip())
+    work, boss, agent_home = boss_and_agent(binary, "order-file-kills-")
+    boss_home = os.path.join(work, "boss")
     sp = [binary, "--home", boss_home]
     ap_ = [binary, "--home", agent_home]
-    run(sp + ["-q", "db", "init"])
-    run(sp + ["-q", "login", "--name", "Ethan Hunt", "--password-stdin"], input="mission-accepted-96\n")
-
-    boss = {"proc": None, "addr": "127.0.0.1:0"}
-
-    def start_boss():
-        out_path = os.path.join(work, "serve.out")
-        out = open(out_path, "w")
-        proc = subprocess.Popen(sp + ["boss", "serve", "--bind", boss["addr"]], stdout=out,
-                                stderr=subprocess.DEVNULL)
-        for _ in range(400):
-            m = re.search(r"listening on (127\.0\.0\.1:\d+)", open(out_path).read())
-            if m:
-                boss["addr"] = m.group(1)
-                boss["proc"] = proc
-                return
-            time.sleep(0.05)
-        sys.exit("the Boss did not start")
-
-    start_boss()
-    code = json.loads(run(sp + ["--json", "agent", "enroll", "6"]))["code"]
-    run(ap_ + ["-q", "join", code, "--addr", boss["addr"]])
 
     # A whole number of chunks (256 MiB less 4,096 bytes, say), so every
     # chunk line on the wire is a full one the proxy recognises by length.
@@ -194,7 +167,7 @@ def main():
             left -= len(block)
     local_sha = sha.hexdigest()
 
-    host, port = boss["addr"].split(":")
+    host, port = boss.addr.split(":")
     proxy = Proxy((host, int(port)), "")
 
     def order():
@@ -227,7 +200,7 @@ def main():
     # The same, straight to the Boss (no proxy): spyctl's own speed.
     order()
     t0 = time.monotonic()
-    run(ap_ + ["-q", "orders", "--addr", boss["addr"]])
+    run(ap_ + ["-q", "orders", "--addr", boss.addr])
     direct_secs = time.monotonic() - t0
     print("uninterrupted download straight to the Boss: %.2f s (%.0f MiB/s)" %
           (direct_secs, size / direct_secs / (1 << 20)))
@@ -258,10 +231,10 @@ def main():
                 agent = start_orders()
                 agent_runs += 1
             else:
-                boss["proc"].send_signal(signal.SIGKILL)
-                boss["proc"].wait()
+                boss.proc.send_signal(signal.SIGKILL)
+                boss.proc.wait()
                 kills["boss"] += 1
-                start_boss()
+                boss.start()
         else:
             agent.communicate()
             if agent.returncode == 0:
@@ -294,8 +267,8 @@ def main():
     run(ap_ + ["orders", "--save", order_id, "--out", out_path])
     got = hashlib.sha256(open(out_path, "rb").read()).hexdigest()
     print("saved SHA-256 %s source %s: %s" % (got[:16], local_sha[:16], "MATCH" if got == local_sha else "MISMATCH"))
-    boss["proc"].send_signal(signal.SIGTERM)
-    boss["proc"].wait()
+    boss.proc.send_signal(signal.SIGTERM)
+    boss.proc.wait()
     print("uptime after:", run(["uptime"]).strip())
     subprocess.run(["rm", "-rf", work])
     if got != local_sha:

@@ -30,16 +30,14 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+
+from killbench import boss_and_agent, run
 
 QUEUED = re.compile(r"file chunk queued offset=(\d+) end=(\d+)")
 RESUMED = re.compile(r"(file upload starts(?: \(v2\))?|file upload resumed|v2 upload resumed) resumed_from=(\d+)")
 CHUNK = {"v1": 512 * 1024, "v2": 61440}
 
-
-def run(args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout
 
 
 def main():
@@ -53,33 +51,9 @@ def main():
     chunk = CHUNK[a.protocol]
     rng = random.Random(a.seed)
     binary = os.path.abspath(a.bin)
-    work = tempfile.mkdtemp(prefix="resume-kills-")
-    boss_home, agent_home = os.path.join(work, "boss"), os.path.join(work, "agent")
-    os.mkdir(boss_home, 0o700)
-    os.mkdir(agent_home, 0o700)
-    print("uptime before:", run(["uptime"]).strip())
+    work, boss, agent_home = boss_and_agent(binary, "resume-kills-")
+    boss_home = os.path.join(work, "boss")
     sp = [binary, "--home", boss_home]
-    run(sp + ["-q", "db", "init"])
-    run(sp + ["-q", "login", "--name", "Ethan Hunt", "--password-stdin"], input="mission-accepted-96\n")
-
-    boss = {"proc": None, "addr": "127.0.0.1:0"}
-
-    def start_boss():
-        out = open(os.path.join(work, "serve.out"), "w")
-        proc = subprocess.Popen(sp + ["boss", "serve", "--bind", boss["addr"]], stdout=out,
-                                stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            m = re.search(r"listening on (127\.0\.0\.1:\d+)", open(os.path.join(work, "serve.out")).read())
-            if m:
-                boss["addr"] = m.group(1)
-                boss["proc"] = proc
-                return
-            time.sleep(0.05)
-        sys.exit("the Boss did not start")
-
-    start_boss()
-    code = json.loads(run(sp + ["--json", "agent", "enroll", "6"]))["code"]
-    run([binary, "--home", agent_home, "-q", "join", code, "--addr", boss["addr"]])
 
     path = os.path.join(work, "big.bin")
     sha = hashlib.sha256()
@@ -98,7 +72,7 @@ def main():
         logs.append(log)
         env = dict(os.environ, RUST_LOG="spyctl::net::client=debug,spyctl::net::v2_upload=debug")
         return subprocess.Popen([binary, "--home", agent_home, "--json", "send", "--file", path,
-                                 "--addr", boss["addr"], "--protocol", a.protocol], stdout=subprocess.PIPE,
+                                 "--addr", boss.addr, "--protocol", a.protocol], stdout=subprocess.PIPE,
                                 stderr=open(log, "w"), env=env, text=True)
 
     # A full uncut upload first, timed: the kills are spread over its length.
@@ -156,10 +130,10 @@ def main():
                 kills["sender"] += 1
                 sender = start_sender()
             else:
-                boss["proc"].send_signal(signal.SIGKILL)
-                boss["proc"].wait()
+                boss.proc.send_signal(signal.SIGKILL)
+                boss.proc.wait()
                 kills["boss"] += 1
-                start_boss()
+                boss.start()
         else:
             out, _ = sender.communicate()
             if sender.returncode == 0:
@@ -203,8 +177,8 @@ def main():
     print("inbox entries: %d (expected 2: the uninterrupted reference and the interrupted upload); "
           "exported SHA-256 %s local %s: %s" %
           (len(inbox), got[:16], local_sha[:16], "MATCH" if got == local_sha else "MISMATCH"))
-    boss["proc"].send_signal(signal.SIGTERM)
-    boss["proc"].wait()
+    boss.proc.send_signal(signal.SIGTERM)
+    boss.proc.wait()
     print("uptime after:", run(["uptime"]).strip())
     subprocess.run(["rm", "-rf", work])
     if got != local_sha or len(inbox) != 2:
