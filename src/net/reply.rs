@@ -280,20 +280,26 @@ mod tests {
     fn a_full_socket_never_blocks_the_sender_what_it_does_not_take_waits_in_the_backlog() {
         // The client never reads: the kernel's buffers fill and the writer's
         // non-blocking send leaves the rest for the connection thread.
-        let (server, _client) = pair();
-        let outbox = Outbox::new(Arc::new(server), Box::new(|_| ()));
-        let line = format!("{}\n", "x".repeat(64 * 1024 - 1));
-        let mut backlog = 0;
-        for _ in 0..256 {
-            let reply = outbox.begin(1);
-            reply.send(vec![Answer::accepted(line.clone())]);
-            let settled = outbox.settle(true);
-            assert!(settled.broken.is_none());
-            if !settled.backlog.is_empty() {
-                backlog = settled.backlog.len();
-                break;
+        // The sends run on another thread (as on the Boss's writer): one that
+        // blocked would never report, and the bounded wait fails the test.
+        let (server, client) = pair();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outbox = Outbox::new(Arc::new(server), Box::new(|_| ()));
+            let line = format!("{}\n", "x".repeat(64 * 1024 - 1));
+            for _ in 0..256 {
+                let reply = outbox.begin(1);
+                reply.send(vec![Answer::accepted(line.clone())]);
+                let settled = outbox.settle(true);
+                assert!(settled.broken.is_none());
+                if !settled.backlog.is_empty() {
+                    let _ = done.send(settled.backlog.len());
+                    return;
+                }
             }
-        }
-        assert!(backlog > 0, "16 MiB unread should have filled the socket");
+        });
+        let backlog = finished.recv_timeout(std::time::Duration::from_secs(10));
+        drop(client);
+        assert!(matches!(backlog, Ok(n) if n > 0), "the sender blocked on a full socket, or 16 MiB fit: {backlog:?}");
     }
 }
