@@ -3,6 +3,7 @@ resume_kills.py and order_file_kills.py, not run): a Boss home with the
 director logged in, its server on 127.0.0.1 (restartable on the same port
 after a kill), and agent 6 enrolled and joined from a home of its own."""
 
+import argparse
 import json
 import os
 import re
@@ -10,6 +11,17 @@ import subprocess
 import sys
 import tempfile
 import time
+
+
+def kill_args(description):
+    """The options every kill -9 benchmark takes: the binary, the file's
+    size, how many kills, and the random seed."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--bin", default="target/release/spyctl")
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=14)
+    return ap
 
 
 def run(args, **kw):

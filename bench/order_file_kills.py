@@ -27,7 +27,6 @@ script compares its SHA-256 with the source's.
 Usage: bench/order_file_kills.py [--bin target/release/spyctl] [--mib 256] [--kills 20]
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ import sys
 import threading
 import time
 
-from killbench import boss_and_agent, run
+from killbench import boss_and_agent, kill_args, run
 
 CHUNK = 61440
 # "F " + base64 of (type byte + 8-byte offset + 61,440 bytes + 16-byte tag) + "\n".
@@ -140,11 +139,7 @@ def chunk_bytes(line_len):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="target/release/spyctl")
-    ap.add_argument("--mib", type=int, default=256)
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=14)
+    ap = kill_args(__doc__.splitlines()[0])
     a = ap.parse_args()
     rng = random.Random(a.seed)
     binary = os.path.abspath(a.bin)

@@ -21,7 +21,6 @@ bytes, up to 8 in flight), and a chunk in the figures is a v2 chunk.
 Usage: bench/resume_kills.py [--bin target/release/spyctl] [--mib 256] [--kills 20] [--protocol v1|v2]
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from killbench import boss_and_agent, run
+from killbench import boss_and_agent, kill_args, run
 
 QUEUED = re.compile(r"file chunk queued offset=(\d+) end=(\d+)")
 RESUMED = re.compile(r"(file upload starts(?: \(v2\))?|file upload resumed|v2 upload resumed) resumed_from=(\d+)")
@@ -41,11 +40,7 @@ CHUNK = {"v1": 512 * 1024, "v2": 61440}
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="target/release/spyctl")
-    ap.add_argument("--mib", type=int, default=256)
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=14)
+    ap = kill_args(__doc__.splitlines()[0])
     ap.add_argument("--protocol", choices=["v1", "v2"], default="v1")
     a = ap.parse_args()
     chunk = CHUNK[a.protocol]

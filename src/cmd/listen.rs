@@ -14,19 +14,13 @@ use crate::net::v2::Order;
 use crate::net::v2_client::{Pushed, V2Client, V2Error};
 use crate::net::v2_download::Downloaded;
 use crate::output::{utc_time, visible};
-use crate::received_files::{self, ReceivedFiles};
 use crate::received_orders;
 
 use super::Ctx;
 
 pub fn listen(ctx: &mut Ctx<'_>, args: ListenArgs) -> Result<()> {
-    let super::send::Joined { keys: me, boss, agent_id, .. } = super::send_v2::joined_identity(ctx)?;
-    let path = ctx.home.dir().join(received_orders::ORDERS_FILE);
-    let key = me.orders_key();
-    let mut known =
-        received_orders::load(&path, &key).map_err(|e| Error::caused(format!("cannot read {}", path.display()), e))?;
-    let store = ReceivedFiles::open(ctx.home.dir(), &me, agent_id)
-        .map_err(|e| Error::caused(format!("cannot open {}", ctx.home.dir().join(received_files::DIR).display()), e))?;
+    let super::orders::AgentOrders { me, boss, agent_id, path, key, mut known, store } =
+        super::orders::open_agent_orders(ctx)?;
     let timeout = Duration::from_secs(args.timeout);
     // Files (of orders already here) an earlier run left unfinished.
     let mut connect = || V2Client::connect(&args.addr, timeout, &me, &boss, agent_id);

@@ -2,13 +2,14 @@
 //! joined home). Parses and prints only: the outbox is `boss::orders`, the
 //! session `net::v2_client`, the agent's copy `received_orders`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::roles::Action;
 use crate::boss::order_files::{self, OrderFileError};
 use crate::boss::orders::{self, OrderError};
 use crate::cli::{OrderArgs, OrdersArgs};
+use crate::crypto::{FernetKey, IdentityKeys, PublicIdentity};
 use crate::error::{Error, Hint, Result};
 use crate::net::v2::{Order, OrderFile};
 use crate::net::v2_client::V2Client;
@@ -134,14 +135,32 @@ fn order_error(e: OrderError) -> Error {
     }
 }
 
-pub fn fetch(ctx: &mut Ctx<'_>, args: OrdersArgs) -> Result<()> {
+/// What `orders` and `listen` open in an agent's joined home: its identity
+/// and pinned Boss, the orders it has received (their file, its key, and
+/// what it holds) and its received files.
+pub(super) struct AgentOrders {
+    pub me: IdentityKeys,
+    pub boss: PublicIdentity,
+    pub agent_id: i64,
+    pub path: PathBuf,
+    pub key: FernetKey,
+    pub known: Vec<Order>,
+    pub store: ReceivedFiles,
+}
+
+pub(super) fn open_agent_orders(ctx: &Ctx<'_>) -> Result<AgentOrders> {
     let super::send::Joined { keys: me, boss, agent_id, .. } = super::send_v2::joined_identity(ctx)?;
     let path = ctx.home.dir().join(received_orders::ORDERS_FILE);
     let key = me.orders_key();
-    let mut known =
+    let known =
         received_orders::load(&path, &key).map_err(|e| Error::caused(format!("cannot read {}", path.display()), e))?;
     let store = ReceivedFiles::open(ctx.home.dir(), &me, agent_id)
         .map_err(|e| Error::caused(format!("cannot open {}", ctx.home.dir().join(received_files::DIR).display()), e))?;
+    Ok(AgentOrders { me, boss, agent_id, path, key, known, store })
+}
+
+pub fn fetch(ctx: &mut Ctx<'_>, args: OrdersArgs) -> Result<()> {
+    let AgentOrders { me, boss, agent_id, path, key, mut known, store } = open_agent_orders(ctx)?;
     if let (Some(order_id), Some(out)) = (&args.save, &args.out) {
         return save(ctx, &store, &known, order_id, out);
     }

@@ -692,10 +692,8 @@ impl Connection<'_> {
             if buf.is_empty() && buf.capacity() > 64 * 1024 {
                 buf.shrink_to(8 * 1024);
             }
-            // Answered at once (refusals, v2 frames): account for it now.
-            if let Err(end) = self.settle(handler, false) {
-                break end;
-            }
+            // A batch answered at once (refusals, v2 frames) is accounted
+            // for by the settle that starts `read_line`.
         };
         // The last batch's answers go out before the socket closes.
         let end = match (end, self.settle(handler, true)) {
@@ -831,9 +829,11 @@ impl Connection<'_> {
     fn read_line<H: LineHandler + ?Sized>(&mut self, buf: &mut Vec<u8>, handler: &H) -> Result<usize, ReadEnd> {
         let max = self.limits.max_line_bytes;
         let mut scanned = 0;
-        // Checked here too, not only while waiting: a client that pipelines
-        // refused lines, always leaving part of the next one in `buf`, never
-        // waits for a line to start, and must not dodge the idle timeout.
+        // The batch just handed over may be answered already: account for
+        // it before the idle check. Checked here too, not only while
+        // waiting: a client that pipelines refused lines, always leaving
+        // part of the next one in `buf`, never waits for a line to start,
+        // and must not dodge the idle timeout.
         self.settle(handler, false)?;
         if self.idle_expired(handler)? {
             return Err(ReadEnd::Idle);

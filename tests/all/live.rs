@@ -7,7 +7,7 @@
 //! that is away; a forged frame pushed into a live session is refused.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -35,13 +35,7 @@ struct Running {
 
 impl Running {
     fn start(home: &TestHome, args: &[&str]) -> Running {
-        let mut child = home
-            .cmd(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn spyctl");
+        let mut child = home.spawn_piped(args);
         let stdin = child.stdin.take();
         let lines = |read: Box<dyn std::io::Read + Send>| {
             let (tx, rx) = mpsc::channel();

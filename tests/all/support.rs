@@ -139,15 +139,19 @@ impl TestHome {
         self.cmd(args).output().expect("spawn spyctl")
     }
 
-    /// Runs with `input` on stdin.
-    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self
-            .cmd(args)
+    /// Starts spyctl with stdin, stdout and stderr all piped to the test.
+    pub fn spawn_piped(&self, args: &[&str]) -> std::process::Child {
+        self.cmd(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn spyctl");
+            .expect("spawn spyctl")
+    }
+
+    /// Runs with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self.spawn_piped(args);
         let mut stdin = child.stdin.take().expect("stdin");
         let input = input.to_vec();
         let writer = std::thread::spawn(move || {
